@@ -1,0 +1,41 @@
+"""A contact sheet of a prepared split: `per_class` aligned faces per class, one row each,
+with the landmarks drawn; written by `fergate prep` as DIR/contact_sheet.png."""
+
+from __future__ import annotations
+
+import glob
+import os
+
+import cv2
+import numpy as np
+
+from fergate.data import schema
+
+
+def contact_sheet(data_dir: str, split: str, classes: list[str], out: str, per_class: int = 8) -> str | None:
+    from array_record.python.array_record_module import ArrayRecordReader
+
+    rows: dict[int, list[np.ndarray]] = {i: [] for i in range(len(classes))}
+    for path in sorted(glob.glob(os.path.join(data_dir, f"{split}-*.array_record"))):
+        reader = ArrayRecordReader(path)
+        for i in range(reader.num_records()):
+            rec = schema.decode(reader.read([i])[0])
+            if "face" not in rec or len(rows[rec["label"]]) >= per_class:
+                continue
+            face = np.ascontiguousarray(np.repeat(rec["face"], 3 // rec["face"].shape[-1], -1))
+            for x, y in rec["landmarks"]:
+                cv2.circle(face, (int(round(x)), int(round(y))), 1, (0, 255, 0), -1)
+            rows[rec["label"]].append(face)
+        reader.close()
+    if not any(rows.values()):
+        return None
+    size = next(f for r in rows.values() for f in r).shape[:2]
+    label_w = 110
+    lines = []
+    for c, faces in rows.items():
+        faces = faces + [np.zeros(size + (3,), np.uint8)] * (per_class - len(faces))
+        label = np.full((size[0], label_w, 3), 255, np.uint8)
+        cv2.putText(label, classes[c], (4, size[0] // 2 + 5), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 0, 0), 1)
+        lines.append(np.concatenate([label, *faces], 1))
+    cv2.imwrite(out, np.concatenate(lines, 0)[..., ::-1])
+    return out

@@ -1,0 +1,123 @@
+"""Dataset readers: each lists its items (cheap, deterministic) and loads one item's pixels.
+
+A reader is a class with `classes`, `items() -> list[Item]` and `load(item)`, returning an
+RGB image, or a list of frames for a clip item. Readers never run the face pipeline;
+`data_prep.prep` does, in worker processes.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from data_prep import face as F
+from data_prep import sample as S
+from fergate.errors import UserError
+
+IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif", ".pgm", ".ppm")
+
+
+@dataclass(frozen=True)
+class Item:
+    key: str  #: unique and stable across runs
+    split: str
+    label: int
+    subject: str
+    source: str  #: path or id
+    kind: str = "image"  #: "image" or "clip"
+    params: tuple = field(default=())  #: reader-specific (the sample generator's recipe)
+
+
+def subject_folds(subjects: list[str], k: int = 10) -> dict[str, int]:
+    """Subject-independent k-fold assignment (round-robin over sorted subjects)."""
+    return {s: i % k for i, s in enumerate(sorted(set(subjects)))}
+
+
+class SampleReader:
+    """The built-in synthetic set (data_prep.sample): `size` images and `clips` clips spread
+    evenly over classes and subjects; the last `test_subjects` subjects form the test split."""
+
+    def __init__(self, source: str | None = None, size: int = 2800, clips: int = 140, frames: int = 16,
+                 test_subjects: int = 1, seed: int = 0, **_):
+        self.photos = S.sample_photos(source)
+        if not self.photos:
+            raise UserError(f"no face photos found{' in ' + source if source else ''} for the sample dataset")
+        self.classes = S.CLASSES
+        self.size, self.clips, self.frames, self.seed = size, clips, frames, seed
+        names = [n for n, _ in self.photos]
+        self.test = set(names[len(names) - test_subjects:]) if len(names) > test_subjects else set()
+
+    def _items(self, n: int, kind: str) -> list[Item]:
+        out = []
+        for i in range(n):
+            label = i % len(self.classes)
+            name, path = self.photos[(i // len(self.classes)) % len(self.photos)]
+            rng = np.random.default_rng([self.seed, i, kind == "clip"])
+            intensity = 0.0 if label == 0 else float(rng.uniform(0.6, 1.4))
+            split = ("test" if name in self.test else "train") + ("_clips" if kind == "clip" else "")
+            out.append(Item(f"{kind}{i:07d}", split, label, name, path, kind,
+                            (self.classes[label], intensity, int(rng.integers(2**31)))))
+        return out
+
+    def items(self) -> list[Item]:
+        return self._items(self.size, "image") + self._items(self.clips, "clip")
+
+    @staticmethod
+    @functools.cache
+    def _subject(name: str, path: str) -> S.Subject:
+        return S.Subject(name, path)
+
+    def load(self, item: Item):
+        expression, intensity, seed = item.params
+        subject = self._subject(item.subject, item.source)
+        rng = np.random.default_rng(seed)
+        if item.kind == "clip":
+            return S.clip_frames(subject, expression, intensity, self.frames, rng)
+        return S.synthesize(subject, expression, intensity, rng)
+
+
+class FolderReader:
+    """One sub-folder per class (`SOURCE/<class>/*.jpg`), or `SOURCE/<split>/<class>/...`
+    when SOURCE holds `train/` and `test/`. Each file is its own subject unless its name has
+    a `<subject>__` prefix."""
+
+    def __init__(self, source: str | None = None, **_):
+        if not source:
+            raise UserError("--dataset folder needs a SOURCE folder")
+        if not os.path.isdir(source):
+            raise UserError(f"source folder not found: {source}")
+        roots = {s: os.path.join(source, s) for s in ("train", "test") if os.path.isdir(os.path.join(source, s))}
+        self.roots = roots or {"train": source}
+        self.classes = tuple(sorted({c for r in self.roots.values() for c in os.listdir(r)
+                                     if os.path.isdir(os.path.join(r, c))}))
+        if not self.classes:
+            raise UserError(f"no class sub-folders in {source}")
+
+    def items(self) -> list[Item]:
+        out = []
+        for split, root in sorted(self.roots.items()):
+            for label, c in enumerate(self.classes):
+                d = os.path.join(root, c)
+                for fname in sorted(os.listdir(d)) if os.path.isdir(d) else ():
+                    path = os.path.join(d, fname)
+                    if os.path.isdir(path):
+                        continue
+                    stem = os.path.splitext(fname)[0]
+                    subject = stem.split("__")[0] if "__" in stem else stem
+                    out.append(Item(f"{split}/{c}/{fname}", split, label, subject, path))
+        return out
+
+    def load(self, item: Item):
+        return F.load_image(item.source)
+
+
+READERS = {"sample": SampleReader, "folder": FolderReader}
+
+
+def reader(name: str, source: str | None, **options):
+    if name not in READERS:
+        raise UserError(f"unknown dataset {name!r}; known: {', '.join(sorted(READERS))}")
+    return READERS[name](source, **options)

@@ -1,0 +1,227 @@
+"""The face pipeline: load -> dlib HOG detection -> 68 landmarks -> similarity alignment ->
+landmark patch stacks and identity embedding (SPEC.md section 3).
+
+dlib's models come from the `face-recognition-models` package, located through
+`importlib.util.find_spec` because importing it needs `pkg_resources` (gone in setuptools 81).
+Every function takes and returns numpy arrays; models load once per process (`models()`).
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import os
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+from fergate.data.landmarks import (  # noqa: F401  (re-exported for data_prep users)
+    INTRAFACE_49,
+    LEFT_EYE,
+    MIRROR_68,
+    MOUTH,
+    RIGHT_EYE,
+    eye_centres,
+    iod,
+    pairwise_distances,
+)
+
+#: Canonical template in units of the crop side: eye centres and mouth centre.
+TEMPLATE = np.array([[0.3, 0.36], [0.7, 0.36], [0.5, 0.78]], np.float32)
+
+
+class SkipItem(Exception):
+    """An input that cannot become a record; `reason` is the manifest's counter key."""
+
+    def __init__(self, reason: str, detail: str = ""):
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+
+
+def model_path(name: str) -> str:
+    """Path of a dlib model file shipped by `face-recognition-models`."""
+    spec = importlib.util.find_spec("face_recognition_models")
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError("the face pipeline needs `pip install face-recognition-models`")
+    path = os.path.join(spec.submodule_search_locations[0], "models", name)
+    if not os.path.exists(path):
+        raise RuntimeError(f"dlib model file missing: {path}")
+    return path
+
+
+LANDMARK_MODEL = "shape_predictor_68_face_landmarks.dat"
+IDENTITY_MODEL = "dlib_face_recognition_resnet_model_v1.dat"
+
+
+@dataclass(frozen=True)
+class DlibModels:
+    detector: object
+    predictor: object
+    recognizer: object
+
+
+@functools.cache
+def models() -> DlibModels:
+    """dlib detector, 68-point predictor and ResNet embedder, loaded once per process."""
+    import dlib
+
+    return DlibModels(
+        dlib.get_frontal_face_detector(),
+        dlib.shape_predictor(model_path(LANDMARK_MODEL)),
+        dlib.face_recognition_model_v1(model_path(IDENTITY_MODEL)),
+    )
+
+
+def to_rgb8(img: np.ndarray) -> np.ndarray:
+    """Any decoded image (grey, grey+alpha, RGB, RGBA; 8/16-bit or float) -> H x W x 3 uint8."""
+    img = np.asarray(img)
+    if img.dtype == np.uint16 or (img.dtype.kind in "iu" and img.dtype.itemsize > 1):
+        img = (img.astype(np.float32) / max(1.0, float(np.iinfo(img.dtype).max)) * 255.0).round()
+    elif img.dtype.kind == "f":
+        img = np.clip(img, 0, 1) * 255.0 if img.max(initial=0) <= 1.0 else np.clip(img, 0, 255)
+    elif img.dtype == np.bool_:
+        img = img * 255
+    img = img.astype(np.uint8)
+    if img.ndim == 2:
+        img = img[..., None]
+    if img.ndim != 3:
+        raise SkipItem("not_an_image", f"array of shape {img.shape}")
+    if img.shape[-1] in (2, 4):  # drop alpha
+        img = img[..., :-1]
+    if img.shape[-1] == 1:
+        img = np.repeat(img, 3, axis=-1)
+    return np.ascontiguousarray(img[..., :3])
+
+
+def load_image(path: str) -> np.ndarray:
+    """Reads an image file as H x W x 3 uint8; raises SkipItem with the reason it can't."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as im:
+            im.load()
+            if im.mode in ("P", "PA", "CMYK", "YCbCr", "LAB", "HSV", "1"):
+                im = im.convert("RGBA" if "A" in im.mode or "transparency" in im.info else "RGB")
+            arr = np.array(im)
+    except UnidentifiedImageError as e:
+        raise SkipItem("not_an_image", str(e)) from None
+    except OSError as e:
+        reason = "truncated" if "truncated" in str(e).lower() or "broken data" in str(e).lower() else "unreadable"
+        raise SkipItem(reason, f"{path}: {e}") from None
+    except Exception as e:  # decoder bugs on hostile files
+        raise SkipItem("unreadable", f"{path}: {e}") from None
+    return to_rgb8(arr)
+
+
+def detect(img: np.ndarray, upsample: int = 0):
+    """Largest face (a dlib.rectangle) found by the HOG frontal detector, or SkipItem."""
+    if min(img.shape[:2]) < 20:
+        raise SkipItem("too_small", f"image of {img.shape[1]}x{img.shape[0]} pixels")
+    rects = models().detector(img, upsample)
+    if len(rects) == 0:
+        raise SkipItem("no_face")
+    return max(rects, key=lambda r: r.width() * r.height())
+
+
+def landmarks(img: np.ndarray, rect) -> np.ndarray:
+    """68 iBUG landmarks (x, y) float32 for the face in `rect`."""
+    shape = models().predictor(img, rect)
+    return np.array([(p.x, p.y) for p in shape.parts()], np.float32)
+
+
+def similarity_transform(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
+    """Least-squares similarity (Umeyama) mapping points src -> dst, as a 2x3 matrix."""
+    src, dst = np.asarray(src, np.float64), np.asarray(dst, np.float64)
+    mu_s, mu_d = src.mean(0), dst.mean(0)
+    s, d = src - mu_s, dst - mu_d
+    cov = d.T @ s / len(src)
+    u, sig, vt = np.linalg.svd(cov)
+    sign = np.eye(2)
+    if np.linalg.det(u) * np.linalg.det(vt) < 0:
+        sign[1, 1] = -1
+    rot = u @ sign @ vt
+    scale = np.trace(np.diag(sig) @ sign) / s.var(0).sum()
+    m = np.zeros((2, 3))
+    m[:, :2] = scale * rot
+    m[:, 2] = mu_d - m[:, :2] @ mu_s
+    return m
+
+
+def apply_affine(m: np.ndarray, pts: np.ndarray) -> np.ndarray:
+    return (pts @ m[:, :2].T + m[:, 2]).astype(np.float32)
+
+
+def alignment(lm: np.ndarray, size: int) -> np.ndarray:
+    """2x3 matrix taking image pixels to a `size` x `size` crop where the eye centres and
+    the mouth centre land on `TEMPLATE`."""
+    left, right = eye_centres(lm)
+    src = np.stack([left, right, lm[MOUTH].mean(0)])
+    return similarity_transform(src, TEMPLATE * size)
+
+
+def warp(img: np.ndarray, m: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Image resampled through the 2x3 matrix m (image -> output), output size (w, h)."""
+    return cv2.warpAffine(img, m, size, flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+
+
+def patch_stack(grey: np.ndarray, m: np.ndarray, lm_aligned: np.ndarray, iod_aligned: float,
+                patch: int = 30, side: float = 0.3) -> np.ndarray:
+    """N_l x P x P uint8 crops of side `side` x iod centred on each landmark (MoDuL III-A.2).
+
+    Cut from the full-resolution image through the alignment `m`, not from the small
+    aligned crop, so a 30 x 30 patch keeps the source's detail.
+    """
+    inv = cv2.invertAffineTransform(m)
+    s = side * iod_aligned / patch  # aligned pixels per patch pixel
+    out = np.empty((len(lm_aligned), patch, patch), np.uint8)
+    for i, (x, y) in enumerate(lm_aligned):
+        # patch pixel (u, v) -> aligned (x + s(u + .5) - side*iod/2, ...) -> image via inv
+        a = np.array([[s, 0, x - s * patch / 2 + s / 2], [0, s, y - s * patch / 2 + s / 2]])
+        full = inv[:, :2] @ a
+        full = np.concatenate([full[:, :2], (inv[:, :2] @ a[:, 2] + inv[:, 2])[:, None]], 1)
+        out[i] = cv2.warpAffine(grey, full, (patch, patch), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+                                borderMode=cv2.BORDER_REPLICATE)
+    return out
+
+
+def identity_embedding(img: np.ndarray, rect, lm: np.ndarray) -> np.ndarray:
+    """128-d dlib ResNet face-recognition embedding (L2 distance < 0.6: same person)."""
+    import dlib
+
+    pts = dlib.points([dlib.point(int(round(x)), int(round(y))) for x, y in lm])
+    shape = dlib.full_object_detection(rect, pts)
+    return np.asarray(models().recognizer.compute_face_descriptor(img, shape), np.float32)
+
+
+@dataclass(frozen=True)
+class FaceOptions:
+    face_size: int = 96  #: side of the aligned face crop
+    color: bool = True  #: RGB crop (else grey)
+    patch_size: int = 30  #: P: patch stacks are N_l x P x P
+    patch_side: float = 0.3  #: patch side as a fraction of the iod
+    patches: bool = True
+    identity: bool = True
+    upsample: int = 0  #: HOG detector upsampling
+    min_iod: float = 8.0  #: faces with a smaller iod (source pixels) are degenerate
+
+
+def process_face(img: np.ndarray, opts: FaceOptions = FaceOptions(), rect=None) -> dict:
+    """The record fields of the largest face in an RGB image (raises SkipItem)."""
+    rect = detect(img, opts.upsample) if rect is None else rect
+    lm = landmarks(img, rect)
+    if not np.isfinite(lm).all() or iod(lm) < opts.min_iod:
+        raise SkipItem("degenerate_face", f"iod {iod(lm):.1f} px")
+    m = alignment(lm, opts.face_size)
+    face = warp(img, m, (opts.face_size, opts.face_size))
+    if not opts.color:
+        face = cv2.cvtColor(face, cv2.COLOR_RGB2GRAY)[..., None]
+    lm_a = apply_affine(m, lm)
+    rec = {"face": face, "landmarks": lm_a, "iod": float(iod(lm_a)),
+           "box": np.array([rect.left(), rect.top(), rect.right(), rect.bottom()], np.int32)}
+    if opts.patches:
+        grey = cv2.cvtColor(img, cv2.COLOR_RGB2GRAY)
+        rec["patches"] = patch_stack(grey, m, lm_a, rec["iod"], opts.patch_size, opts.patch_side)
+    if opts.identity:
+        rec["identity"] = identity_embedding(img, rect, lm)
+    return rec

@@ -1,0 +1,171 @@
+"""`fergate prep`: dataset reader -> face pipeline (process pool) -> ArrayRecord shards.
+
+Items are split deterministically: item j of a split goes to file j % M, and machine i of
+`num_shards` writes the files f with f % num_shards == i, so machines never write the same
+file and a re-run skips every file already complete (see data_prep.shards).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import multiprocessing as mp
+import os
+import sys
+import time
+from collections import Counter, defaultdict
+
+import numpy as np
+
+from data_prep import datasets, shards
+from data_prep import face as F
+from data_prep.contact_sheet import contact_sheet
+from fergate.data import schema
+from fergate.errors import UserError
+
+
+@dataclasses.dataclass(frozen=True)
+class PrepOptions:
+    face: F.FaceOptions = F.FaceOptions()
+    clip_size: int = 64  #: side of the aligned clip frames
+    compress: bool = False  #: store images as PNG: ~40% smaller, ~100x slower to decode than raw
+    records_per_file: int = 1024
+
+
+_WORKER: dict = {}
+_THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+
+
+def _init_worker(name: str, source: str | None, reader_options: dict, opts: PrepOptions) -> None:
+    import cv2
+
+    cv2.setNumThreads(1)  # one process per core: library threads only oversubscribe
+    _WORKER["reader"] = datasets.reader(name, source, **reader_options)
+    _WORKER["opts"] = opts
+
+
+def clip_record(frames: list[np.ndarray], opts: PrepOptions) -> dict:
+    """Per-frame detection (the last box is reused on frames where none is found),
+    landmarks and alignment of a clip; T x S x S x C frames and T x 68 x 2 landmarks."""
+    rects = []
+    for img in frames:
+        try:
+            rects.append(F.detect(img, opts.face.upsample))
+        except F.SkipItem:
+            rects.append(None)
+    found = [r for r in rects if r is not None]
+    if not found:
+        raise F.SkipItem("no_face", "in any frame of the clip")
+    last = found[0]
+    clip, lms = [], []
+    for img, r in zip(frames, rects):
+        last = r or last
+        lm = F.landmarks(img, last)
+        m = F.alignment(lm, opts.clip_size)
+        face = F.warp(img, m, (opts.clip_size, opts.clip_size))
+        clip.append(face if opts.face.color else face.mean(-1, keepdims=True).astype(np.uint8))
+        lms.append(F.apply_affine(m, lm))
+    return {"clip": np.stack(clip), "clip_landmarks": np.stack(lms)}
+
+
+def process_item(item: datasets.Item) -> tuple[bytes | None, str | None]:
+    """(encoded record, None) or (None, skip reason); never raises for a bad item."""
+    reader, opts = _WORKER["reader"], _WORKER["opts"]
+    try:
+        pixels = reader.load(item)
+        rec = clip_record(pixels, opts) if item.kind == "clip" else F.process_face(pixels, opts.face)
+    except F.SkipItem as e:
+        return None, e.reason
+    except Exception as e:  # a reader or decoder failure must not stop the run
+        return None, f"error:{type(e).__name__}"
+    rec.update(label=item.label, label_name=reader.classes[item.label], subject=item.subject,
+               source=str(item.source))
+    return schema.encode(rec, compress=opts.compress), None
+
+
+def plan(items: list[datasets.Item], records_per_file: int, num_shards: int) -> dict[str, list[list]]:
+    """split -> files -> items: M = num_shards * ceil(n / (num_shards * records_per_file))."""
+    by_split = defaultdict(list)
+    for it in items:
+        by_split[it.split].append(it)
+    out = {}
+    for split, its in sorted(by_split.items()):
+        m = num_shards * max(1, math.ceil(len(its) / (num_shards * records_per_file)))
+        out[split] = [its[f::m] for f in range(m)]
+    return out
+
+
+def run(dataset: str, source: str | None, out: str, opts: PrepOptions = PrepOptions(),
+        reader_options: dict | None = None, workers: int | None = None, shard_index: int = 0,
+        num_shards: int = 1, log=print) -> dict:
+    """Prepares a dataset into `out`; returns the manifest."""
+    if not 0 <= shard_index < num_shards:
+        raise UserError(f"--shard_index {shard_index} must be in [0, --num_shards {num_shards})")
+    reader_options = reader_options or {}
+    rdr = datasets.reader(dataset, source, **reader_options)
+    items = rdr.items()
+    files = plan(items, opts.records_per_file, num_shards)
+    os.makedirs(out, exist_ok=True)
+    todo = [(split, f, its) for split, fl in files.items() for f, its in enumerate(fl)
+            if f % num_shards == shard_index and not shards.shard_done(out, shards.shard_name(split, f, len(fl)))]
+    n_todo = sum(len(its) for *_, its in todo)
+    n_mine = sum(len(its) for split, fl in files.items() for f, its in enumerate(fl) if f % num_shards == shard_index)
+    log(f"[prep] {dataset}: {len(items)} items in {sum(map(len, files.values()))} files; "
+        f"this machine ({shard_index}/{num_shards}): {n_todo} of {n_mine} items left to do")
+    workers = workers or os.cpu_count() or 1
+    flat = [it for *_, its in todo for it in its]
+    init = (dataset, source, reader_options, opts)
+    pool = None
+    if workers > 1 and len(flat) > 1:
+        saved = {k: os.environ.get(k) for k in _THREAD_VARS}
+        os.environ.update(dict.fromkeys(_THREAD_VARS, "1"))  # inherited by the spawned workers
+        try:
+            pool = mp.get_context("spawn").Pool(workers, _init_worker, init)
+        finally:
+            for k, v in saved.items():
+                os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
+        results = pool.imap(process_item, flat, chunksize=2)
+    else:
+        _init_worker(*init)
+        results = map(process_item, flat)
+    t0, done, counts = time.time(), 0, Counter()
+    try:
+        for split, f, its in todo:
+            name = shards.shard_name(split, f, len(files[split]))
+            w = shards.ShardWriter(out, name)
+            for it in its:
+                data, reason = next(results)
+                if data is None:
+                    w.skip(it.key, reason)
+                    counts["skipped"] += 1
+                else:
+                    w.write(data, it.label, it.subject)
+                    counts["records"] += 1
+                done += 1
+                if done % 200 == 0 or done == n_todo:
+                    rate = done / max(time.time() - t0, 1e-9)
+                    log(f"[prep] {done}/{n_todo} items, {rate:.1f} items/s, ETA {(n_todo - done) / rate:.0f}s, "
+                        f"{counts['skipped']} skipped")
+            w.close()
+    finally:
+        if pool is not None:
+            pool.terminate()
+    info = {"dataset": dataset, "source": source, "classes": list(rdr.classes),
+            "options": {**dataclasses.asdict(opts), "reader": reader_options},
+            "detector": f"dlib HOG frontal detector (upsample {opts.face.upsample}, largest face)",
+            "landmark_model": f"dlib {F.LANDMARK_MODEL} (face-recognition-models)",
+            "identity_model": f"dlib {F.IDENTITY_MODEL}" if opts.face.identity else None,
+            "folds": datasets.subject_folds([it.subject for it in items])}
+    manifest = shards.write_manifest(out, {s: len(fl) for s, fl in files.items()}, info)
+    if manifest["complete"] and "train" in manifest["splits"]:
+        contact_sheet(out, "train", list(rdr.classes), os.path.join(out, "contact_sheet.png"))
+    summary = ", ".join(f"{s}: {v['records']}" for s, v in manifest["splits"].items())
+    pending = "" if manifest["complete"] else f"; {manifest['missing_shards']} shards left to other machines"
+    log(f"[prep] wrote {out}: {summary}; skipped {manifest['skipped'] or 'none'}{pending}")
+    return manifest
+
+
+def main(argv: list[str] | None = None) -> int:
+    from fergate.cli import main as cli_main
+
+    return cli_main(["prep", *(sys.argv[1:] if argv is None else argv)])

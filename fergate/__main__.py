@@ -1,0 +1,5 @@
+import sys
+
+from fergate.cli import main
+
+sys.exit(main())

@@ -1,0 +1,26 @@
+"""Shared fixtures: a small prepared sample dataset, built once per test session."""
+
+import os
+
+import pytest
+
+os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=1")
+
+
+@pytest.fixture(scope="session")
+def sample_data(tmp_path_factory):
+    """70 images + 7 clips of the built-in sample set, 16 records per shard."""
+    from data_prep import prep
+
+    out = str(tmp_path_factory.mktemp("sample"))
+    prep.run("sample", None, out, prep.PrepOptions(records_per_file=16), {"size": 70, "clips": 7},
+             workers=2, log=lambda *_: None)
+    return out
+
+
+@pytest.fixture(scope="session")
+def photos():
+    """The real photos the sample set is built from: {subject: RGB image}."""
+    from data_prep import face, sample
+
+    return {name: face.load_image(path) for name, path in sample.sample_photos()}

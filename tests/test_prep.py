@@ -1,0 +1,113 @@
+"""`fergate prep`: bad input is counted and skipped, interrupted runs resume, machines split work."""
+
+import glob
+import json
+import os
+import subprocess
+import sys
+
+import cv2
+import grain
+import numpy as np
+import pytest
+
+from data_prep import prep
+from fergate.data import schema
+
+
+def _records(out, split):
+    files = sorted(glob.glob(os.path.join(out, f"{split}-*.array_record")))
+    src = grain.sources.ArrayRecordDataSource(files)
+    return [schema.decode(src[i]) for i in range(len(src))]
+
+
+@pytest.fixture(scope="module")
+def messy_folder(tmp_path_factory, photos):
+    """A folder-per-class dataset with one good photo of each kind and every kind of bad input."""
+    root = tmp_path_factory.mktemp("messy")
+    for c in ("happy", "sad"):
+        (root / c).mkdir()
+    face = photos["astronaut"]
+    cv2.imwrite(str(root / "happy" / "rgb.jpg"), face[..., ::-1])
+    cv2.imwrite(str(root / "happy" / "grey.png"), cv2.cvtColor(face, cv2.COLOR_RGB2GRAY))
+    cv2.imwrite(str(root / "happy" / "rgba.png"), np.dstack([face[..., ::-1], np.full(face.shape[:2], 255, np.uint8)]))
+    cv2.imwrite(str(root / "sad" / "deep.png"), face[..., ::-1].astype(np.uint16) * 257)
+    (root / "sad" / "notes.jpg").write_text("this is not an image")
+    good = (root / "happy" / "rgb.jpg").read_bytes()
+    (root / "sad" / "truncated.jpg").write_bytes(good[: len(good) // 3])
+    cv2.imwrite(str(root / "sad" / "noface.png"), np.random.default_rng(0).integers(0, 255, (120, 160, 3), np.uint8))
+    cv2.imwrite(str(root / "sad" / "pixel.png"), np.zeros((1, 1, 3), np.uint8))
+    os.symlink(root / "gone.jpg", root / "sad" / "dangling.jpg")  # unreadable
+    return str(root)
+
+
+def test_bad_input_is_skipped_and_counted(messy_folder, tmp_path):
+    m = prep.run("folder", messy_folder, str(tmp_path), workers=1, log=lambda *_: None)
+    assert m["complete"] and m["classes"] == ["happy", "sad"]
+    assert m["splits"]["train"]["records"] == 4  # rgb, grey, rgba, 16-bit
+    assert m["splits"]["train"]["per_class"] == {"happy": 3, "sad": 1}
+    assert m["skipped"] == {"not_an_image": 1, "truncated": 1, "no_face": 1, "too_small": 1, "unreadable": 1}
+    recs = _records(str(tmp_path), "train")
+    assert all(r["face"].shape == (96, 96, 3) and r["patches"].shape == (68, 30, 30) for r in recs)
+    sources = {os.path.basename(r["source"]) for r in recs}
+    assert sources == {"rgb.jpg", "grey.png", "rgba.png", "deep.png"}
+
+
+def _cli(*args):
+    return subprocess.run([sys.executable, "-m", "fergate", *args], capture_output=True, text=True)
+
+
+@pytest.mark.parametrize("args, message", [
+    (("prep", "/nonexistent/dir", "--dataset", "folder", "--out", "/tmp/x"),
+     "source folder not found: /nonexistent/dir"),
+    (("prep", "--dataset", "affectnet9", "--out", "/tmp/x"), "unknown dataset 'affectnet9'"),
+])
+def test_user_errors_are_one_line(args, message):
+    r = _cli(*args)
+    assert r.returncode == 2 and message in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
+
+
+def _keys(out):
+    return sorted((s, r["source"], r["label"], r["landmarks"].tobytes())
+                  for s in ("train", "test") for r in _records(out, s))
+
+
+def test_rerun_after_interruption_neither_duplicates_nor_loses(sample_data, tmp_path):
+    out = str(tmp_path / "again")
+    opts, reader = prep.PrepOptions(records_per_file=16), {"size": 70, "clips": 7}
+    prep.run("sample", None, out, opts, reader, workers=1, log=lambda *_: None)
+    # an interrupted run: one shard never renamed (left as .tmp), one finished
+    victim = sorted(glob.glob(os.path.join(out, "train-*.array_record")))[0]
+    name = os.path.basename(victim)
+    with open(os.path.join(out, ".stats", name + ".json")) as f:
+        n_victim = json.load(f)["records"]
+    os.rename(victim, os.path.join(out, ".tmp-" + name))
+    logs = []
+    m = prep.run("sample", None, out, opts, reader, workers=1, log=logs.append)
+    assert f"{n_victim} of 77 items left to do" in logs[0]  # only the unfinished shard is redone
+    assert m["complete"] and not glob.glob(os.path.join(out, ".tmp-*"))
+    assert _keys(out) == _keys(sample_data)
+
+
+def test_machines_split_the_work(sample_data, tmp_path):
+    out = str(tmp_path / "split")
+    opts, reader = prep.PrepOptions(records_per_file=16), {"size": 70, "clips": 7}
+    m0 = prep.run("sample", None, out, opts, reader, workers=1, shard_index=0, num_shards=2, log=lambda *_: None)
+    assert not m0["complete"]
+    m1 = prep.run("sample", None, out, opts, reader, workers=1, shard_index=1, num_shards=2, log=lambda *_: None)
+    assert m1["complete"]
+    assert _keys(out) == _keys(sample_data)
+
+
+def test_sample_manifest(sample_data):
+    with open(os.path.join(sample_data, "manifest.json")) as f:
+        m = json.load(f)
+    assert m["schema_version"] == schema.SCHEMA_VERSION and m["complete"]
+    tr, te = m["splits"]["train"], m["splits"]["test"]
+    assert set(tr["subjects"]).isdisjoint(te["subjects"])  # subject-independent
+    assert tr["records"] + te["records"] == 70 and min(tr["per_class"].values()) > 0
+    assert m["splits"]["train_clips"]["records"] + m["splits"].get("test_clips", {"records": 0})["records"] == 7
+    assert "shape_predictor_68" in m["landmark_model"]
+    clip = _records(sample_data, "train_clips")[0]
+    assert clip["clip"].shape == (16, 64, 64, 3) and clip["clip_landmarks"].shape == (16, 68, 2)
