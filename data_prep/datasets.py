@@ -38,28 +38,39 @@ def subject_folds(subjects: list[str], k: int = 10) -> dict[str, int]:
 
 class SampleReader:
     """The built-in synthetic set (data_prep.sample): `size` images and `clips` clips spread
-    evenly over classes and subjects; the last `test_subjects` subjects form the test split."""
+    evenly over classes and subjects. `test_subjects` subjects form the test split: every
+    k-th of the names in reverse sorted order (k = #subjects // test_subjects), i.e.
+    grace_hopper when only the two photos of scikit-image and matplotlib are there."""
 
     def __init__(self, source: str | None = None, size: int = 2800, clips: int = 140, frames: int = 16,
-                 test_subjects: int = 1, seed: int = 0, **_):
-        self.photos = S.sample_photos(source)
-        if not self.photos:
+                 test_subjects: int = 3, seed: int = 0, **_):
+        try:
+            sources = S.sample_photos(source)
+        except FileNotFoundError as e:
+            raise UserError(str(e)) from None
+        if not sources:
             raise UserError(f"no face photos found{' in ' + source if source else ''} for the sample dataset")
         self.classes = S.CLASSES
         self.size, self.clips, self.frames, self.seed = size, clips, frames, seed
-        names = [n for n, _ in self.photos]
-        self.test = set(names[len(names) - test_subjects:]) if len(names) > test_subjects else set()
+        self.subjects: dict[str, list[tuple[str, int]]] = {}
+        for name, path, index in sources:
+            self.subjects.setdefault(name, []).append((path, index))
+        names = sorted(self.subjects, reverse=True)
+        count = min(test_subjects, len(names) - 1)
+        self.test = set(names[:: max(1, len(names) // count)][:count]) if count > 0 else set()
 
     def _items(self, n: int, kind: str) -> list[Item]:
         out = []
         for i in range(n):
             label = i % len(self.classes)
-            name, path = self.photos[(i // len(self.classes)) % len(self.photos)]
+            names = sorted(self.subjects)
+            name = names[(i // len(self.classes)) % len(names)]
+            path, index = self.subjects[name][(i // (len(self.classes) * len(names))) % len(self.subjects[name])]
             rng = np.random.default_rng([self.seed, i, kind == "clip"])
             intensity = 0.0 if label == 0 else float(rng.uniform(0.6, 1.4))
             split = ("test" if name in self.test else "train") + ("_clips" if kind == "clip" else "")
             out.append(Item(f"{kind}{i:07d}", split, label, name, path, kind,
-                            (self.classes[label], intensity, int(rng.integers(2**31)))))
+                            (self.classes[label], intensity, int(rng.integers(2**31)), index)))
         return out
 
     def items(self) -> list[Item]:
@@ -67,12 +78,12 @@ class SampleReader:
 
     @staticmethod
     @functools.cache
-    def _subject(name: str, path: str) -> S.Subject:
-        return S.Subject(name, path)
+    def _subject(name: str, path: str, index: int) -> S.Subject:
+        return S.Subject(name, path, index)
 
     def load(self, item: Item):
-        expression, intensity, seed = item.params
-        subject = self._subject(item.subject, item.source)
+        expression, intensity, seed, index = item.params
+        subject = self._subject(item.subject, item.source, index)
         rng = np.random.default_rng(seed)
         if item.kind == "clip":
             return S.clip_frames(subject, expression, intensity, self.frames, rng)

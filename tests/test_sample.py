@@ -7,7 +7,7 @@ from data_prep import sample as S
 
 
 def test_action_units_move_landmarks_in_the_face_frame(photos):
-    sub = S.Subject("astronaut", next(p for n, p in S.sample_photos() if n == "astronaut"))
+    sub = S.Subject("astronaut", next(p for n, p, _ in S.sample_photos() if n == "astronaut"))
     lm = sub.landmarks
     up = -1  # image y grows downwards
     d12 = S.au_displacement(lm, {12: 1.0})  # lip corners pulled up and out
@@ -20,7 +20,7 @@ def test_action_units_move_landmarks_in_the_face_frame(photos):
 
 
 def test_redetected_landmarks_follow_the_expression():
-    sub = S.Subject("grace_hopper", next(p for n, p in S.sample_photos() if n == "grace_hopper"))
+    sub = S.Subject("grace_hopper", next(p for n, p, _ in S.sample_photos() if n == "grace_hopper"))
     rng = np.random.default_rng(0)
 
     def measure(expr):

@@ -1,0 +1,106 @@
+"""MoDuL: modal and dual landmark-wise gated network (paper 000, SPEC.md 5.1).
+
+    F^MoDuL = G_mod(0) F_dist(D * G_dist) || G_mod(1) F_patch(P (.) G_patch) -> Dense(K)
+
+The eight variants of Table I switch the two branches, the landmark gates (`_rw`) and
+the modal gate on and off.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import flax.linen as nn
+import jax.numpy as jnp
+import numpy as np
+
+from fergate.data.landmarks import INTRAFACE_49
+from fergate.models.layers import MLP, ConvPool, FaceGate
+
+VARIANTS = {  # name: (distance branch, patch branch, landmark gates, modal gate)
+    "distances": (True, False, False, False),
+    "patches": (False, True, False, False),
+    "joint": (True, True, False, False),
+    "joint_modal": (True, True, False, True),
+    "distances_rw": (True, False, True, False),
+    "patches_rw": (False, True, True, False),
+    "joint_rw": (True, True, True, False),
+    "modul": (True, True, True, True),
+}
+
+
+def landmark_subset(n: int) -> np.ndarray:
+    if n == 68:
+        return np.arange(68)
+    if n == 49:
+        return INTRAFACE_49
+    raise ValueError(f"N_l must be 68 or 49, got {n}")
+
+
+def distance_matrix(lm: jnp.ndarray, iod: jnp.ndarray) -> jnp.ndarray:
+    """D_ij = ||f_i - f_j||_2 / iod (Eq. 1); the diagonal's gradient is kept finite."""
+    diff = lm[:, :, None, :] - lm[:, None, :, :]
+    sq = jnp.sum(diff * diff, -1)
+    safe = jnp.where(sq > 0, sq, 1.0)
+    return jnp.where(sq > 0, jnp.sqrt(safe), 0.0) / iod[:, None, None]
+
+
+class MoDuL(nn.Module):
+    variant: str = "modul"
+    landmarks: int = 68
+    num_classes: int = 7
+    dist_hidden: Sequence[int] = (1024, 512)
+    patch_convs: Sequence[int] = (64, 128, 256)
+    patch_hidden: Sequence[int] = (1024, 512)
+    gate_convs: Sequence[int] = (32, 64, 64)
+    gate_hidden: int = 64
+    dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, batch: dict, train: bool = False) -> dict:
+        use_dist, use_patch, rw, modal = VARIANTS[self.variant]
+        idx = landmark_subset(self.landmarks)
+        n = len(idx)
+        face = batch["face"].astype(self.dtype) / 255.0 if (rw or modal) else None
+        gate = dict(convs=self.gate_convs, hidden=self.gate_hidden, dtype=self.dtype)
+        feats, out = [], {"introspect": {}}
+        if use_dist:
+            d = distance_matrix(batch["landmarks"][:, idx].astype(jnp.float32), batch["iod"].astype(jnp.float32))
+            if rw:  # region-weighted: D_ij * g_j for all i != j, N(N-1) inputs (Eq. 4)
+                g = FaceGate(n, "landmark", name="G_dist", **gate)(face)
+                out["introspect"]["dist_gate"] = g
+                i, j = np.nonzero(~np.eye(n, dtype=bool))
+                x = (d * g[:, None, :])[:, i, j]
+            else:  # upper triangle, N(N-1)/2 inputs
+                i, j = np.triu_indices(n, 1)
+                x = d[:, i, j]
+            feats.append(MLP(self.dist_hidden, self.dtype, name="F_dist")(x.astype(self.dtype)))
+        if use_patch:
+            p = batch["patches"][:, idx].astype(self.dtype) / 255.0  # (B, N, P, P)
+            if rw:  # each landmark's channel scaled by its gate (Eq. 5)
+                g = FaceGate(n, "landmark", name="G_patch", **gate)(face)
+                out["introspect"]["patch_gate"] = g
+                p = p * g[:, :, None, None].astype(self.dtype)
+            h = ConvPool(self.patch_convs, self.dtype, name="F_patch_conv")(p.transpose(0, 2, 3, 1))
+            feats.append(MLP(self.patch_hidden, self.dtype, name="F_patch")(h))
+        if modal:  # softmax modal gate scales the two 512-d features (Eq. 9-10)
+            m = FaceGate(2, "modal", name="G_mod", **gate)(face)
+            out["introspect"]["modal_gate"] = m
+            feats = [feats[0] * m[:, :1].astype(self.dtype), feats[1] * m[:, 1:].astype(self.dtype)]
+        h = jnp.concatenate(feats, -1)
+        out["logits"] = nn.Dense(self.num_classes, dtype=self.dtype, name="classifier")(h).astype(jnp.float32)
+        return out
+
+
+def build(config) -> MoDuL:
+    c = config.modul
+    dtype = jnp.dtype(config.train.dtype)
+    return MoDuL(config.variant, c.landmarks, c.num_classes, tuple(c.dist_hidden), tuple(c.patch_convs),
+                 tuple(c.patch_hidden), tuple(c.gate_convs), c.gate_hidden, dtype)
+
+
+def inputs(config) -> dict:
+    """Fields the model reads, with per-example shapes and dtypes (for the pipeline and bench)."""
+    s, p = config.input.face_size, config.input.patch_size
+    return {"landmarks": ((68, 2), np.float32), "iod": ((), np.float32), "patches": ((68, p, p), np.uint8),
+            "face": ((s, s, 1), np.uint8)}

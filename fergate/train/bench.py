@@ -1,0 +1,121 @@
+"""`fergate bench`: train / inference step time on synthetic batches of the model's shapes.
+
+Compile time is reported apart (`compile_s`); the step time is the median of timed steps
+after warm-up. FLOPs come from the compiled step's XLA cost analysis; MFU divides the
+achieved FLOP/s by a peak *measured* here: the best of repeated jit-compiled
+2048 x 2048 float32 matmuls on the same backend (`peak_flops`), i.e. what this machine's
+XLA can actually reach, not a datasheet number.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import statistics
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+
+def compiled_flops(compiled) -> float | None:
+    """FLOPs of one call of a compiled function (XLA cost analysis), None if unavailable."""
+    try:
+        cost = compiled.cost_analysis()
+    except Exception:  # noqa: BLE001 - some backends do not implement it
+        return None
+    if isinstance(cost, (list, tuple)):
+        cost = cost[0] if cost else None
+    return float(cost["flops"]) if cost and cost.get("flops") else None
+
+
+@functools.cache
+def peak_flops(n: int = 2048, reps: int = 10) -> float:
+    """Practical fp32 peak FLOP/s of all local devices: best of `reps` n x n matmuls each."""
+    x = jnp.ones((n, n), jnp.float32)
+    f = jax.jit(lambda a: a @ a)
+    f(x).block_until_ready()
+    best = min(_time(lambda: f(x).block_until_ready()) for _ in range(reps))
+    return 2 * n**3 / best * jax.local_device_count()
+
+
+def _time(fn) -> float:
+    t = time.perf_counter()
+    fn()
+    return time.perf_counter() - t
+
+
+def bench(config, batch: int | None = None, steps: int = 20, warmup: int = 3, infer: bool = False,
+          data: str | None = None) -> dict:
+    """Times `steps` train (or inference) steps; with `data`, also the input pipeline's rate
+    for the same batches from that prepared directory."""
+    from fergate.train.trainer import Model, example_batch, global_batch
+
+    if batch:
+        with config.unlocked():
+            config.input.batch_size = batch
+            config.eval.batch_size = batch
+    b = config.input.batch_size
+    m = Model(config)
+    state = m.new_state()
+    rng = np.random.default_rng(0)
+    local = example_batch(config, b // jax.process_count())
+    for k, v in local.items():  # realistic values: finite distances, non-constant images
+        if v.dtype == np.uint8:
+            local[k] = rng.integers(0, 256, v.shape, np.uint8)
+        elif k == "landmarks":
+            local[k] = rng.uniform(0, config.input.face_size, v.shape).astype(np.float32)
+        elif k == "iod":
+            local[k] = np.full(v.shape, 0.4 * config.input.face_size, np.float32)
+        elif k == "label":
+            local[k] = rng.integers(0, 7, v.shape).astype(np.int32)
+    gb = global_batch(local, m.batch_sharding)
+    fn = m.predict if infer else m.train_step
+    t = time.perf_counter()
+    compiled = fn.lower(state, gb).compile()
+    compile_s = time.perf_counter() - t
+    flops = compiled_flops(compiled)
+    times = []
+    for i in range(warmup + steps):
+        t = time.perf_counter()
+        if infer:
+            jax.block_until_ready(compiled(state, gb))
+        else:
+            state, metrics = compiled(state, gb)
+            jax.block_until_ready(metrics)
+        if i >= warmup:
+            times.append(time.perf_counter() - t)
+    med = statistics.median(times)
+    peak = peak_flops()
+    res = {
+        "model": f"{config.model}/{config.variant}", "mode": "infer" if infer else "train",
+        "params": m.n_params(), "batch": b, "examples_per_sec": round(b / med, 2),
+        "step_ms": round(1e3 * med, 3), "compile_s": round(compile_s, 3),
+        "flops_per_example": int(flops / b) if flops else None,
+        "mfu": round(flops / med / peak, 4) if flops else None,
+        "peak_gflops": round(peak / 1e9, 1), "backend": jax.default_backend(), "devices": jax.device_count(),
+        "dtype": config.train.dtype,
+    }
+    if data:
+        res["input_examples_per_sec"] = round(input_rate(config, data, b), 1)
+    return res
+
+
+def input_rate(config, data_dir: str, batch: int, batches: int = 50) -> float:
+    """Examples/s the training input pipeline delivers for this config (one process)."""
+    from fergate.data import pipeline
+    from fergate.train.trainer import input_transforms
+
+    fields, rand, det = input_transforms(config)
+    it = iter(pipeline.make_dataset(data_dir, config.data.train_split, fields, batch, balance=config.data.balance,
+                                    random_transforms=rand, transforms=det, workers=config.data.workers))
+    next(it)
+    t = time.perf_counter()
+    for _ in range(batches):
+        next(it)
+    return batches * batch / (time.perf_counter() - t)
+
+
+def to_json(res: dict) -> str:
+    return json.dumps(res)

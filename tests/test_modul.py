@@ -1,0 +1,91 @@
+"""MoDuL: gates, input sizes, the variants of Table I and parameter counts of Table IV."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from fergate import config as C
+from fergate import models
+from fergate.data.landmarks import pairwise_distances
+from fergate.errors import UserError
+from fergate.models import modul as M
+from fergate.models.layers import FaceGate
+from fergate.train.trainer import example_batch
+
+TABLE_IV = {"distances": 1.77, "patches": 2.79, "joint": 5.76, "joint_modal": 5.82, "distances_rw": 3.20,
+            "patches_rw": 3.02, "joint_rw": 6.22, "modul": 6.27}
+
+
+def _params(variant, landmarks=68):
+    cfg = C.load(f"configs/modul.py:variant={variant},landmarks={landmarks}")
+    batch = example_batch(cfg, 2)
+    return jax.eval_shape(lambda: models.family("modul").build(cfg).init(jax.random.key(0), batch))["params"]
+
+
+@pytest.mark.parametrize("variant", list(TABLE_IV))
+def test_parameter_counts_with_49_landmarks_within_20_percent_of_table_iv(variant):
+    n = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(_params(variant, 49))) / 1e6
+    print(f"{variant}: {n:.2f}M (Table IV {TABLE_IV[variant]}M, {100 * (n / TABLE_IV[variant] - 1):+.0f}%)")
+    assert abs(n / TABLE_IV[variant] - 1) < 0.20
+
+
+def test_distance_input_sizes():
+    # unweighted: upper triangle N(N-1)/2; region-weighted: D_ij * g_j for all i != j, N(N-1)
+    assert _params("distances")["F_dist"]["dense0"]["kernel"].shape == (68 * 67 // 2, 1024)
+    assert _params("modul")["F_dist"]["dense0"]["kernel"].shape == (68 * 67, 1024)
+    assert _params("modul", 49)["F_patch_conv"]["conv0"]["kernel"].shape == (3, 3, 49, 64)
+    assert "G_mod" in _params("joint_modal") and "G_dist" not in _params("joint_modal")
+
+
+def test_gate_value_ranges():
+    face = jax.random.uniform(jax.random.key(1), (8, 64, 64, 1)) * 50  # large inputs saturate the sigmoid
+    lg = FaceGate(68, "landmark")
+    g = lg.apply(lg.init(jax.random.key(0), face), face)
+    assert g.shape == (8, 68) and float(g.min()) >= 0 and float(g.max()) <= 2
+    mg = FaceGate(2, "modal")
+    m = mg.apply(mg.init(jax.random.key(0), face), face)
+    np.testing.assert_allclose(m.sum(-1), 1, rtol=1e-6)
+    assert float(m.min()) >= 0
+
+
+def test_distance_matrix_matches_eq_1_and_has_finite_gradients():
+    lm = np.random.default_rng(0).uniform(0, 64, (3, 68, 2)).astype(np.float32)
+    iod = np.array([20.0, 25.0, 30.0], np.float32)
+    np.testing.assert_allclose(M.distance_matrix(jnp.asarray(lm), jnp.asarray(iod)),
+                               pairwise_distances(lm, iod), rtol=1e-5, atol=1e-5)
+    g = jax.grad(lambda x: M.distance_matrix(x, jnp.asarray(iod)).sum())(jnp.asarray(lm))
+    assert np.isfinite(np.asarray(g)).all()
+
+
+def test_modal_gate_and_patch_gate_act_on_the_output():
+    cfg = C.load("configs/modul.py")
+    model = models.family("modul").build(cfg)
+    rng = np.random.default_rng(0)
+    batch = example_batch(cfg, 4)
+    batch.update(landmarks=rng.uniform(0, 64, (4, 68, 2)).astype(np.float32), iod=np.full(4, 25, np.float32),
+                 patches=rng.integers(0, 255, (4, 68, 30, 30), np.uint8),
+                 face=rng.integers(0, 255, (4, 64, 64, 1), np.uint8))
+    variables = model.init(jax.random.key(0), batch)
+    out = model.apply(variables, batch)
+    intro = out["introspect"]
+    assert set(intro) == {"dist_gate", "patch_gate", "modal_gate"}
+    # forcing the modal gate onto the distance branch removes the patches' influence
+    p = jax.tree.map(lambda x: x, variables["params"])
+    p["G_mod"]["out"]["bias"] = jnp.array([30.0, -30.0])
+    p["G_mod"]["out"]["kernel"] = jnp.zeros_like(p["G_mod"]["out"]["kernel"])
+    a = model.apply({"params": p}, batch)["logits"]
+    b = model.apply({"params": p}, {**batch, "patches": np.zeros_like(batch["patches"])})["logits"]
+    np.testing.assert_allclose(a, b, atol=1e-5)
+
+
+def test_unknown_variant_and_config_key_are_clear_errors():
+    with pytest.raises(UserError, match="unknown MoDuL variant 'gated'"):
+        C.load("configs/modul.py:variant=gated")
+    with pytest.raises(UserError, match="unknown config argument 'varaint'"):
+        C.load("configs/modul.py:varaint=joint")
+    with pytest.raises(UserError, match="unknown config key 'train.stpes'"):
+        C.load("configs/modul.py", ["--config.train.stpes=3"])
+    cfg = C.load("configs/modul.py:variant=joint", ["--config.train.steps=7", "--config.optim.lr=1e-4",
+                                                     "--config.modul.dist_hidden=(8, 4)"])
+    assert cfg.train.steps == 7 and cfg.optim.lr == 1e-4 and tuple(cfg.modul.dist_hidden) == (8, 4)

@@ -1,0 +1,129 @@
+"""The trainer: learning, device-count invariance, kill-and-resume, clear failures, bench."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+
+from fergate import config as C
+from fergate.errors import UserError
+from fergate.train import trainer
+from fergate.train.checkpoint import Checkpointer
+
+#: A narrow MoDuL (all gates on) for tests of the machinery, not of accuracy.
+SMALL = ["--config.modul.dist_hidden=(64, 32)", "--config.modul.patch_convs=(8, 16, 16)",
+         "--config.modul.patch_hidden=(64, 32)", "--config.modul.gate_convs=(4, 8, 8)",
+         "--config.modul.gate_hidden=16", "--config.input.batch_size=8", "--config.eval.batch_size=16"]
+
+
+def _cmd(workdir, data, *extra, config="configs/modul.py:smoke=True"):
+    return [sys.executable, "-m", "fergate", "train", "--config", config, "--workdir", str(workdir),
+            f"--config.data.dir={data}", *SMALL, *extra]
+
+
+def _losses(workdir):
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+        return [(r["step"], r["loss"]) for r in map(json.loads, f) if "loss" in r]
+
+
+def _final_params(workdir, data, *extra):
+    cfg = C.load("configs/modul.py:smoke=True", [f"--config.data.dir={data}", *SMALL, *extra])
+    m = trainer.Model(cfg)
+    state, step = Checkpointer(str(workdir)).restore(m.abstract_sharded_state())
+    return step, jax.device_get(state.params)
+
+
+def test_same_loss_curve_on_1_and_4_devices(sample_data, tmp_path):
+    curves = []
+    for n in (1, 4):
+        w = tmp_path / f"dev{n}"
+        r = subprocess.run(_cmd(w, sample_data, "--config.train.steps=20", "--config.train.log_every=2",
+                                f"--cpu_devices={n}"), capture_output=True, text=True)
+        assert r.returncode == 0, r.stderr[-2000:]
+        assert f"{n} devices" in r.stdout
+        curves.append(_losses(w))
+    (s1, l1), (s4, l4) = zip(*curves[0]), zip(*curves[1])
+    assert s1 == s4 and len(s1) == 10
+    np.testing.assert_allclose(l1, l4, rtol=2e-4)
+
+
+def test_killed_run_resumes_to_the_same_parameters(sample_data, tmp_path):
+    extra = ("--config.train.steps=40", "--config.train.ckpt_every=10", "--config.train.log_every=5")
+    ref = tmp_path / "uninterrupted"
+    assert subprocess.run(_cmd(ref, sample_data, *extra), capture_output=True).returncode == 0
+    w = tmp_path / "killed"
+    p = subprocess.Popen(_cmd(w, sample_data, *extra), stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    deadline = time.time() + 240
+    while not os.path.isdir(w / "checkpoints" / "20") and time.time() < deadline:
+        time.sleep(0.05)
+    p.send_signal(signal.SIGKILL)
+    p.wait()
+    assert not os.path.exists(w / "eval.json"), "the run finished before it could be killed"
+    r = subprocess.run(_cmd(w, sample_data, *extra), capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "resumed from step" in r.stdout
+    (sa, pa), (sb, pb) = _final_params(ref, sample_data, *extra), _final_params(w, sample_data, *extra)
+    assert sa == sb == 40
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), pa, pb)
+
+
+def test_other_config_corrupt_checkpoint_and_nan_are_clear(sample_data, tmp_path, capsys):
+    w = tmp_path / "w"
+    cfg = C.load("configs/modul.py:smoke=True", [f"--config.data.dir={sample_data}", *SMALL,
+                                                   "--config.train.steps=20", "--config.train.ckpt_every=10"])
+    trainer.train(cfg, str(w))
+    assert set(json.load(open(w / "eval.json"))) >= {"accuracy", "mean_class_accuracy", "top_k",
+                                                      "confusion_matrix", "classes"}
+    assert (w / "confusion_matrix.png").exists() and (w / "modal_gate.png").exists()
+    intro = json.load(open(w / "introspection.json"))
+    assert all(abs(sum(v) - 1) < 1e-4 for v in intro["modal_gate"].values())  # Table VIII rows
+
+    other = C.load("configs/modul.py:smoke=True,variant=joint", [f"--config.data.dir={sample_data}", *SMALL])
+    with pytest.raises(UserError, match="written by another config.*variant"):
+        trainer.train(other, str(w))
+
+    # a corrupt newest checkpoint: reported, and the older one is used
+    for root, _, files in os.walk(w / "checkpoints" / "20"):
+        for f in files:
+            open(os.path.join(root, f), "wb").close()
+    m = trainer.Model(cfg)
+    logs = []
+    state, step = Checkpointer(str(w)).restore(m.abstract_sharded_state(), log=logs.append)
+    assert step == 10 and "checkpoints/20 does not restore" in logs[0]
+
+    nan = C.load("configs/modul.py:smoke=True", [f"--config.data.dir={sample_data}", *SMALL,
+                                                  "--config.optim.lr=1e30", "--config.train.steps=40",
+                                                  "--config.train.ckpt_every=5", "--config.train.log_every=5"])
+    wn = tmp_path / "nan"
+    with pytest.raises(trainer.TrainingDiverged, match="loss became nan.*last good checkpoint"):
+        trainer.train(nan, str(wn))
+    good = Checkpointer(str(wn)).steps()
+    if good:  # every checkpoint kept holds finite parameters
+        st, _ = Checkpointer(str(wn)).restore(trainer.Model(nan).abstract_sharded_state())
+        assert all(np.isfinite(x).all() for x in jax.tree.leaves(jax.device_get(st.params)))
+
+
+def test_eval_command_and_bench_line(sample_data, tmp_path):
+    w = tmp_path / "w"
+    assert subprocess.run(_cmd(w, sample_data, "--config.train.steps=10"), capture_output=True).returncode == 0
+    r = subprocess.run([sys.executable, "-m", "fergate", "eval", "--workdir", str(w), "--split", "train",
+                        "--out", str(tmp_path / "ev")], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-2000:]
+    res = json.load(open(tmp_path / "ev" / "eval.json"))
+    assert res["split"] == "train" and res["step"] == 10 and np.sum(res["confusion_matrix"]) == res["examples"]
+    r = subprocess.run([sys.executable, "-m", "fergate", "bench", "--config", "configs/modul.py:variant=joint",
+                        "--batch", "8", "--steps", "3", *SMALL[:3]], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-2000:]
+    line = json.loads(r.stdout.strip().splitlines()[-1])
+    assert set(line) >= {"model", "params", "batch", "examples_per_sec", "step_ms", "compile_s",
+                         "flops_per_example", "mfu", "backend", "devices"}
+    assert line["batch"] == 8 and line["flops_per_example"] > 0 and 0 < line["mfu"] < 1.5
+    r = subprocess.run([sys.executable, "-m", "fergate", "eval", "--workdir", str(tmp_path / "none")],
+                       capture_output=True, text=True)
+    assert r.returncode == 2 and "not a fergate training workdir" in r.stderr
