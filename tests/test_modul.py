@@ -10,7 +10,7 @@ from fergate import models
 from fergate.data.landmarks import pairwise_distances
 from fergate.errors import UserError
 from fergate.models import modul as M
-from fergate.models.layers import FaceGate
+from fergate.models.layers import FaceGates, conv3x3_im2col
 from fergate.train.trainer import example_batch
 
 TABLE_IV = {"distances": 1.77, "patches": 2.79, "joint": 5.76, "joint_modal": 5.82, "distances_rw": 3.20,
@@ -35,18 +35,25 @@ def test_distance_input_sizes():
     assert _params("distances")["F_dist"]["dense0"]["kernel"].shape == (68 * 67 // 2, 1024)
     assert _params("modul")["F_dist"]["dense0"]["kernel"].shape == (68 * 67, 1024)
     assert _params("modul", 49)["F_patch_conv"]["conv0"]["kernel"].shape == (3, 3, 49, 64)
-    assert "G_mod" in _params("joint_modal") and "G_dist" not in _params("joint_modal")
+    gates = _params("joint_modal")["gates"]
+    assert "G_mod_out" in gates and "G_dist_out" not in gates
 
 
 def test_gate_value_ranges():
     face = jax.random.uniform(jax.random.key(1), (8, 64, 64, 1)) * 50  # large inputs saturate the sigmoid
-    lg = FaceGate(68, "landmark")
-    g = lg.apply(lg.init(jax.random.key(0), face), face)
+    gates = FaceGates([("g", 68, "landmark"), ("m", 2, "modal")])
+    out = gates.apply(gates.init(jax.random.key(0), face), face)
+    g, m = out["g"], out["m"]
     assert g.shape == (8, 68) and float(g.min()) >= 0 and float(g.max()) <= 2
-    mg = FaceGate(2, "modal")
-    m = mg.apply(mg.init(jax.random.key(0), face), face)
     np.testing.assert_allclose(m.sum(-1), 1, rtol=1e-6)
     assert float(m.min()) >= 0
+
+
+def test_im2col_convolution_matches_xla_convolution():
+    x = jax.random.normal(jax.random.key(0), (2, 9, 7, 3))
+    k = jax.random.normal(jax.random.key(1), (3, 3, 3, 5))
+    ref = jax.lax.conv_general_dilated(x, k, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    np.testing.assert_allclose(conv3x3_im2col(x, k), ref, rtol=1e-5, atol=1e-5)
 
 
 def test_distance_matrix_matches_eq_1_and_has_finite_gradients():
@@ -72,8 +79,8 @@ def test_modal_gate_and_patch_gate_act_on_the_output():
     assert set(intro) == {"dist_gate", "patch_gate", "modal_gate"}
     # forcing the modal gate onto the distance branch removes the patches' influence
     p = jax.tree.map(lambda x: x, variables["params"])
-    p["G_mod"]["out"]["bias"] = jnp.array([30.0, -30.0])
-    p["G_mod"]["out"]["kernel"] = jnp.zeros_like(p["G_mod"]["out"]["kernel"])
+    p["gates"]["G_mod_out"]["bias"] = jnp.array([30.0, -30.0])
+    p["gates"]["G_mod_out"]["kernel"] = jnp.zeros_like(p["gates"]["G_mod_out"]["kernel"])
     a = model.apply({"params": p}, batch)["logits"]
     b = model.apply({"params": p}, {**batch, "patches": np.zeros_like(batch["patches"])})["logits"]
     np.testing.assert_allclose(a, b, atol=1e-5)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
 
@@ -21,8 +22,20 @@ class MLP(nn.Module):
         return x
 
 
+def max_pool2(x: jax.Array) -> jax.Array:
+    """2x2 max-pool, stride 2, floor (NHWC) as a reshape + max: its gradient is a cheap
+    mask, where `nn.max_pool`'s (XLA select-and-scatter) costs 4-8x more on CPU."""
+    b, h, w, c = x.shape
+    x = x[:, : h // 2 * 2, : w // 2 * 2]
+    return x.reshape(b, h // 2, 2, w // 2, 2, c).max(axis=(2, 4))
+
+
 class ConvPool(nn.Module):
-    """len(features) x (Conv3x3 'same' - ReLU - MaxPool2), NHWC, then flatten."""
+    """len(features) x (Conv3x3 'same' - ReLU - MaxPool2), NHWC, then flatten.
+
+    Computed as conv - pool - ReLU: the same function (ReLU is monotonic), with the ReLU
+    on a quarter of the elements.
+    """
 
     features: Sequence[int]
     dtype: jnp.dtype = jnp.float32
@@ -30,32 +43,55 @@ class ConvPool(nn.Module):
     @nn.compact
     def __call__(self, x):
         for i, f in enumerate(self.features):
-            x = nn.relu(nn.Conv(f, (3, 3), padding="SAME", dtype=self.dtype, name=f"conv{i}")(x))
-            x = nn.max_pool(x, (2, 2), (2, 2))
+            x = nn.relu(max_pool2(nn.Conv(f, (3, 3), padding="SAME", dtype=self.dtype, name=f"conv{i}")(x)))
         return x.reshape(x.shape[0], -1)
 
 
-class FaceGate(nn.Module):
-    """A gate computed from the whole face: ConvPool trunk - Dense - ReLU - Dense(outputs).
+def conv3x3_im2col(x: jax.Array, kernel: jax.Array) -> jax.Array:
+    """3x3 'same' convolution as one matmul over the 9 shifted copies of x (NHWC, kernel
+    HWIO): for a few input channels (a grey face) it beats XLA's convolution on CPU,
+    and its weight gradient is a single matmul."""
+    b, h, w, c = x.shape
+    xp = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
+    cols = jnp.concatenate([xp[:, dy : dy + h, dx : dx + w] for dy in range(3) for dx in range(3)], -1)
+    return (cols.reshape(-1, 9 * c) @ kernel.reshape(9 * c, -1)).reshape(b, h, w, -1)
 
-    `kind="landmark"`: 2 * sigmoid, values in [0, 2] with mean 1 at initialisation, so a
-    gated input keeps its expected scale (MoDuL Eq. 2-3). `kind="modal"`: softmax over the
-    outputs (MoDuL Eq. 8).
+
+class FaceGates(nn.Module):
+    """Gates computed from the whole face, each ConvPool trunk - Dense - ReLU - Dense(outputs).
+
+    `specs` = (name, outputs, kind) per gate. kind "landmark": 2 * sigmoid, values in
+    [0, 2] with mean 1 at initialisation, so a gated input keeps its expected scale (MoDuL
+    Eq. 2-3); kind "modal": softmax over the outputs (MoDuL Eq. 8). The gates share
+    nothing but their input, so their first convolutions (on the full-resolution face,
+    the costly layer) run as one im2col matmul with the gates' kernels side by side.
+    Returns {name: gate values}.
     """
 
-    outputs: int
-    kind: str = "landmark"
+    specs: Sequence[tuple[str, int, str]]
     convs: Sequence[int] = (32, 64, 64)
     hidden: int = 64
     dtype: jnp.dtype = jnp.float32
 
     @nn.compact
     def __call__(self, face):
-        h = ConvPool(self.convs, self.dtype, name="trunk")(face)
-        h = nn.relu(nn.Dense(self.hidden, dtype=self.dtype, name="hidden")(h))
-        logits = nn.Dense(self.outputs, dtype=jnp.float32, name="out")(h).astype(jnp.float32)
-        if self.kind == "landmark":
-            return 2.0 * nn.sigmoid(logits)
-        if self.kind == "modal":
-            return nn.softmax(logits, axis=-1)
-        raise ValueError(f"unknown gate kind {self.kind!r}")
+        cin, c0 = face.shape[-1], self.convs[0]
+        kernels = [self.param(f"{name}_conv0_kernel", nn.initializers.lecun_normal(), (3, 3, cin, c0))
+                   for name, _, _ in self.specs]
+        biases = [self.param(f"{name}_conv0_bias", nn.initializers.zeros, (c0,)) for name, _, _ in self.specs]
+        kernel = jnp.concatenate(kernels, -1).astype(self.dtype)
+        h = conv3x3_im2col(face.astype(self.dtype), kernel) + jnp.concatenate(biases).astype(self.dtype)
+        h = nn.relu(max_pool2(h))
+        out = {}
+        for (name, outputs, kind), hg in zip(self.specs, jnp.split(h, len(self.specs), -1)):
+            hg = ConvPool(self.convs[1:], self.dtype, name=f"{name}_trunk")(hg) if len(self.convs) > 1 \
+                else hg.reshape(hg.shape[0], -1)
+            hg = nn.relu(nn.Dense(self.hidden, dtype=self.dtype, name=f"{name}_hidden")(hg))
+            logits = nn.Dense(outputs, dtype=jnp.float32, name=f"{name}_out")(hg).astype(jnp.float32)
+            if kind == "landmark":
+                out[name] = 2.0 * nn.sigmoid(logits)
+            elif kind == "modal":
+                out[name] = nn.softmax(logits, axis=-1)
+            else:
+                raise ValueError(f"unknown gate kind {kind!r}")
+        return out

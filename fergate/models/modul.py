@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from fergate.data.landmarks import INTRAFACE_49
-from fergate.models.layers import MLP, ConvPool, FaceGate
+from fergate.models.layers import MLP, ConvPool, FaceGates
 
 VARIANTS = {  # name: (distance branch, patch branch, landmark gates, modal gate)
     "distances": (True, False, False, False),
@@ -61,14 +61,15 @@ class MoDuL(nn.Module):
         use_dist, use_patch, rw, modal = VARIANTS[self.variant]
         idx = landmark_subset(self.landmarks)
         n = len(idx)
-        face = batch["face"].astype(self.dtype) / 255.0 if (rw or modal) else None
-        gate = dict(convs=self.gate_convs, hidden=self.gate_hidden, dtype=self.dtype)
+        specs = [(n, len(idx), "landmark") for n, on in (("G_dist", rw and use_dist), ("G_patch", rw and use_patch))
+                 if on] + ([("G_mod", 2, "modal")] if modal else [])
+        gates = FaceGates(specs, self.gate_convs, self.gate_hidden, self.dtype, name="gates")(
+            batch["face"].astype(self.dtype) / 255.0) if specs else {}
         feats, out = [], {"introspect": {}}
         if use_dist:
             d = distance_matrix(batch["landmarks"][:, idx].astype(jnp.float32), batch["iod"].astype(jnp.float32))
             if rw:  # region-weighted: D_ij * g_j for all i != j, N(N-1) inputs (Eq. 4)
-                g = FaceGate(n, "landmark", name="G_dist", **gate)(face)
-                out["introspect"]["dist_gate"] = g
+                g = out["introspect"]["dist_gate"] = gates["G_dist"]
                 i, j = np.nonzero(~np.eye(n, dtype=bool))
                 x = (d * g[:, None, :])[:, i, j]
             else:  # upper triangle, N(N-1)/2 inputs
@@ -78,14 +79,12 @@ class MoDuL(nn.Module):
         if use_patch:
             p = batch["patches"][:, idx].astype(self.dtype) / 255.0  # (B, N, P, P)
             if rw:  # each landmark's channel scaled by its gate (Eq. 5)
-                g = FaceGate(n, "landmark", name="G_patch", **gate)(face)
-                out["introspect"]["patch_gate"] = g
+                g = out["introspect"]["patch_gate"] = gates["G_patch"]
                 p = p * g[:, :, None, None].astype(self.dtype)
             h = ConvPool(self.patch_convs, self.dtype, name="F_patch_conv")(p.transpose(0, 2, 3, 1))
             feats.append(MLP(self.patch_hidden, self.dtype, name="F_patch")(h))
         if modal:  # softmax modal gate scales the two 512-d features (Eq. 9-10)
-            m = FaceGate(2, "modal", name="G_mod", **gate)(face)
-            out["introspect"]["modal_gate"] = m
+            m = out["introspect"]["modal_gate"] = gates["G_mod"]
             feats = [feats[0] * m[:, :1].astype(self.dtype), feats[1] * m[:, 1:].astype(self.dtype)]
         h = jnp.concatenate(feats, -1)
         out["logits"] = nn.Dense(self.num_classes, dtype=self.dtype, name="classifier")(h).astype(jnp.float32)
