@@ -131,12 +131,12 @@ def test_eval_command_and_bench_line(sample_data, tmp_path):
 
 @pytest.fixture(scope="module")
 def learn_data(tmp_path_factory):
-    """A sample set big enough to learn from: 100 images per class (no clips)."""
+    """A sample set big enough to learn from: 200 images per class (no clips, no embeddings)."""
     from data_prep import face, prep
 
     out = str(tmp_path_factory.mktemp("learn"))
     prep.run("sample", None, out, prep.PrepOptions(face=face.FaceOptions(identity=False)),
-             {"size": 700, "clips": 0}, workers=2, log=lambda *_: None)
+             {"size": 1400, "clips": 0}, workers=2, log=lambda *_: None)
     return out
 
 
