@@ -1,5 +1,5 @@
-"""A contact sheet of a prepared split: `per_class` aligned faces per class, one row each,
-with the landmarks drawn; written by `fergate prep` as DIR/contact_sheet.png."""
+"""A contact sheet of a prepared split: `per_class` aligned faces (or images) per class, one
+row each, with the landmarks drawn; written by `fergate prep` as DIR/contact_sheet.png."""
 
 from __future__ import annotations
 
@@ -20,10 +20,11 @@ def contact_sheet(data_dir: str, split: str, classes: list[str], out: str, per_c
         reader = ArrayRecordReader(path)
         for i in range(reader.num_records()):
             rec = schema.decode(reader.read([i])[0])
-            if "face" not in rec or len(rows[rec["label"]]) >= per_class:
+            img = rec.get("face", rec.get("image"))
+            if img is None or len(rows[rec["label"]]) >= per_class:
                 continue
-            face = np.ascontiguousarray(np.repeat(rec["face"], 3 // rec["face"].shape[-1], -1))
-            for x, y in rec["landmarks"]:
+            face = np.ascontiguousarray(np.repeat(img, 3 // img.shape[-1], -1))
+            for x, y in rec.get("landmarks", ()):
                 cv2.circle(face, (int(round(x)), int(round(y))), 1, (0, 255, 0), -1)
             rows[rec["label"]].append(face)
         reader.close()

@@ -27,7 +27,7 @@ class Item:
     label: int
     subject: str
     source: str  #: path or id
-    kind: str = "image"  #: "image" or "clip"
+    kind: str = "image"  #: "image", "clip" (face pipeline run on it) or "record" (fields as loaded)
     params: tuple = field(default=())  #: reader-specific (the sample generator's recipe)
 
 
@@ -125,7 +125,82 @@ class FolderReader:
         return F.load_image(item.source)
 
 
-READERS = {"sample": SampleReader, "folder": FolderReader}
+class RotatedDigitsReader:
+    """THIN's MNIST-R (`digits_rotated`) and MNIST-RS (`digits_rotated_scaled`): every
+    source digit `copies` times under a random rotation (and scale); SOURCE = a folder of
+    MNIST idx files, `tfds`, or nothing for scikit-learn's digits (data_prep.synthetic)."""
+
+    scaled = False
+
+    def __init__(self, source: str | None = None, copies: int = 8, seed: int = 0, **_):
+        from data_prep import synthetic
+
+        if source and source != "tfds" and not os.path.isdir(source):
+            raise UserError(f"idx folder not found: {source}")
+        self.source, self.copies, self.seed = source, copies, seed
+        self.classes = tuple(str(i) for i in range(10))
+        self._load = synthetic.load_digits
+
+    @functools.lru_cache(maxsize=2)  # noqa: B019 - one reader per process
+    def digits(self, split: str):
+        try:
+            return self._load(self.source, split)
+        except (FileNotFoundError, ImportError) as e:
+            raise UserError(str(e)) from None
+
+    def items(self) -> list[Item]:
+        out = []
+        for split in ("train", "test"):
+            _, labels, origin = self.digits(split)
+            for c in range(self.copies):
+                out += [Item(f"{split}/{i}/{c}", split, int(y), f"{split}{i}", origin, "record", (i, c))
+                        for i, y in enumerate(labels)]
+        return out
+
+    def load(self, item: Item) -> dict:
+        from data_prep import synthetic
+
+        imgs, _, _ = self.digits(item.split)
+        i, c = item.params
+        rng = np.random.default_rng([self.seed, i, c, item.split == "test"])
+        return synthetic.rotated_digit(imgs[i], rng, self.scaled)
+
+
+class RotatedScaledDigitsReader(RotatedDigitsReader):
+    scaled = True
+
+
+class DSpritesReader:
+    """THIN's dSprites task: `size` random points of the dSprites factor grid (shape,
+    scale, rotation, x, y), drawn by data_prep.synthetic.sprite; test = `test_fraction`."""
+
+    def __init__(self, source: str | None = None, size: int = 24000, test_fraction: float = 0.2, seed: int = 0, **_):
+        from data_prep import synthetic
+
+        self.classes = synthetic.SHAPES
+        self.size, self.test_fraction, self.seed = size, test_fraction, seed
+
+    def items(self) -> list[Item]:
+        from data_prep import synthetic as syn
+
+        rng = np.random.default_rng(self.seed)
+        factors = np.stack([rng.integers(0, n, self.size) for n in
+                            (len(syn.SHAPES), len(syn.DSPRITES_SCALES), syn.DSPRITES_ROTATIONS,
+                             syn.DSPRITES_POSITIONS, syn.DSPRITES_POSITIONS)], 1)
+        n_test = int(self.size * self.test_fraction)
+        return [Item(f"sprite{i}", "test" if i < n_test else "train", int(f[0]), f"sprite{i}", "generator",
+                     "record", tuple(int(v) for v in f)) for i, f in enumerate(factors)]
+
+    def load(self, item: Item) -> dict:
+        from data_prep import synthetic
+
+        shape, scale, rot, x, y = item.params
+        return {"image": synthetic.sprite(shape, scale, rot, x, y)[..., None], "scale_bin": scale,
+                "rotation_bin": rot, "position": np.array([x, y], np.int32)}
+
+
+READERS = {"sample": SampleReader, "folder": FolderReader, "digits_rotated": RotatedDigitsReader,
+           "digits_rotated_scaled": RotatedScaledDigitsReader, "dsprites": DSpritesReader}
 
 
 def reader(name: str, source: str | None, **options):

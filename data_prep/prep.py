@@ -72,8 +72,13 @@ def process_item(item: datasets.Item) -> tuple[bytes | None, str | None]:
     """(encoded record, None) or (None, skip reason); never raises for a bad item."""
     reader, opts = _WORKER["reader"], _WORKER["opts"]
     try:
-        pixels = reader.load(item)
-        rec = clip_record(pixels, opts) if item.kind == "clip" else F.process_face(pixels, opts.face)
+        loaded = reader.load(item)
+        if item.kind == "record":
+            rec = loaded
+        elif item.kind == "clip":
+            rec = clip_record(loaded, opts)
+        else:
+            rec = F.process_face(loaded, opts.face)
     except F.SkipItem as e:
         return None, e.reason
     except Exception as e:  # a reader or decoder failure must not stop the run
@@ -128,7 +133,7 @@ def run(dataset: str, source: str | None, out: str, opts: PrepOptions = PrepOpti
     else:
         _init_worker(*init)
         results = map(process_item, flat)
-    t0, done, counts = time.time(), 0, Counter()
+    t0, done, counts, last_log = time.time(), 0, Counter(), 0.0
     try:
         for split, f, its in todo:
             name = shards.shard_name(split, f, len(files[split]))
@@ -142,7 +147,8 @@ def run(dataset: str, source: str | None, out: str, opts: PrepOptions = PrepOpti
                     w.write(data, it.label, it.subject)
                     counts["records"] += 1
                 done += 1
-                if done % 200 == 0 or done == n_todo:
+                if time.time() - last_log > 5 or done == n_todo:
+                    last_log = time.time()
                     rate = done / max(time.time() - t0, 1e-9)
                     log(f"[prep] {done}/{n_todo} items, {rate:.1f} items/s, ETA {(n_todo - done) / rate:.0f}s, "
                         f"{counts['skipped']} skipped")

@@ -137,22 +137,29 @@ class EpochSampler(Sequence):
 
 class Load(grain.transforms.Map):
     """(record index, valid) -> decoded record with the requested fields, `label` as int32
-    and a `mask` (0 for padding)."""
+    (read from `label_field`, through `label_map` for string labels such as the subject;
+    an unmapped value gets mask 0) and a `mask` (0 for padding)."""
 
-    def __init__(self, files: Sequence[str], fields: Sequence[str]):
-        self.files, self.fields = list(files), tuple(dict.fromkeys([*fields, "label"]))
+    def __init__(self, files: Sequence[str], fields: Sequence[str], label_field: str = "label",
+                 label_map: dict | None = None):
+        self.files, self.label_field, self.label_map = list(files), label_field, label_map
+        self.fields = tuple(dict.fromkeys([*fields, label_field]))
         self._source = None
 
     def __getstate__(self):
-        return {"files": self.files, "fields": self.fields, "_source": None}
+        return {**self.__dict__, "_source": None}
 
     def map(self, element: tuple[int, bool]) -> dict[str, Any]:
         if self._source is None:
             self._source = grain.sources.ArrayRecordDataSource(self.files)
         index, valid = element
         rec = schema.decode(self._source[index], self.fields)
-        out = {k: v for k, v in rec.items() if k not in STRING_FIELDS}
-        out["label"] = np.int32(rec["label"])
+        out = {k: v for k, v in rec.items() if k not in STRING_FIELDS and k != self.label_field}
+        label = rec[self.label_field]
+        if self.label_map is not None:
+            label = self.label_map.get(label, -1)
+            valid = valid and label >= 0
+        out["label"] = np.int32(max(label, 0))
         if "iod" in out:
             out["iod"] = np.float32(out["iod"])
         out["mask"] = np.float32(valid)
@@ -239,7 +246,8 @@ class ResizeFace(grain.transforms.Map):
 def make_dataset(data_dir: str, split: str, fields: Sequence[str], batch_size: int, *, seed: int = 0,
                  train: bool = True, balance: bool = False, random_transforms: Sequence = (),
                  transforms: Sequence = (), process_index: int = 0, process_count: int = 1,
-                 num_epochs: int | None = None, workers: int = 0, read_threads: int = 4) -> grain.IterDataset:
+                 num_epochs: int | None = None, workers: int = 0, read_threads: int = 4,
+                 label_field: str = "label", label_map: dict | None = None) -> grain.IterDataset:
     """Per-process batches (dicts of numpy arrays, leading axis `batch_size`) of a split.
 
     Train: shuffled (and class-balanced with `balance`), repeated forever unless
@@ -259,7 +267,7 @@ def make_dataset(data_dir: str, split: str, fields: Sequence[str], batch_size: i
     ds = grain.MapDataset.source(sampler)
     if process_count > 1:
         ds = ds.slice(slice(process_index, None, process_count))
-    ds = ds.map(Load(files, fields))
+    ds = ds.map(Load(files, fields, label_field, label_map))
     if train:
         for i, t in enumerate(random_transforms):
             ds = ds.random_map(t, seed=seed * 1000 + i + 1)

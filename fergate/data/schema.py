@@ -43,8 +43,11 @@ FIELDS: dict[str, tuple[str, str | None, tuple | None, str]] = {
     "identity": ("array", "float32", (128,), "dlib ResNet face-recognition embedding"),
     "clip": ("array", "uint8", (None, None, None, None), "T x H x W x C aligned frames"),
     "clip_landmarks": ("array", "float32", (None, 68, 2), "T x 68 x 2 landmarks per frame"),
+    "image": ("array", "uint8", (None, None, None), "a non-face image, H x W x C (synthetic benchmarks)"),
+    "rotation_bin": ("int", None, None, "exogenous label: rotation bin (synthetic benchmarks)"),
+    "scale_bin": ("int", None, None, "exogenous label: scale bin (synthetic benchmarks)"),
 }
-IMAGE_FIELDS = ("face", "clip", "patches")
+IMAGE_FIELDS = ("face", "clip", "patches", "image")
 
 
 class SchemaError(ValueError):
@@ -111,7 +114,7 @@ def encode(record: dict[str, Any], compress: bool = False) -> bytes:
                 frames = arr.reshape((-1,) + arr.shape[-3:])
             elif name == "patches":  # N_l x P x P: tiled into one N_l*P x P grey image
                 frames = arr.reshape(1, -1, arr.shape[-1], 1)
-            else:
+            else:  # H x W x C
                 frames = arr.reshape((1,) + arr.shape[:2] + (-1,))
             data = [_png_encode(f) for f in frames]
             lens = [len(d) for d in data]

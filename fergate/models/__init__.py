@@ -8,7 +8,7 @@ from types import ModuleType
 
 from fergate.errors import UserError
 
-FAMILIES = ("modul",)
+FAMILIES = ("modul", "thin")
 
 
 def family(name: str) -> ModuleType:

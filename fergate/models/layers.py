@@ -95,3 +95,72 @@ class FaceGates(nn.Module):
             else:
                 raise ValueError(f"unknown gate kind {kind!r}")
         return out
+
+
+def tree_gate(d: jax.Array) -> jax.Array:
+    """Leaf probabilities mu (B, 2^D) of a soft binary tree of depth D from its 2^D - 1 node
+    decisions d (B, 2^D - 1) in breadth-first order (THIN Eq. 4-5): mu_leaf is the product
+    along the root-to-leaf path of d_n (left child) or 1 - d_n (right child); sum mu = 1."""
+    mu, start, width = jnp.ones(d.shape[:-1] + (1,), d.dtype), 0, 1
+    while start < d.shape[-1]:
+        dn = d[..., start : start + width]  # this level's nodes, left to right
+        mu = jnp.stack([mu * dn, mu * (1 - dn)], -1).reshape(d.shape[:-1] + (2 * width,))
+        start, width = start + width, 2 * width
+    if start != d.shape[-1]:
+        raise ValueError(f"{d.shape[-1]} node decisions do not form a full binary tree")
+    return mu
+
+
+class TreeGate(nn.Module):
+    """Neural tree gate of depth D: d_n = sigmoid(w_n . h_g + b_n) (THIN Eq. 3), then
+    `tree_gate`. Returns (B, 2^D) mixture weights."""
+
+    depth: int
+
+    @nn.compact
+    def __call__(self, h_g):
+        d = nn.sigmoid(nn.Dense(2**self.depth - 1, dtype=jnp.float32, name="nodes")(h_g.astype(jnp.float32)))
+        return tree_gate(d)
+
+
+class Experts(nn.Module):
+    """L weak predictors with identical architecture as ONE module with a leading ensemble
+    axis on every parameter (nn.vmap, never a Python loop): a shared input x (B, F) gives
+    logits (B, L, K). `hidden` Dense-ReLU layers, then Dense(K)."""
+
+    members: int
+    hidden: Sequence[int]
+    outputs: int
+    dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x):
+        member = nn.vmap(_Expert, variable_axes={"params": 0}, split_rngs={"params": True}, in_axes=None,
+                         out_axes=1, axis_size=self.members)
+        return member(tuple(self.hidden), self.outputs, self.dtype, name="members")(x)
+
+
+class _Expert(nn.Module):
+    hidden: Sequence[int]
+    outputs: int
+    dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x):
+        x = MLP(self.hidden, self.dtype, name="mlp")(x)
+        return nn.Dense(self.outputs, dtype=self.dtype, name="out")(x).astype(jnp.float32)
+
+
+class LoopExperts(nn.Module):
+    """The same L experts applied one by one in a Python loop: only for parity tests and
+    for measuring what the vmapped `Experts` saves (`thin.experts=loop`)."""
+
+    members: int
+    hidden: Sequence[int]
+    outputs: int
+    dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x):
+        return jnp.stack([_Expert(tuple(self.hidden), self.outputs, self.dtype, name=f"member{i}")(x)
+                          for i in range(self.members)], 1)

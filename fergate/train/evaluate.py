@@ -14,13 +14,14 @@ from fergate.data import pipeline
 
 def evaluate(m, state, data_dir: str, split: str, classes: list[str]) -> dict:
     """One ordered pass over `split` with model `m` (a trainer.Model) in state `state`."""
-    from fergate.train.trainer import global_batch, input_transforms
+    from fergate.train.trainer import global_batch, input_transforms, label_map
 
     config = m.config
     fields, _, det = input_transforms(config)
     ds = pipeline.make_dataset(data_dir, split, fields, config.eval.batch_size // jax.process_count(),
                                train=False, transforms=det, process_index=jax.process_index(),
-                               process_count=jax.process_count())
+                               process_count=jax.process_count(), label_field=config.data.get("label_field", "label"),
+                               label_map=label_map(config, pipeline.read_manifest(data_dir)))
     k = len(classes)
     logits, labels, intro, sums = [], [], {}, {}
     for local in ds:

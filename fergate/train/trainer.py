@@ -62,12 +62,31 @@ def make_mesh() -> jax.sharding.Mesh:
 
 
 def data_dir(config) -> str:
+    """config.data.dir, or the built-in dataset `config.data.dataset` prepared in the cache."""
     if config.data.dir:
         return config.data.dir
-    from fergate.data.sample import sample_dir
+    from fergate.data.sample import prepared_dir
 
     log = print if jax.process_index() == 0 else (lambda *_: None)
-    return sample_dir(size=config.data.sample_size, log=log)
+    dataset = config.data.get("dataset", "sample")
+    options = {"size": config.data.sample_size} if dataset == "sample" else {}
+    return prepared_dir(dataset, log=log, **options)
+
+
+def resolve(config, manifest: dict) -> None:
+    """Lets the model family fill config fields that depend on the data (e.g. the number of
+    training subjects), before anything is built."""
+    fam = models.family(config.model)
+    if hasattr(fam, "resolve"):
+        with config.unlocked():
+            fam.resolve(config, manifest)
+
+
+def label_map(config, manifest: dict) -> dict | None:
+    """Training on `subject` labels: subject name -> index over the training subjects."""
+    if config.data.get("label_field", "label") != "subject":
+        return None
+    return {s: i for i, s in enumerate(manifest["splits"][config.data.train_split]["subjects"])}
 
 
 def input_transforms(config) -> tuple[tuple[str, ...], list, list]:
@@ -80,9 +99,8 @@ def input_transforms(config) -> tuple[tuple[str, ...], list, list]:
         rand.append(pipeline.BrightnessContrast())
     det = []
     if "face" in fields:
-        s = config.input.face_size
         shape = models.family(config.model).inputs(config)["face"][0]
-        det.append(pipeline.ResizeFace((s, s), grey=shape[-1] == 1))
+        det.append(pipeline.ResizeFace(tuple(shape[:2]), grey=shape[-1] == 1))
     return fields, rand, det
 
 
@@ -110,6 +128,13 @@ def make_optimizer(config) -> tuple[optax.GradientTransformation, optax.Schedule
         raise UserError(f"unknown optimizer {o.name!r} (config optim.name): adam or sgd")
     if o.grad_clip:
         opt = optax.chain(optax.clip_by_global_norm(o.grad_clip), opt)
+    frozen = tuple(o.get("frozen", ()))
+    if frozen:  # pretrained parts kept fixed: no update, no optimizer state
+        def labels(params):
+            return {k: jax.tree.map(lambda _, k=k: "frozen" if k in frozen else "train", v)
+                    for k, v in params.items()}
+
+        opt = optax.multi_transform({"train": opt, "frozen": optax.set_to_zero()}, labels)
     return opt, schedule
 
 
@@ -168,6 +193,53 @@ def make_fns(config, model, tx, schedule):
 def global_batch(local: dict[str, np.ndarray], sharding) -> dict[str, jax.Array]:
     """Per-process batches -> one global batch sharded over the data axis."""
     return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in local.items()}
+
+
+def class_names(config, manifest: dict) -> list[str]:
+    if config.data.get("label_field", "label") == "subject":
+        return list(manifest["splits"][config.data.train_split]["subjects"])
+    if config.data.get("label_field", "label") != "label":
+        return [str(i) for i in range(config.thin.exo_classes)] if "thin" in config else []
+    return list(manifest["classes"])
+
+
+def init_from_pretrained(m: Model, state: TrainState, workdir: str, log=print) -> TrainState:
+    """Copies the parameter subtrees `config.init.params` from the newest checkpoint of
+    `config.init.params_from` (a workdir; "pretrain" = W/pretrain, trained first from
+    `config.pretrain.config` when it has not finished)."""
+    init = m.config.get("init", {})
+    source = init.get("params_from", "")
+    if not source:
+        return state
+    if source == "pretrain":
+        source = os.path.join(workdir, "pretrain")
+        if not os.path.exists(os.path.join(source, "eval.json")):
+            log(f"[train] stage 1: {m.config.pretrain.config} -> {source}")
+            pre = config_lib.load(m.config.pretrain.config, [f"--config.data.dir={m.config.data.dir}"] + (
+                [f"--config.train.steps={m.config.pretrain.steps}"] if m.config.pretrain.get("steps") else []))
+            train(pre, source, log)
+    path = os.path.join(source, "config.json")
+    if not os.path.exists(path):
+        raise UserError(f"config init.params_from: {source} is not a fergate workdir")
+    import ml_collections
+
+    with open(path) as f:
+        src_cfg = ml_collections.ConfigDict(json.load(f))
+    src = Model(src_cfg)
+    restored = Checkpointer(source).restore(src.abstract_sharded_state())
+    if restored is None:
+        raise UserError(f"config init.params_from: no checkpoint in {source}")
+    src_params, src_model_state = restored[0].params, restored[0].model_state
+    params, model_state = dict(state.params), {k: dict(v) for k, v in state.model_state.items()}
+    loaded = [n for n in init.params if n in src_params and n in params]
+    for name in loaded:
+        params[name] = src_params[name]
+        for col, tree in src_model_state.items():
+            if name in tree and name in model_state.get(col, {}):
+                model_state[col][name] = tree[name]
+    frozen = ", ".join(m.config.optim.get("frozen", ())) or "none"
+    log(f"[train] loaded {', '.join(loaded)} from {source} (frozen: {frozen})")
+    return jax.device_put(TrainState(state.step, params, m.tx.init(params), model_state), m.state_sharding)
 
 
 def check_workdir_config(workdir: str, config) -> None:
@@ -242,9 +314,11 @@ def train(config, workdir: str, log=print) -> dict:
 
     lead = jax.process_index() == 0
     log = log if lead else (lambda *_: None)
-    check_workdir_config(workdir, config)
     ddir = data_dir(config)
-    classes = pipeline.read_manifest(ddir)["classes"]
+    manifest = pipeline.read_manifest(ddir)
+    resolve(config, manifest)
+    check_workdir_config(workdir, config)
+    classes = class_names(config, manifest)
     m = Model(config)
     c = config.train
     fields, rand, det = input_transforms(config)
@@ -252,12 +326,13 @@ def train(config, workdir: str, log=print) -> dict:
     ds = pipeline.make_dataset(ddir, config.data.train_split, fields, local_bs, seed=config.seed,
                                balance=config.data.balance, random_transforms=rand, transforms=det,
                                process_index=jax.process_index(), process_count=jax.process_count(),
-                               workers=config.data.workers)
+                               workers=config.data.workers, label_field=config.data.get("label_field", "label"),
+                               label_map=label_map(config, manifest))
     it = iter(ds)
     ckpt = Checkpointer(workdir, keep=c.keep)
     restored = ckpt.restore(m.abstract_sharded_state(), it, log=log)
     if restored is None:
-        state, start = m.new_state(), 0
+        state, start = init_from_pretrained(m, m.new_state(), workdir, log), 0
         log(f"[train] {config.model}/{config.variant}: {m.n_params():,} parameters, {jax.device_count()} devices "
             f"({jax.default_backend()}), global batch {config.input.batch_size}, data {ddir}")
     else:

@@ -1,0 +1,143 @@
+"""THIN: throwable information networks (paper 003, SPEC.md 5.4).
+
+An endogenous representation h_endo = F_phi(I) feeds L weak predictors (one vmapped
+`Experts` module); their logits are mixed by a neural tree gate (Eq. 3-5) read from
+h_endo (tree_gated), from a frozen exogenous representation h_exo (exo_tree_gated,
+thin), or from the one-hot exogenous label (oracle); THIN adds the dispelling loss
+L_sim = |cos(c_sigma(h_exo), c_sigma(h_endo'))| (Eq. 7) with c_sigma the frozen exogenous
+classifier. Variant `exo` is the first stage: gamma_tau + c_sigma trained on the
+exogenous label, whose parameters the other variants load and freeze.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from fergate.models.layers import MLP, Experts, LoopExperts, TreeGate, max_pool2
+
+VARIANTS = ("baseline", "ensemble", "tree_gated", "exo_tree_gated", "oracle", "thin", "exo")
+
+
+class ConvEncoder(nn.Module):
+    """len(convs) x (Conv3x3 - BN - ReLU - MaxPool2), flattened (the paper's baseline trunk,
+    BN before each activation; VGG-style for faces with wider `convs`)."""
+
+    convs: Sequence[int]
+    dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x, train: bool):
+        for i, f in enumerate(self.convs):
+            x = nn.Conv(f, (3, 3), padding="SAME", dtype=self.dtype, name=f"conv{i}")(x)
+            x = nn.BatchNorm(use_running_average=not train, dtype=self.dtype, name=f"bn{i}")(x)
+            x = nn.relu(max_pool2(x))
+        return x.reshape(x.shape[0], -1)
+
+
+class THIN(nn.Module):
+    variant: str = "thin"
+    num_classes: int = 10
+    exo_classes: int = 18
+    image_field: str = "image"
+    exo_field: str = "rotation_bin"  #: the oracle's gate input (one-hot)
+    exo_input: str = "image"  #: "image": gamma_tau is a CNN on the image; else a record field (identity)
+    endo_convs: Sequence[int] = (16, 16)
+    exo_convs: Sequence[int] = (16, 16)
+    baseline_hidden: Sequence[int] = (256,)
+    exo_hidden: Sequence[int] = (256,)
+    members: int = 8
+    expert_hidden: Sequence[int] = (32,)
+    depth: int = 3
+    dispel_weight: float = 0.005
+    experts_impl: str = "vmap"  #: "loop" only to measure what vmap saves
+    dtype: jnp.dtype = jnp.float32
+
+    def exogenous(self, batch, train: bool) -> jax.Array:
+        """h_exo: the frozen gamma_tau(I) (or a stored representation such as the identity)."""
+        if self.exo_input == "image":
+            x = batch[self.image_field].astype(self.dtype) / 255.0
+            return ConvEncoder(self.exo_convs, self.dtype, name="exo_encoder")(x, train and self.variant == "exo")
+        return batch[self.exo_input].astype(jnp.float32)
+
+    def exo_classifier(self) -> nn.Module:
+        """c_sigma: MLP on an exogenous-width representation -> exogenous logits."""
+        return _Classifier(tuple(self.exo_hidden), self.exo_classes, self.dtype, name="exo_classifier")
+
+    @nn.compact
+    def __call__(self, batch: dict, train: bool = False) -> dict:
+        if self.variant == "exo":  # stage 1: gamma_tau and c_sigma on the exogenous label
+            return {"logits": self.exo_classifier()(self.exogenous(batch, train))}
+        x = batch[self.image_field].astype(self.dtype) / 255.0
+        h_endo = ConvEncoder(self.endo_convs, self.dtype, name="endo")(x, train)
+        out = {"introspect": {}, "losses": {}}
+        if self.variant == "baseline":
+            h = MLP(tuple(self.baseline_hidden), self.dtype, name="classifier")(h_endo)
+            out["logits"] = nn.Dense(self.num_classes, dtype=self.dtype, name="out")(h).astype(jnp.float32)
+            return out
+        experts = Experts if self.experts_impl == "vmap" else LoopExperts
+        z = experts(self.members, tuple(self.expert_hidden), self.num_classes, self.dtype, name="experts")(h_endo)
+        if self.variant in ("exo_tree_gated", "thin"):  # gamma_tau is frozen
+            h_exo = jax.lax.stop_gradient(self.exogenous(batch, False))
+        if self.variant == "ensemble":
+            g = jnp.full(z.shape[:2], 1.0 / self.members)
+        else:
+            if self.variant == "tree_gated":
+                h_g = h_endo
+            elif self.variant == "oracle":
+                h_g = jax.nn.one_hot(batch[self.exo_field], self.exo_classes)
+            else:
+                h_g = h_exo
+            g = TreeGate(self.depth, name="gate")(h_g)
+            out["introspect"]["gate"] = g
+        out["logits"] = jnp.einsum("blk,bl->bk", z.astype(jnp.float32), g)  # mixed in logit space
+        if self.variant == "thin":
+            # c_sigma is frozen by the optimizer, not by stop_gradient: L_sim must reach F_phi
+            h_endo_exo = nn.Dense(h_exo.shape[-1], dtype=self.dtype, name="proj")(h_endo) \
+                if h_endo.shape[-1] != h_exo.shape[-1] else h_endo
+            c_sigma = self.exo_classifier()
+            z_exo, z_endo = c_sigma(h_exo), c_sigma(h_endo_exo)
+            cos = jnp.abs(jnp.sum(z_exo * z_endo, -1)) / (
+                jnp.linalg.norm(z_exo, axis=-1) * jnp.linalg.norm(z_endo, axis=-1) + 1e-8)
+            out["introspect"]["abs_cos"] = cos[:, None]
+            out["losses"]["dispel"] = self.dispel_weight * jnp.mean(cos)
+        return out
+
+
+class _Classifier(nn.Module):
+    hidden: Sequence[int]
+    outputs: int
+    dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, h):
+        h = MLP(self.hidden, self.dtype, name="mlp")(h)
+        return nn.Dense(self.outputs, dtype=self.dtype, name="out")(h).astype(jnp.float32)
+
+
+def build(config) -> THIN:
+    t = config.thin
+    return THIN(config.variant, t.num_classes, t.exo_classes, t.image_field, t.exo_field, t.exo_input,
+                tuple(t.endo_convs), tuple(t.exo_convs), tuple(t.baseline_hidden), tuple(t.exo_hidden), t.members,
+                tuple(t.expert_hidden), t.depth, t.dispel_weight, t.experts, jnp.dtype(config.train.dtype))
+
+
+def resolve(config, manifest: dict) -> None:
+    """FER: the exogenous classifier c_sigma predicts the training subjects."""
+    if config.thin.exo_classes == 0:
+        config.thin.exo_classes = len(manifest["splits"][config.data.train_split]["subjects"])
+
+
+def inputs(config) -> dict:
+    t = config.thin
+    s = config.input.image_size
+    spec = {t.image_field: ((s, s, t.channels), np.uint8)}
+    if config.variant == "oracle":
+        spec[t.exo_field] = ((), np.int32)
+    if t.exo_input != "image" and config.variant in ("exo", "exo_tree_gated", "thin"):
+        spec[t.exo_input] = ((t.exo_width,), np.float32)
+    return spec
