@@ -63,8 +63,9 @@ def get_config(arg=None):
         dispel_weight=0.005,
         experts=arg.experts,
     )
-    c.optim = dict(name="adam", lr=1e-5 if fer else 1e-3, b1=0.9, b2=0.999, eps=1e-8, decay_power=1.0,
-                   end_lr=1e-5 if fer else 1e-3, warmup_steps=0, weight_decay=0.0, grad_clip=0.0, frozen=())
+    lr = 1e-5 if (fer and arg.variant != "exo") else 1e-3  # FER: 1e-5 for the VGG-style network
+    c.optim = dict(name="adam", lr=lr, b1=0.9, b2=0.999, eps=1e-8, decay_power=1.0, end_lr=lr, warmup_steps=0,
+                   weight_decay=0.0, grad_clip=0.0, frozen=())
     c.train = dict(steps=20_000 if fer else 6_000, log_every=100, ckpt_every=1000, keep=2, eval_every=0,
                    dtype="float32")
     c.eval = dict(batch_size=64, top_k=(1, 2))
