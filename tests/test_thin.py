@@ -12,7 +12,7 @@ import pytest
 
 from fergate import config as C
 from fergate.errors import UserError
-from fergate.models.layers import Experts, LoopExperts, TreeGate, _Expert, tree_gate
+from fergate.models.layers import Experts, LoopExperts, MLPClassifier, TreeGate, tree_gate
 from fergate.train import trainer
 
 
@@ -41,7 +41,7 @@ def test_vmapped_experts_equal_members_applied_one_by_one():
     assert params["kernel0"].shape == (6, 20, 16) and params["bias2"].shape == (6, 5)
     z = ens.apply({"params": params}, x)
     assert z.shape == (4, 6, 5)
-    member = _Expert((16, 8), 5)  # the same MLP as one module, fed member i's slices
+    member = MLPClassifier((16, 8), 5)  # the same MLP as one module, fed member i's slices
     members = [{"mlp": {f"dense{j}": {"kernel": params[f"kernel{j}"][i], "bias": params[f"bias{j}"][i]}
                         for j in range(2)},
                 "out": {"kernel": params["kernel2"][i], "bias": params["bias2"][i]}} for i in range(6)]

@@ -151,7 +151,9 @@ class Experts(nn.Module):
         return h.astype(jnp.float32).transpose(1, 0, 2)
 
 
-class _Expert(nn.Module):
+class MLPClassifier(nn.Module):
+    """MLP (Dense - ReLU) then Dense(outputs): logits. One weak predictor, or a head."""
+
     hidden: Sequence[int]
     outputs: int
     dtype: jnp.dtype = jnp.float32
@@ -173,5 +175,5 @@ class LoopExperts(nn.Module):
 
     @nn.compact
     def __call__(self, x):
-        return jnp.stack([_Expert(tuple(self.hidden), self.outputs, self.dtype, name=f"member{i}")(x)
+        return jnp.stack([MLPClassifier(tuple(self.hidden), self.outputs, self.dtype, name=f"member{i}")(x)
                           for i in range(self.members)], 1)

@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from fergate.models.layers import MLP, Experts, LoopExperts, TreeGate, max_pool2
+from fergate.models.layers import Experts, LoopExperts, MLPClassifier, TreeGate, max_pool2
 
 VARIANTS = ("baseline", "ensemble", "tree_gated", "exo_tree_gated", "oracle", "thin", "exo")
 
@@ -66,7 +66,7 @@ class THIN(nn.Module):
 
     def exo_classifier(self) -> nn.Module:
         """c_sigma: MLP on an exogenous-width representation -> exogenous logits."""
-        return _Classifier(tuple(self.exo_hidden), self.exo_classes, self.dtype, name="exo_classifier")
+        return MLPClassifier(tuple(self.exo_hidden), self.exo_classes, self.dtype, name="exo_classifier")
 
     @nn.compact
     def __call__(self, batch: dict, train: bool = False) -> dict:
@@ -76,8 +76,8 @@ class THIN(nn.Module):
         h_endo = ConvEncoder(self.endo_convs, self.dtype, name="endo")(x, train)
         out = {"introspect": {}, "losses": {}}
         if self.variant == "baseline":
-            h = MLP(tuple(self.baseline_hidden), self.dtype, name="classifier")(h_endo)
-            out["logits"] = nn.Dense(self.num_classes, dtype=self.dtype, name="out")(h).astype(jnp.float32)
+            out["logits"] = MLPClassifier(tuple(self.baseline_hidden), self.num_classes, self.dtype,
+                                          name="classifier")(h_endo)
             return out
         experts = Experts if self.experts_impl == "vmap" else LoopExperts
         z = experts(self.members, tuple(self.expert_hidden), self.num_classes, self.dtype, name="experts")(h_endo)
@@ -106,17 +106,6 @@ class THIN(nn.Module):
             out["introspect"]["abs_cos"] = cos[:, None]
             out["losses"]["dispel"] = self.dispel_weight * jnp.mean(cos)
         return out
-
-
-class _Classifier(nn.Module):
-    hidden: Sequence[int]
-    outputs: int
-    dtype: jnp.dtype = jnp.float32
-
-    @nn.compact
-    def __call__(self, h):
-        h = MLP(self.hidden, self.dtype, name="mlp")(h)
-        return nn.Dense(self.outputs, dtype=self.dtype, name="out")(h).astype(jnp.float32)
 
 
 def build(config) -> THIN:
