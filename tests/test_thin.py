@@ -84,6 +84,7 @@ def test_small_table_2_on_rotated_digits(digits, tmp_path):
     res = {v: _train(v, digits, tmp_path / v, steps, "--config.pretrain.steps=1500")["accuracy"]
            for v in ("baseline", "exo_tree_gated", "oracle")}
     print(res)
+    assert "abs_cos_histogram" in json.load(open(tmp_path / "exo_tree_gated" / "eval.json"))  # no dispelling
     exo = json.load(open(tmp_path / "exo_tree_gated" / "pretrain" / "eval.json"))
     assert exo["accuracy"] > 0.5  # rotation bins (18) of held-out digits, chance 0.056
     assert min(res.values()) > 0.85  # 10 classes: chance is 0.1
@@ -110,6 +111,9 @@ def test_thin_dispelling_loss_is_trained_and_the_exogenous_network_stays_frozen(
         jax.tree.map(np.testing.assert_array_equal, before[name], after[name])
     intro = json.load(open(tmp_path / "thin" / "introspection.json"))
     assert set(intro) == {"gate", "abs_cos"}
+    hist = json.load(open(tmp_path / "thin" / "eval.json"))["abs_cos_histogram"]  # Fig. 8
+    assert sum(hist["counts"]) == json.load(open(tmp_path / "thin" / "eval.json"))["examples"]
+    assert (tmp_path / "thin" / "top_inputs_per_expert.png").exists()  # Fig. 10
 
 
 def test_fer_thin_trains_on_the_sample_set(sample_data, tmp_path):

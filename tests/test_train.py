@@ -53,6 +53,26 @@ def test_same_loss_curve_on_1_and_4_devices(sample_data, tmp_path):
     np.testing.assert_allclose(l1, l4, rtol=2e-4)
 
 
+def test_two_processes_train_like_one(sample_data, tmp_path):
+    """A real 2-process job on localhost (jax.distributed, gloo): each process reads its own
+    part of the stream, the global batch holds the same examples, so the loss curve is the
+    one of a single process with as many devices."""
+    extra = ["--config.train.steps=10", "--config.train.log_every=2"]
+    one = tmp_path / "one"
+    r = subprocess.run(_cmd(one, sample_data, *extra, "--cpu_devices=4"), capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-2000:]
+    two = tmp_path / "two"
+    args = _cmd(two, sample_data, *extra)[3:]  # drop "python -m fergate"
+    r = subprocess.run(["bash", "launch/local_multiprocess.sh", "2", "2", *args], capture_output=True, text=True,
+                       env={**os.environ, "PYTHON": sys.executable}, timeout=600)
+    assert r.returncode == 0, r.stdout[-3000:]
+    assert "4 devices" in r.stdout and "Rank 1 is connected" in r.stdout
+    (s1, l1), (s2, l2) = zip(*_losses(one)), zip(*_losses(two))
+    assert s1 == s2
+    np.testing.assert_allclose(l1, l2, rtol=2e-4)
+    assert (two / "eval.json").exists()
+
+
 def test_killed_run_resumes_to_the_same_parameters(sample_data, tmp_path):
     extra = ("--config.train.steps=40", "--config.train.ckpt_every=10", "--config.train.log_every=5")
     ref = tmp_path / "uninterrupted"

@@ -95,8 +95,10 @@ class THIN(nn.Module):
             g = TreeGate(self.depth, name="gate")(h_g)
             out["introspect"]["gate"] = g
         out["logits"] = jnp.einsum("blk,bl->bk", z.astype(jnp.float32), g)  # mixed in logit space
-        if self.variant == "thin":
-            # c_sigma is frozen by the optimizer, not by stop_gradient: L_sim must reach F_phi
+        if self.variant == "thin" or (self.variant == "exo_tree_gated" and self.exo_input == "image"):
+            # |cos| is reported for exo_tree_gated too (Fig. 8: without dispelling); only THIN
+            # trains on it. c_sigma is frozen by the optimizer, not by stop_gradient: L_sim
+            # must reach F_phi.
             h_endo_exo = nn.Dense(h_exo.shape[-1], dtype=self.dtype, name="proj")(h_endo) \
                 if h_endo.shape[-1] != h_exo.shape[-1] else h_endo
             c_sigma = self.exo_classifier()
@@ -104,7 +106,8 @@ class THIN(nn.Module):
             cos = jnp.abs(jnp.sum(z_exo * z_endo, -1)) / (
                 jnp.linalg.norm(z_exo, axis=-1) * jnp.linalg.norm(z_endo, axis=-1) + 1e-8)
             out["introspect"]["abs_cos"] = cos[:, None]
-            out["losses"]["dispel"] = self.dispel_weight * jnp.mean(cos)
+            if self.variant == "thin":
+                out["losses"]["dispel"] = self.dispel_weight * jnp.mean(cos)
         return out
 
 

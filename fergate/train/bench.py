@@ -3,8 +3,8 @@
 Compile time is reported apart (`compile_s`); the step time is the median of timed steps
 after warm-up. FLOPs come from the compiled step's XLA cost analysis; MFU divides the
 achieved FLOP/s by a peak *measured* here: the best of repeated jit-compiled
-2048 x 2048 float32 matmuls on the same backend (`peak_flops`), i.e. what this machine's
-XLA can actually reach, not a datasheet number.
+2048 x 2048 float32 matmuls on the same backend (`peak_flops`, measured once per machine
+kind and cached), i.e. what this machine's XLA can actually reach, not a datasheet number.
 """
 
 from __future__ import annotations
@@ -31,13 +31,37 @@ def compiled_flops(compiled) -> float | None:
 
 
 @functools.cache
-def peak_flops(n: int = 2048, reps: int = 10) -> float:
-    """Practical fp32 peak FLOP/s of all local devices: best of `reps` n x n matmuls each."""
+def peak_flops(n: int = 2048, reps: int = 20) -> float:
+    """Practical fp32 peak FLOP/s of all local devices: the best of `reps` jit-compiled
+    n x n matmuls, measured once per machine kind and cached (`FERGATE_CACHE/peak.json`),
+    so that MFU figures of different runs share one denominator."""
+    import os
+
+    from fergate.data.sample import cache_root
+
+    dev = jax.local_devices()[0]
+    key = f"{jax.default_backend()}/{dev.device_kind}/{jax.local_device_count()}/{os.cpu_count()}"
+    path = os.path.join(cache_root(), "peak.json")
+    try:
+        with open(path) as f:
+            cached = json.load(f)
+    except (OSError, ValueError):
+        cached = {}
+    if key in cached:
+        return cached[key]
     x = jnp.ones((n, n), jnp.float32)
     f = jax.jit(lambda a: a @ a)
     f(x).block_until_ready()
     best = min(_time(lambda: f(x).block_until_ready()) for _ in range(reps))
-    return 2 * n**3 / best * jax.local_device_count()
+    cached[key] = 2 * n**3 / best * jax.local_device_count()
+    try:
+        os.makedirs(cache_root(), exist_ok=True)
+        with open(path + ".tmp", "w") as fh:
+            json.dump(cached, fh)
+        os.replace(path + ".tmp", path)
+    except OSError:
+        pass
+    return cached[key]
 
 
 def _time(fn) -> float:

@@ -23,6 +23,8 @@ def evaluate(m, state, data_dir: str, split: str, classes: list[str]) -> dict:
                                process_count=jax.process_count(), label_field=config.data.get("label_field", "label"),
                                label_map=label_map(config, pipeline.read_manifest(data_dir)))
     k = len(classes)
+    image_field = next((f for f in ("image", "face") if f in fields), None)
+    top = TopInputs() if image_field and jax.process_count() == 1 else None
     logits, labels, intro, sums = [], [], {}, {}
     for local in ds:
         out = jax.device_get(m.predict(state, global_batch(local, m.batch_sharding)))
@@ -31,12 +33,39 @@ def evaluate(m, state, data_dir: str, split: str, classes: list[str]) -> dict:
         labels.append(out["label"][valid])
         for name, v in out["introspect"].items():
             intro.setdefault(name, []).append(np.asarray(v, np.float32)[valid])
+        if top is not None and "gate" in out["introspect"]:
+            top.update(np.asarray(out["introspect"]["gate"])[valid], local[image_field][valid])
         for name in ("face_sum", "landmarks_sum"):
             if name in out:
                 sums[name] = sums.get(name, 0) + out[name]
     logits, labels = np.concatenate(logits), np.concatenate(labels)
-    return metrics(logits, labels, classes, config.eval.top_k,
-                   {n: np.concatenate(v) for n, v in intro.items()}, sums, k)
+    intro = {n: np.concatenate(v) for n, v in intro.items()}
+    res = metrics(logits, labels, classes, config.eval.top_k, intro, sums, k)
+    if "abs_cos" in intro:  # THIN Fig. 8: the distribution of |cos| over the split
+        counts, edges = np.histogram(intro["abs_cos"][:, 0], bins=20, range=(0.0, 1.0))
+        res["abs_cos_histogram"] = {"counts": counts.tolist(), "edges": edges.tolist(),
+                                    "mean": float(intro["abs_cos"].mean())}
+    if top is not None and top.values is not None:
+        res["_top_inputs"] = top.images
+    return res
+
+
+class TopInputs:
+    """For each column of a gate (B, L): the k inputs with the highest value so far (THIN
+    Fig. 10: what reaches each expert), kept as a running top-k over the batches."""
+
+    def __init__(self, k: int = 8):
+        self.k, self.values, self.images = k, None, None
+
+    def update(self, gate: np.ndarray, images: np.ndarray) -> None:
+        if self.values is None:
+            self.values = np.full((gate.shape[1], 0), -np.inf)
+            self.images = np.zeros((gate.shape[1], 0) + images.shape[1:], images.dtype)
+        vals = np.concatenate([self.values, gate.T], 1)  # (L, k + B)
+        imgs = np.concatenate([self.images, np.broadcast_to(images, (gate.shape[1],) + images.shape)], 1)
+        order = np.argsort(-vals, 1)[:, : self.k]
+        self.values = np.take_along_axis(vals, order, 1)
+        self.images = np.take_along_axis(imgs, order.reshape(order.shape + (1,) * (imgs.ndim - 2)), 1)
 
 
 def metrics(logits: np.ndarray, labels: np.ndarray, classes: list[str], top_k=(1, 2, 3),
@@ -72,6 +101,7 @@ def write_reports(res: dict, outdir: str, config=None) -> None:
     """eval.json, confusion_matrix.png, and for introspection introspection.json + plots."""
     os.makedirs(outdir, exist_ok=True)
     mean = res.pop("_mean", {})
+    top = res.pop("_top_inputs", None)
     with open(os.path.join(outdir, "eval.json"), "w") as f:
         json.dump({k: v for k, v in res.items() if k != "introspect"}, f, indent=1)
     import matplotlib
@@ -95,6 +125,20 @@ def write_reports(res: dict, outdir: str, config=None) -> None:
     fig.tight_layout()
     fig.savefig(os.path.join(outdir, "confusion_matrix.png"), dpi=100)
     plt.close(fig)
+    if top is not None:  # rows: experts, columns: the inputs they weigh most
+        rows = [np.concatenate(list(r), 1) for r in top]
+        grid = np.concatenate(rows, 0)
+        fig, ax = plt.subplots(figsize=(0.6 * top.shape[1] + 1, 0.6 * top.shape[0] + 0.6))
+        ax.imshow(grid[..., 0] if grid.shape[-1] == 1 else grid, cmap="gray")
+        ax.set_yticks((np.arange(top.shape[0]) + 0.5) * top.shape[2], [f"expert {i}" for i in range(top.shape[0])],
+                      fontsize=6)
+        ax.set_xticks([])
+        ax.set_title("inputs with the highest gate weight, per expert")
+        fig.tight_layout()
+        fig.savefig(os.path.join(outdir, "top_inputs_per_expert.png"), dpi=100)
+        plt.close(fig)
+    if "abs_cos_histogram" in res:
+        plot_abs_cos({"this run": res["abs_cos_histogram"]}, os.path.join(outdir, "abs_cos.png"))
     intro = res.get("introspect")
     if not intro:
         return
@@ -144,5 +188,26 @@ def _plot_on_face(plt, name, per_class, classes, mean, config, path):
         ax.axis("off")
     fig.colorbar(sc, ax=axes.tolist(), shrink=0.7)
     fig.suptitle(f"mean {name} per class on the mean face")
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def plot_abs_cos(histograms: dict[str, dict], path: str) -> None:
+    """THIN Fig. 8: |cos(c_sigma(h_exo), c_sigma(h_endo))| distributions, one line per run
+    (pass several runs' `eval.json["abs_cos_histogram"]` to compare with and without the
+    dispelling loss)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 3))
+    for label, h in histograms.items():
+        edges, counts = np.array(h["edges"]), np.array(h["counts"], np.float64)
+        ax.plot((edges[:-1] + edges[1:]) / 2, counts / max(counts.sum(), 1), label=f"{label} (mean {h['mean']:.3f})")
+    ax.set_xlabel("|cos|")
+    ax.set_ylabel("fraction of examples")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
