@@ -105,3 +105,15 @@ def test_pipeline_throughput(sample_data):
     n = sum(len(next(it)["label"]) for _ in range(40))
     rate = n / (time.perf_counter() - t)
     assert rate > 1000, f"{rate:.0f} examples/s"
+
+
+def test_multiprocess_workers_deliver_the_same_batches(sample_data):
+    kw = dict(balance=True, random_transforms=[P.RandomFlip(), P.BrightnessContrast()], seed=3,
+              transforms=[P.ResizeFace((64, 64), True)])
+    one = iter(P.make_dataset(sample_data, "train", FIELDS, 8, **kw))
+    two = iter(P.make_dataset(sample_data, "train", FIELDS, 8, workers=2, **kw))
+    for _ in range(6):
+        a, b = next(one), next(two)
+        for k in a:
+            np.testing.assert_array_equal(a[k], b[k])
+    assert two.get_state()  # checkpointable like the single-process iterator

@@ -52,6 +52,35 @@ def test_vmapped_experts_equal_members_applied_one_by_one():
     np.testing.assert_allclose(loop.apply({"params": lp}, x), z, rtol=1e-5, atol=1e-6)
 
 
+def test_dsprites_factor_grid():
+    from data_prep import synthetic as S
+
+    areas = [(S.sprite(1, scale, 0, 16, 16) > 127).sum() for scale in range(len(S.DSPRITES_SCALES))]
+    assert all(a < b for a, b in zip(areas, areas[1:]))  # the exogenous factor: scale
+    shapes = [S.sprite(s, 5, 0, 16, 16) for s in range(3)]
+    assert all((shapes[i] != shapes[j]).sum() > 50 for i in range(3) for j in range(i + 1, 3))
+    moved = S.sprite(0, 5, 0, 31, 0)
+    assert np.argwhere(moved > 127)[:, 1].mean() > np.argwhere(shapes[0] > 127)[:, 1].mean() + 10
+    rotated = S.sprite(0, 5, 5, 16, 16)  # 45 degrees: a square becomes a diamond
+    assert (rotated != shapes[0]).sum() > 50 and abs(int((rotated > 127).sum()) - int((shapes[0] > 127).sum())) < 40
+
+
+def test_rotated_digits_bins():
+    from data_prep import synthetic as S
+
+    img = np.zeros((28, 28), np.uint8)
+    img[4:24, 12:16] = 255  # a vertical bar
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        rec = S.rotated_digit(img, rng, scaled=True)
+        assert 0 <= rec["rotation_bin"] < S.ROTATION_BINS and rec["rotation_bin"] == int((rec["rotation"] + 90) // 10)
+        assert 0 <= rec["scale_bin"] < S.SCALE_BINS and 0.5 <= rec["scale"] <= 1.0
+    ys, xs = np.nonzero(S.rotate_scale(img, 90.0)[..., None][..., 0] > 127)
+    assert np.ptp(xs) > 3 * np.ptp(ys)  # the vertical bar is horizontal after 90 degrees
+    ys, xs = np.nonzero(S.rotate_scale(img, 0.0, 0.5) > 127)
+    assert 8 <= np.ptp(ys) <= 11  # half the 20-pixel bar
+
+
 def test_unknown_task_and_variant():
     with pytest.raises(UserError, match="unknown THIN variant"):
         C.load("configs/thin.py:variant=moe")

@@ -154,7 +154,8 @@ class Load(grain.transforms.Map):
             self._source = grain.sources.ArrayRecordDataSource(self.files)
         index, valid = element
         rec = schema.decode(self._source[index], self.fields)
-        out = {k: v for k, v in rec.items() if k not in STRING_FIELDS and k != self.label_field}
+        out = {k: np.int32(v) if isinstance(v, int) else v for k, v in rec.items()
+               if k not in STRING_FIELDS and k != self.label_field}
         label = rec[self.label_field]
         if self.label_map is not None:
             label = self.label_map.get(label, -1)

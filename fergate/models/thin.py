@@ -119,9 +119,12 @@ def build(config) -> THIN:
 
 
 def resolve(config, manifest: dict) -> None:
-    """FER: the exogenous classifier c_sigma predicts the training subjects."""
+    """FER: the exogenous classifier c_sigma predicts the training subjects; stage 1 on a
+    synthetic task reports its exogenous bins by number."""
     if config.thin.exo_classes == 0:
         config.thin.exo_classes = len(manifest["splits"][config.data.train_split]["subjects"])
+    if config.variant == "exo" and config.data.label_field not in ("label", "subject"):
+        config.data.classes = [f"{config.data.label_field}={i}" for i in range(config.thin.exo_classes)]
 
 
 def inputs(config) -> dict:

@@ -196,10 +196,12 @@ def global_batch(local: dict[str, np.ndarray], sharding) -> dict[str, jax.Array]
 
 
 def class_names(config, manifest: dict) -> list[str]:
+    """Names of the trained labels: the dataset's classes, the training subjects, or those
+    a model family set in `data.classes` (e.g. exogenous bins)."""
+    if config.data.get("classes"):
+        return list(config.data.classes)
     if config.data.get("label_field", "label") == "subject":
         return list(manifest["splits"][config.data.train_split]["subjects"])
-    if config.data.get("label_field", "label") != "label":
-        return [str(i) for i in range(config.thin.exo_classes)] if "thin" in config else []
     return list(manifest["classes"])
 
 
