@@ -164,14 +164,9 @@ class MLPClassifier(nn.Module):
         return nn.Dense(self.outputs, dtype=self.dtype, name="out")(x).astype(jnp.float32)
 
 
-class LoopExperts(nn.Module):
+class LoopExperts(Experts):
     """The same L experts applied one by one in a Python loop: only for parity tests and
-    for measuring what the vmapped `Experts` saves (`thin.experts=loop`)."""
-
-    members: int
-    hidden: Sequence[int]
-    outputs: int
-    dtype: jnp.dtype = jnp.float32
+    for measuring what the batched `Experts` saves (`thin.experts=loop`)."""
 
     @nn.compact
     def __call__(self, x):
