@@ -38,13 +38,14 @@ def test_vmapped_experts_equal_members_applied_one_by_one():
     x = jax.random.normal(jax.random.key(0), (4, 20))
     ens = Experts(6, (16, 8), 5)
     params = ens.init(jax.random.key(1), x)["params"]
-    assert params["kernel0"].shape == (6, 20, 16) and params["bias2"].shape == (6, 5)
+    assert params["kernel0"].shape == (20, 6, 16) and params["kernel1"].shape == (6, 16, 8)
+    assert params["bias2"].shape == (6, 5)
     z = ens.apply({"params": params}, x)
     assert z.shape == (4, 6, 5)
     member = MLPClassifier((16, 8), 5)  # the same MLP as one module, fed member i's slices
-    members = [{"mlp": {f"dense{j}": {"kernel": params[f"kernel{j}"][i], "bias": params[f"bias{j}"][i]}
-                        for j in range(2)},
-                "out": {"kernel": params["kernel2"][i], "bias": params["bias2"][i]}} for i in range(6)]
+    kernel = [params["kernel0"].transpose(1, 0, 2), params["kernel1"], params["kernel2"]]  # member-major
+    members = [{"mlp": {f"dense{j}": {"kernel": kernel[j][i], "bias": params[f"bias{j}"][i]} for j in range(2)},
+                "out": {"kernel": kernel[2][i], "bias": params["bias2"][i]}} for i in range(6)]
     for i in range(6):
         np.testing.assert_allclose(z[:, i], member.apply({"params": members[i]}, x), rtol=1e-5, atol=1e-6)
     loop = LoopExperts(6, (16, 8), 5)
