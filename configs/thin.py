@@ -21,17 +21,25 @@ TASKS = {  # data dir ("" = prepare with `fergate prep --dataset <task>`), class
     "dsprites": dict(classes=3, exo_field="scale_bin", exo_classes=6, size=64),
     "fer": dict(classes=7, exo_field="subject", exo_classes=0, size=96),
 }
+#: `exo=` picks another exogenous variable (Table 3 on MNIST-RS: rotation or scale)
+EXOGENOUS = {"rotation": ("rotation_bin", 18), "scale": ("scale_bin", 10)}
 
 
 def get_config(arg=None):
-    arg = parse_arg(arg, task="digits_rotated", variant="thin", experts="vmap", smoke=False)
+    arg = parse_arg(arg, task="digits_rotated", variant="thin", exo="", experts="vmap", smoke=False)
     from fergate.errors import UserError
 
     if arg.variant not in VARIANTS:
         raise UserError(f"unknown THIN variant {arg.variant!r}; known: {', '.join(VARIANTS)}")
     if arg.task not in TASKS:
         raise UserError(f"unknown THIN task {arg.task!r}; known: {', '.join(TASKS)}")
-    task, fer = TASKS[arg.task], arg.task == "fer"
+    task, fer = dict(TASKS[arg.task]), arg.task == "fer"
+    if arg.exo:
+        if fer or arg.exo not in EXOGENOUS or (arg.exo == "scale" and arg.task == "digits_rotated"):
+            raise UserError(f"exo={arg.exo!r} does not apply to task {arg.task}")
+        task["exo_field"], task["exo_classes"] = EXOGENOUS[arg.exo]
+        if arg.task == "dsprites":  # dSprites' own grid: 6 scales, 40 rotations
+            task["exo_classes"] = {"scale": 6, "rotation": 40}[arg.exo]
     c = ml_collections.ConfigDict()
     c.model = "thin"
     c.variant = arg.variant
@@ -72,7 +80,7 @@ def get_config(arg=None):
     # stage 1 (the exogenous network), trained into W/pretrain by the same command
     needs_exo = arg.variant in ("exo_tree_gated", "thin") and not (fer and arg.variant == "exo_tree_gated")
     c.init = dict(params_from="pretrain" if needs_exo else "", params=("exo_encoder", "exo_classifier"))
-    c.pretrain = dict(config=f"{os.path.abspath(__file__)}:task={arg.task},variant=exo,smoke={arg.smoke}"
+    c.pretrain = dict(config=f"{os.path.abspath(__file__)}:task={arg.task},variant=exo,exo={arg.exo},smoke={arg.smoke}"
                       if needs_exo else "", steps=0)
     if needs_exo:
         c.optim.frozen = ("exo_encoder", "exo_classifier")

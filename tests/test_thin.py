@@ -82,6 +82,16 @@ def test_rotated_digits_bins():
     assert 8 <= np.ptp(ys) <= 11  # half the 20-pixel bar
 
 
+def test_exogenous_variable_choice_for_table_3():
+    c = C.load("configs/thin.py:task=digits_rotated_scaled,variant=exo_tree_gated,exo=scale")
+    assert (c.thin.exo_field, c.thin.exo_classes) == ("scale_bin", 10)
+    assert "variant=exo,exo=scale" in c.pretrain.config and c.optim.frozen == ("exo_encoder", "exo_classifier")
+    stage1 = C.load(c.pretrain.config)
+    assert stage1.data.label_field == "scale_bin" and stage1.thin.exo_classes == 10
+    with pytest.raises(UserError, match="does not apply"):
+        C.load("configs/thin.py:task=digits_rotated,exo=scale")
+
+
 def test_unknown_task_and_variant():
     with pytest.raises(UserError, match="unknown THIN variant"):
         C.load("configs/thin.py:variant=moe")
