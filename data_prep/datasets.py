@@ -15,6 +15,7 @@ import numpy as np
 
 from data_prep import face as F
 from data_prep import sample as S
+from data_prep import synthetic
 from fergate.errors import UserError
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif", ".pgm", ".ppm")
@@ -60,10 +61,9 @@ class SampleReader:
         self.test = set(names[:: max(1, len(names) // count)][:count]) if count > 0 else set()
 
     def _items(self, n: int, kind: str) -> list[Item]:
-        out = []
+        out, names = [], sorted(self.subjects)
         for i in range(n):
             label = i % len(self.classes)
-            names = sorted(self.subjects)
             name = names[(i // len(self.classes)) % len(names)]
             path, index = self.subjects[name][(i // (len(self.classes) * len(names))) % len(self.subjects[name])]
             rng = np.random.default_rng([self.seed, i, kind == "clip"])
@@ -133,18 +133,15 @@ class RotatedDigitsReader:
     scaled = False
 
     def __init__(self, source: str | None = None, copies: int = 8, seed: int = 0, **_):
-        from data_prep import synthetic
-
         if source and source != "tfds" and not os.path.isdir(source):
             raise UserError(f"idx folder not found: {source}")
         self.source, self.copies, self.seed = source, copies, seed
         self.classes = tuple(str(i) for i in range(10))
-        self._load = synthetic.load_digits
 
     @functools.lru_cache(maxsize=2)  # noqa: B019 - one reader per process
     def digits(self, split: str):
         try:
-            return self._load(self.source, split)
+            return synthetic.load_digits(self.source, split)
         except (FileNotFoundError, ImportError) as e:
             raise UserError(str(e)) from None
 
@@ -158,8 +155,6 @@ class RotatedDigitsReader:
         return out
 
     def load(self, item: Item) -> dict:
-        from data_prep import synthetic
-
         imgs, _, _ = self.digits(item.split)
         i, c = item.params
         rng = np.random.default_rng([self.seed, i, c, item.split == "test"])
@@ -175,25 +170,19 @@ class DSpritesReader:
     scale, rotation, x, y), drawn by data_prep.synthetic.sprite; test = `test_fraction`."""
 
     def __init__(self, source: str | None = None, size: int = 24000, test_fraction: float = 0.2, seed: int = 0, **_):
-        from data_prep import synthetic
-
         self.classes = synthetic.SHAPES
         self.size, self.test_fraction, self.seed = size, test_fraction, seed
 
     def items(self) -> list[Item]:
-        from data_prep import synthetic as syn
-
         rng = np.random.default_rng(self.seed)
         factors = np.stack([rng.integers(0, n, self.size) for n in
-                            (len(syn.SHAPES), len(syn.DSPRITES_SCALES), syn.DSPRITES_ROTATIONS,
-                             syn.DSPRITES_POSITIONS, syn.DSPRITES_POSITIONS)], 1)
+                            (len(synthetic.SHAPES), len(synthetic.DSPRITES_SCALES), synthetic.DSPRITES_ROTATIONS,
+                             synthetic.DSPRITES_POSITIONS, synthetic.DSPRITES_POSITIONS)], 1)
         n_test = int(self.size * self.test_fraction)
         return [Item(f"sprite{i}", "test" if i < n_test else "train", int(f[0]), f"sprite{i}", "generator",
                      "record", tuple(int(v) for v in f)) for i, f in enumerate(factors)]
 
     def load(self, item: Item) -> dict:
-        from data_prep import synthetic
-
         shape, scale, rot, x, y = item.params
         return {"image": synthetic.sprite(shape, scale, rot, x, y)[..., None], "scale_bin": scale,
                 "rotation_bin": rot, "position": np.array([x, y], np.int32)}

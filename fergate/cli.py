@@ -43,16 +43,11 @@ def _train(a: argparse.Namespace, overrides: list[str]) -> None:
 
 
 def _eval(a: argparse.Namespace) -> None:
-    import json
     import os
 
-    import ml_collections
+    from fergate import config as config_lib
 
-    path = os.path.join(a.workdir, "config.json")
-    if not os.path.exists(path):
-        raise UserError(f"{path} missing: {a.workdir} is not a fergate training workdir")
-    with open(path) as f:
-        cfg = ml_collections.ConfigDict(json.load(f))
+    cfg = config_lib.load_workdir(a.workdir)
     _jax_setup(a)
     from fergate.data import pipeline
     from fergate.train import evaluate, trainer
@@ -66,10 +61,10 @@ def _eval(a: argparse.Namespace) -> None:
     state, step = restored
     ddir = trainer.data_dir(cfg)
     split = a.split or cfg.data.eval_split
-    res = evaluate.evaluate(m, state, ddir, split, pipeline.read_manifest(ddir)["classes"])
+    res = evaluate.evaluate(m, state, ddir, split, trainer.class_names(cfg, pipeline.read_manifest(ddir)))
     res["step"], res["split"] = step, split
     out = a.out or a.workdir
-    evaluate.write_reports(res, out, cfg)
+    evaluate.write_reports(res, out)
     print(f"[eval] step {step}, {split}: accuracy {res['accuracy']:.4f}, mean class accuracy "
           f"{res['mean_class_accuracy']:.4f} -> {os.path.join(out, 'eval.json')}")
 

@@ -89,5 +89,14 @@ def override(cfg: ml_collections.ConfigDict, dotted: str, text: str) -> None:
         node[leaf] = _coerce(text, node[leaf], dotted)
 
 
+def load_workdir(workdir: str) -> ml_collections.ConfigDict:
+    """The config a training workdir was written with (its `config.json`)."""
+    path = os.path.join(workdir, "config.json")
+    if not os.path.exists(path):
+        raise UserError(f"{path} missing: {workdir} is not a fergate training workdir")
+    with open(path) as f:
+        return ml_collections.ConfigDict(json.load(f))
+
+
 def to_json(cfg: ml_collections.ConfigDict) -> str:
     return json.dumps(cfg.to_dict(), sort_keys=True, indent=1, default=str)

@@ -22,7 +22,6 @@ def evaluate(m, state, data_dir: str, split: str, classes: list[str]) -> dict:
                                train=False, transforms=det, process_index=jax.process_index(),
                                process_count=jax.process_count(), label_field=config.data.get("label_field", "label"),
                                label_map=label_map(config, pipeline.read_manifest(data_dir)))
-    k = len(classes)
     image_field = next((f for f in ("image", "face") if f in fields), None)
     top = TopInputs() if image_field and jax.process_count() == 1 else None
     logits, labels, intro, sums = [], [], {}, {}
@@ -40,7 +39,7 @@ def evaluate(m, state, data_dir: str, split: str, classes: list[str]) -> dict:
                 sums[name] = sums.get(name, 0) + out[name]
     logits, labels = np.concatenate(logits), np.concatenate(labels)
     intro = {n: np.concatenate(v) for n, v in intro.items()}
-    res = metrics(logits, labels, classes, config.eval.top_k, intro, sums, k)
+    res = metrics(logits, labels, classes, config.eval.top_k, intro, sums)
     if "abs_cos" in intro:  # THIN Fig. 8: the distribution of |cos| over the split
         counts, edges = np.histogram(intro["abs_cos"][:, 0], bins=20, range=(0.0, 1.0))
         res["abs_cos_histogram"] = {"counts": counts.tolist(), "edges": edges.tolist(),
@@ -69,8 +68,8 @@ class TopInputs:
 
 
 def metrics(logits: np.ndarray, labels: np.ndarray, classes: list[str], top_k=(1, 2, 3),
-            introspect: dict | None = None, sums: dict | None = None, k: int | None = None) -> dict:
-    k = k or len(classes)
+            introspect: dict | None = None, sums: dict | None = None) -> dict:
+    k = len(classes)
     pred = logits.argmax(-1)
     conf = np.zeros((k, k), np.int64)
     np.add.at(conf, (labels, pred), 1)
@@ -97,7 +96,7 @@ def metrics(logits: np.ndarray, labels: np.ndarray, classes: list[str], top_k=(1
     return res
 
 
-def write_reports(res: dict, outdir: str, config=None) -> None:
+def write_reports(res: dict, outdir: str) -> None:
     """eval.json, confusion_matrix.png, and for introspection introspection.json + plots."""
     os.makedirs(outdir, exist_ok=True)
     mean = res.pop("_mean", {})
@@ -149,7 +148,7 @@ def write_reports(res: dict, outdir: str, config=None) -> None:
         if width <= 8:  # e.g. the modal gate: a table of mean values per class (MoDuL Table VIII)
             _plot_table(plt, name, per_class, os.path.join(outdir, f"{name}.png"))
         elif "landmarks" in mean:  # per-landmark values on the mean face (MoDuL Fig. 3)
-            _plot_on_face(plt, name, per_class, classes, mean, config, os.path.join(outdir, f"{name}.png"))
+            _plot_on_face(plt, name, per_class, classes, mean, os.path.join(outdir, f"{name}.png"))
 
 
 def _plot_table(plt, name, per_class, path):
@@ -169,7 +168,7 @@ def _plot_table(plt, name, per_class, path):
     plt.close(fig)
 
 
-def _plot_on_face(plt, name, per_class, classes, mean, config, path):
+def _plot_on_face(plt, name, per_class, classes, mean, path):
     from fergate.models.modul import landmark_subset
 
     n = len(next(iter(per_class.values())))

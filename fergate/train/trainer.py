@@ -91,15 +91,16 @@ def label_map(config, manifest: dict) -> dict | None:
 
 def input_transforms(config) -> tuple[tuple[str, ...], list, list]:
     """(fields, random transforms, deterministic transforms) of a config's model."""
-    fields = tuple(models.family(config.model).inputs(config))
+    spec = models.family(config.model).inputs(config)
+    fields = tuple(spec)
     rand = []
     if config.data.get("flip", False):
         rand.append(pipeline.RandomFlip())
     if config.data.get("brightness_contrast", False):
         rand.append(pipeline.BrightnessContrast())
     det = []
-    if "face" in fields:
-        shape = models.family(config.model).inputs(config)["face"][0]
+    if "face" in spec:
+        shape = spec["face"][0]
         det.append(pipeline.ResizeFace(tuple(shape[:2]), grey=shape[-1] == 1))
     return fields, rand, det
 
@@ -220,14 +221,7 @@ def init_from_pretrained(m: Model, state: TrainState, workdir: str, log=print) -
             pre = config_lib.load(m.config.pretrain.config, [f"--config.data.dir={m.config.data.dir}"] + (
                 [f"--config.train.steps={m.config.pretrain.steps}"] if m.config.pretrain.get("steps") else []))
             train(pre, source, log)
-    path = os.path.join(source, "config.json")
-    if not os.path.exists(path):
-        raise UserError(f"config init.params_from: {source} is not a fergate workdir")
-    import ml_collections
-
-    with open(path) as f:
-        src_cfg = ml_collections.ConfigDict(json.load(f))
-    src = Model(src_cfg)
+    src = Model(config_lib.load_workdir(source))
     restored = Checkpointer(source).restore(src.abstract_sharded_state())
     if restored is None:
         raise UserError(f"config init.params_from: no checkpoint in {source}")
@@ -241,25 +235,25 @@ def init_from_pretrained(m: Model, state: TrainState, workdir: str, log=print) -
                 model_state[col][name] = tree[name]
     frozen = ", ".join(m.config.optim.get("frozen", ())) or "none"
     log(f"[train] loaded {', '.join(loaded)} from {source} (frozen: {frozen})")
-    return jax.device_put(TrainState(state.step, params, m.tx.init(params), model_state), m.state_sharding)
+    # the optimizer state of a fresh run does not depend on parameter values: it stays
+    return jax.device_put(state.replace(params=params, model_state=model_state), m.state_sharding)
 
 
 def check_workdir_config(workdir: str, config) -> None:
     """A workdir belongs to one config: refuse to resume another's state."""
     path = os.path.join(workdir, "config.json")
-    new = json.loads(config_lib.to_json(config))
+    text = config_lib.to_json(config)
     if os.path.exists(path):
         with open(path) as f:
-            old = json.load(f)
-        diff = [k for k in sorted(set(_flat(old)) | set(_flat(new)))
-                if _flat(old).get(k) != _flat(new).get(k) and k not in RESUMABLE_CHANGES]
+            old, new = _flat(json.load(f)), _flat(json.loads(text))
+        diff = [k for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k) and k not in RESUMABLE_CHANGES]
         if diff:
             raise UserError(f"workdir {workdir} was written by another config (differs in {', '.join(diff[:6])}); "
                             "use a new --workdir")
     if jax.process_index() == 0:
         os.makedirs(workdir, exist_ok=True)
         with open(path, "w") as f:
-            f.write(config_lib.to_json(config))
+            f.write(text)
 
 
 def _flat(d: dict, prefix: str = "") -> dict:
@@ -391,7 +385,7 @@ def train(config, workdir: str, log=print) -> dict:
     log(f"[train] done: {step} steps in {_hms(time.time() - t0)}")
     result = evaluate.evaluate(m, state, ddir, config.data.eval_split, classes)
     if lead:
-        evaluate.write_reports(result, workdir, config)
+        evaluate.write_reports(result, workdir)
     log(f"[eval] {config.data.eval_split}: accuracy {result['accuracy']:.3f}, "
         f"mean class accuracy {result['mean_class_accuracy']:.3f} -> {os.path.join(workdir, 'eval.json')}")
     return result
