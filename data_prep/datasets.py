@@ -133,7 +133,7 @@ class RotatedDigitsReader:
     scaled = False
 
     def __init__(self, source: str | None = None, copies: int = 8, seed: int = 0, **_):
-        if source and source != "tfds" and not os.path.isdir(source):
+        if source and source.split(":")[0] != "tfds" and not os.path.isdir(source):
             raise UserError(f"idx folder not found: {source}")
         self.source, self.copies, self.seed = source, copies, seed
         self.classes = tuple(str(i) for i in range(10))
@@ -167,14 +167,30 @@ class RotatedScaledDigitsReader(RotatedDigitsReader):
 
 class DSpritesReader:
     """THIN's dSprites task: `size` random points of the dSprites factor grid (shape,
-    scale, rotation, x, y), drawn by data_prep.synthetic.sprite; test = `test_fraction`."""
+    scale, rotation, x, y); test = `test_fraction`. SOURCE `tfds` reads them from
+    tensorflow-datasets' dsprites, nothing draws them (data_prep.synthetic.sprite)."""
 
     def __init__(self, source: str | None = None, size: int = 24000, test_fraction: float = 0.2, seed: int = 0, **_):
+        if source and source.split(":")[0] != "tfds":
+            raise UserError(f"dsprites reads `tfds` or nothing (the generator), not {source!r}")
         self.classes = synthetic.SHAPES
-        self.size, self.test_fraction, self.seed = size, test_fraction, seed
+        self.source, self.size, self.test_fraction, self.seed = source, size, test_fraction, seed
+
+    @functools.cached_property
+    def tfds(self):
+        try:
+            return synthetic.tfds_source(self.source, "dsprites", "train")[0]  # tfds has one split
+        except FileNotFoundError as e:
+            raise UserError(str(e)) from None
 
     def items(self) -> list[Item]:
         rng = np.random.default_rng(self.seed)
+        if self.source:
+            n = len(self.tfds)
+            picks = rng.choice(n, min(self.size, n), replace=False)
+            n_test = int(len(picks) * self.test_fraction)
+            return [Item(f"sprite{int(j)}", "test" if i < n_test else "train", int(self.tfds[int(j)]["label_shape"]),
+                         f"sprite{int(j)}", self.source, "record", (int(j),)) for i, j in enumerate(picks)]
         factors = np.stack([rng.integers(0, n, self.size) for n in
                             (len(synthetic.SHAPES), len(synthetic.DSPRITES_SCALES), synthetic.DSPRITES_ROTATIONS,
                              synthetic.DSPRITES_POSITIONS, synthetic.DSPRITES_POSITIONS)], 1)
@@ -183,9 +199,16 @@ class DSpritesReader:
                      "record", tuple(int(v) for v in f)) for i, f in enumerate(factors)]
 
     def load(self, item: Item) -> dict:
-        shape, scale, rot, x, y = item.params
-        return {"image": synthetic.sprite(shape, scale, rot, x, y)[..., None], "scale_bin": scale,
-                "rotation_bin": rot, "position": np.array([x, y], np.int32)}
+        if self.source:
+            r = self.tfds[item.params[0]]
+            image = np.asarray(r["image"], np.uint8)
+            shape, scale, rot = int(r["label_shape"]), int(r["label_scale"]), int(r["label_orientation"])
+            x, y = int(r["label_x_position"]), int(r["label_y_position"])
+            image = image * np.uint8(255) if image.max() <= 1 else image  # dSprites pixels are 0/1
+        else:
+            shape, scale, rot, x, y = item.params
+            image = synthetic.sprite(shape, scale, rot, x, y)[..., None]
+        return {"image": image, "scale_bin": scale, "rotation_bin": rot, "position": np.array([x, y], np.int32)}
 
 
 READERS = {"sample": SampleReader, "folder": FolderReader, "digits_rotated": RotatedDigitsReader,

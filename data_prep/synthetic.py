@@ -37,15 +37,31 @@ def read_idx(path: str) -> np.ndarray:
     return np.frombuffer(data, np.uint8, offset=4 + 4 * ndim).reshape(shape)
 
 
+def tfds_source(source: str, default: str, split: str):
+    """A prepared tensorflow-datasets set as a random-access source, without TensorFlow:
+    `tfds` names `default`, `tfds:NAME` another (e.g. fashion_mnist); TFDS_DATA_DIR says
+    where. It must have been built in ArrayRecord format; nothing is downloaded here."""
+    try:
+        import tensorflow_datasets as tfds  # optional: only when asked for
+    except ImportError:
+        raise FileNotFoundError(f"{source}: tensorflow-datasets is not installed (pip install 'fergate[tfds]')") \
+            from None
+    name = source.partition(":")[2] or default
+    try:
+        return tfds.data_source(name, split=split, download=False), f"tfds:{name}"
+    except Exception as e:  # noqa: BLE001 - tfds raises several kinds for a set it cannot open
+        raise FileNotFoundError(f"{source}: tensorflow-datasets cannot open {name!r} ({type(e).__name__}); build it "
+                                f"with `tfds build {name} --file_format=array_record`") from None
+
+
 def load_digits(source: str | None, split: str) -> tuple[np.ndarray, np.ndarray, str]:
     """(images N x 28 x 28 uint8, labels, origin) of a digit source: a directory of MNIST
-    idx files, `tfds` (tensorflow-datasets MNIST), or None for scikit-learn's digits
-    (80/20 train/test split by index)."""
-    if source == "tfds":
-        import tensorflow_datasets as tfds  # optional: only when asked for
-
-        ds = tfds.as_numpy(tfds.load("mnist", split=split, batch_size=-1))
-        return ds["image"][..., 0], ds["label"].astype(np.int64), "tfds:mnist"
+    idx files, `tfds[:NAME]` (tensorflow-datasets MNIST or another 28 x 28 set), or None
+    for scikit-learn's digits (80/20 train/test split by index)."""
+    if source and source.split(":")[0] == "tfds":
+        ds, origin = tfds_source(source, "mnist", split)
+        rows = [ds[i] for i in range(len(ds))]
+        return np.stack([r["image"][..., 0] for r in rows]), np.array([r["label"] for r in rows], np.int64), origin
     if source:
         prefix = "train" if split == "train" else "t10k"
         names = os.listdir(source)

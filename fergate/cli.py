@@ -73,10 +73,11 @@ def _bench(a: argparse.Namespace, overrides: list[str]) -> None:
     from fergate import config as config_lib
 
     cfg = config_lib.load(a.config, overrides)
+    vs = config_lib.load(a.vs, overrides) if a.vs else None
     _jax_setup(a)
     from fergate.train import bench
 
-    print(bench.to_json(bench.bench(cfg, a.batch, a.steps, a.warmup, a.infer, a.data)))
+    print(bench.to_json(bench.bench(cfg, a.batch, a.steps, a.warmup, a.infer, a.data, vs)))
 
 
 def _add_jax_args(q: argparse.ArgumentParser) -> None:
@@ -136,6 +137,7 @@ def parser() -> argparse.ArgumentParser:
     q.add_argument("--warmup", type=int, default=3)
     q.add_argument("--infer", action="store_true")
     q.add_argument("--data", default=None, help="also time the input pipeline on this prepared directory")
+    q.add_argument("--vs", default=None, help="a second config (same overrides) timed in alternation: reports speedup")
     _add_jax_args(q)
     q.set_defaults(func=_bench, overrides=True)
     return p
@@ -148,6 +150,10 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [r for r in rest if not r.startswith("--config.")]
     if unknown or (overrides and not getattr(args, "overrides", False)):
         p.error(f"unrecognized arguments: {' '.join(unknown or overrides)}")
+    if args.command != "prep":  # before JAX starts its threads
+        from fergate.runtime import tune_host_allocator
+
+        tune_host_allocator()
     try:
         args.func(args, overrides) if getattr(args, "overrides", False) else args.func(args)
     except UserError as e:

@@ -169,3 +169,29 @@ def test_fer_thin_trains_on_the_sample_set(sample_data, tmp_path):
     pre = json.load(open(tmp_path / "fer" / "pretrain" / "eval.json"))
     assert pre["classes"] == json.load(open(os.path.join(sample_data, "manifest.json")))["splits"]["train"]["subjects"]
     assert pre["accuracy"] > 0.9  # dlib embeddings separate the training subjects
+
+
+def test_tensorflow_datasets_sources_without_tensorflow(tmp_path):
+    """MNIST and dSprites through tensorflow-datasets' random-access sources (its mock data
+    here: nothing can be downloaded), with the factor labels of the tfds records."""
+    tfds = pytest.importorskip("tensorflow_datasets")
+    from test_prep import _records
+
+    from data_prep import prep
+
+    with tfds.testing.mock_data(num_examples=12):
+        m = prep.run("digits_rotated", "tfds", str(tmp_path / "mnist"), reader_options={"copies": 2}, workers=1,
+                     log=lambda *_: None)
+        assert m["splits"]["train"]["records"] == 24 and m["splits"]["test"]["records"] == 24
+        digits = _records(str(tmp_path / "mnist"), "train")
+        assert digits[0]["image"].shape == (28, 28, 1) and 0 <= digits[0]["rotation_bin"] < 18
+        m = prep.run("dsprites", "tfds", str(tmp_path / "dsprites"), reader_options={"size": 10}, workers=1,
+                     log=lambda *_: None)
+        assert sum(s["records"] for s in m["splits"].values()) == 10
+        ds = tfds.data_source("dsprites", split="train")
+        for r in _records(str(tmp_path / "dsprites"), "train"):
+            src = ds[int(r["subject"].removeprefix("sprite"))]
+            assert (r["label"], r["scale_bin"], r["rotation_bin"]) == (
+                src["label_shape"], src["label_scale"], src["label_orientation"])
+    with pytest.raises(UserError, match="cannot open 'mnist'"):
+        prep.run("digits_rotated", "tfds", str(tmp_path / "none"), workers=1, log=lambda *_: None)

@@ -138,12 +138,16 @@ def test_eval_command_and_bench_line(sample_data, tmp_path):
     res = json.load(open(tmp_path / "ev" / "eval.json"))
     assert res["split"] == "train" and res["step"] == 10 and np.sum(res["confusion_matrix"]) == res["examples"]
     r = subprocess.run([sys.executable, "-m", "fergate", "bench", "--config", "configs/modul.py:variant=joint",
-                        "--batch", "8", "--steps", "3", *SMALL[:3]], capture_output=True, text=True)
+                        "--vs", "configs/modul.py:variant=distances", "--batch", "8", "--steps", "3", *SMALL[:3]],
+                       capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-2000:]
     line = json.loads(r.stdout.strip().splitlines()[-1])
     assert set(line) >= {"model", "params", "batch", "examples_per_sec", "step_ms", "compile_s",
                          "flops_per_example", "mfu", "backend", "devices"}
     assert line["batch"] == 8 and line["flops_per_example"] > 0 and 0 < line["mfu"] < 1.5
+    # the second config, timed in alternation: the distance branch alone is a part of joint
+    assert line["vs"]["model"] == "modul/distances" and line["vs"]["params"] < line["params"]
+    assert line["speedup"] == pytest.approx(line["vs"]["step_ms"] / line["step_ms"], rel=0.01)
     r = subprocess.run([sys.executable, "-m", "fergate", "eval", "--workdir", str(tmp_path / "none")],
                        capture_output=True, text=True)
     assert r.returncode == 2 and "not a fergate training workdir" in r.stderr

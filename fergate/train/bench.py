@@ -70,59 +70,77 @@ def _time(fn) -> float:
     return time.perf_counter() - t
 
 
-def bench(config, batch: int | None = None, steps: int = 20, warmup: int = 3, infer: bool = False,
-          data: str | None = None) -> dict:
-    """Times `steps` train (or inference) steps; with `data`, also the input pipeline's rate
-    for the same batches from that prepared directory."""
-    from fergate.train.trainer import Model, example_batch, global_batch
+class _Timed:
+    """One config's compiled step on a synthetic batch, timed a step at a time."""
 
-    if batch:
-        with config.unlocked():
-            config.input.batch_size = batch
-            config.eval.batch_size = batch
-    b = config.input.batch_size
-    m = Model(config)
-    state = m.new_state()
-    rng = np.random.default_rng(0)
-    local = example_batch(config, b // jax.process_count())
-    for k, v in local.items():  # realistic values: finite distances, non-constant images
-        if v.dtype == np.uint8:
-            local[k] = rng.integers(0, 256, v.shape, np.uint8)
-        elif k == "landmarks":
-            local[k] = rng.uniform(0, config.input.face_size, v.shape).astype(np.float32)
-        elif k == "iod":
-            local[k] = np.full(v.shape, 0.4 * config.input.face_size, np.float32)
-        elif k == "label":
-            local[k] = rng.integers(0, 7, v.shape).astype(np.int32)
-    gb = global_batch(local, m.batch_sharding)
-    fn = m.predict if infer else m.train_step
-    t = time.perf_counter()
-    compiled = fn.lower(state, gb).compile()
-    compile_s = time.perf_counter() - t
-    flops = compiled_flops(compiled)
-    times = []
-    for i in range(warmup + steps):
+    def __init__(self, config, batch: int | None, infer: bool):
+        from fergate.train.trainer import Model, example_batch, global_batch
+
+        if batch:
+            with config.unlocked():
+                config.input.batch_size = batch
+                config.eval.batch_size = batch
+        self.config, self.infer, self.times = config, infer, []
+        b = config.input.batch_size
+        self.model = m = Model(config)
+        self.state = m.new_state()
+        rng = np.random.default_rng(0)
+        local = example_batch(config, b // jax.process_count())
+        for k, v in local.items():  # realistic values: finite distances, non-constant images
+            if v.dtype == np.uint8:
+                local[k] = rng.integers(0, 256, v.shape, np.uint8)
+            elif k == "landmarks":
+                local[k] = rng.uniform(0, config.input.face_size, v.shape).astype(np.float32)
+            elif k == "iod":
+                local[k] = np.full(v.shape, 0.4 * config.input.face_size, np.float32)
+            elif k == "label":
+                local[k] = rng.integers(0, 7, v.shape).astype(np.int32)
+        self.batch = global_batch(local, m.batch_sharding)
         t = time.perf_counter()
-        if infer:
-            jax.block_until_ready(compiled(state, gb))
+        self.compiled = (m.predict if infer else m.train_step).lower(self.state, self.batch).compile()
+        self.compile_s = time.perf_counter() - t
+        self.flops = compiled_flops(self.compiled)
+
+    def step(self, timed: bool) -> None:
+        t = time.perf_counter()
+        if self.infer:
+            jax.block_until_ready(self.compiled(self.state, self.batch))
         else:
-            state, metrics = compiled(state, gb)
+            self.state, metrics = self.compiled(self.state, self.batch)
             jax.block_until_ready(metrics)
-        if i >= warmup:
-            times.append(time.perf_counter() - t)
-    med = statistics.median(times)
-    peak = peak_flops()
-    res = {
-        "model": f"{config.model}/{config.variant}", "mode": "infer" if infer else "train",
-        "params": m.n_params(), "batch": b, "examples_per_sec": round(b / med, 2),
-        "step_ms": round(1e3 * med, 3), "compile_s": round(compile_s, 3),
-        "flops_per_example": int(flops / b) if flops else None,
-        "mfu": round(flops / med / peak, 4) if flops else None,
-        "peak_gflops": round(peak / 1e9, 1), "backend": jax.default_backend(), "devices": jax.device_count(),
-        "dtype": config.train.dtype,
-    }
+        if timed:
+            self.times.append(time.perf_counter() - t)
+
+    def report(self) -> dict:
+        c, b, flops = self.config, self.config.input.batch_size, self.flops
+        med, peak = statistics.median(self.times), peak_flops()
+        return {
+            "model": f"{c.model}/{c.variant}", "mode": "infer" if self.infer else "train",
+            "params": self.model.n_params(), "batch": b, "examples_per_sec": round(b / med, 2),
+            "step_ms": round(1e3 * med, 3), "compile_s": round(self.compile_s, 3),
+            "flops_per_example": int(flops / b) if flops else None,
+            "mfu": round(flops / med / peak, 4) if flops else None,
+            "peak_gflops": round(peak / 1e9, 1), "backend": jax.default_backend(), "devices": jax.device_count(),
+            "dtype": c.train.dtype,
+        }
+
+
+def bench(config, batch: int | None = None, steps: int = 20, warmup: int = 3, infer: bool = False,
+          data: str | None = None, vs=None) -> dict:
+    """Times `steps` train (or inference) steps; with `data`, also the input pipeline's rate
+    for the same batches from that prepared directory. With `vs` (another config), both
+    steps are compiled and timed in alternation, so that the machine's noise hits both
+    alike, and `speedup` = vs's median step time / this one's."""
+    runs = [_Timed(config, batch, infer)] + ([_Timed(vs, batch, infer)] if vs is not None else [])
+    for i in range(warmup + steps):
+        for r in runs:
+            r.step(timed=i >= warmup)
+    res = runs[0].report()
+    if vs is not None:
+        res["vs"] = runs[1].report()
+        res["speedup"] = round(statistics.median(runs[1].times) / statistics.median(runs[0].times), 3)
     if data:
-        res["input_examples_per_sec"] = round(input_rate(config, data, b), 1)
+        res["input_examples_per_sec"] = round(input_rate(config, data, config.input.batch_size), 1)
     return res
 
 
