@@ -4,8 +4,10 @@
     variants: baseline, ensemble, tree_gated, exo_tree_gated, oracle, thin (and exo: stage 1)
     tasks: digits_rotated, digits_rotated_scaled, dsprites, fer
 
-Variants that read the exogenous network first train it (variant=exo, on the exogenous
-label) into W/pretrain, then load and freeze it: one command runs both stages.
+Variants that read an exogenous network first train it (variant=exo, on the exogenous
+label) into W/pretrain/NAME, then load and freeze it: one command runs both stages.
+    exo=rotation+scale: two exogenous networks, their representations concatenated (Table 3)
+    task=fer,identity=cnn: an identity CNN trained on the faces instead of the dlib embedding
 """
 
 import os
@@ -15,31 +17,39 @@ import ml_collections
 from fergate.config import parse_arg
 
 VARIANTS = ("baseline", "ensemble", "tree_gated", "exo_tree_gated", "oracle", "thin", "exo")
-TASKS = {  # data dir ("" = prepare with `fergate prep --dataset <task>`), classes, exo field, exo classes
-    "digits_rotated": dict(classes=10, exo_field="rotation_bin", exo_classes=18, size=28),
-    "digits_rotated_scaled": dict(classes=10, exo_field="rotation_bin", exo_classes=18, size=28),
-    "dsprites": dict(classes=3, exo_field="scale_bin", exo_classes=6, size=64),
-    "fer": dict(classes=7, exo_field="subject", exo_classes=0, size=96),
+TASKS = {  # classes, image size, the default exogenous variable, the exogenous variables it has
+    "digits_rotated": dict(classes=10, size=28, exo="rotation", has=("rotation",)),
+    "digits_rotated_scaled": dict(classes=10, size=28, exo="rotation", has=("rotation", "scale")),
+    "dsprites": dict(classes=3, size=64, exo="scale", has=("scale", "rotation")),
+    "fer": dict(classes=7, size=96, exo="identity", has=("identity",)),
 }
-#: `exo=` picks another exogenous variable (Table 3 on MNIST-RS: rotation or scale)
-EXOGENOUS = {"rotation": ("rotation_bin", 18), "scale": ("scale_bin", 10)}
+#: exogenous variable: (record field, bins); dSprites has its own grid; FER's subjects are counted from the data
+EXOGENOUS = {"rotation": ("rotation_bin", 18), "scale": ("scale_bin", 10), "identity": ("subject", 0)}
+DSPRITES_BINS = {"scale": 6, "rotation": 40}
 
 
 def get_config(arg=None):
-    arg = parse_arg(arg, task="digits_rotated", variant="thin", exo="", experts="vmap", smoke=False)
+    """`exo=` picks the exogenous variable(s), `+`-joined for several (Table 3 on MNIST-RS:
+    rotation, scale, rotation+scale); FER's `identity=cnn` trains an identity CNN on the
+    faces as gamma_tau instead of reading the records' dlib embedding."""
+    arg = parse_arg(arg, task="digits_rotated", variant="thin", exo="", identity="embedding", experts="vmap",
+                    smoke=False)
     from fergate.errors import UserError
 
     if arg.variant not in VARIANTS:
         raise UserError(f"unknown THIN variant {arg.variant!r}; known: {', '.join(VARIANTS)}")
     if arg.task not in TASKS:
         raise UserError(f"unknown THIN task {arg.task!r}; known: {', '.join(TASKS)}")
-    task, fer = dict(TASKS[arg.task]), arg.task == "fer"
-    if arg.exo:
-        if fer or arg.exo not in EXOGENOUS or (arg.exo == "scale" and arg.task == "digits_rotated"):
-            raise UserError(f"exo={arg.exo!r} does not apply to task {arg.task}")
-        task["exo_field"], task["exo_classes"] = EXOGENOUS[arg.exo]
-        if arg.task == "dsprites":  # dSprites' own grid: 6 scales, 40 rotations
-            task["exo_classes"] = {"scale": 6, "rotation": 40}[arg.exo]
+    if arg.identity not in ("embedding", "cnn"):
+        raise UserError(f"identity={arg.identity!r}: embedding (the records' dlib embedding) or cnn")
+    task, fer = TASKS[arg.task], arg.task == "fer"
+    names = tuple((arg.exo or task["exo"]).split("+"))
+    if any(n not in task["has"] for n in names) or len(set(names)) != len(names):
+        raise UserError(f"exo={arg.exo!r} does not apply to task {arg.task} (it has: {', '.join(task['has'])})")
+    if arg.variant == "exo" and len(names) != 1:
+        raise UserError("variant=exo (stage 1) trains one exogenous variable: exo=rotation or exo=scale")
+    bins = [DSPRITES_BINS[n] if arg.task == "dsprites" else EXOGENOUS[n][1] for n in names]
+    exo_cnn = not fer or arg.identity == "cnn"  # gamma_tau is a CNN on the image, trained in stage 1
     c = ml_collections.ConfigDict()
     c.model = "thin"
     c.variant = arg.variant
@@ -49,20 +59,21 @@ def get_config(arg=None):
     # FER stage 1 learns the training subjects' identities: it is evaluated on the training split
     eval_split = "train" if (fer and arg.variant == "exo") else "test"
     c.data = dict(dir="", dataset="sample" if fer else arg.task, train_split="train", eval_split=eval_split,
-                  balance=fer, workers=0, sample_size=2800, flip=fer, brightness_contrast=fer,
-                  label_field="subject" if (fer and arg.variant == "exo") else
-                  (task["exo_field"] if arg.variant == "exo" else "label"))
+                  balance=fer, workers=0, sample_size=2800, flip=fer,
+                  brightness_contrast=fer,
+                  label_field=EXOGENOUS[names[0]][0] if arg.variant == "exo" else "label")
     c.input = dict(batch_size=16 if fer else 32, image_size=task["size"])
     c.thin = dict(
         num_classes=task["classes"],
-        exo_classes=task["exo_classes"],  # FER: the number of training subjects, read from the data
+        exo_names=names,
+        exo_fields=tuple(EXOGENOUS[n][0] for n in names),
+        exo_classes=tuple(bins),  # FER: 0 = the number of training subjects, read from the data
         image_field="face" if fer else "image",
         channels=3 if fer else 1,
-        exo_field=task["exo_field"],
-        exo_input="identity" if fer else "image",  # FER: the 128-d dlib embedding of the records
+        exo_input="image" if exo_cnn else "identity",  # FER default: the records' 128-d dlib embedding
         exo_width=128,
         endo_convs=(64, 128, 256, 512, 512) if fer else (16, 16),  # FER: VGG-style, 4608-d for 96 x 96
-        exo_convs=(16, 16),
+        exo_convs=(32, 64, 128, 128) if fer else (16, 16),
         baseline_hidden=(256,),
         exo_hidden=(256,),
         members=32 if fer else 8,
@@ -77,13 +88,20 @@ def get_config(arg=None):
     c.train = dict(steps=20_000 if fer else 6_000, log_every=100, ckpt_every=1000, keep=2, eval_every=0,
                    dtype="float32")
     c.eval = dict(batch_size=64, top_k=(1, 2))
-    # stage 1 (the exogenous network), trained into W/pretrain by the same command
-    needs_exo = arg.variant in ("exo_tree_gated", "thin") and not (fer and arg.variant == "exo_tree_gated")
-    c.init = dict(params_from="pretrain" if needs_exo else "", params=("exo_encoder", "exo_classifier"))
-    c.pretrain = dict(config=f"{os.path.abspath(__file__)}:task={arg.task},variant=exo,exo={arg.exo},smoke={arg.smoke}"
-                      if needs_exo else "", steps=0)
-    if needs_exo:
-        c.optim.frozen = ("exo_encoder", "exo_classifier")
+    # stage 1: each exogenous network (gamma_tau, c_sigma) trained on its label into W/pretrain/NAME by
+    # the same command, then loaded and frozen. The records' embedding needs no gamma_tau; its c_sigma
+    # is only used by the dispelling loss.
+    needs_exo = arg.variant in ("exo_tree_gated", "thin") and (exo_cnn or arg.variant == "thin")
+    parts = tuple(f"exo_{part}_{n}" for n in names for part in ("encoder", "classifier"))
+    here = os.path.abspath(__file__)
+    c.init = dict(params_from=("pretrain",) if needs_exo else (), params=parts)
+    # stage 1 runs on this run's data with this run's exogenous network shape
+    inherit = ("data.dir", "data.sample_size", "input.image_size", "thin.exo_convs", "thin.exo_hidden",
+               "thin.exo_width", "train.dtype")
+    c.pretrain = dict(steps=0, inherit=inherit, configs={
+        n: f"{here}:task={arg.task},variant=exo,exo={n},identity={arg.identity},smoke={arg.smoke}"
+        for n in (names if needs_exo else ())})
+    c.optim.frozen = parts if needs_exo else ()
     if arg.smoke:
         c.train.steps = 60
         c.train.log_every = 10

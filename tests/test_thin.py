@@ -84,12 +84,37 @@ def test_rotated_digits_bins():
 
 def test_exogenous_variable_choice_for_table_3():
     c = C.load("configs/thin.py:task=digits_rotated_scaled,variant=exo_tree_gated,exo=scale")
-    assert (c.thin.exo_field, c.thin.exo_classes) == ("scale_bin", 10)
-    assert "variant=exo,exo=scale" in c.pretrain.config and c.optim.frozen == ("exo_encoder", "exo_classifier")
-    stage1 = C.load(c.pretrain.config)
-    assert stage1.data.label_field == "scale_bin" and stage1.thin.exo_classes == 10
-    with pytest.raises(UserError, match="does not apply"):
-        C.load("configs/thin.py:task=digits_rotated,exo=scale")
+    assert (c.thin.exo_fields, c.thin.exo_classes) == (("scale_bin",), (10,))
+    assert "variant=exo,exo=scale" in c.pretrain.configs.scale
+    assert c.optim.frozen == ("exo_encoder_scale", "exo_classifier_scale")
+    stage1 = C.load(c.pretrain.configs.scale)
+    assert stage1.data.label_field == "scale_bin" and stage1.thin.exo_classes == (10,)
+    both = C.load("configs/thin.py:task=digits_rotated_scaled,variant=thin,exo=rotation+scale")
+    assert set(both.pretrain.configs) == {"rotation", "scale"} and both.thin.exo_classes == (18, 10)
+    assert set(both.init.params) == set(both.optim.frozen) == {
+        "exo_encoder_rotation", "exo_classifier_rotation", "exo_encoder_scale", "exo_classifier_scale"}
+    for arg in ("task=digits_rotated,exo=scale", "task=digits_rotated_scaled,exo=rotation+rotation"):
+        with pytest.raises(UserError, match="does not apply"):
+            C.load(f"configs/thin.py:{arg}")
+    with pytest.raises(UserError, match="one exogenous variable"):
+        C.load("configs/thin.py:task=digits_rotated_scaled,variant=exo,exo=rotation+scale")
+
+
+def test_two_exogenous_variables_gate_on_the_concatenation():
+    """Table 3's rotation + scale: one gamma_tau per variable, the gate reads both, and the
+    dispelling loss has one |cos| per variable."""
+    from fergate.models import thin
+
+    cfg = C.load("configs/thin.py:task=digits_rotated_scaled,variant=thin,exo=rotation+scale")
+    m = thin.build(cfg)
+    batch = {"image": jnp.asarray(np.random.default_rng(0).integers(0, 256, (5, 28, 28, 1)), jnp.uint8)}
+    variables = m.init(jax.random.key(0), batch)
+    p = variables["params"]
+    assert {"exo_encoder_rotation", "exo_encoder_scale", "exo_classifier_rotation", "exo_classifier_scale"} <= set(p)
+    assert p["gate"]["nodes"]["kernel"].shape[0] == 2 * 7 * 7 * 16  # both representations, concatenated
+    out = m.apply(variables, batch)
+    assert out["introspect"]["abs_cos"].shape == (5, 2) and 0 <= float(out["losses"]["dispel"]) <= 0.005
+    np.testing.assert_allclose(out["introspect"]["gate"].sum(-1), 1.0, rtol=1e-5)
 
 
 def test_unknown_task_and_variant():
@@ -125,7 +150,7 @@ def test_small_table_2_on_rotated_digits(digits, tmp_path):
            for v in ("baseline", "exo_tree_gated", "oracle")}
     print(res)
     assert "abs_cos_histogram" in json.load(open(tmp_path / "exo_tree_gated" / "eval.json"))  # no dispelling
-    exo = json.load(open(tmp_path / "exo_tree_gated" / "pretrain" / "eval.json"))
+    exo = json.load(open(tmp_path / "exo_tree_gated" / "pretrain" / "rotation" / "eval.json"))
     assert exo["accuracy"] > 0.5  # rotation bins (18) of held-out digits, chance 0.056
     assert min(res.values()) > 0.85  # 10 classes: chance is 0.1
     assert res["exo_tree_gated"] > res["baseline"] - 0.02
@@ -135,7 +160,7 @@ def test_small_table_2_on_rotated_digits(digits, tmp_path):
 def test_thin_dispelling_loss_is_trained_and_the_exogenous_network_stays_frozen(digits, tmp_path):
     _train("exo", digits, tmp_path / "exo", "--config.train.steps=200")
     _train("thin", digits, tmp_path / "thin", "--config.train.steps=100", "--config.train.log_every=20",
-           f"--config.init.params_from={tmp_path / 'exo'}")
+           f"--config.init.params_from=('{tmp_path / 'exo'}',)")
     rows = [json.loads(x) for x in open(tmp_path / "thin" / "metrics.jsonl")]
     assert all("dispel" in r and 0 <= r["dispel"] <= 0.005 for r in rows if "loss" in r)
 
@@ -147,7 +172,7 @@ def test_thin_dispelling_loss_is_trained_and_the_exogenous_network_stays_frozen(
         return jax.device_get(Checkpointer(str(w)).restore(m.abstract_sharded_state())[0].params)
 
     before, after = params(tmp_path / "exo", "exo"), params(tmp_path / "thin", "thin")
-    for name in ("exo_encoder", "exo_classifier"):
+    for name in ("exo_encoder_rotation", "exo_classifier_rotation"):
         jax.tree.map(np.testing.assert_array_equal, before[name], after[name])
     intro = json.load(open(tmp_path / "thin" / "introspection.json"))
     assert set(intro) == {"gate", "abs_cos"}
@@ -166,9 +191,24 @@ def test_fer_thin_trains_on_the_sample_set(sample_data, tmp_path):
                  [f"--config.data.dir={sample_data}", "--config.train.steps=20", "--config.pretrain.steps=60", *small])
     res = trainer.train(cfg, str(tmp_path / "fer"), log=lambda *_: None)
     assert res["examples"] == json.load(open(os.path.join(sample_data, "manifest.json")))["splits"]["test"]["records"]
-    pre = json.load(open(tmp_path / "fer" / "pretrain" / "eval.json"))
+    pre = json.load(open(tmp_path / "fer" / "pretrain" / "identity" / "eval.json"))
     assert pre["classes"] == json.load(open(os.path.join(sample_data, "manifest.json")))["splits"]["train"]["subjects"]
     assert pre["accuracy"] > 0.9  # dlib embeddings separate the training subjects
+
+
+def test_fer_identity_cnn_as_the_exogenous_network(sample_data, tmp_path):
+    """The option to the dlib embedding: an identity CNN trained on the faces (stage 1),
+    then loaded frozen as gamma_tau of the exogenous tree-gated ensemble."""
+    small = ["--config.thin.endo_convs=(8, 8, 16)", "--config.thin.exo_convs=(8, 16, 16)", "--config.thin.members=4",
+             "--config.thin.expert_hidden=(16,)", "--config.thin.depth=2", "--config.input.image_size=32",
+             "--config.input.batch_size=8", "--config.eval.batch_size=16"]
+    cfg = C.load("configs/thin.py:task=fer,variant=exo_tree_gated,identity=cnn,smoke=True",
+                 [f"--config.data.dir={sample_data}", "--config.train.steps=10", "--config.pretrain.steps=150",
+                  *small])
+    assert cfg.thin.exo_input == "image" and cfg.optim.frozen == ("exo_encoder_identity", "exo_classifier_identity")
+    trainer.train(cfg, str(tmp_path / "fer"), log=lambda *_: None)
+    pre = json.load(open(tmp_path / "fer" / "pretrain" / "identity" / "eval.json"))
+    assert pre["accuracy"] > 3 / len(pre["classes"])  # the CNN learned the training subjects' faces
 
 
 def test_tensorflow_datasets_sources_without_tensorflow(tmp_path):

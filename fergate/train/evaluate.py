@@ -40,8 +40,8 @@ def evaluate(m, state, data_dir: str, split: str, classes: list[str]) -> dict:
     logits, labels = np.concatenate(logits), np.concatenate(labels)
     intro = {n: np.concatenate(v) for n, v in intro.items()}
     res = metrics(logits, labels, classes, config.eval.top_k, intro, sums)
-    if "abs_cos" in intro:  # THIN Fig. 8: the distribution of |cos| over the split
-        counts, edges = np.histogram(intro["abs_cos"][:, 0], bins=20, range=(0.0, 1.0))
+    if "abs_cos" in intro:  # THIN Fig. 8: the distribution of |cos| over the split (all exogenous variables)
+        counts, edges = np.histogram(intro["abs_cos"].ravel(), bins=20, range=(0.0, 1.0))
         res["abs_cos_histogram"] = {"counts": counts.tolist(), "edges": edges.tolist(),
                                     "mean": float(intro["abs_cos"].mean())}
     if top is not None and top.values is not None:

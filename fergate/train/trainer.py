@@ -207,36 +207,63 @@ def class_names(config, manifest: dict) -> list[str]:
 
 
 def init_from_pretrained(m: Model, state: TrainState, workdir: str, log=print) -> TrainState:
-    """Copies the parameter subtrees `config.init.params` from the newest checkpoint of
-    `config.init.params_from` (a workdir; "pretrain" = W/pretrain, trained first from
-    `config.pretrain.config` when it has not finished)."""
+    """Copies the parameter subtrees `config.init.params` found in the newest checkpoints of
+    `config.init.params_from`: workdirs, or "pretrain" = one W/pretrain/NAME per stage of
+    `config.pretrain.configs` {NAME: config spec}, each trained first (for
+    `config.pretrain.steps` when set) unless it has finished."""
     init = m.config.get("init", {})
-    source = init.get("params_from", "")
-    if not source:
+    sources = init.get("params_from", ())
+    sources = [sources] if isinstance(sources, str) else list(sources)
+    if "pretrain" in sources:
+        i = sources.index("pretrain")
+        sources[i : i + 1] = [_pretrain(m.config, os.path.join(workdir, "pretrain", name), spec, log)
+                              for name, spec in sorted(m.config.pretrain.configs.items())]
+    if not any(sources):
         return state
-    if source == "pretrain":
-        source = os.path.join(workdir, "pretrain")
-        if not os.path.exists(os.path.join(source, "eval.json")):
-            log(f"[train] stage 1: {m.config.pretrain.config} -> {source}")
-            pre = config_lib.load(m.config.pretrain.config, [f"--config.data.dir={m.config.data.dir}"] + (
-                [f"--config.train.steps={m.config.pretrain.steps}"] if m.config.pretrain.get("steps") else []))
-            train(pre, source, log)
-    src = Model(config_lib.load_workdir(source))
-    restored = Checkpointer(source).restore(src.abstract_sharded_state())
-    if restored is None:
-        raise UserError(f"config init.params_from: no checkpoint in {source}")
-    src_params, src_model_state = restored[0].params, restored[0].model_state
     params, model_state = dict(state.params), {k: dict(v) for k, v in state.model_state.items()}
-    loaded = [n for n in init.params if n in src_params and n in params]
-    for name in loaded:
-        params[name] = src_params[name]
-        for col, tree in src_model_state.items():
-            if name in tree and name in model_state.get(col, {}):
-                model_state[col][name] = tree[name]
+    loaded = []
+    for source in filter(None, sources):
+        src = Model(config_lib.load_workdir(source))
+        restored = Checkpointer(source).restore(src.abstract_sharded_state())
+        if restored is None:
+            raise UserError(f"config init.params_from: no checkpoint in {source}")
+        src_params, src_model_state = restored[0].params, restored[0].model_state
+        for name in (n for n in init.params if n in src_params and n in params):
+            if jax.tree.map(np.shape, src_params[name]) != jax.tree.map(np.shape, params[name]):
+                raise UserError(f"config init.params: {name} in {source} has other shapes than this model's "
+                                "(trained with other settings?)")
+            params[name] = src_params[name]
+            loaded.append(f"{name} ({source})")
+            for col, tree in src_model_state.items():
+                if name in tree and name in model_state.get(col, {}):
+                    model_state[col][name] = tree[name]
+    missing = [n for n in init.params if n in params and not any(x.startswith(f"{n} (") for x in loaded)]
+    if missing:
+        raise UserError(f"config init.params: {', '.join(missing)} not found in {', '.join(filter(None, sources))}")
     frozen = ", ".join(m.config.optim.get("frozen", ())) or "none"
-    log(f"[train] loaded {', '.join(loaded)} from {source} (frozen: {frozen})")
+    log(f"[train] loaded {', '.join(loaded)} (frozen: {frozen})")
     # the optimizer state of a fresh run does not depend on parameter values: it stays
     return jax.device_put(state.replace(params=params, model_state=model_state), m.state_sharding)
+
+
+def _pretrain(config, workdir: str, spec: str, log) -> str:
+    """Stage 1 of a two-stage run: trains `spec` into `workdir` unless it has finished. It
+    takes this config's values of `config.pretrain.inherit` (the data, the shared network's
+    shape), and `config.pretrain.steps` when set."""
+    if not os.path.exists(os.path.join(workdir, "eval.json")):
+        log(f"[train] stage 1: {spec} -> {workdir}")
+        pre = config_lib.load(spec)
+        with pre.unlocked():
+            for key in config.pretrain.get("inherit", ()):
+                *path, field = key.split(".")
+                dst, src = pre, config
+                for k in path:
+                    dst, src = dst[k], src[k]
+                dst[field] = src[field]
+            if config.pretrain.get("steps"):
+                pre.train.steps = config.pretrain.steps
+        train(pre, workdir, log)
+    return workdir
 
 
 def check_workdir_config(workdir: str, config) -> None:
