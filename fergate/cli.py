@@ -67,6 +67,10 @@ def _eval(a: argparse.Namespace) -> None:
     evaluate.write_reports(res, out)
     print(f"[eval] step {step}, {split}: accuracy {res['accuracy']:.4f}, mean class accuracy "
           f"{res['mean_class_accuracy']:.4f} -> {os.path.join(out, 'eval.json')}")
+    if a.compare:
+        runs = {a.workdir: {**res, "variant": cfg.variant}, **{w: evaluate.read_eval(w) for w in a.compare}}
+        path = evaluate.compare_abs_cos(runs, out)
+        print(f"[eval] |cos| of {len(a.compare) + 1} runs -> {path}")
 
 
 def _bench(a: argparse.Namespace, overrides: list[str]) -> None:
@@ -127,6 +131,8 @@ def parser() -> argparse.ArgumentParser:
     q.add_argument("--workdir", required=True)
     q.add_argument("--split", default=None, help="default: the config's data.eval_split")
     q.add_argument("--out", default=None, help="report directory (default: the workdir)")
+    q.add_argument("--compare", nargs="+", default=None, metavar="WORKDIR",
+                   help="evaluated THIN runs whose |cos| distributions to overlay on this one's (Fig. 8)")
     _add_jax_args(q)
     q.set_defaults(func=_eval)
 

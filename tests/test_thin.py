@@ -4,6 +4,8 @@ a small Table 2 on rotated digits, and the FER variant on the sample set."""
 import itertools
 import json
 import os
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -179,6 +181,16 @@ def test_thin_dispelling_loss_is_trained_and_the_exogenous_network_stays_frozen(
     hist = json.load(open(tmp_path / "thin" / "eval.json"))["abs_cos_histogram"]  # Fig. 8
     assert sum(hist["counts"]) == json.load(open(tmp_path / "thin" / "eval.json"))["examples"]
     assert (tmp_path / "thin" / "top_inputs_per_expert.png").exists()  # Fig. 10
+    # Fig. 8 as a command: this run's |cos| against the same ensemble trained without dispelling
+    _train("exo_tree_gated", digits, tmp_path / "etg", "--config.train.steps=50",
+           f"--config.init.params_from=('{tmp_path / 'exo'}',)")
+    fergate = [sys.executable, "-m", "fergate", "eval", "--workdir", str(tmp_path / "thin"),
+               "--out", str(tmp_path / "cmp")]
+    r = subprocess.run([*fergate, "--compare", str(tmp_path / "etg")], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert (tmp_path / "cmp" / "abs_cos_compare.png").exists() and "|cos| of 2 runs" in r.stdout
+    r = subprocess.run([*fergate, "--compare", str(tmp_path / "exo")], capture_output=True, text=True)
+    assert r.returncode == 2 and "no |cos| introspection in" in r.stderr
 
 
 def test_fer_thin_trains_on_the_sample_set(sample_data, tmp_path):

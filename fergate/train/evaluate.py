@@ -10,6 +10,7 @@ import jax
 import numpy as np
 
 from fergate.data import pipeline
+from fergate.errors import UserError
 
 
 def evaluate(m, state, data_dir: str, split: str, classes: list[str]) -> dict:
@@ -210,3 +211,27 @@ def plot_abs_cos(histograms: dict[str, dict], path: str) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+def read_eval(workdir: str) -> dict:
+    """A workdir's `eval.json` with the variant it was trained as (`variant`)."""
+    from fergate.config import load_workdir
+
+    path = os.path.join(workdir, "eval.json")
+    if not os.path.exists(path):
+        raise UserError(f"{path} missing: evaluate {workdir} first")
+    with open(path) as f:
+        res = json.load(f)
+    res["variant"] = load_workdir(workdir).get("variant", "?")
+    return res
+
+
+def compare_abs_cos(runs: dict[str, dict], outdir: str) -> str:
+    """Fig. 8 across runs {workdir: eval result}: `abs_cos_compare.png` in `outdir`."""
+    missing = [w for w, r in runs.items() if "abs_cos_histogram" not in r]
+    if missing:
+        raise UserError(f"no |cos| introspection in {', '.join(missing)} (THIN exo_tree_gated / thin runs have it)")
+    path = os.path.join(outdir, "abs_cos_compare.png")
+    plot_abs_cos({f"{r.get('variant', '')} {os.path.basename(os.path.normpath(w))}".strip(): r["abs_cos_histogram"]
+                  for w, r in runs.items()}, path)
+    return path
