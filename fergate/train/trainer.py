@@ -221,7 +221,7 @@ def init_from_pretrained(m: Model, state: TrainState, workdir: str, log=print) -
     if not any(sources):
         return state
     params, model_state = dict(state.params), {k: dict(v) for k, v in state.model_state.items()}
-    loaded = []
+    loaded: dict[str, str] = {}  # parameter subtree -> the workdir it came from
     for source in filter(None, sources):
         src = Model(config_lib.load_workdir(source))
         restored = Checkpointer(source).restore(src.abstract_sharded_state())
@@ -233,15 +233,15 @@ def init_from_pretrained(m: Model, state: TrainState, workdir: str, log=print) -
                 raise UserError(f"config init.params: {name} in {source} has other shapes than this model's "
                                 "(trained with other settings?)")
             params[name] = src_params[name]
-            loaded.append(f"{name} ({source})")
+            loaded[name] = source
             for col, tree in src_model_state.items():
                 if name in tree and name in model_state.get(col, {}):
                     model_state[col][name] = tree[name]
-    missing = [n for n in init.params if n in params and not any(x.startswith(f"{n} (") for x in loaded)]
+    missing = [n for n in init.params if n in params and n not in loaded]
     if missing:
         raise UserError(f"config init.params: {', '.join(missing)} not found in {', '.join(filter(None, sources))}")
     frozen = ", ".join(m.config.optim.get("frozen", ())) or "none"
-    log(f"[train] loaded {', '.join(loaded)} (frozen: {frozen})")
+    log(f"[train] loaded {', '.join(f'{n} ({w})' for n, w in loaded.items())} (frozen: {frozen})")
     # the optimizer state of a fresh run does not depend on parameter values: it stays
     return jax.device_put(state.replace(params=params, model_state=model_state), m.state_sharding)
 
