@@ -247,3 +247,15 @@ def test_tensorflow_datasets_sources_without_tensorflow(tmp_path):
                 src["label_shape"], src["label_scale"], src["label_orientation"])
     with pytest.raises(UserError, match="cannot open 'mnist'"):
         prep.run("digits_rotated", "tfds", str(tmp_path / "none"), workers=1, log=lambda *_: None)
+
+
+def test_fer_thin_benches_without_data():
+    """`fergate bench` has no manifest to count subjects: c_sigma gets BENCH_SUBJECTS outputs."""
+    from fergate.models.thin import BENCH_SUBJECTS
+    from fergate.train import bench
+
+    cfg = C.load("configs/thin.py:task=fer,variant=thin",
+                 ["--config.thin.endo_convs=(8,)", "--config.input.image_size=32", "--config.thin.members=4",
+                  "--config.thin.depth=2", "--config.thin.expert_hidden=(16,)"])
+    res = bench.bench(cfg, batch=4, steps=2, warmup=1)
+    assert cfg.thin.exo_classes == (BENCH_SUBJECTS,) and res["model"] == "thin/thin" and res["step_ms"] > 0

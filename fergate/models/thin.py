@@ -133,11 +133,15 @@ def build(config) -> THIN:
                 jnp.dtype(config.train.dtype))
 
 
-def resolve(config, manifest: dict) -> None:
+#: training subjects assumed when there is no data to count them (`fergate bench`)
+BENCH_SUBJECTS = 100
+
+
+def resolve(config, manifest: dict | None) -> None:
     """FER: the exogenous classifier c_sigma predicts the training subjects; stage 1 on a
     synthetic task reports its exogenous bins by number."""
     t = config.thin
-    subjects = len(manifest["splits"][config.data.train_split]["subjects"])
+    subjects = len(manifest["splits"][config.data.train_split]["subjects"]) if manifest else BENCH_SUBJECTS
     t.exo_classes = tuple(k or subjects for k in t.exo_classes)
     if config.variant == "exo" and config.data.label_field not in ("label", "subject"):
         config.data.classes = [f"{config.data.label_field}={i}" for i in range(t.exo_classes[0])]

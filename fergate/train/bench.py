@@ -73,13 +73,15 @@ def _time(fn) -> float:
 class _Timed:
     """One config's compiled step on a synthetic batch, timed a step at a time."""
 
-    def __init__(self, config, batch: int | None, infer: bool):
-        from fergate.train.trainer import Model, example_batch, global_batch
+    def __init__(self, config, batch: int | None, infer: bool, data: str | None):
+        from fergate.data.pipeline import read_manifest
+        from fergate.train.trainer import Model, example_batch, global_batch, resolve
 
         if batch:
             with config.unlocked():
                 config.input.batch_size = batch
                 config.eval.batch_size = batch
+        resolve(config, read_manifest(data) if data else None)
         self.config, self.infer, self.times = config, infer, []
         b = config.input.batch_size
         self.model = m = Model(config)
@@ -131,7 +133,7 @@ def bench(config, batch: int | None = None, steps: int = 20, warmup: int = 3, in
     for the same batches from that prepared directory. With `vs` (another config), both
     steps are compiled and timed in alternation, so that the machine's noise hits both
     alike, and `speedup` = vs's median step time / this one's."""
-    runs = [_Timed(config, batch, infer)] + ([_Timed(vs, batch, infer)] if vs is not None else [])
+    runs = [_Timed(config, batch, infer, data)] + ([_Timed(vs, batch, infer, data)] if vs is not None else [])
     for i in range(warmup + steps):
         for r in runs:
             r.step(timed=i >= warmup)

@@ -73,9 +73,9 @@ def data_dir(config) -> str:
     return prepared_dir(dataset, log=log, **options)
 
 
-def resolve(config, manifest: dict) -> None:
+def resolve(config, manifest: dict | None) -> None:
     """Lets the model family fill config fields that depend on the data (e.g. the number of
-    training subjects), before anything is built."""
+    training subjects), before anything is built; None: no data (a benchmark)."""
     fam = models.family(config.model)
     if hasattr(fam, "resolve"):
         with config.unlocked():
