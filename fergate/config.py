@@ -46,6 +46,8 @@ def _coerce(text: str, like: Any, key: str) -> Any:
     try:
         value = ast.literal_eval(text)
     except (ValueError, SyntaxError):
+        if isinstance(like, (tuple, list)) and all(isinstance(v, str) for v in like):  # a,b -> ("a", "b")
+            return type(like)(p.strip() for p in text.split(",") if p.strip())
         raise UserError(f"config {key}: cannot read {text!r} as {type(like).__name__}") from None
     if isinstance(like, float) and isinstance(value, int):
         value = float(value)

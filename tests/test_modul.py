@@ -96,3 +96,8 @@ def test_unknown_variant_and_config_key_are_clear_errors():
     cfg = C.load("configs/modul.py:variant=joint", ["--config.train.steps=7", "--config.optim.lr=1e-4",
                                                      "--config.modul.dist_hidden=(8, 4)"])
     assert cfg.train.steps == 7 and cfg.optim.lr == 1e-4 and tuple(cfg.modul.dist_hidden) == (8, 4)
+    # a tuple of names takes bare comma-separated words (paths); a tuple of numbers does not
+    cfg = C.load("configs/thin.py:variant=thin", ["--config.init.params_from=/tmp/a,/tmp/b"])
+    assert cfg.init.params_from == ("/tmp/a", "/tmp/b")
+    with pytest.raises(UserError, match="cannot read 'wide' as tuple"):
+        C.load("configs/modul.py", ["--config.modul.dist_hidden=wide"])

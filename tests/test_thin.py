@@ -162,7 +162,7 @@ def test_small_table_2_on_rotated_digits(digits, tmp_path):
 def test_thin_dispelling_loss_is_trained_and_the_exogenous_network_stays_frozen(digits, tmp_path):
     _train("exo", digits, tmp_path / "exo", "--config.train.steps=200")
     _train("thin", digits, tmp_path / "thin", "--config.train.steps=100", "--config.train.log_every=20",
-           f"--config.init.params_from=('{tmp_path / 'exo'}',)")
+           f"--config.init.params_from={tmp_path / 'exo'}")
     rows = [json.loads(x) for x in open(tmp_path / "thin" / "metrics.jsonl")]
     assert all("dispel" in r and 0 <= r["dispel"] <= 0.005 for r in rows if "loss" in r)
 

@@ -212,8 +212,7 @@ def init_from_pretrained(m: Model, state: TrainState, workdir: str, log=print) -
     `config.pretrain.configs` {NAME: config spec}, each trained first (for
     `config.pretrain.steps` when set) unless it has finished."""
     init = m.config.get("init", {})
-    sources = init.get("params_from", ())
-    sources = [sources] if isinstance(sources, str) else list(sources)
+    sources = list(init.get("params_from", ()))
     if "pretrain" in sources:
         i = sources.index("pretrain")
         sources[i : i + 1] = [_pretrain(m.config, os.path.join(workdir, "pretrain", name), spec, log)
