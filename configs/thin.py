@@ -1,4 +1,5 @@
-"""THIN (paper 003, SPEC.md 5.4) and its Table 2 ablations, on the synthetic benchmarks and FER.
+"""THIN (throwable information networks) and its Table 2 ablations, on the synthetic
+benchmarks and FER.
 
     fergate train --config configs/thin.py:task=digits_rotated,variant=thin --workdir W
     variants: baseline, ensemble, tree_gated, exo_tree_gated, oracle, thin (and exo: stage 1)
@@ -12,11 +13,12 @@ label) into W/pretrain/NAME, then load and freeze it: one command runs both stag
 
 import os
 
-import ml_collections
+from fergate.config import choice, parse_arg
+from fergate.errors import UserError
+from fergate.models.thin import VARIANTS
 
-from fergate.config import parse_arg
+from . import common
 
-VARIANTS = ("baseline", "ensemble", "tree_gated", "exo_tree_gated", "oracle", "thin", "exo")
 TASKS = {  # classes, image size, the default exogenous variable, the exogenous variables it has
     "digits_rotated": dict(classes=10, size=28, exo="rotation", has=("rotation",)),
     "digits_rotated_scaled": dict(classes=10, size=28, exo="rotation", has=("rotation", "scale")),
@@ -34,14 +36,8 @@ def get_config(arg=None):
     faces as gamma_tau instead of reading the records' dlib embedding."""
     arg = parse_arg(arg, task="digits_rotated", variant="thin", exo="", identity="embedding", experts="vmap",
                     smoke=False)
-    from fergate.errors import UserError
-
-    if arg.variant not in VARIANTS:
-        raise UserError(f"unknown THIN variant {arg.variant!r}; known: {', '.join(VARIANTS)}")
-    if arg.task not in TASKS:
-        raise UserError(f"unknown THIN task {arg.task!r}; known: {', '.join(TASKS)}")
-    if arg.identity not in ("embedding", "cnn"):
-        raise UserError(f"identity={arg.identity!r}: embedding (the records' dlib embedding) or cnn")
+    choice(arg.task, tuple(TASKS), "THIN task")
+    choice(arg.identity, ("embedding", "cnn"), "identity (embedding: the records' dlib embedding; cnn)")
     task, fer = TASKS[arg.task], arg.task == "fer"
     names = tuple((arg.exo or task["exo"]).split("+"))
     if any(n not in task["has"] for n in names) or len(set(names)) != len(names):
@@ -50,28 +46,25 @@ def get_config(arg=None):
         raise UserError("variant=exo (stage 1) trains one exogenous variable: exo=rotation or exo=scale")
     bins = [DSPRITES_BINS[n] if arg.task == "dsprites" else EXOGENOUS[n][1] for n in names]
     exo_cnn = not fer or arg.identity == "cnn"  # gamma_tau is a CNN on the image, trained in stage 1
-    c = ml_collections.ConfigDict()
-    c.model = "thin"
-    c.variant = arg.variant
+    c = common.base("thin", choice(arg.variant, VARIANTS, "THIN variant"))
     c.task = arg.task
-    c.seed = 0
-    # data.dir "" -> the prepared synthetic set in the cache (or the FER sample set)
     # FER stage 1 learns the training subjects' identities: it is evaluated on the training split
-    eval_split = "train" if (fer and arg.variant == "exo") else "test"
-    c.data = dict(dir="", dataset="sample" if fer else arg.task, train_split="train", eval_split=eval_split,
-                  balance=fer, workers=0, sample_size=2800, flip=fer,
-                  brightness_contrast=fer,
-                  label_field=EXOGENOUS[names[0]][0] if arg.variant == "exo" else "label")
-    c.input = dict(batch_size=16 if fer else 32, image_size=task["size"])
+    c.data.dataset = "sample" if fer else arg.task
+    c.data.prep_options = dict(size=2800) if fer else {}
+    c.data.eval_split = "train" if (fer and arg.variant == "exo") else "test"
+    c.data.balance = c.data.flip = c.data.brightness_contrast = fer
+    c.data.label_field = EXOGENOUS[names[0]][0] if arg.variant == "exo" else "label"
+    c.input.batch_size = 16 if fer else 32
+    c.input.image_size = task["size"]
+    c.input.channels = 3 if fer else 1
+    c.input.identity_width = 128  # FER default exogenous representation: the records' 128-d dlib embedding
     c.thin = dict(
         num_classes=task["classes"],
         exo_names=names,
         exo_fields=tuple(EXOGENOUS[n][0] for n in names),
         exo_classes=tuple(bins),  # FER: 0 = the number of training subjects, read from the data
         image_field="face" if fer else "image",
-        channels=3 if fer else 1,
-        exo_input="image" if exo_cnn else "identity",  # FER default: the records' 128-d dlib embedding
-        exo_width=128,
+        exo_input="image" if exo_cnn else "identity",
         endo_convs=(64, 128, 256, 512, 512) if fer else (16, 16),  # FER: VGG-style, 4608-d for 96 x 96
         exo_convs=(32, 64, 128, 128) if fer else (16, 16),
         baseline_hidden=(256,),
@@ -80,31 +73,25 @@ def get_config(arg=None):
         expert_hidden=(512, 512) if fer else (32,),
         depth=5 if fer else 3,
         dispel_weight=0.005,
-        experts=arg.experts,
+        experts_impl=arg.experts,
     )
-    lr = 1e-5 if (fer and arg.variant != "exo") else 1e-3  # FER: 1e-5 for the VGG-style network
-    c.optim = dict(name="adam", lr=lr, b1=0.9, b2=0.999, eps=1e-8, decay_power=1.0, end_lr=lr, warmup_steps=0,
-                   weight_decay=0.0, grad_clip=0.0, frozen=())
-    c.train = dict(steps=20_000 if fer else 6_000, log_every=100, ckpt_every=1000, keep=2, eval_every=0,
-                   dtype="float32")
-    c.eval = dict(batch_size=64, top_k=(1, 2))
+    c.optim.lr = c.optim.end_lr = 1e-5 if (fer and arg.variant != "exo") else 1e-3  # FER: 1e-5 for the VGG-style net
+    c.train.steps = 20_000 if fer else 6_000
+    c.train.log_every = 100
+    c.train.keep = 2
+    c.eval.top_k = (1, 2)
     # stage 1: each exogenous network (gamma_tau, c_sigma) trained on its label into W/pretrain/NAME by
     # the same command, then loaded and frozen. The records' embedding needs no gamma_tau; its c_sigma
     # is only used by the dispelling loss.
     needs_exo = arg.variant in ("exo_tree_gated", "thin") and (exo_cnn or arg.variant == "thin")
     parts = tuple(f"exo_{part}_{n}" for n in names for part in ("encoder", "classifier"))
     here = os.path.abspath(__file__)
-    c.init = dict(params_from=("pretrain",) if needs_exo else (), params=parts)
-    # stage 1 runs on this run's data with this run's exogenous network shape
-    inherit = ("data.dir", "data.sample_size", "input.image_size", "thin.exo_convs", "thin.exo_hidden",
-               "thin.exo_width", "train.dtype")
-    c.pretrain = dict(steps=0, inherit=inherit, configs={
-        n: f"{here}:task={arg.task},variant=exo,exo={n},identity={arg.identity},smoke={arg.smoke}"
-        for n in (names if needs_exo else ())})
+    c.init.params_from = ("pretrain",) if needs_exo else ()
+    c.init.params = parts
     c.optim.frozen = parts if needs_exo else ()
-    if arg.smoke:
-        c.train.steps = 60
-        c.train.log_every = 10
-        c.train.ckpt_every = 30
-        c.data.sample_size = 350
-    return c
+    # stage 1 runs on this run's data with this run's exogenous network shape
+    c.pretrain.inherit = ("data.dir", "data.prep_options", "input.image_size", "input.identity_width",
+                          "thin.exo_convs", "thin.exo_hidden", "train.dtype")
+    c.pretrain.configs = {n: f"{here}:task={arg.task},variant=exo,exo={n},identity={arg.identity},smoke={arg.smoke}"
+                          for n in (names if needs_exo else ())}
+    return common.smoke(c) if arg.smoke else c

@@ -1,5 +1,5 @@
 """The face pipeline: load -> dlib HOG detection -> 68 landmarks -> similarity alignment ->
-landmark patch stacks and identity embedding (SPEC.md section 3).
+landmark patch stacks and identity embedding.
 
 dlib's models come from the `face-recognition-models` package, located through
 `importlib.util.find_spec` because importing it needs `pkg_resources` (gone in setuptools 81).
@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import cv2
 import numpy as np
+from skimage.transform import SimilarityTransform
 
 from fergate.data.landmarks import (  # noqa: F401  (re-exported for data_prep users)
     INTRAFACE_49,
@@ -130,24 +131,6 @@ def landmarks(img: np.ndarray, rect) -> np.ndarray:
     return np.array([(p.x, p.y) for p in shape.parts()], np.float32)
 
 
-def similarity_transform(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
-    """Least-squares similarity (Umeyama) mapping points src -> dst, as a 2x3 matrix."""
-    src, dst = np.asarray(src, np.float64), np.asarray(dst, np.float64)
-    mu_s, mu_d = src.mean(0), dst.mean(0)
-    s, d = src - mu_s, dst - mu_d
-    cov = d.T @ s / len(src)
-    u, sig, vt = np.linalg.svd(cov)
-    sign = np.eye(2)
-    if np.linalg.det(u) * np.linalg.det(vt) < 0:
-        sign[1, 1] = -1
-    rot = u @ sign @ vt
-    scale = np.trace(np.diag(sig) @ sign) / s.var(0).sum()
-    m = np.zeros((2, 3))
-    m[:, :2] = scale * rot
-    m[:, 2] = mu_d - m[:, :2] @ mu_s
-    return m
-
-
 def apply_affine(m: np.ndarray, pts: np.ndarray) -> np.ndarray:
     return (pts @ m[:, :2].T + m[:, 2]).astype(np.float32)
 
@@ -157,7 +140,10 @@ def alignment(lm: np.ndarray, size: int) -> np.ndarray:
     the mouth centre land on `TEMPLATE`."""
     left, right = eye_centres(lm)
     src = np.stack([left, right, lm[MOUTH].mean(0)])
-    return similarity_transform(src, TEMPLATE * size)
+    tform = SimilarityTransform.from_estimate(src, TEMPLATE * size)
+    if not tform:  # skimage's FailedEstimation: coincident points
+        raise SkipItem("degenerate_face", str(tform))
+    return tform.params[:2]
 
 
 def warp(img: np.ndarray, m: np.ndarray, size: tuple[int, int]) -> np.ndarray:

@@ -8,10 +8,11 @@ file and a re-run skips every file already complete (see data_prep.shards).
 from __future__ import annotations
 
 import dataclasses
+import fcntl
+import logging
 import math
 import multiprocessing as mp
 import os
-import sys
 import time
 from collections import Counter, defaultdict
 
@@ -21,7 +22,10 @@ from data_prep import datasets, shards
 from data_prep import face as F
 from data_prep.contact_sheet import contact_sheet
 from fergate.data import schema
+from fergate.data.cache import builtin_dir, cache_root
 from fergate.errors import UserError
+
+log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -102,7 +106,7 @@ def plan(items: list[datasets.Item], records_per_file: int, num_shards: int) -> 
 
 def run(dataset: str, source: str | None, out: str, opts: PrepOptions = PrepOptions(),
         reader_options: dict | None = None, workers: int | None = None, shard_index: int = 0,
-        num_shards: int = 1, log=print) -> dict:
+        num_shards: int = 1) -> dict:
     """Prepares a dataset into `out`; returns the manifest."""
     if not 0 <= shard_index < num_shards:
         raise UserError(f"--shard_index {shard_index} must be in [0, --num_shards {num_shards})")
@@ -115,7 +119,7 @@ def run(dataset: str, source: str | None, out: str, opts: PrepOptions = PrepOpti
             if f % num_shards == shard_index and not shards.shard_done(out, shards.shard_name(split, f, len(fl)))]
     n_todo = sum(len(its) for *_, its in todo)
     n_mine = sum(len(its) for split, fl in files.items() for f, its in enumerate(fl) if f % num_shards == shard_index)
-    log(f"[prep] {dataset}: {len(items)} items in {sum(map(len, files.values()))} files; "
+    log.info(f"[prep] {dataset}: {len(items)} items in {sum(map(len, files.values()))} files; "
         f"this machine ({shard_index}/{num_shards}): {n_todo} of {n_mine} items left to do")
     workers = workers or os.cpu_count() or 1
     flat = [it for *_, its in todo for it in its]
@@ -150,7 +154,7 @@ def run(dataset: str, source: str | None, out: str, opts: PrepOptions = PrepOpti
                 if time.time() - last_log > 5 or done == n_todo:
                     last_log = time.time()
                     rate = done / max(time.time() - t0, 1e-9)
-                    log(f"[prep] {done}/{n_todo} items, {rate:.1f} items/s, ETA {(n_todo - done) / rate:.0f}s, "
+                    log.info(f"[prep] {done}/{n_todo} items, {rate:.1f} items/s, ETA {(n_todo - done) / rate:.0f}s, "
                         f"{counts['skipped']} skipped")
             w.close()
     finally:
@@ -167,11 +171,23 @@ def run(dataset: str, source: str | None, out: str, opts: PrepOptions = PrepOpti
         contact_sheet(out, "train", list(rdr.classes), os.path.join(out, "contact_sheet.png"))
     summary = ", ".join(f"{s}: {v['records']}" for s, v in manifest["splits"].items())
     pending = "" if manifest["complete"] else f"; {manifest['missing_shards']} shards left to other machines"
-    log(f"[prep] wrote {out}: {summary}; skipped {manifest['skipped'] or 'none'}{pending}")
+    log.info(f"[prep] wrote {out}: {summary}; skipped {manifest['skipped'] or 'none'}{pending}")
     return manifest
 
 
-def main(argv: list[str] | None = None) -> int:
-    from fergate.cli import main as cli_main
-
-    return cli_main(["prep", *(sys.argv[1:] if argv is None else argv)])
+def builtin(dataset: str, options: dict) -> str:
+    """The directory of a built-in dataset (`sample`, THIN's synthetic sets) prepared with
+    reader `options` in the cache, prepared here first if absent: under a file lock, so that
+    concurrent runs (tests, the processes of one job) prepare it once."""
+    out = builtin_dir(dataset, options)
+    manifest = os.path.join(out, "manifest.json")
+    if os.path.exists(manifest):
+        return out
+    os.makedirs(cache_root(), exist_ok=True)
+    with open(out + ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not os.path.exists(manifest):
+            log.info(f"[data] preparing the built-in {dataset} dataset into {out} (once)")
+            if not run(dataset, None, out, reader_options=dict(options))["complete"]:
+                raise UserError(f"preparing the {dataset} dataset into {out} did not complete")
+    return out

@@ -1,11 +1,30 @@
-"""The `fergate` command line. User mistakes print one line and exit 2, never a traceback."""
+"""The `fergate` command line. User mistakes print one line and exit 2, never a traceback.
+
+This is the application layer: it configures logging (one handler, on process 0), sets up
+JAX's devices and peers, and prepares the built-in datasets with `data_prep`, which the
+training library itself never imports.
+"""
 
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 
 from fergate.errors import UserError
+
+LOGGERS = ("fergate", "data_prep")
+
+
+def setup_logging(lead: bool = True) -> None:
+    """fergate's progress lines on stdout, from the lead process only (others: warnings)."""
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    for name in LOGGERS:
+        logger = logging.getLogger(name)
+        logger.handlers[:] = [handler]
+        logger.setLevel(logging.INFO if lead else logging.WARNING)
+        logger.propagate = False
 
 
 def _prep(a: argparse.Namespace) -> None:
@@ -27,9 +46,18 @@ def _jax_setup(a: argparse.Namespace) -> None:
 
     if getattr(a, "cpu_devices", None):
         jax.config.update("jax_num_cpu_devices", a.cpu_devices)
-    from fergate.train.trainer import setup_distributed
+    from fergate.train.program import setup_distributed
 
     setup_distributed(a.coordinator, a.num_processes, a.process_id, a.distributed)
+    setup_logging(jax.process_index() == 0)
+
+
+def _builtin_data(cfg) -> None:
+    """With no `data.dir`, the built-in dataset the config names, prepared once in the cache."""
+    if not cfg.data.dir:
+        from data_prep.prep import builtin
+
+        builtin(cfg.data.dataset, dict(cfg.data.prep_options))
 
 
 def _train(a: argparse.Namespace, overrides: list[str]) -> None:
@@ -37,6 +65,7 @@ def _train(a: argparse.Namespace, overrides: list[str]) -> None:
 
     cfg = config_lib.load(a.config, overrides)
     _jax_setup(a)
+    _builtin_data(cfg)
     from fergate.train import trainer
 
     trainer.train(cfg, a.workdir)
@@ -50,27 +79,29 @@ def _eval(a: argparse.Namespace) -> None:
     cfg = config_lib.load_workdir(a.workdir)
     _jax_setup(a)
     from fergate.data import pipeline
-    from fergate.train import evaluate, trainer
+    from fergate.train import evaluate, program
     from fergate.train.checkpoint import Checkpointer
 
-    m = trainer.Model(cfg)
+    ddir = program.data_dir(cfg)
+    manifest = pipeline.read_manifest(ddir)
+    program.resolve(cfg, manifest)
+    prog = program.Program(cfg)
     ckpt = Checkpointer(a.workdir)
-    restored = ckpt.restore(m.abstract_sharded_state())
+    restored = ckpt.restore(prog.abstract_sharded_state())
     if restored is None:
         raise UserError(f"no checkpoint in {ckpt.directory}")
     state, step = restored
-    ddir = trainer.data_dir(cfg)
     split = a.split or cfg.data.eval_split
-    res = evaluate.evaluate(m, state, ddir, split, trainer.class_names(cfg, pipeline.read_manifest(ddir)))
-    res["step"], res["split"] = step, split
+    results = evaluate.evaluate(prog, state, ddir, split, program.class_names(cfg, manifest))
+    results.metrics.update(step=step, split=split)
     out = a.out or a.workdir
-    evaluate.write_reports(res, out)
-    print(f"[eval] step {step}, {split}: accuracy {res['accuracy']:.4f}, mean class accuracy "
-          f"{res['mean_class_accuracy']:.4f} -> {os.path.join(out, 'eval.json')}")
+    report = evaluate.write_reports(results, out)
+    print(f"[eval] step {step}, {split}: accuracy {report['accuracy']:.4f}, mean class accuracy "
+          f"{report['mean_class_accuracy']:.4f} -> {os.path.join(out, 'eval.json')}")
     if a.compare:
-        runs = {a.workdir: {**res, "variant": cfg.variant}, **{w: evaluate.read_eval(w) for w in a.compare}}
-        path = evaluate.compare_abs_cos(runs, out)
-        print(f"[eval] |cos| of {len(a.compare) + 1} runs -> {path}")
+        runs = {a.workdir: {**report, "variant": cfg.variant}, **{w: evaluate.read_eval(w) for w in a.compare}}
+        for path in prog.family.compare(runs, out):
+            print(f"[eval] {len(runs)} runs compared -> {path}")
 
 
 def _bench(a: argparse.Namespace, overrides: list[str]) -> None:
@@ -132,7 +163,7 @@ def parser() -> argparse.ArgumentParser:
     q.add_argument("--split", default=None, help="default: the config's data.eval_split")
     q.add_argument("--out", default=None, help="report directory (default: the workdir)")
     q.add_argument("--compare", nargs="+", default=None, metavar="WORKDIR",
-                   help="evaluated THIN runs whose |cos| distributions to overlay on this one's (Fig. 8)")
+                   help="evaluated runs of the same family to draw beside this one (THIN: |cos|, Fig. 8)")
     _add_jax_args(q)
     q.set_defaults(func=_eval)
 
@@ -156,7 +187,9 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [r for r in rest if not r.startswith("--config.")]
     if unknown or (overrides and not getattr(args, "overrides", False)):
         p.error(f"unrecognized arguments: {' '.join(unknown or overrides)}")
-    if args.command != "prep":  # before JAX starts its threads
+    if args.command == "prep":
+        setup_logging()
+    else:  # before JAX starts its threads
         from fergate.runtime import tune_host_allocator
 
         tune_host_allocator()

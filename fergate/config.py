@@ -1,15 +1,21 @@
 """Config files: `path/to/family.py[:key=value,...]` calls that file's `get_config(arg)`;
 `--config.a.b=value` overrides follow, typed by the field they replace.
 
-The returned ml_collections.ConfigDict is locked: an unknown key is a UserError naming it.
+A config file is loaded as a module of a package made of its directory, so the files of
+one directory share code with relative imports (`from . import common`). The returned
+ml_collections.ConfigDict is locked: an unknown key is a UserError naming it.
 """
 
 from __future__ import annotations
 
 import ast
+import hashlib
 import importlib.util
 import json
 import os
+import sys
+import types
+from collections.abc import Sequence
 from typing import Any
 
 import ml_collections
@@ -28,6 +34,13 @@ def parse_arg(arg: str | None, **defaults: Any) -> ml_collections.ConfigDict:
             raise UserError(f"unknown config argument {key!r}; known: {', '.join(sorted(defaults))}")
         out[key] = _coerce(value.strip(), defaults[key], key)
     return out
+
+
+def choice(value: str, known: Sequence[str], what: str) -> str:
+    """`value` if it is one of `known`, else a UserError listing them."""
+    if value not in known:
+        raise UserError(f"unknown {what} {value!r}; known: {', '.join(known)}")
+    return value
 
 
 def _coerce(text: str, like: Any, key: str) -> Any:
@@ -58,14 +71,28 @@ def _coerce(text: str, like: Any, key: str) -> Any:
     return value
 
 
-def load(spec: str, overrides: list[str] = ()) -> ml_collections.ConfigDict:
+def load_module(path: str) -> types.ModuleType:
+    """Executes a config file as module `<package>.<stem>`, its directory as the package
+    (for `from . import common`; a family kept elsewhere can load `configs/common.py` with it)."""
+    path = os.path.abspath(path)
+    directory, stem = os.path.split(path)
+    package = "fergate_configs_" + hashlib.sha1(directory.encode()).hexdigest()[:12]
+    if package not in sys.modules:
+        pkg = types.ModuleType(package)
+        pkg.__path__ = [directory]
+        sys.modules[package] = pkg
+    spec = importlib.util.spec_from_file_location(f"{package}.{stem.removesuffix('.py')}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def load(spec: str, overrides: Sequence[str] = ()) -> ml_collections.ConfigDict:
     """Loads `file.py[:arg]` and applies `key=value` overrides (`config.` prefix optional)."""
     path, _, arg = spec.partition(":")
-    if not os.path.exists(path):
+    if not os.path.isfile(path):
         raise UserError(f"config file not found: {path}")
-    mod_spec = importlib.util.spec_from_file_location(f"fergate_config_{abs(hash(path))}", path)
-    module = importlib.util.module_from_spec(mod_spec)
-    mod_spec.loader.exec_module(module)
+    module = load_module(path)
     if not hasattr(module, "get_config"):
         raise UserError(f"{path} has no get_config(arg)")
     cfg = module.get_config(arg or None)
@@ -79,26 +106,60 @@ def load(spec: str, overrides: list[str] = ()) -> ml_collections.ConfigDict:
 
 
 def override(cfg: ml_collections.ConfigDict, dotted: str, text: str) -> None:
-    node, *path = cfg, *dotted.split(".")
-    for part in path[:-1]:
-        if not isinstance(node, ml_collections.ConfigDict) or part not in node:
-            raise UserError(f"unknown config key {dotted!r}")
-        node = node[part]
-    leaf = path[-1]
-    if not isinstance(node, ml_collections.ConfigDict) or leaf not in node:
+    """Sets `dotted` (a.b.c) from its text, typed like the value it replaces."""
+    flat = flatten(cfg.to_dict(), as_json=False)
+    if dotted not in flat:
         raise UserError(f"unknown config key {dotted!r}")
-    with node.unlocked():
-        node[leaf] = _coerce(text, node[leaf], dotted)
+    cfg.update_from_flattened_dict({dotted: _coerce(text, flat[dotted], dotted)})
+
+
+def flatten(d: dict, prefix: str = "", as_json: bool = True) -> dict[str, Any]:
+    """{"a": {"b": 1}} -> {"a.b": 1} (values as JSON text with `as_json`, to compare them)."""
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict) and v:
+            out.update(flatten(v, f"{prefix}{k}.", as_json))
+        else:
+            out[f"{prefix}{k}"] = json.dumps(v, sort_keys=True, default=str) if as_json else v
+    return out
+
+
+def _tuples(x: Any) -> Any:
+    if isinstance(x, dict):
+        return {k: _tuples(v) for k, v in x.items()}
+    return tuple(_tuples(v) for v in x) if isinstance(x, list) else x
 
 
 def load_workdir(workdir: str) -> ml_collections.ConfigDict:
-    """The config a training workdir was written with (its `config.json`)."""
+    """The config a training workdir was written with (its `config.json`; sequences as
+    tuples, as config files write them)."""
     path = os.path.join(workdir, "config.json")
     if not os.path.exists(path):
         raise UserError(f"{path} missing: {workdir} is not a fergate training workdir")
     with open(path) as f:
-        return ml_collections.ConfigDict(json.load(f))
+        return ml_collections.ConfigDict(_tuples(json.load(f)))
 
 
 def to_json(cfg: ml_collections.ConfigDict) -> str:
     return json.dumps(cfg.to_dict(), sort_keys=True, indent=1, default=str)
+
+
+def pretrain_stages(config: ml_collections.ConfigDict) -> dict[str, ml_collections.ConfigDict]:
+    """The earlier stages `config.pretrain.configs` {NAME: config spec} lists, each taking
+    this config's values of the keys in `config.pretrain.inherit` (the data, a shared
+    network's shape) and `config.pretrain.steps` when set."""
+    pre = config.get("pretrain", {})
+    stages = {}
+    for name, spec in sorted(pre.get("configs", {}).items()):
+        stage = load(spec)
+        with stage.unlocked():
+            for key in pre.get("inherit", ()):
+                *path, field = key.split(".")
+                dst, src = stage, config
+                for k in path:
+                    dst, src = dst[k], src[k]
+                dst[field] = src[field]
+            if pre.get("steps"):
+                stage.train.steps = pre.steps
+        stages[name] = stage
+    return stages

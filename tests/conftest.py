@@ -14,7 +14,7 @@ def sample_data(tmp_path_factory):
 
     out = str(tmp_path_factory.mktemp("sample"))
     prep.run("sample", None, out, prep.PrepOptions(records_per_file=16), {"size": 70, "clips": 7},
-             workers=2, log=lambda *_: None)
+             workers=2)
     return out
 
 

@@ -11,7 +11,6 @@ from fergate.data.landmarks import pairwise_distances
 from fergate.errors import UserError
 from fergate.models import modul as M
 from fergate.models.layers import FaceGates, conv3x3_im2col
-from fergate.train.trainer import example_batch
 
 TABLE_IV = {"distances": 1.77, "patches": 2.79, "joint": 5.76, "joint_modal": 5.82, "distances_rw": 3.20,
             "patches_rw": 3.02, "joint_rw": 6.22, "modul": 6.27}
@@ -19,7 +18,7 @@ TABLE_IV = {"distances": 1.77, "patches": 2.79, "joint": 5.76, "joint_modal": 5.
 
 def _params(variant, landmarks=68):
     cfg = C.load(f"configs/modul.py:variant={variant},landmarks={landmarks}")
-    batch = example_batch(cfg, 2)
+    batch = models.family("modul").example_batch(cfg, 2)
     return jax.eval_shape(lambda: models.family("modul").build(cfg).init(jax.random.key(0), batch))["params"]
 
 
@@ -69,7 +68,7 @@ def test_modal_gate_and_patch_gate_act_on_the_output():
     cfg = C.load("configs/modul.py")
     model = models.family("modul").build(cfg)
     rng = np.random.default_rng(0)
-    batch = example_batch(cfg, 4)
+    batch = models.family("modul").example_batch(cfg, 4)
     batch.update(landmarks=rng.uniform(0, 64, (4, 68, 2)).astype(np.float32), iod=np.full(4, 25, np.float32),
                  patches=rng.integers(0, 255, (4, 68, 30, 30), np.uint8),
                  face=rng.integers(0, 255, (4, 64, 64, 1), np.uint8))

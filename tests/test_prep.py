@@ -42,7 +42,7 @@ def messy_folder(tmp_path_factory, photos):
 
 
 def test_bad_input_is_skipped_and_counted(messy_folder, tmp_path):
-    m = prep.run("folder", messy_folder, str(tmp_path), workers=1, log=lambda *_: None)
+    m = prep.run("folder", messy_folder, str(tmp_path), workers=1)
     assert m["complete"] and m["classes"] == ["happy", "sad"]
     assert m["splits"]["train"]["records"] == 4  # rgb, grey, rgba, 16-bit
     assert m["splits"]["train"]["per_class"] == {"happy": 3, "sad": 1}
@@ -73,19 +73,20 @@ def _keys(out):
                   for s in ("train", "test") for r in _records(out, s))
 
 
-def test_rerun_after_interruption_neither_duplicates_nor_loses(sample_data, tmp_path):
+def test_rerun_after_interruption_neither_duplicates_nor_loses(sample_data, tmp_path, caplog):
     out = str(tmp_path / "again")
     opts, reader = prep.PrepOptions(records_per_file=16), {"size": 70, "clips": 7}
-    prep.run("sample", None, out, opts, reader, workers=1, log=lambda *_: None)
+    prep.run("sample", None, out, opts, reader, workers=1)
     # an interrupted run: one shard never renamed (left as .tmp), one finished
     victim = sorted(glob.glob(os.path.join(out, "train-*.array_record")))[0]
     name = os.path.basename(victim)
     with open(os.path.join(out, ".stats", name + ".json")) as f:
         n_victim = json.load(f)["records"]
     os.rename(victim, os.path.join(out, ".tmp-" + name))
-    logs = []
-    m = prep.run("sample", None, out, opts, reader, workers=1, log=logs.append)
-    assert f"{n_victim} of 77 items left to do" in logs[0]  # only the unfinished shard is redone
+    caplog.clear()
+    with caplog.at_level("INFO", logger="data_prep"):
+        m = prep.run("sample", None, out, opts, reader, workers=1)
+    assert f"{n_victim} of 77 items left to do" in caplog.messages[0]  # only the unfinished shard is redone
     assert m["complete"] and not glob.glob(os.path.join(out, ".tmp-*"))
     assert _keys(out) == _keys(sample_data)
 
@@ -93,9 +94,9 @@ def test_rerun_after_interruption_neither_duplicates_nor_loses(sample_data, tmp_
 def test_machines_split_the_work(sample_data, tmp_path):
     out = str(tmp_path / "split")
     opts, reader = prep.PrepOptions(records_per_file=16), {"size": 70, "clips": 7}
-    m0 = prep.run("sample", None, out, opts, reader, workers=1, shard_index=0, num_shards=2, log=lambda *_: None)
+    m0 = prep.run("sample", None, out, opts, reader, workers=1, shard_index=0, num_shards=2)
     assert not m0["complete"]
-    m1 = prep.run("sample", None, out, opts, reader, workers=1, shard_index=1, num_shards=2, log=lambda *_: None)
+    m1 = prep.run("sample", None, out, opts, reader, workers=1, shard_index=1, num_shards=2)
     assert m1["complete"]
     assert _keys(out) == _keys(sample_data)
 

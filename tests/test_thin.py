@@ -16,6 +16,7 @@ from fergate import config as C
 from fergate.errors import UserError
 from fergate.models.layers import Experts, LoopExperts, MLPClassifier, TreeGate, tree_gate
 from fergate.train import trainer
+from fergate.train.program import Program
 
 
 def test_tree_gate_is_the_product_along_each_path():
@@ -131,7 +132,7 @@ def digits(tmp_path_factory):
     from data_prep import prep
 
     out = str(tmp_path_factory.mktemp("digits"))
-    m = prep.run("digits_rotated", None, out, reader_options={"copies": 4}, workers=1, log=lambda *_: None)
+    m = prep.run("digits_rotated", None, out, reader_options={"copies": 4}, workers=1)
     assert m["splits"]["train"]["records"] == 4 * 1437
     return out
 
@@ -139,7 +140,7 @@ def digits(tmp_path_factory):
 def _train(variant, data, workdir, *extra):
     cfg = C.load(f"configs/thin.py:task=digits_rotated,variant={variant}",
                  [f"--config.data.dir={data}", "--config.train.log_every=500", *extra])
-    return trainer.train(cfg, str(workdir), log=lambda *_: None)
+    return trainer.train(cfg, str(workdir))
 
 
 def test_small_table_2_on_rotated_digits(digits, tmp_path):
@@ -168,7 +169,7 @@ def test_thin_dispelling_loss_is_trained_and_the_exogenous_network_stays_frozen(
 
     def params(w, variant):
         cfg = C.load(f"configs/thin.py:task=digits_rotated,variant={variant}", [f"--config.data.dir={digits}"])
-        m = trainer.Model(cfg)
+        m = Program(cfg)
         from fergate.train.checkpoint import Checkpointer
 
         return jax.device_get(Checkpointer(str(w)).restore(m.abstract_sharded_state())[0].params)
@@ -188,7 +189,7 @@ def test_thin_dispelling_loss_is_trained_and_the_exogenous_network_stays_frozen(
                "--out", str(tmp_path / "cmp")]
     r = subprocess.run([*fergate, "--compare", str(tmp_path / "etg")], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-2000:]
-    assert (tmp_path / "cmp" / "abs_cos_compare.png").exists() and "|cos| of 2 runs" in r.stdout
+    assert (tmp_path / "cmp" / "abs_cos_compare.png").exists() and "2 runs compared" in r.stdout
     r = subprocess.run([*fergate, "--compare", str(tmp_path / "exo")], capture_output=True, text=True)
     assert r.returncode == 2 and "no |cos| introspection in" in r.stderr
 
@@ -201,7 +202,7 @@ def test_fer_thin_trains_on_the_sample_set(sample_data, tmp_path):
              "--config.eval.batch_size=16", "--config.optim.lr=1e-3", "--config.optim.end_lr=1e-3"]
     cfg = C.load("configs/thin.py:task=fer,variant=thin,smoke=True",
                  [f"--config.data.dir={sample_data}", "--config.train.steps=20", "--config.pretrain.steps=60", *small])
-    res = trainer.train(cfg, str(tmp_path / "fer"), log=lambda *_: None)
+    res = trainer.train(cfg, str(tmp_path / "fer"))
     assert res["examples"] == json.load(open(os.path.join(sample_data, "manifest.json")))["splits"]["test"]["records"]
     pre = json.load(open(tmp_path / "fer" / "pretrain" / "identity" / "eval.json"))
     assert pre["classes"] == json.load(open(os.path.join(sample_data, "manifest.json")))["splits"]["train"]["subjects"]
@@ -218,7 +219,7 @@ def test_fer_identity_cnn_as_the_exogenous_network(sample_data, tmp_path):
                  [f"--config.data.dir={sample_data}", "--config.train.steps=10", "--config.pretrain.steps=150",
                   *small])
     assert cfg.thin.exo_input == "image" and cfg.optim.frozen == ("exo_encoder_identity", "exo_classifier_identity")
-    trainer.train(cfg, str(tmp_path / "fer"), log=lambda *_: None)
+    trainer.train(cfg, str(tmp_path / "fer"))
     pre = json.load(open(tmp_path / "fer" / "pretrain" / "identity" / "eval.json"))
     assert pre["accuracy"] > 3 / len(pre["classes"])  # the CNN learned the training subjects' faces
 
@@ -232,13 +233,11 @@ def test_tensorflow_datasets_sources_without_tensorflow(tmp_path):
     from data_prep import prep
 
     with tfds.testing.mock_data(num_examples=12):
-        m = prep.run("digits_rotated", "tfds", str(tmp_path / "mnist"), reader_options={"copies": 2}, workers=1,
-                     log=lambda *_: None)
+        m = prep.run("digits_rotated", "tfds", str(tmp_path / "mnist"), reader_options={"copies": 2}, workers=1)
         assert m["splits"]["train"]["records"] == 24 and m["splits"]["test"]["records"] == 24
         digits = _records(str(tmp_path / "mnist"), "train")
         assert digits[0]["image"].shape == (28, 28, 1) and 0 <= digits[0]["rotation_bin"] < 18
-        m = prep.run("dsprites", "tfds", str(tmp_path / "dsprites"), reader_options={"size": 10}, workers=1,
-                     log=lambda *_: None)
+        m = prep.run("dsprites", "tfds", str(tmp_path / "dsprites"), reader_options={"size": 10}, workers=1)
         assert sum(s["records"] for s in m["splits"].values()) == 10
         ds = tfds.data_source("dsprites", split="train")
         for r in _records(str(tmp_path / "dsprites"), "train"):
@@ -246,7 +245,7 @@ def test_tensorflow_datasets_sources_without_tensorflow(tmp_path):
             assert (r["label"], r["scale_bin"], r["rotation_bin"]) == (
                 src["label_shape"], src["label_scale"], src["label_orientation"])
     with pytest.raises(UserError, match="cannot open 'mnist'"):
-        prep.run("digits_rotated", "tfds", str(tmp_path / "none"), workers=1, log=lambda *_: None)
+        prep.run("digits_rotated", "tfds", str(tmp_path / "none"), workers=1)
 
 
 def test_fer_thin_benches_without_data():

@@ -1,12 +1,13 @@
 """grain input pipelines: ArrayRecord shards -> per-process batches of numpy arrays.
 
     EpochSampler (seeded shuffle / class balancing, repeat) -> slice by process
-      -> Load+Decode -> random transforms (augmentation) -> map transforms -> batch
+      -> Load+Decode -> the model family's transforms (augmentation, resizing) -> batch
 
 Every random choice derives from (seed, epoch) or (seed, element index), so the stream is
 a pure function of the seed and the iterator's position: the iterator state saved in a
 checkpoint restores exactly the batches an uninterrupted run would have seen. Transforms
-are module-level classes so they pickle to grain's worker processes.
+are module-level classes so they pickle to grain's worker processes; which fields they
+touch, and how a flip changes each field, is the model family's choice (`RandomFlip` rules).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import dataclasses
 import glob
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import cv2
@@ -83,7 +84,7 @@ class EpochSampler(Sequence):
 
     Train: each epoch is a seeded permutation; with `balance`, per-epoch rejection
     resampling first draws the same number of records from every class (majority classes
-    down-sampled without replacement, minority classes over-sampled), SPEC.md 5.1.
+    down-sampled without replacement, minority classes over-sampled), as MoDuL trains.
     Eval (`shuffle=False, num_epochs=1`): records in order, padded with invalid entries to a
     multiple of `pad_to` so every process gets the same number of full batches.
     """
@@ -138,11 +139,13 @@ class EpochSampler(Sequence):
 class Load(grain.transforms.Map):
     """(record index, valid) -> decoded record with the requested fields, `label` as int32
     (read from `label_field`, through `label_map` for string labels such as the subject;
-    an unmapped value gets mask 0) and a `mask` (0 for padding)."""
+    an unmapped value gets mask 0), a `mask` (0 for padding) and, with `with_index`, the
+    record's `index` in the split (for evaluation reports)."""
 
     def __init__(self, files: Sequence[str], fields: Sequence[str], label_field: str = "label",
-                 label_map: dict | None = None):
+                 label_map: dict | None = None, with_index: bool = False):
         self.files, self.label_field, self.label_map = list(files), label_field, label_map
+        self.with_index = with_index
         self.fields = tuple(dict.fromkeys([*fields, label_field]))
         self._source = None
 
@@ -164,45 +167,85 @@ class Load(grain.transforms.Map):
         if "iod" in out:
             out["iod"] = np.float32(out["iod"])
         out["mask"] = np.float32(valid)
+        if self.with_index:
+            out["index"] = np.int32(index)
         return out
 
 
+@dataclasses.dataclass
+class Select(grain.transforms.Map):
+    """Keeps `fields` (those present) and drops the rest."""
+
+    fields: Sequence[str]
+
+    def map(self, rec: dict) -> dict:
+        return {k: rec[k] for k in self.fields if k in rec}
+
+
 # ----------------------------------------------------------------------------- transforms
+def flip_image(x: np.ndarray, rec: dict) -> np.ndarray:
+    """H x W x C image: mirrored."""
+    return x[:, ::-1]
+
+
+def flip_clip(x: np.ndarray, rec: dict) -> np.ndarray:
+    """T x H x W x C clip: every frame mirrored."""
+    return x[:, :, ::-1]
+
+
+def flip_patches(x: np.ndarray, rec: dict) -> np.ndarray:
+    """N_l x P x P landmark patches: re-ordered by the mirror permutation, each mirrored."""
+    return x[MIRROR_68][:, :, ::-1]
+
+
+@dataclasses.dataclass(frozen=True)
+class MirrorPoints:
+    """(..., N, 2) points (x, y) in the pixels of `image_field`: x -> W - 1 - x, with W
+    that field's size along `width_axis`, and the points re-indexed by `permutation` (the
+    mirror image of the left eye is the right eye)."""
+
+    image_field: str
+    width_axis: int
+    permutation: tuple[int, ...] | None = tuple(MIRROR_68.tolist())
+
+    def __call__(self, x: np.ndarray, rec: dict) -> np.ndarray:
+        if self.image_field not in rec:
+            raise ValueError(f"flipping points needs the width of {self.image_field!r}: read that field too")
+        w = rec[self.image_field].shape[self.width_axis]
+        out = (x[..., list(self.permutation), :] if self.permutation else x).copy()
+        out[..., 0] = w - 1 - out[..., 0]
+        return out
+
+
+#: How a horizontal flip changes each field of a face record (`schema.FIELDS`).
+FACE_FLIP: dict[str, Callable[[np.ndarray, dict], np.ndarray]] = {
+    "face": flip_image, "landmarks": MirrorPoints("face", 1), "patches": flip_patches,
+    "clip": flip_clip, "clip_landmarks": MirrorPoints("clip", 2),
+}
+
+
 @dataclasses.dataclass
 class RandomFlip(grain.transforms.RandomMap):
-    """Horizontal flip with probability p, consistently for face, landmarks (mirrored and
-    re-indexed), patches (re-ordered, each mirrored) and clips."""
+    """Horizontal flip with probability p of every field that has a rule: `rules[field](value,
+    record)` -> the flipped value (module-level functions or picklable objects; `record`
+    is the unflipped one, for sizes). A family adds rules for its own fields (e.g. optical
+    flow: mirrored and x negated)."""
 
+    rules: Mapping[str, Callable[[np.ndarray, dict], np.ndarray]]
     p: float = 0.5
 
     def random_map(self, rec: dict, rng: np.random.Generator) -> dict:
         if rng.random() >= self.p:
             return rec
-        rec = dict(rec)
-        if "face" in rec:
-            w = rec["face"].shape[1]
-            rec["face"] = np.ascontiguousarray(rec["face"][:, ::-1])
-            if "landmarks" in rec:
-                lm = rec["landmarks"][MIRROR_68].copy()
-                lm[:, 0] = w - 1 - lm[:, 0]
-                rec["landmarks"] = lm
-        if "patches" in rec:
-            rec["patches"] = np.ascontiguousarray(rec["patches"][MIRROR_68][:, :, ::-1])
-        if "clip" in rec:
-            w = rec["clip"].shape[2]
-            rec["clip"] = np.ascontiguousarray(rec["clip"][:, :, ::-1])
-            if "clip_landmarks" in rec:
-                lm = rec["clip_landmarks"][:, MIRROR_68].copy()
-                lm[..., 0] = w - 1 - lm[..., 0]
-                rec["clip_landmarks"] = lm
-        return rec
+        return {k: np.ascontiguousarray(self.rules[k](v, rec)) if k in self.rules else v for k, v in rec.items()}
 
 
 @dataclasses.dataclass
 class BrightnessContrast(grain.transforms.RandomMap):
-    """x -> (x - mean) * c + mean + b on every image field, c in [1-contrast, 1+contrast],
-    b in [-brightness, brightness] (grey levels); one draw per example."""
+    """x -> (x - mean) * c + mean + b on each of `fields` (uint8 images), c in [1-contrast,
+    1+contrast], b in [-brightness, brightness] (grey levels); one draw per example."""
 
+    fields: Sequence[str]
     brightness: float = 20.0
     contrast: float = 0.2
 
@@ -210,7 +253,7 @@ class BrightnessContrast(grain.transforms.RandomMap):
         c = rng.uniform(1 - self.contrast, 1 + self.contrast)
         b = rng.uniform(-self.brightness, self.brightness)
         rec = dict(rec)
-        for k in ("face", "patches", "clip"):
+        for k in self.fields:
             if k in rec:
                 x = rec[k].astype(np.float32)
                 rec[k] = np.clip((x - x.mean()) * c + x.mean() + b, 0, 255).astype(np.uint8)
@@ -243,18 +286,30 @@ class ResizeFace(grain.transforms.Map):
         return rec
 
 
+def face_transforms(size: int, grey: bool, flip: bool = False, brightness_contrast: bool = False) -> list:
+    """For models reading face records: a mirror flip of every face field (`FACE_FLIP`) and
+    brightness / contrast of the face images (both training only), then the face resized to
+    the model's `size` x `size` input (grey or not)."""
+    return ([RandomFlip(FACE_FLIP)] if flip else []) + \
+        ([BrightnessContrast(("face", "patches", "clip"))] if brightness_contrast else []) + \
+        [ResizeFace((size, size), grey=grey)]
+
+
 # ----------------------------------------------------------------------------- pipeline
 def make_dataset(data_dir: str, split: str, fields: Sequence[str], batch_size: int, *, seed: int = 0,
-                 train: bool = True, balance: bool = False, random_transforms: Sequence = (),
-                 transforms: Sequence = (), process_index: int = 0, process_count: int = 1,
-                 num_epochs: int | None = None, workers: int = 0, read_threads: int = 4,
+                 train: bool = True, keep: Sequence[str] | None = None, balance: bool = False,
+                 transforms: Sequence = (), process_index: int = 0,
+                 process_count: int = 1, num_epochs: int | None = None, workers: int = 0, read_threads: int = 4,
                  label_field: str = "label", label_map: dict | None = None) -> grain.IterDataset:
     """Per-process batches (dicts of numpy arrays, leading axis `batch_size`) of a split.
 
     Train: shuffled (and class-balanced with `balance`), repeated forever unless
-    `num_epochs`, random transforms applied, incomplete batches dropped. Eval: one pass in
-    order, last batch padded (`mask` = 0 on padding). Process p of P reads elements
-    p, p + P, ... of the global stream, so the P per-process batches form one global batch.
+    `num_epochs`, incomplete batches dropped. Eval: one pass in order, last batch padded
+    (`mask` = 0 on padding), each example's record `index`. `transforms` run in order; the
+    random ones (`grain.transforms.RandomMap`, augmentations) in training only. Process p
+    of P reads elements p, p + P, ... of the global stream, so the P per-process batches
+    form one global batch. With `keep`, batches hold those fields (plus label, mask, index)
+    and no others.
     """
     from absl import flags
 
@@ -268,17 +323,38 @@ def make_dataset(data_dir: str, split: str, fields: Sequence[str], batch_size: i
     ds = grain.MapDataset.source(sampler)
     if process_count > 1:
         ds = ds.slice(slice(process_index, None, process_count))
-    ds = ds.map(Load(files, fields, label_field, label_map))
-    if train:
-        for i, t in enumerate(random_transforms):
-            ds = ds.random_map(t, seed=seed * 1000 + i + 1)
+    ds = ds.map(Load(files, fields, label_field, label_map, with_index=not train))
+    n_random = 0
     for t in transforms:
-        ds = ds.map(t)
+        if isinstance(t, grain.transforms.RandomMap):
+            if train:
+                n_random += 1
+                ds = ds.random_map(t, seed=seed * 1000 + n_random)
+        else:
+            ds = ds.map(t)
+    if keep is not None:
+        ds = ds.map(Select((*keep, "label", "mask", "index")))
     ds = ds.batch(batch_size, drop_remainder=True)
     ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=read_threads, prefetch_buffer_size=max(8, 2 * batch_size)))
     if workers > 0:
         ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=workers))
     return ds
+
+
+def read_records(data_dir: str, split: str, indices: Sequence[int], fields: Sequence[str],
+                 transforms: Sequence = (), label_field: str = "label",
+                 label_map: dict | None = None) -> dict[str, np.ndarray]:
+    """Records `indices` of a split as an evaluation batch sees them (the deterministic
+    `transforms` applied), stacked field by field."""
+    load = Load(split_files(data_dir, split), fields, label_field, label_map)
+    maps = [t for t in transforms if not isinstance(t, grain.transforms.RandomMap)]
+    recs = []
+    for i in indices:
+        rec = load.map((int(i), True))
+        for t in maps:
+            rec = t.map(rec)
+        recs.append(rec)
+    return {k: np.stack([r[k] for r in recs]) for k in recs[0]} if recs else {}
 
 
 def num_records(data_dir: str, split: str) -> int:

@@ -1,17 +1,173 @@
-"""Model families. Each `fergate/models/<family>.py` exports its Flax module plus
-`build(config)` and `inputs(config)` (the record fields it reads, per-example shapes)."""
+"""Model families and the one contract they follow.
+
+A family is a module: `fergate/models/<name>.py`, or any importable module named by
+`config.model` (a family kept outside fergate). The trainer, the evaluator and `fergate
+bench` call only the functions below, through `family(name)`, which fills in the defaults
+of the optional ones. Every function takes the resolved config first.
+
+Required:
+
+    build(config) -> flax.linen.Module
+        The model, made from its config section by keyword. `module.apply(variables, batch,
+        train=...)` returns a dict: "logits" (B, K) always; "losses" {name: scalar}, auxiliary
+        loss terms already weighted (added by the default `loss`); "introspect" {name:
+        (B, ...)}, values the evaluator averages per class and hands to `reports` (gates,
+        attention maps).
+    inputs(config) -> {field: (per-example shape, numpy dtype)}
+        The fields of the batches the model reads, as they are after `transforms`.
+
+Optional (defaults in this module):
+
+    record_fields(config) -> (field, ...)
+        The record fields to read, when `transforms` derive inputs from others (e.g. a point
+        from the landmarks). Default: the `inputs` fields.
+    resolve(config, manifest | None) -> None
+        Fills config fields that depend on the data (e.g. the number of training subjects)
+        before anything is built; the manifest is None when there is no data (a benchmark).
+    loss(config, outputs, batch) -> (loss, {name: scalar})
+        Default: softmax cross-entropy over the unmasked examples plus outputs["losses"].
+    transforms(config, train) -> [grain transform]
+        The family's input transforms, in order: `grain.transforms.RandomMap`s (augmentations,
+        training only, seeded per example) and `Map`s. Flip rules per field live in
+        `fergate.data.pipeline.RandomFlip`. Default: none.
+    example_batch(config, n) -> {field: array}
+        A batch of `n` examples with realistic values of the `inputs` shapes, plus "label"
+        and "mask": for initialisation and `fergate bench`. Default: random values by dtype.
+    reports(results, outdir) -> dict
+        The family's figures and introspection, written into `outdir` from an evaluation
+        (`Results`); returns entries to add to eval.json. Default: none.
+    compare(runs, outdir) -> [paths]
+        Figures across several evaluated runs {workdir: eval.json}, for `fergate eval
+        --compare`. Default: none (a UserError).
+    stages(config) -> {name: config}
+        Earlier training stages this config needs, each trained into W/pretrain/NAME before
+        it (unless finished), its parameters then loaded through `config.init`. Default:
+        the stages listed in `config.pretrain` (`fergate.config.pretrain_stages`).
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
+from collections.abc import Callable
 from types import ModuleType
+from typing import Any
 
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from fergate import config as config_lib
 from fergate.errors import UserError
 
+#: The families fergate ships (`config.model`); any importable module following the contract works too.
 FAMILIES = ("modul", "thin")
 
 
-def family(name: str) -> ModuleType:
-    if name not in FAMILIES:
-        raise UserError(f"unknown model family {name!r}; known: {', '.join(FAMILIES)}")
-    return importlib.import_module(f"fergate.models.{name}")
+@dataclasses.dataclass
+class Results:
+    """What a family's `reports` reads: one evaluated split, example by example."""
+
+    config: Any
+    classes: list[str]
+    metrics: dict  #: eval.json as computed so far (accuracy, confusion matrix, ...)
+    labels: np.ndarray  #: (N,)
+    logits: np.ndarray  #: (N, K)
+    introspect: dict[str, np.ndarray]  #: name -> (N, ...)
+    index: np.ndarray  #: (N,) each example's record index in the split
+    read: Callable[[np.ndarray, tuple[str, ...]], dict[str, np.ndarray]]
+    """read(indices, fields): those records' fields as the model saw them (eval transforms), stacked."""
+
+    def class_means(self, name: str) -> dict[str, np.ndarray]:
+        """{class: mean of introspection tensor `name` over its examples} (classes with examples)."""
+        v = self.introspect[name]
+        return {c: v[self.labels == i].mean(0) for i, c in enumerate(self.classes) if (self.labels == i).any()}
+
+    def class_examples(self, per_class: int) -> dict[int, np.ndarray]:
+        """{class index: the record indices of its first `per_class` examples}."""
+        return {i: self.index[self.labels == i][:per_class] for i in range(len(self.classes))
+                if (self.labels == i).any()}
+
+
+def cross_entropy(config, outputs: dict, batch: dict) -> tuple[jax.Array, dict]:
+    """Softmax cross-entropy averaged over the unmasked examples, plus the model's
+    auxiliary `losses`; metrics: "ce" and each auxiliary term."""
+    ce = optax.softmax_cross_entropy_with_integer_labels(outputs["logits"].astype(jnp.float32), batch["label"])
+    ce = masked_mean(ce, batch["mask"])
+    extra = outputs.get("losses", {})
+    return ce + sum(extra.values()), {"ce": ce, **extra}
+
+
+def masked_mean(x: jax.Array, mask: jax.Array) -> jax.Array:
+    """Mean of per-example values over the examples with mask 1 (padding has mask 0)."""
+    return jnp.sum(x * mask) / jnp.maximum(jnp.sum(mask), 1.0)
+
+
+def random_batch(inputs: dict, n: int) -> dict[str, np.ndarray]:
+    """`n` examples of an `inputs` spec: uint8 images uniform in [0, 255], floats standard
+    normal, integers 0; label 0, mask 1."""
+    rng = np.random.default_rng(0)
+    batch = {}
+    for k, (shape, dtype) in inputs.items():
+        shape, dtype = (n, *shape), np.dtype(dtype)
+        if dtype == np.uint8:
+            batch[k] = rng.integers(0, 256, shape, np.uint8)
+        elif dtype.kind == "f":
+            batch[k] = rng.standard_normal(shape).astype(dtype)
+        else:
+            batch[k] = np.zeros(shape, dtype)
+    batch["label"] = np.zeros((n,), np.int32)
+    batch["mask"] = np.ones((n,), np.float32)
+    return batch
+
+
+class Family:
+    """A family module with the contract's defaults filled in."""
+
+    def __init__(self, module: ModuleType):
+        self.name, self.module = module.__name__.removeprefix("fergate.models."), module
+        missing = [f for f in ("build", "inputs") if not callable(getattr(module, f, None))]
+        if missing:
+            raise UserError(f"model family {module.__name__} lacks {', '.join(missing)} (see fergate.models)")
+        self.build, self.inputs = module.build, module.inputs
+        for name in ("record_fields", "resolve", "loss", "transforms", "example_batch", "reports", "compare",
+                     "stages"):
+            if hasattr(module, name):
+                setattr(self, name, getattr(module, name))
+
+    # the defaults of the optional functions
+    def record_fields(self, config) -> tuple[str, ...]:
+        return tuple(self.inputs(config))
+
+    def resolve(self, config, manifest: dict | None) -> None:
+        pass
+
+    loss = staticmethod(cross_entropy)
+
+    def transforms(self, config, train: bool) -> list:
+        return []
+
+    def example_batch(self, config, n: int) -> dict[str, np.ndarray]:
+        return random_batch(self.inputs(config), n)
+
+    def reports(self, results: Results, outdir: str) -> dict:
+        return {}
+
+    def compare(self, runs: dict[str, dict], outdir: str) -> list[str]:
+        raise UserError(f"model family {self.name} has no figures across runs (--compare)")
+
+    stages = staticmethod(config_lib.pretrain_stages)
+
+
+def family(name: str) -> Family:
+    """The family `config.model` names: fergate/models/<name>.py, else the module `name`."""
+    if name in FAMILIES:
+        return Family(importlib.import_module(f"fergate.models.{name}"))
+    try:
+        return Family(importlib.import_module(name))
+    except ImportError as e:
+        if e.name and name.startswith(e.name):
+            raise UserError(f"unknown model family {name!r}; fergate has {', '.join(FAMILIES)}, or name an "
+                            "importable module that follows the contract of fergate.models") from None
+        raise

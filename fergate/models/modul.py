@@ -1,20 +1,25 @@
-"""MoDuL: modal and dual landmark-wise gated network (paper 000, SPEC.md 5.1).
+"""MoDuL: deep modal and dual landmark-wise gated network (Bernheim et al., FG 2020).
 
     F^MoDuL = G_mod(0) F_dist(D * G_dist) || G_mod(1) F_patch(P (.) G_patch) -> Dense(K)
 
 The eight variants of Table I switch the two branches, the landmark gates (`_rw`) and
-the modal gate on and off.
+the modal gate on and off. The evaluation report draws the mean modal gate per class
+(Table VIII) and the mean landmark gates per class on the mean face (Fig. 3).
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 
 import flax.linen as nn
 import jax.numpy as jnp
 import numpy as np
 
+from fergate import plots
+from fergate.data import pipeline
 from fergate.data.landmarks import INTRAFACE_49
+from fergate.models import Results, random_batch
 from fergate.models.layers import MLP, ConvPool, FaceGates
 
 VARIANTS = {  # name: (distance branch, patch branch, landmark gates, modal gate)
@@ -92,14 +97,55 @@ class MoDuL(nn.Module):
 
 
 def build(config) -> MoDuL:
-    c = config.modul
-    dtype = jnp.dtype(config.train.dtype)
-    return MoDuL(config.variant, c.landmarks, c.num_classes, tuple(c.dist_hidden), tuple(c.patch_convs),
-                 tuple(c.patch_hidden), tuple(c.gate_convs), c.gate_hidden, dtype)
+    return MoDuL(variant=config.variant, dtype=jnp.dtype(config.train.dtype), **config.modul)
 
 
 def inputs(config) -> dict:
-    """Fields the model reads, with per-example shapes and dtypes (for the pipeline and bench)."""
     s, p = config.input.face_size, config.input.patch_size
     return {"landmarks": ((68, 2), np.float32), "iod": ((), np.float32), "patches": ((68, p, p), np.uint8),
             "face": ((s, s, 1), np.uint8)}
+
+
+def transforms(config, train: bool) -> list:
+    """Optional flip and brightness / contrast, then the grey face the gates read."""
+    return pipeline.face_transforms(config.input.face_size, grey=True, flip=config.data.flip,
+                                    brightness_contrast=config.data.brightness_contrast)
+
+
+def example_batch(config, n: int) -> dict:
+    """Random faces and patches, landmarks anywhere on the face, a typical iod."""
+    batch = random_batch(inputs(config), n)
+    s = config.input.face_size
+    batch["landmarks"] = np.random.default_rng(1).uniform(0, s, batch["landmarks"].shape).astype(np.float32)
+    batch["iod"] = np.full((n,), 0.4 * s, np.float32)
+    return batch
+
+
+#: records read per class to draw the mean face
+MEAN_FACE_EXAMPLES = 200
+
+
+def reports(results: Results, outdir: str) -> dict:
+    """Table VIII (the mean modal gate per class) and Fig. 3 (the mean landmark gates per
+    class on that class's mean face)."""
+    intro = results.introspect
+    if "modal_gate" in intro:
+        plots.class_table(results.class_means("modal_gate"), ["distance branch", "patch branch"],
+                          "MoDuL modal gate: mean weight of each branch per class (Table VIII)",
+                          os.path.join(outdir, "modal_gate.png"), "mean gate value (each row sums to 1)")
+    gates = {"dist_gate": "distance", "patch_gate": "patch"}
+    if any(g in intro for g in gates):
+        faces, points = {}, {}
+        for i, idx in results.class_examples(MEAN_FACE_EXAMPLES).items():
+            rec = results.read(idx, ("face", "landmarks"))
+            faces[results.classes[i]] = rec["face"].mean(0)
+            points[results.classes[i]] = rec["landmarks"].mean(0)
+        for name, branch in gates.items():
+            if name in intro:
+                means = results.class_means(name)
+                idx = landmark_subset(len(next(iter(means.values()))))
+                plots.values_on_faces(means, faces, {c: p[idx] for c, p in points.items()},
+                                      f"MoDuL {branch}-branch landmark gate: mean per class on the mean face (Fig. 3)",
+                                      os.path.join(outdir, f"{name}.png"),
+                                      "mean gate value (1 = unweighted)", vmin=0.0, vmax=2.0)
+    return {}

@@ -1,4 +1,4 @@
-"""THIN: throwable information networks (paper 003, SPEC.md 5.4).
+"""THIN: throwable information networks (Arnaud, Dapogny, Bailly).
 
 An endogenous representation h_endo = F_phi(I) feeds L weak predictors (one vmapped
 `Experts` module); their logits are mixed by a neural tree gate (Eq. 3-5) read from
@@ -6,11 +6,14 @@ h_endo (tree_gated), from a frozen exogenous representation h_exo (exo_tree_gate
 thin), or from the one-hot exogenous label (oracle); THIN adds the dispelling loss
 L_sim = |cos(c_sigma(h_exo), c_sigma(h_endo'))| (Eq. 7) with c_sigma the frozen exogenous
 classifier. Variant `exo` is the first stage: gamma_tau + c_sigma trained on the
-exogenous label, whose parameters the other variants load and freeze.
+exogenous label, whose parameters the other variants load and freeze (the family's earlier
+stage, `config.pretrain`). The evaluation report draws the inputs each expert weighs most
+(Fig. 10) and the distribution of |cos| (Fig. 8; `compare`: across runs).
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 
 import flax.linen as nn
@@ -18,6 +21,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from fergate import plots
+from fergate.data import pipeline
+from fergate.errors import UserError
+from fergate.models import Results
 from fergate.models.layers import Experts, LoopExperts, MLPClassifier, TreeGate, max_pool2
 
 VARIANTS = ("baseline", "ensemble", "tree_gated", "exo_tree_gated", "oracle", "thin", "exo")
@@ -126,11 +133,7 @@ class THIN(nn.Module):
 
 
 def build(config) -> THIN:
-    t = config.thin
-    return THIN(config.variant, t.num_classes, tuple(t.exo_names), tuple(t.exo_fields), tuple(t.exo_classes),
-                t.image_field, t.exo_input, tuple(t.endo_convs), tuple(t.exo_convs), tuple(t.baseline_hidden),
-                tuple(t.exo_hidden), t.members, tuple(t.expert_hidden), t.depth, t.dispel_weight, t.experts,
-                jnp.dtype(config.train.dtype))
+    return THIN(variant=config.variant, dtype=jnp.dtype(config.train.dtype), **config.thin)
 
 
 #: training subjects assumed when there is no data to count them (`fergate bench`)
@@ -144,15 +147,64 @@ def resolve(config, manifest: dict | None) -> None:
     subjects = len(manifest["splits"][config.data.train_split]["subjects"]) if manifest else BENCH_SUBJECTS
     t.exo_classes = tuple(k or subjects for k in t.exo_classes)
     if config.variant == "exo" and config.data.label_field not in ("label", "subject"):
-        config.data.classes = [f"{config.data.label_field}={i}" for i in range(t.exo_classes[0])]
+        config.data.classes = tuple(f"{config.data.label_field}={i}" for i in range(t.exo_classes[0]))
 
 
 def inputs(config) -> dict:
-    t = config.thin
-    s = config.input.image_size
-    spec = {t.image_field: ((s, s, t.channels), np.uint8)}
+    t, s = config.thin, config.input.image_size
+    spec = {t.image_field: ((s, s, config.input.channels), np.uint8)}
     if config.variant == "oracle":
         spec.update({f: ((), np.int32) for f in t.exo_fields})
     if t.exo_input != "image" and config.variant in ("exo", "exo_tree_gated", "thin"):
-        spec[t.exo_input] = ((t.exo_width,), np.float32)
+        spec[t.exo_input] = ((config.input.identity_width,), np.float32)
     return spec
+
+
+def transforms(config, train: bool) -> list:
+    """Faces: flip and brightness / contrast by option, resized to the input; synthetic
+    images are used as stored."""
+    if config.thin.image_field != "face":
+        return []
+    return pipeline.face_transforms(config.input.image_size, grey=config.input.channels == 1,
+                                    flip=config.data.flip, brightness_contrast=config.data.brightness_contrast)
+
+
+#: inputs shown per expert in Fig. 10
+TOP_INPUTS = 8
+
+
+def reports(results: Results, outdir: str) -> dict:
+    """Fig. 10: for each expert, the test inputs its gate weight is highest on; Fig. 8: the
+    distribution of |cos| between c_sigma of the exogenous and endogenous representations
+    (in eval.json as `abs_cos_histogram`, drawn in abs_cos.png)."""
+    out = {}
+    if "gate" in results.introspect:
+        gate = results.introspect["gate"]  # (N, L)
+        top = np.argsort(-gate, axis=0, kind="stable")[:TOP_INPUTS].T  # (L, k) example positions
+        field = results.config.thin.image_field
+        images = results.read(results.index[top.ravel()], (field,))[field]
+        plots.image_grid(images.reshape(*top.shape, *images.shape[1:]), [f"expert {i}" for i in range(len(top))],
+                         "THIN: test inputs with the highest gate weight, per expert (Fig. 10)",
+                         os.path.join(outdir, "top_inputs_per_expert.png"), "highest weight first, left to right")
+    if "abs_cos" in results.introspect:
+        cos = results.introspect["abs_cos"]
+        counts, edges = np.histogram(cos.ravel(), bins=20, range=(0.0, 1.0))
+        out["abs_cos_histogram"] = {"counts": counts.tolist(), "edges": edges.tolist(), "mean": float(cos.mean())}
+        _plot_abs_cos({f"{results.config.variant} (this run)": out["abs_cos_histogram"]},
+                      os.path.join(outdir, "abs_cos.png"))
+    return out
+
+
+def compare(runs: dict[str, dict], outdir: str) -> list[str]:
+    """Fig. 8 across runs {workdir: eval.json}: |cos| with and without the dispelling loss."""
+    missing = [w for w, r in runs.items() if "abs_cos_histogram" not in r]
+    if missing:
+        raise UserError(f"no |cos| introspection in {', '.join(missing)} (THIN exo_tree_gated / thin runs have it)")
+    names = {w: f"{r.get('variant', '')} {os.path.basename(os.path.normpath(w))}".strip() for w, r in runs.items()}
+    return [_plot_abs_cos({names[w]: r["abs_cos_histogram"] for w, r in runs.items()},
+                          os.path.join(outdir, "abs_cos_compare.png"))]
+
+
+def _plot_abs_cos(histograms: dict[str, dict], path: str) -> str:
+    return plots.distributions(histograms, "|cos| between c_sigma(h_exo) and c_sigma(h_endo)",
+                               "THIN: similarity of exogenous and endogenous class scores (Fig. 8)", path)

@@ -6,6 +6,7 @@ next older one is tried, so a damaged latest checkpoint costs one interval, not 
 
 from __future__ import annotations
 
+import logging
 import os
 from typing import Any
 
@@ -13,6 +14,8 @@ import grain
 import orbax.checkpoint as ocp
 
 from fergate.errors import UserError
+
+log = logging.getLogger(__name__)
 
 
 class Checkpointer:
@@ -34,7 +37,7 @@ class Checkpointer:
     def steps(self) -> list[int]:
         return sorted(self.manager.all_steps(), reverse=True)
 
-    def restore(self, abstract_state: Any, iterator: Any | None = None, log=print) -> tuple[Any, int] | None:
+    def restore(self, abstract_state: Any, iterator: Any | None = None) -> tuple[Any, int] | None:
         """(state, step) of the newest checkpoint that restores; None when there is none.
         The iterator, when given, is restored in place."""
         failures = []
@@ -47,7 +50,7 @@ class Checkpointer:
             except Exception as e:  # noqa: BLE001 - any failure means this checkpoint is unusable
                 msg = f"checkpoint {os.path.join(self.directory, str(step))} does not restore " \
                       f"({type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''})"
-                log(f"[ckpt] {msg}; trying an older one")
+                log.warning(f"[ckpt] {msg}; trying an older one")
                 failures.append(msg)
                 continue
             return restored["state"], step

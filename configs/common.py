@@ -1,0 +1,40 @@
+"""The config sections every model family shares, and the smoke preset (a tiny CPU run).
+
+Config files import it relatively (`from . import common`); fergate loads a config file
+as a module of its directory.
+"""
+
+import ml_collections
+
+
+def base(model: str, variant: str) -> ml_collections.ConfigDict:
+    """A config with the shared sections at their defaults; a family file adds its own
+    section (named like the model) and changes what differs."""
+    c = ml_collections.ConfigDict()
+    c.model = model
+    c.variant = variant
+    c.seed = 0
+    # data.dir "" -> the built-in `dataset` prepared in the cache with `prep_options`
+    c.data = dict(dir="", dataset="sample", prep_options=dict(size=2800), train_split="train", eval_split="test",
+                  label_field="label", classes=(), balance=False, workers=0, flip=False, brightness_contrast=False)
+    c.input = dict(batch_size=16)  # the global batch; families add their input shapes
+    c.optim = dict(name="adam", lr=1e-3, b1=0.9, b2=0.999, eps=1e-8, decay_power=1.0, end_lr=0.0, warmup_steps=0,
+                   weight_decay=0.0, grad_clip=0.0, frozen=())
+    c.train = dict(steps=10_000, log_every=50, ckpt_every=1000, keep=3, eval_every=0, profile_steps=(),
+                   dtype="float32")  # dtype: compute dtype (bfloat16 by option)
+    c.eval = dict(batch_size=64, top_k=(1, 2, 3))
+    # earlier stages (trained into W/pretrain/NAME) and parameters loaded from them or other workdirs
+    c.init = dict(params_from=(), params=())
+    c.pretrain = dict(steps=0, inherit=(), configs={})
+    return c
+
+
+def smoke(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """A few steps on a small sample set, for tests and a first try on a CPU."""
+    if "size" in c.data.prep_options:  # the sample set
+        c.data.prep_options.size = 350
+    c.train.steps = 60
+    c.train.log_every = 10
+    c.train.ckpt_every = 30
+    c.eval.batch_size = 32
+    return c

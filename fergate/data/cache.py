@@ -1,0 +1,20 @@
+"""Where fergate keeps what it prepares once per machine: the built-in datasets (the sample
+set, THIN's synthetic benchmarks) and the measured peak FLOP/s (`FERGATE_CACHE`, default
+~/.cache/fergate)."""
+
+from __future__ import annotations
+
+import os
+
+from fergate.data.schema import SCHEMA_VERSION
+
+
+def cache_root() -> str:
+    return os.environ.get("FERGATE_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "fergate")
+
+
+def builtin_dir(dataset: str, options: dict) -> str:
+    """The directory a built-in dataset prepared with these `fergate prep` options has in the
+    cache (`data_prep.prep.builtin` prepares it; training only reads it)."""
+    tag = "-".join(f"{k}{v}" for k, v in sorted(options.items()))
+    return os.path.join(cache_root(), f"{dataset}-v{SCHEMA_VERSION}" + (f"-{tag}" if tag else ""))

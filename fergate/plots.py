@@ -1,0 +1,117 @@
+"""The figures fergate writes, each saved as a PNG that reads on its own: a title, labelled
+axes, and colour bars that say what they measure. Model families draw their reports with
+these; matplotlib is imported only when a figure is drawn."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, path: str) -> str:
+    fig.savefig(path, dpi=100, bbox_inches="tight")
+    _plt().close(fig)
+    return path
+
+
+def confusion_matrix(labels: np.ndarray, pred: np.ndarray, classes: Sequence[str], title: str, path: str) -> str:
+    """Row-normalised confusion matrix (scikit-learn's display). Up to 20 classes each cell
+    shows its percentage; beyond, the colours alone, with small tick labels, so that 50
+    compound classes stay readable."""
+    from sklearn.metrics import ConfusionMatrixDisplay
+
+    plt, k = _plt(), len(classes)
+    side = 1.5 + (0.55 if k <= 20 else 0.24) * k
+    fig, ax = plt.subplots(figsize=(side + 1.5, side))
+    disp = ConfusionMatrixDisplay.from_predictions(
+        labels, pred, labels=list(range(k)), display_labels=list(classes), normalize="true", ax=ax, cmap="Blues",
+        include_values=k <= 20, values_format=".0%", xticks_rotation=90 if k > 8 else 45, colorbar=False,
+        im_kw={"vmin": 0, "vmax": 1})
+    if k <= 20:
+        for t in disp.text_.ravel():
+            t.set_fontsize(8)
+    else:
+        ax.tick_params(labelsize=5)
+    ax.set_xlabel("predicted class")
+    ax.set_ylabel("true class")
+    ax.set_title(title, fontsize=10)
+    fig.colorbar(disp.im_, ax=ax, shrink=0.8).set_label("fraction of the true class's examples")
+    return _save(fig, path)
+
+
+def class_table(values: dict[str, np.ndarray], columns: Sequence[str], title: str, path: str,
+                colorbar_label: str, vmin: float = 0.0, vmax: float = 1.0) -> str:
+    """A class x column table of mean values, numbers in the cells (e.g. the modal gate per class)."""
+    plt = _plt()
+    rows = list(values)
+    vals = np.array([values[r] for r in rows])
+    fig, ax = plt.subplots(figsize=(2.5 + 1.1 * vals.shape[1], 0.8 + 0.4 * len(rows)))
+    im = ax.imshow(vals, cmap="viridis", vmin=vmin, vmax=vmax, aspect="auto")
+    for i in range(vals.shape[0]):
+        for j in range(vals.shape[1]):
+            ax.text(j, i, f"{vals[i, j]:.3f}", ha="center", va="center",
+                    color="white" if vals[i, j] < (vmin + vmax) / 2 else "black", fontsize=8)
+    ax.set_xticks(range(vals.shape[1]), columns)
+    ax.set_yticks(range(len(rows)), rows)
+    ax.set_ylabel("true class")
+    ax.set_title(title, fontsize=10)
+    fig.colorbar(im, ax=ax).set_label(colorbar_label)
+    return _save(fig, path)
+
+
+def values_on_faces(values: dict[str, np.ndarray], faces: dict[str, np.ndarray], points: dict[str, np.ndarray],
+                    title: str, path: str, colorbar_label: str, vmin: float, vmax: float) -> str:
+    """One panel per class: its mean face, with a value per point drawn as a coloured dot on
+    the class's mean landmarks (e.g. landmark gates)."""
+    plt = _plt()
+    cols = len(values)
+    fig, axes = plt.subplots(1, cols, figsize=(2.2 * cols + 1, 2.8), squeeze=False)
+    sc = None
+    for ax, (c, v) in zip(axes[0], values.items()):
+        face = faces[c]
+        ax.imshow(face[..., 0] if face.shape[-1] == 1 else face / 255.0, cmap="gray", vmin=0, vmax=255)
+        sc = ax.scatter(points[c][:, 0], points[c][:, 1], c=v, cmap="jet", vmin=vmin, vmax=vmax, s=12)
+        ax.set_title(c, fontsize=9)
+        ax.axis("off")
+    fig.colorbar(sc, ax=axes[0].tolist(), shrink=0.8).set_label(colorbar_label)
+    fig.suptitle(title, fontsize=10)
+    return _save(fig, path)
+
+
+def distributions(histograms: dict[str, dict], xlabel: str, title: str, path: str) -> str:
+    """Histograms {label: {"counts", "edges", "mean"}} as one line each, normalised."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(5.5, 3.4))
+    for label, h in histograms.items():
+        edges, counts = np.array(h["edges"]), np.array(h["counts"], np.float64)
+        ax.plot((edges[:-1] + edges[1:]) / 2, counts / max(counts.sum(), 1), marker=".",
+                label=f"{label} (mean {h['mean']:.3f})")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("fraction of examples")
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=7)
+    return _save(fig, path)
+
+
+def image_grid(images: np.ndarray, row_labels: Sequence[str], title: str, path: str, xlabel: str = "") -> str:
+    """images (rows, cols, H, W, C) uint8 as a grid, one labelled row each."""
+    plt = _plt()
+    rows, cols, h, w = images.shape[:4]
+    grid = images.transpose(0, 2, 1, 3, 4).reshape(rows * h, cols * w, -1)
+    fig, ax = plt.subplots(figsize=(0.6 * cols + 1.5, 0.6 * rows + 0.8))
+    ax.imshow(grid[..., 0] if grid.shape[-1] == 1 else grid, cmap="gray", vmin=0, vmax=255)
+    ax.set_yticks((np.arange(rows) + 0.5) * h, row_labels, fontsize=6)
+    ax.set_xticks([])
+    ax.set_xlabel(xlabel, fontsize=8)
+    ax.set_title(title, fontsize=10)
+    return _save(fig, path)

@@ -1,0 +1,140 @@
+"""FLOP and MFU accounting: FLOPs of a compiled step from XLA's cost analysis, divided by a
+peak that says what it is.
+
+- GPU / TPU: the datasheet's dense peak of the device kind for the compute dtype
+  (`DATASHEET`; float32 matmuls run as TF32 on NVIDIA and as bfloat16 passes on TPU by
+  JAX's default precision, so they get those peaks), times the local devices.
+- CPU (and an accelerator not in the table): the best rate of jit-compiled 2048 x 2048
+  matmuls of the compute dtype, measured here. A measurement is cached
+  (`FERGATE_CACHE/peak.json`) only when the machine was idle, i.e. when the matmul's
+  threads got the cores (process CPU time >= 80% of wall time x cores): on a busy machine
+  a peak reads low and MFU high. A step that beats the peak raises it (re-measured, and
+  the step's own rate is a lower bound of what the machine reaches). Emulated CPU devices
+  share the machine's cores, so the CPU peak is the machine's, whatever their number.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import time
+
+import jax
+import jax.numpy as jnp
+
+from fergate.data.cache import cache_root
+
+log = logging.getLogger(__name__)
+
+#: Dense peak FLOP/s per device by device-kind prefix (vendor datasheets; longest prefix wins).
+DATASHEET: dict[str, dict[str, float]] = {
+    "TPU v4": {"bfloat16": 275e12, "float32": 275e12},
+    "TPU v5 lite": {"bfloat16": 197e12, "float32": 197e12},
+    "TPU v5e": {"bfloat16": 197e12, "float32": 197e12},
+    "TPU v5": {"bfloat16": 459e12, "float32": 459e12},  # v5p
+    "TPU v6 lite": {"bfloat16": 918e12, "float32": 918e12},
+    "TPU v6e": {"bfloat16": 918e12, "float32": 918e12},
+    "NVIDIA H100 PCIe": {"bfloat16": 756e12, "float32": 378e12},
+    "NVIDIA H100": {"bfloat16": 989e12, "float32": 495e12},  # SXM; float32 = TF32
+    "NVIDIA H200": {"bfloat16": 989e12, "float32": 495e12},
+    "NVIDIA A100": {"bfloat16": 312e12, "float32": 156e12},
+    "NVIDIA L4": {"bfloat16": 121e12, "float32": 60e12},
+    "Tesla V100": {"bfloat16": 125e12, "float32": 15.7e12},
+}
+#: A measurement is cached only if the matmul's threads had the cores to themselves.
+IDLE_UTILISATION = 0.8
+
+
+@dataclasses.dataclass
+class Peak:
+    flops: float  #: FLOP/s of all local devices together
+    source: str  #: what the figure is, for reports: "datasheet: ..." or "measured: ..."
+    dtype: str = "float32"
+    measured: bool = False  #: a matmul rate of this machine (raised when a step beats it)
+
+    def mfu(self, achieved: float) -> float:
+        """achieved / peak; a measured peak that the achieved rate beats is raised first."""
+        if achieved > self.flops and self.measured:
+            self.flops = max(achieved, measure_matmul(self.dtype)[0])
+            _store(_key(self.dtype), self.flops)
+            log.info(f"[perf] a step beat the measured peak: raised to {self.flops / 1e9:.1f} GFLOP/s")
+        return achieved / self.flops
+
+
+def compiled_flops(compiled) -> float | None:
+    """FLOPs of one call of a compiled function (XLA cost analysis), None if unavailable."""
+    try:
+        cost = compiled.cost_analysis()
+    except Exception:  # noqa: BLE001 - some backends do not implement it
+        return None
+    if isinstance(cost, (list, tuple)):
+        cost = cost[0] if cost else None
+    return float(cost["flops"]) if cost and cost.get("flops") else None
+
+
+def peak(dtype: str = "float32") -> Peak:
+    """The peak MFU is measured against, for the default backend and compute `dtype`."""
+    dev = jax.local_devices()[0]
+    if dev.platform != "cpu":
+        for prefix in sorted(DATASHEET, key=len, reverse=True):
+            if dev.device_kind.startswith(prefix):
+                n = jax.local_device_count()
+                return Peak(DATASHEET[prefix][dtype] * n, f"datasheet: {prefix} dense {dtype} x {n} devices", dtype)
+    what = f"measured: best {dtype} 2048^3 matmul on this machine"
+    cached = _cache().get(_key(dtype))
+    if cached:
+        return Peak(cached, f"{what} (idle, cached)", dtype, measured=True)
+    flops, util = measure_matmul(dtype)
+    if util >= IDLE_UTILISATION:
+        _store(_key(dtype), flops)
+        return Peak(flops, f"{what} (idle)", dtype, measured=True)
+    return Peak(flops, f"{what} (BUSY: {util:.0%} of the cores, not cached; MFU reads high)", dtype, measured=True)
+
+
+def measure_matmul(dtype: str = "float32", n: int = 2048, rounds: int = 5, reps: int = 8) -> tuple[float, float]:
+    """(best FLOP/s of an n x n matmul on the default device, the share of the machine's
+    cores the process used during that best round: ~1 when nothing else runs)."""
+    x = jnp.ones((n, n), dtype)
+    f = jax.jit(lambda a: a @ a)
+    f(x).block_until_ready()
+    best, util = float("inf"), 0.0
+    for _ in range(rounds):
+        t, c = time.perf_counter(), time.process_time()  # process time: all threads
+        for _ in range(reps):
+            f(x).block_until_ready()
+        wall, cpu = time.perf_counter() - t, time.process_time() - c
+        if wall / reps < best:
+            best, util = wall / reps, cpu / (wall * (os.cpu_count() or 1))
+    return 2 * n**3 / best, util
+
+
+def _key(dtype: str) -> str:
+    dev = jax.local_devices()[0]
+    return f"{dev.platform}/{dev.device_kind}/{os.cpu_count()}cpu/{dtype}"
+
+
+def _path() -> str:
+    return os.path.join(cache_root(), "peak.json")
+
+
+def _cache() -> dict:
+    try:
+        with open(_path()) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return {}
+
+
+def _store(key: str, flops: float) -> None:
+    """Keeps the best figure ever measured for `key`."""
+    cached = _cache()
+    cached[key] = max(flops, cached.get(key, 0.0))
+    try:
+        os.makedirs(cache_root(), exist_ok=True)
+        with open(_path() + ".tmp", "w") as fh:
+            json.dump(cached, fh)
+        os.replace(_path() + ".tmp", _path())
+    except OSError:
+        pass

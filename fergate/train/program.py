@@ -1,0 +1,222 @@
+"""Everything built from a config, for the trainer, the evaluator and `fergate bench` alike:
+the mesh, the data the config names, its input pipeline, and the `Program` (the family's
+module, the optimizer, shardings and the jitted init / train / predict steps).
+
+Parallelism is data-parallel on a mesh whose `data` axis spans every device of every
+process: batches are built per process and assembled into one global array; the train
+state is replicated and donated to the step.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from typing import Any
+
+import flax
+import grain
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from fergate import models
+from fergate.data import pipeline
+from fergate.data.cache import builtin_dir
+from fergate.errors import UserError
+
+
+@flax.struct.dataclass
+class TrainState:
+    step: jax.Array
+    params: Any
+    opt_state: Any
+    model_state: Any  # non-trainable collections (e.g. batch_stats); {} when none
+
+
+# ----------------------------------------------------------------------------- devices
+def setup_distributed(coordinator: str | None = None, num_processes: int | None = None,
+                      process_id: int | None = None, auto: bool = False) -> None:
+    """jax.distributed for multi-host runs: explicit peers (`coordinator`, e.g. processes on
+    one CPU machine, with gloo collectives), or `auto` detection (TPU pods, SLURM)."""
+    if coordinator or num_processes:
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")  # used by the CPU backend only
+        jax.distributed.initialize(coordinator_address=coordinator, num_processes=num_processes,
+                                   process_id=process_id)
+    elif auto:
+        jax.distributed.initialize()
+
+
+def make_mesh() -> jax.sharding.Mesh:
+    """A mesh whose `data` axis spans every device of every process."""
+    return jax.make_mesh((jax.device_count(),), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
+
+
+def global_batch(local: dict[str, np.ndarray], sharding) -> dict[str, jax.Array]:
+    """Per-process batches -> one global batch sharded over the data axis."""
+    return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in local.items()}
+
+
+# ----------------------------------------------------------------------------- data
+def data_dir(config) -> str:
+    """`config.data.dir`, or the built-in dataset `config.data.dataset` prepared in the cache
+    with `config.data.prep_options` (the `fergate` command prepares it on first use)."""
+    if config.data.dir:
+        return config.data.dir
+    out = builtin_dir(config.data.dataset, dict(config.data.prep_options))
+    if not os.path.exists(os.path.join(out, "manifest.json")):
+        raise UserError(f"config data.dir is empty and the built-in {config.data.dataset} dataset is not prepared "
+                        f"in {out}: run `fergate train` (it prepares it) or `data_prep.prep.builtin(...)`, or pass "
+                        "--config.data.dir=DIR")
+    return out
+
+
+def resolve(config, manifest: dict | None) -> None:
+    """Lets the model family fill config fields that depend on the data, before anything is
+    built; None: no data (a benchmark)."""
+    with config.unlocked():
+        models.family(config.model).resolve(config, manifest)
+
+
+def label_map(config, manifest: dict | None) -> dict | None:
+    """Training on `subject` labels: subject name -> index over the training subjects."""
+    if config.data.label_field != "subject" or manifest is None:
+        return None
+    return {s: i for i, s in enumerate(manifest["splits"][config.data.train_split]["subjects"])}
+
+
+def class_names(config, manifest: dict) -> list[str]:
+    """Names of the trained labels: those a model family set in `data.classes` (e.g.
+    exogenous bins), the training subjects, or the dataset's classes."""
+    if config.data.classes:
+        return list(config.data.classes)
+    if config.data.label_field == "subject":
+        return list(manifest["splits"][config.data.train_split]["subjects"])
+    return list(manifest["classes"])
+
+
+def input_pipeline(config, data_dir: str, split: str, *, train: bool,
+                   manifest: dict | None = None) -> grain.IterDataset:
+    """This process's batches of `split` for the config's model: its fields and transforms,
+    the training batch size (shuffled, balanced, augmented, repeated) or the evaluation one
+    (one ordered, padded pass)."""
+    fam = models.family(config.model)
+    batch = (config.input.batch_size if train else config.eval.batch_size) // jax.process_count()
+    return pipeline.make_dataset(
+        data_dir, split, fam.record_fields(config), batch, seed=config.seed, train=train,
+        keep=tuple(fam.inputs(config)), balance=config.data.balance, transforms=fam.transforms(config, train),
+        process_index=jax.process_index(), process_count=jax.process_count(),
+        workers=config.data.workers if train else 0, label_field=config.data.label_field,
+        label_map=label_map(config, manifest))
+
+
+def record_reader(config, data_dir: str, split: str, manifest: dict | None = None) -> Callable:
+    """read(indices, fields) -> those records of `split` as the model sees them in evaluation."""
+    transforms = models.family(config.model).transforms(config, False)
+
+    def read(indices, fields: tuple[str, ...]) -> dict[str, np.ndarray]:
+        return pipeline.read_records(data_dir, split, indices, fields, transforms, config.data.label_field,
+                                     label_map(config, manifest))
+
+    return read
+
+
+# ----------------------------------------------------------------------------- optimizer
+def make_optimizer(config) -> tuple[optax.GradientTransformation, optax.Schedule]:
+    """Adam(W) or SGD with momentum, polynomial decay (power `decay_power`) after an optional
+    linear warm-up, optional global-norm clipping; the `optim.frozen` parameter subtrees
+    (pretrained parts) get no update and no optimizer state."""
+    o, steps = config.optim, config.train.steps
+    decay = optax.polynomial_schedule(o.lr, o.end_lr, o.decay_power, max(1, steps - o.warmup_steps))
+    schedule = decay if not o.warmup_steps else optax.join_schedules(
+        [optax.linear_schedule(0.0, o.lr, o.warmup_steps), decay], [o.warmup_steps])
+    if o.name == "adam":
+        opt = optax.adamw(schedule, o.b1, o.b2, o.eps, weight_decay=o.weight_decay) if o.weight_decay \
+            else optax.adam(schedule, o.b1, o.b2, o.eps)
+    elif o.name == "sgd":
+        opt = optax.chain(optax.add_decayed_weights(o.weight_decay), optax.sgd(schedule, momentum=o.b1))
+    else:
+        raise UserError(f"unknown optimizer {o.name!r} (config optim.name): adam or sgd")
+    if o.grad_clip:
+        opt = optax.chain(optax.clip_by_global_norm(o.grad_clip), opt)
+    if o.frozen:
+        def labels(params):
+            return {k: jax.tree.map(lambda _, k=k: "frozen" if k in o.frozen else "train", v)
+                    for k, v in params.items()}
+
+        opt = optax.multi_transform({"train": opt, "frozen": optax.set_to_zero()}, labels)
+    return opt, schedule
+
+
+# ----------------------------------------------------------------------------- program
+class Program:
+    """The compiled program of a config: the family's module, the optimizer, shardings,
+    and the jitted `init(rng, batch)`, `train_step(state, batch) -> (state, metrics)` and
+    `predict(state, batch) -> outputs` (logits, introspection, label, mask, index)."""
+
+    def __init__(self, config):
+        self.config = config
+        self.family = models.family(config.model)
+        self.mesh = make_mesh()
+        self.replicated = jax.NamedSharding(self.mesh, jax.P())
+        self.batch_sharding = jax.NamedSharding(self.mesh, jax.P("data"))
+        self.module = self.family.build(config)
+        self.tx, self.schedule = make_optimizer(config)
+        n = jax.device_count()
+        for name, b in (("input.batch_size", config.input.batch_size), ("eval.batch_size", config.eval.batch_size)):
+            if b % n or b % jax.process_count():
+                raise UserError(f"config {name}={b} must be a multiple of the {n} devices")
+        local = self.family.example_batch(config, config.input.batch_size // jax.process_count())
+        self.example = global_batch(local, self.batch_sharding)
+        self.abstract_state = jax.eval_shape(self._init, jax.random.key(0), self.example)
+        #: the width of the model's logits
+        self.num_classes = jax.eval_shape(self._predict, self.abstract_state, self.example)["logits"].shape[-1]
+        self.state_sharding = jax.tree.map(lambda _: self.replicated, self.abstract_state)
+        self.init = jax.jit(self._init, out_shardings=self.state_sharding)
+        self.train_step = jax.jit(self._train_step, in_shardings=(self.state_sharding, self.batch_sharding),
+                                  out_shardings=(self.state_sharding, self.replicated), donate_argnums=0)
+        self.predict = jax.jit(self._predict, in_shardings=(self.state_sharding, self.batch_sharding),
+                               out_shardings=self.replicated)
+
+    def _init(self, rng, batch) -> TrainState:
+        variables = self.module.init(rng, batch, train=False)
+        params = variables.pop("params")
+        return TrainState(jnp.zeros((), jnp.int32), params, self.tx.init(params), dict(variables))
+
+    def _apply(self, params, model_state, batch, train: bool, rng=None):
+        variables = {"params": params, **model_state}
+        mutable = list(model_state) if (train and model_state) else False
+        res = self.module.apply(variables, batch, train=train, rngs={"dropout": rng} if rng is not None else None,
+                                mutable=mutable)
+        return res if mutable else (res, model_state)
+
+    def _train_step(self, state: TrainState, batch):
+        rng = jax.random.fold_in(jax.random.key(self.config.seed), state.step)
+
+        def loss_fn(params):
+            out, model_state = self._apply(params, state.model_state, batch, True, rng)
+            loss, metrics = self.family.loss(self.config, out, batch)
+            return loss, (out["logits"], model_state, metrics)
+
+        (loss, (logits, model_state, metrics)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+        updates, opt_state = self.tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        correct = (jnp.argmax(logits, -1) == batch["label"]) * batch["mask"]
+        metrics = {"loss": loss, **metrics, "accuracy": models.masked_mean(correct, batch["mask"]),
+                   "lr": self.schedule(state.step), "grad_norm": optax.tree.norm(grads)}
+        return TrainState(state.step + 1, params, opt_state, model_state), metrics
+
+    def _predict(self, state: TrainState, batch):
+        out, _ = self._apply(state.params, state.model_state, batch, False)
+        return {"logits": out["logits"], "introspect": out.get("introspect", {}),
+                **{k: batch[k] for k in ("label", "mask", "index") if k in batch}}
+
+    def new_state(self) -> TrainState:
+        return self.init(jax.random.key(self.config.seed), self.example)
+
+    def abstract_sharded_state(self):
+        return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                            self.abstract_state, self.state_sharding)
+
+    def n_params(self) -> int:
+        return int(sum(np.prod(x.shape) for x in jax.tree.leaves(self.abstract_state.params)))

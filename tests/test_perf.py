@@ -1,0 +1,52 @@
+"""MFU says what it is: a datasheet peak on accelerators; on CPU a measured peak that is
+cached only from an idle machine and raised when a step beats it."""
+
+import json
+import os
+from types import SimpleNamespace
+
+import pytest
+
+from fergate.train import perf
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("FERGATE_CACHE", str(tmp_path))
+    return tmp_path / "peak.json"
+
+
+def test_cpu_peak_from_a_busy_machine_is_not_cached(cache, monkeypatch):
+    monkeypatch.setattr(perf, "measure_matmul", lambda dtype: (100e9, 0.6))  # other work held 40% of the cores
+    p = perf.peak("float32")
+    assert p.flops == 100e9 and p.measured and "BUSY" in p.source and not cache.exists()
+    monkeypatch.setattr(perf, "measure_matmul", lambda dtype: (180e9, 0.97))
+    p = perf.peak("float32")
+    assert p.flops == 180e9 and "idle" in p.source and list(json.load(open(cache)).values()) == [180e9]
+    monkeypatch.setattr(perf, "measure_matmul", lambda dtype: pytest.fail("the cached peak is measured again"))
+    assert perf.peak("float32").flops == 180e9 and "cached" in perf.peak("float32").source
+
+
+def test_a_step_faster_than_the_peak_raises_it(cache, monkeypatch):
+    monkeypatch.setattr(perf, "measure_matmul", lambda dtype: (100e9, 0.95))
+    p = perf.peak("float32")
+    assert p.mfu(50e9) == pytest.approx(0.5)
+    assert p.mfu(150e9) == pytest.approx(1.0)  # re-measured (100) but the step itself reached 150
+    assert p.flops == 150e9 and list(json.load(open(cache)).values()) == [150e9]
+
+
+def test_accelerators_use_the_datasheet(monkeypatch, cache):
+    for kind, dtype, expected in [("NVIDIA H100 80GB HBM3", "bfloat16", 989e12),
+                                  ("NVIDIA H100 PCIe", "float32", 378e12),  # TF32: JAX's default f32 precision
+                                  ("TPU v5 lite", "bfloat16", 197e12), ("TPU v4", "float32", 275e12)]:
+        dev = SimpleNamespace(platform="gpu" if "NVIDIA" in kind else "tpu", device_kind=kind)
+        monkeypatch.setattr(perf.jax, "local_devices", lambda dev=dev: [dev])
+        monkeypatch.setattr(perf.jax, "local_device_count", lambda: 4)
+        p = perf.peak(dtype)
+        assert p.flops == 4 * expected and p.source.startswith("datasheet") and not p.measured
+    assert not os.path.exists(cache)
+
+
+def test_the_real_measurement_reports_the_share_of_cores(cache):
+    flops, util = perf.measure_matmul("float32", n=256, rounds=2, reps=2)
+    assert flops > 1e8 and 0 < util <= 1.5
