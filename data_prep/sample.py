@@ -1,4 +1,4 @@
-"""The built-in sample dataset (SPEC.md section 4): FACS-driven expressions synthesised on
+"""The built-in sample dataset: FACS-driven expressions synthesised on
 real face photos that installed packages ship. Synthetic: for smoke tests and demos only.
 
 Each photo is one identity (subject). For an expression, the 68 landmarks of the neutral
@@ -25,7 +25,7 @@ from data_prep import face as F
 
 #: Class order of the MoDuL paper's tables (Ne, Ha, An, Sa, Fe, Di, Su).
 CLASSES = ("neutral", "happiness", "anger", "sadness", "fear", "disgust", "surprise")
-#: FACS action units of each basic expression (SPEC.md section 4).
+#: FACS action units of each basic expression (the README lists them; FACS: Ekman & Friesen 1978, docs/references.md).
 EXPRESSION_AUS = {
     "neutral": (),
     "happiness": (6, 12),

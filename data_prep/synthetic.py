@@ -1,4 +1,4 @@
-"""Synthetic benchmarks of THIN (paper 003, SPEC.md 5.4) with known exogenous factors.
+"""Synthetic benchmarks of THIN (its Tables 2-3) with known exogenous factors.
 
 - Rotated (and rotated + scaled) digits: rotation uniform in [-90, 90] degrees, exogenous
   label = one of 18 bins of 10 degrees; scale uniform in [0.5, 1], 10 bins. Digits come

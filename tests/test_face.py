@@ -1,4 +1,4 @@
-"""The face pipeline on the real photos that installed packages ship (SPEC.md section 4)."""
+"""The face pipeline on the real photos that installed packages ship."""
 
 import numpy as np
 import pytest

@@ -15,7 +15,7 @@ layout is self-describing and needs nothing but numpy to read:
 
 Version history (bump `SCHEMA_VERSION` on any incompatible change):
 
-- 1: the fields of SPEC.md section 3 (`FIELDS`) plus free-form extras.
+- 1: the documented fields (`FIELDS`) plus free-form extras.
 """
 
 from __future__ import annotations
