@@ -18,9 +18,11 @@ def base(model: str, variant: str) -> ml_collections.ConfigDict:
     c.data = dict(dir="", dataset="sample", prep_options=dict(size=2800), train_split="train", eval_split="test",
                   label_field="label", classes=(), balance=False, workers=0, flip=False, brightness_contrast=False)
     c.input = dict(batch_size=16)  # the global batch; families add their input shapes
+    # decay_steps: the learning rate reaches end_lr there (0: at train.steps)
     c.optim = dict(name="adam", lr=1e-3, b1=0.9, b2=0.999, eps=1e-8, decay_power=1.0, end_lr=0.0, warmup_steps=0,
-                   weight_decay=0.0, grad_clip=0.0, frozen=())
-    c.train = dict(steps=10_000, log_every=50, ckpt_every=1000, keep=3, eval_every=0, profile_steps=(),
+                   decay_steps=0, weight_decay=0.0, grad_clip=0.0, frozen=())
+    # eval_every: held-out evaluation every N steps (-1: ten times a run, 0: only at the end)
+    c.train = dict(steps=10_000, log_every=50, ckpt_every=1000, keep=3, eval_every=-1, profile_steps=(),
                    dtype="float32")  # dtype: compute dtype (bfloat16 by option)
     c.eval = dict(batch_size=64, top_k=(1, 2, 3))
     # earlier stages (trained into W/pretrain/NAME) and parameters loaded from them or other workdirs
@@ -36,5 +38,6 @@ def smoke(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     c.train.steps = 60
     c.train.log_every = 10
     c.train.ckpt_every = 30
+    c.train.eval_every = 0
     c.eval.batch_size = 32
     return c

@@ -59,7 +59,7 @@ def get_config(arg=None):
     c.input.channels = 3 if fer else 1
     c.input.identity_width = 128  # FER default exogenous representation: the records' 128-d dlib embedding
     c.thin = dict(
-        num_classes=task["classes"],
+        num_classes=0 if fer else task["classes"],  # 0: the data's classes
         exo_names=names,
         exo_fields=tuple(EXOGENOUS[n][0] for n in names),
         exo_classes=tuple(bins),  # FER: 0 = the number of training subjects, read from the data

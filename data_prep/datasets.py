@@ -32,11 +32,6 @@ class Item:
     params: tuple = field(default=())  #: reader-specific (the sample generator's recipe)
 
 
-def subject_folds(subjects: list[str], k: int = 10) -> dict[str, int]:
-    """Subject-independent k-fold assignment (round-robin over sorted subjects)."""
-    return {s: i % k for i, s in enumerate(sorted(set(subjects)))}
-
-
 class SampleReader:
     """The built-in synthetic set (data_prep.sample): `size` images and `clips` clips spread
     evenly over classes and subjects. `test_subjects` subjects form the test split: every

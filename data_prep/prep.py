@@ -34,6 +34,7 @@ class PrepOptions:
     clip_size: int = 64  #: side of the aligned clip frames
     compress: bool = False  #: store images as PNG: ~40% smaller, ~100x slower to decode than raw
     records_per_file: int = 1024
+    test_fraction: float = 0.2  #: a source without a test split: this share of its subjects is held out
 
 
 _WORKER: dict = {}
@@ -92,6 +93,20 @@ def process_item(item: datasets.Item) -> tuple[bytes | None, str | None]:
     return schema.encode(rec, compress=opts.compress), None
 
 
+def hold_out(items: list[datasets.Item], fraction: float, seed: int = 0) -> list[datasets.Item]:
+    """A source with no test split gets a subject-independent one: `fraction` of the
+    training subjects (at least one, never all; drawn with `seed`) move to `test`."""
+    subjects = sorted({it.subject for it in items if it.split == "train"})
+    if fraction <= 0 or any(it.split.startswith("test") for it in items) or len(subjects) < 2:
+        return items
+    n = min(len(subjects) - 1, max(1, round(fraction * len(subjects))))
+    test = set(np.random.default_rng(seed).permutation(subjects)[:n].tolist())
+    log.info(f"[prep] the source has no test split: {n} of its {len(subjects)} subjects ({fraction:.0%}, "
+             "--test_fraction) are held out as `test`")
+    return [dataclasses.replace(it, split="test") if it.split == "train" and it.subject in test else it
+            for it in items]
+
+
 def plan(items: list[datasets.Item], records_per_file: int, num_shards: int) -> dict[str, list[list]]:
     """split -> files -> items: M = num_shards * ceil(n / (num_shards * records_per_file))."""
     by_split = defaultdict(list)
@@ -110,9 +125,13 @@ def run(dataset: str, source: str | None, out: str, opts: PrepOptions = PrepOpti
     """Prepares a dataset into `out`; returns the manifest."""
     if not 0 <= shard_index < num_shards:
         raise UserError(f"--shard_index {shard_index} must be in [0, --num_shards {num_shards})")
+    if not 0 <= opts.test_fraction < 1:
+        raise UserError(f"--test_fraction {opts.test_fraction}: must be in [0, 1)")
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise UserError(f"--out {out} is a file, not a directory")
     reader_options = reader_options or {}
     rdr = datasets.reader(dataset, source, **reader_options)
-    items = rdr.items()
+    items = hold_out(rdr.items(), opts.test_fraction)
     files = plan(items, opts.records_per_file, num_shards)
     os.makedirs(out, exist_ok=True)
     todo = [(split, f, its) for split, fl in files.items() for f, its in enumerate(fl)
@@ -164,8 +183,7 @@ def run(dataset: str, source: str | None, out: str, opts: PrepOptions = PrepOpti
             "options": {**dataclasses.asdict(opts), "reader": reader_options},
             "detector": f"dlib HOG frontal detector (upsample {opts.face.upsample}, largest face)",
             "landmark_model": f"dlib {F.LANDMARK_MODEL} (face-recognition-models)",
-            "identity_model": f"dlib {F.IDENTITY_MODEL}" if opts.face.identity else None,
-            "folds": datasets.subject_folds([it.subject for it in items])}
+            "identity_model": f"dlib {F.IDENTITY_MODEL}" if opts.face.identity else None}
     manifest = shards.write_manifest(out, {s: len(fl) for s, fl in files.items()}, info)
     if manifest["complete"] and "train" in manifest["splits"]:
         contact_sheet(out, "train", list(rdr.classes), os.path.join(out, "contact_sheet.png"))

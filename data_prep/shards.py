@@ -65,9 +65,15 @@ def shard_done(out: str, name: str) -> bool:
     return os.path.exists(os.path.join(out, name)) and os.path.exists(stats_path(out, name))
 
 
+def subject_folds(subjects: list[str], k: int = 10) -> dict[str, int]:
+    """Subject-independent k-fold assignment (round-robin over sorted subjects)."""
+    return {s: i % k for i, s in enumerate(sorted(set(subjects)))}
+
+
 def write_manifest(out: str, expected: dict[str, int], info: dict) -> dict:
     """Assembles `manifest.json` from the stats of all finished shards; `complete` says
-    whether every expected shard (split -> file count) is there."""
+    whether every expected shard (split -> file count) is there; `folds` assigns the
+    subjects of the written records (skipped items are no subjects) to 10 folds."""
     classes = info["classes"]
     splits, skipped, missing = {}, collections.Counter(), 0
     for split, count in expected.items():
@@ -87,7 +93,8 @@ def write_manifest(out: str, expected: dict[str, int], info: dict) -> dict:
         splits[split] = {"records": records, "files": count,
                          "per_class": {c: per_class.get(c, 0) for c in classes},
                          "subjects": sorted(subjects), "skipped": dict(split_skipped)}
-    manifest = {"schema_version": SCHEMA_VERSION, **info, "splits": splits,
+    folds = subject_folds([s for v in splits.values() for s in v["subjects"]])
+    manifest = {"schema_version": SCHEMA_VERSION, **info, "splits": splits, "folds": folds,
                 "skipped": dict(skipped), "complete": missing == 0, "missing_shards": missing,
                 "written": time.strftime("%Y-%m-%dT%H:%M:%S")}
     tmp = os.path.join(out, "manifest.json.tmp")

@@ -11,7 +11,7 @@ import argparse
 import logging
 import sys
 
-from fergate.errors import UserError
+from fergate.errors import Interrupted, UserError
 
 LOGGERS = ("fergate", "data_prep")
 
@@ -33,7 +33,7 @@ def _prep(a: argparse.Namespace) -> None:
     opts = prep.PrepOptions(
         face=face.FaceOptions(face_size=a.face_size, color=not a.grey, patch_size=a.patch_size,
                               patches=not a.no_patches, identity=not a.no_identity, upsample=a.upsample),
-        clip_size=a.clip_size, compress=a.compress, records_per_file=a.records_per_file)
+        clip_size=a.clip_size, compress=a.compress, records_per_file=a.records_per_file, test_fraction=a.test_fraction)
     reader_options = {}
     if a.dataset == "sample":
         reader_options = {"size": a.size, "clips": a.clips, "frames": a.frames, "seed": a.seed,
@@ -53,17 +53,24 @@ def _jax_setup(a: argparse.Namespace) -> None:
 
 
 def _builtin_data(cfg) -> None:
-    """With no `data.dir`, the built-in dataset the config names, prepared once in the cache."""
-    if not cfg.data.dir:
-        from data_prep.prep import builtin
+    """With no `data.dir`, the built-in dataset the config (and each earlier stage) names,
+    prepared once in the cache."""
+    from fergate import models
 
-        builtin(cfg.data.dataset, dict(cfg.data.prep_options))
+    for c in (cfg, *models.family(cfg.model).stages(cfg).values()):
+        if not c.data.dir:
+            from data_prep.prep import builtin
+
+            builtin(c.data.dataset, dict(c.data.prep_options))
 
 
 def _train(a: argparse.Namespace, overrides: list[str]) -> None:
     from fergate import config as config_lib
 
     cfg = config_lib.load(a.config, overrides)
+    from fergate.train import program
+
+    program.validate(cfg, a.workdir)  # before data preparation and compilation
     _jax_setup(a)
     _builtin_data(cfg)
     from fergate.train import trainer
@@ -78,23 +85,33 @@ def _eval(a: argparse.Namespace) -> None:
 
     cfg = config_lib.load_workdir(a.workdir)
     _jax_setup(a)
+    _builtin_data(cfg)
+    import jax
+
     from fergate.data import pipeline
     from fergate.train import evaluate, program
     from fergate.train.checkpoint import Checkpointer
 
     ddir = program.data_dir(cfg)
     manifest = pipeline.read_manifest(ddir)
-    program.resolve(cfg, manifest)
-    prog = program.Program(cfg)
+    try:
+        program.resolve(cfg, manifest)
+        prog = program.Program(cfg)
+    except (AttributeError, KeyError) as e:  # a key this fergate reads is not in the saved config
+        key = str(e.args[0] if e.args else e).strip("'\"")
+        raise UserError(f"{a.workdir}/config.json has no {key}: the workdir was written by an older fergate "
+                        "(train it again with this one)") from None
     ckpt = Checkpointer(a.workdir)
     restored = ckpt.restore(prog.abstract_sharded_state())
     if restored is None:
         raise UserError(f"no checkpoint in {ckpt.directory}")
     state, step = restored
     split = a.split or cfg.data.eval_split
-    results = evaluate.evaluate(prog, state, ddir, split, program.class_names(cfg, manifest))
+    results = evaluate.evaluate(prog, state, ddir, split, list(cfg.data.classes))
     results.metrics.update(step=step, split=split)
     out = a.out or a.workdir
+    if jax.process_index() != 0:
+        return
     report = evaluate.write_reports(results, out)
     print(f"[eval] step {step}, {split}: accuracy {report['accuracy']:.4f}, mean class accuracy "
           f"{report['mean_class_accuracy']:.4f} -> {os.path.join(out, 'eval.json')}")
@@ -123,8 +140,18 @@ def _add_jax_args(q: argparse.ArgumentParser) -> None:
     q.add_argument("--distributed", action="store_true", help="jax.distributed with auto-detected peers (TPU, SLURM)")
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("fergate")
+    except PackageNotFoundError:
+        return "(not installed)"
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="fergate", description="Gated multi-modal FER models in JAX.")
+    p.add_argument("--version", action="version", version=f"fergate {_version()}")
     sub = p.add_subparsers(dest="command", required=True)
 
     q = sub.add_parser("prep", help="face pipeline -> ArrayRecord shards + manifest.json")
@@ -135,6 +162,8 @@ def parser() -> argparse.ArgumentParser:
     q.add_argument("--shard_index", type=int, default=0, help="this machine's index")
     q.add_argument("--num_shards", type=int, default=1, help="machines sharing the work")
     q.add_argument("--records_per_file", type=int, default=1024)
+    q.add_argument("--test_fraction", type=float, default=0.2,
+                   help="a source without a test split: hold out this share of its subjects as `test` (0: none)")
     q.add_argument("--face_size", type=int, default=96)
     q.add_argument("--grey", action="store_true", help="store grey faces (default RGB)")
     q.add_argument("--patch_size", type=int, default=30)
@@ -198,6 +227,9 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as e:
         print(f"fergate {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except Interrupted as e:
+        print(f"fergate {args.command}: {e}", file=sys.stderr)
+        return 128 + e.signum
     except KeyboardInterrupt:
         print(f"fergate {args.command}: interrupted", file=sys.stderr)
         return 130

@@ -50,19 +50,22 @@ def confusion_matrix(labels: np.ndarray, pred: np.ndarray, classes: Sequence[str
 
 
 def class_table(values: dict[str, np.ndarray], columns: Sequence[str], title: str, path: str,
-                colorbar_label: str, vmin: float = 0.0, vmax: float = 1.0) -> str:
-    """A class x column table of mean values, numbers in the cells (e.g. the modal gate per class)."""
+                colorbar_label: str, vmin: float = 0.0, vmax: float = 1.0, xlabel: str = "") -> str:
+    """A class x column table of mean values (e.g. the modal gate per class), the numbers
+    written in the cells up to 10 columns."""
     plt = _plt()
     rows = list(values)
     vals = np.array([values[r] for r in rows])
-    fig, ax = plt.subplots(figsize=(2.5 + 1.1 * vals.shape[1], 0.8 + 0.4 * len(rows)))
+    numbers = vals.shape[1] <= 10
+    fig, ax = plt.subplots(figsize=(2.5 + (1.1 if numbers else 0.3) * vals.shape[1], 0.8 + 0.4 * len(rows)))
     im = ax.imshow(vals, cmap="viridis", vmin=vmin, vmax=vmax, aspect="auto")
     for i in range(vals.shape[0]):
-        for j in range(vals.shape[1]):
+        for j in range(vals.shape[1] if numbers else 0):
             ax.text(j, i, f"{vals[i, j]:.3f}", ha="center", va="center",
                     color="white" if vals[i, j] < (vmin + vmax) / 2 else "black", fontsize=8)
-    ax.set_xticks(range(vals.shape[1]), columns)
+    ax.set_xticks(range(vals.shape[1]), columns, rotation=0 if numbers else 90, fontsize=None if numbers else 7)
     ax.set_yticks(range(len(rows)), rows)
+    ax.set_xlabel(xlabel)
     ax.set_ylabel("true class")
     ax.set_title(title, fontsize=10)
     fig.colorbar(im, ax=ax).set_label(colorbar_label)
@@ -75,7 +78,7 @@ def values_on_faces(values: dict[str, np.ndarray], faces: dict[str, np.ndarray],
     the class's mean landmarks (e.g. landmark gates)."""
     plt = _plt()
     cols = len(values)
-    fig, axes = plt.subplots(1, cols, figsize=(2.2 * cols + 1, 2.8), squeeze=False)
+    fig, axes = plt.subplots(1, cols, figsize=(2 * cols, 3.0), squeeze=False, layout="compressed")
     sc = None
     for ax, (c, v) in zip(axes[0], values.items()):
         face = faces[c]
@@ -83,8 +86,9 @@ def values_on_faces(values: dict[str, np.ndarray], faces: dict[str, np.ndarray],
         sc = ax.scatter(points[c][:, 0], points[c][:, 1], c=v, cmap="jet", vmin=vmin, vmax=vmax, s=12)
         ax.set_title(c, fontsize=9)
         ax.axis("off")
-    fig.colorbar(sc, ax=axes[0].tolist(), shrink=0.8).set_label(colorbar_label)
-    fig.suptitle(title, fontsize=10)
+    fig.colorbar(sc, ax=axes[0].tolist(), orientation="horizontal", fraction=0.08, aspect=60,
+                 shrink=0.8).set_label(colorbar_label)
+    fig.suptitle(title, fontsize=10, y=1.06)  # above the panel titles (the saved figure grows to hold it)
     return _save(fig, path)
 
 
@@ -114,4 +118,28 @@ def image_grid(images: np.ndarray, row_labels: Sequence[str], title: str, path: 
     ax.set_xticks([])
     ax.set_xlabel(xlabel, fontsize=8)
     ax.set_title(title, fontsize=10)
+    return _save(fig, path)
+
+
+def training_curves(rows: list[dict], path: str) -> str:
+    """Loss and accuracy against the step: training (mean over each logging interval) and
+    held-out evaluation, from the rows of metrics.jsonl."""
+    plt = _plt()
+    train = [r for r in rows if "loss" in r]
+    held = [r for r in rows if "eval_accuracy" in r]
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 3.6))
+    ax_loss.plot([r["step"] for r in train], [r["loss"] for r in train], label="training loss")
+    ax_loss.set_xlabel("step")
+    ax_loss.set_ylabel("loss")
+    ax_loss.set_title("training loss", fontsize=10)
+    ax_acc.plot([r["step"] for r in train], [r["accuracy"] for r in train], label="training batches")
+    if held:
+        ax_acc.plot([r["step"] for r in held], [r["eval_accuracy"] for r in held], marker="o", label="held-out split")
+        ax_acc.plot([r["step"] for r in held], [r["eval_mean_class_accuracy"] for r in held], marker=".",
+                    linestyle="--", label="held-out, mean class accuracy")
+    ax_acc.set_xlabel("step")
+    ax_acc.set_ylabel("accuracy")
+    ax_acc.set_ylim(0, 1)
+    ax_acc.set_title("accuracy", fontsize=10)
+    ax_acc.legend(fontsize=7)
     return _save(fig, path)

@@ -11,6 +11,7 @@ from fergate.data.landmarks import pairwise_distances
 from fergate.errors import UserError
 from fergate.models import modul as M
 from fergate.models.layers import FaceGates, conv3x3_im2col
+from fergate.train.program import resolve
 
 TABLE_IV = {"distances": 1.77, "patches": 2.79, "joint": 5.76, "joint_modal": 5.82, "distances_rw": 3.20,
             "patches_rw": 3.02, "joint_rw": 6.22, "modul": 6.27}
@@ -18,6 +19,7 @@ TABLE_IV = {"distances": 1.77, "patches": 2.79, "joint": 5.76, "joint_modal": 5.
 
 def _params(variant, landmarks=68):
     cfg = C.load(f"configs/modul.py:variant={variant},landmarks={landmarks}")
+    resolve(cfg, None)  # no data: the 7 basic expressions
     batch = models.family("modul").example_batch(cfg, 2)
     return jax.eval_shape(lambda: models.family("modul").build(cfg).init(jax.random.key(0), batch))["params"]
 
@@ -66,6 +68,7 @@ def test_distance_matrix_matches_eq_1_and_has_finite_gradients():
 
 def test_modal_gate_and_patch_gate_act_on_the_output():
     cfg = C.load("configs/modul.py")
+    resolve(cfg, None)
     model = models.family("modul").build(cfg)
     rng = np.random.default_rng(0)
     batch = models.family("modul").example_batch(cfg, 4)

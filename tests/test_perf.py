@@ -27,12 +27,13 @@ def test_cpu_peak_from_a_busy_machine_is_not_cached(cache, monkeypatch):
     assert perf.peak("float32").flops == 180e9 and "cached" in perf.peak("float32").source
 
 
-def test_a_step_faster_than_the_peak_raises_it(cache, monkeypatch):
-    monkeypatch.setattr(perf, "measure_matmul", lambda dtype: (100e9, 0.95))
+def test_a_step_faster_than_the_peak_has_it_measured_again(cache, monkeypatch):
+    rates = iter([(100e9, 0.95), (120e9, 0.95)])
+    monkeypatch.setattr(perf, "measure_matmul", lambda dtype: next(rates))
     p = perf.peak("float32")
     assert p.mfu(50e9) == pytest.approx(0.5)
-    assert p.mfu(150e9) == pytest.approx(1.0)  # re-measured (100) but the step itself reached 150
-    assert p.flops == 150e9 and list(json.load(open(cache)).values()) == [150e9]
+    assert p.mfu(150e9) == 1.0  # measured again (120); XLA's FLOP count may overstate: capped
+    assert p.flops == 120e9 and list(json.load(open(cache)).values()) == [120e9]
 
 
 def test_accelerators_use_the_datasheet(monkeypatch, cache):
@@ -50,3 +51,19 @@ def test_accelerators_use_the_datasheet(monkeypatch, cache):
 def test_the_real_measurement_reports_the_share_of_cores(cache):
     flops, util = perf.measure_matmul("float32", n=256, rounds=2, reps=2)
     assert flops > 1e8 and 0 < util <= 1.5
+
+
+def test_flops_per_example_do_not_depend_on_the_device_count():
+    """XLA's cost analysis of a partitioned step counts one device's share: scaled back."""
+    import subprocess
+    import sys
+
+    def flops(n):
+        r = subprocess.run([sys.executable, "-m", "fergate", "bench", "--config", "configs/modul.py:variant=distances",
+                            "--batch", "32", "--steps", "1", "--warmup", "0", "--cpu_devices", str(n)],
+                           capture_output=True, text=True)
+        assert r.returncode == 0, r.stderr[-2000:]
+        return json.loads(r.stdout.strip().splitlines()[-1])["flops_per_example"]
+
+    one, two = flops(1), flops(2)
+    assert one < two < 1.2 * one  # two devices: the same work, plus a second copy of the optimizer update

@@ -42,8 +42,9 @@ def messy_folder(tmp_path_factory, photos):
 
 
 def test_bad_input_is_skipped_and_counted(messy_folder, tmp_path):
-    m = prep.run("folder", messy_folder, str(tmp_path), workers=1)
+    m = prep.run("folder", messy_folder, str(tmp_path), prep.PrepOptions(test_fraction=0), workers=1)
     assert m["complete"] and m["classes"] == ["happy", "sad"]
+    assert sorted(m["folds"]) == m["splits"]["train"]["subjects"] == ["deep", "grey", "rgb", "rgba"]  # no skipped file
     assert m["splits"]["train"]["records"] == 4  # rgb, grey, rgba, 16-bit
     assert m["splits"]["train"]["per_class"] == {"happy": 3, "sad": 1}
     assert m["skipped"] == {"not_an_image": 1, "truncated": 1, "no_face": 1, "too_small": 1, "unreadable": 1}

@@ -8,6 +8,10 @@ import os
 
 from fergate.data.schema import SCHEMA_VERSION
 
+#: Bumped when data_prep writes other contents for the same options (a new face template, a
+#: recalibrated sample set), so that cached built-in datasets are prepared again.
+RECIPE = 2
+
 
 def cache_root() -> str:
     return os.environ.get("FERGATE_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "fergate")
@@ -17,4 +21,4 @@ def builtin_dir(dataset: str, options: dict) -> str:
     """The directory a built-in dataset prepared with these `fergate prep` options has in the
     cache (`data_prep.prep.builtin` prepares it; training only reads it)."""
     tag = "-".join(f"{k}{v}" for k, v in sorted(options.items()))
-    return os.path.join(cache_root(), f"{dataset}-v{SCHEMA_VERSION}" + (f"-{tag}" if tag else ""))
+    return os.path.join(cache_root(), f"{dataset}-v{SCHEMA_VERSION}.{RECIPE}" + (f"-{tag}" if tag else ""))

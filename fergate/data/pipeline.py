@@ -320,10 +320,7 @@ def make_dataset(data_dir: str, split: str, fields: Sequence[str], batch_size: i
     sampler = EpochSampler(labels, seed, shuffle=train, balance=balance and train,
                            num_epochs=num_epochs if train else 1,
                            pad_to=1 if train else batch_size * process_count)
-    ds = grain.MapDataset.source(sampler)
-    if process_count > 1:
-        ds = ds.slice(slice(process_index, None, process_count))
-    ds = ds.map(Load(files, fields, label_field, label_map, with_index=not train))
+    ds = grain.MapDataset.source(sampler).map(Load(files, fields, label_field, label_map, with_index=not train))
     n_random = 0
     for t in transforms:
         if isinstance(t, grain.transforms.RandomMap):
@@ -334,6 +331,8 @@ def make_dataset(data_dir: str, split: str, fields: Sequence[str], batch_size: i
             ds = ds.map(t)
     if keep is not None:
         ds = ds.map(Select((*keep, "label", "mask", "index")))
+    if process_count > 1:  # after the random maps, which draw by global element index: any process count sees
+        ds = ds.slice(slice(process_index, None, process_count))  # the same augmentations (the map is lazy)
     ds = ds.batch(batch_size, drop_remainder=True)
     ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=read_threads, prefetch_buffer_size=max(8, 2 * batch_size)))
     if workers > 0:

@@ -25,7 +25,8 @@ Optional (defaults in this module):
         Fills config fields that depend on the data (e.g. the number of training subjects)
         before anything is built; the manifest is None when there is no data (a benchmark).
     loss(config, outputs, batch) -> (loss, {name: scalar})
-        Default: softmax cross-entropy over the unmasked examples plus outputs["losses"].
+        Default: softmax cross-entropy over the unmasked examples plus outputs["losses"] (a
+        family's own loss adds those itself); the trainer adds accuracy, lr and grad_norm.
     transforms(config, train) -> [grain transform]
         The family's input transforms, in order: `grain.transforms.RandomMap`s (augmentations,
         training only, seeded per example) and `Map`s. Flip rules per field live in
@@ -41,8 +42,9 @@ Optional (defaults in this module):
         --compare`. Default: none (a UserError).
     stages(config) -> {name: config}
         Earlier training stages this config needs, each trained into W/pretrain/NAME before
-        it (unless finished), its parameters then loaded through `config.init`. Default:
-        the stages listed in `config.pretrain` (`fergate.config.pretrain_stages`).
+        it (unless finished) when `config.init.params_from` names "pretrain"; the subtrees
+        `config.init.params` are then loaded from them. Default: the stages listed in
+        `config.pretrain` (`fergate.config.pretrain_stages`).
 """
 
 from __future__ import annotations
@@ -61,7 +63,8 @@ import optax
 from fergate import config as config_lib
 from fergate.errors import UserError
 
-#: The families fergate ships (`config.model`); any importable module following the contract works too.
+#: The families fergate ships (`config.model`); a new fergate/models/<name>.py, or any importable
+#: module following the contract, works too.
 FAMILIES = ("modul", "thin")
 
 
@@ -102,6 +105,20 @@ def cross_entropy(config, outputs: dict, batch: dict) -> tuple[jax.Array, dict]:
 def masked_mean(x: jax.Array, mask: jax.Array) -> jax.Array:
     """Mean of per-example values over the examples with mask 1 (padding has mask 0)."""
     return jnp.sum(x * mask) / jnp.maximum(jnp.sum(mask), 1.0)
+
+
+def num_classes_from_data(config, section: str, without_data: int) -> None:
+    """`config.<section>.num_classes` from the data's classes (`config.data.classes`, filled
+    from the manifest): 0 takes their number; a number fixed in the config that differs is
+    refused, naming both. Without data (a benchmark), 0 becomes `without_data`."""
+    sec, classes = config[section], tuple(config.data.classes)
+    if not classes:
+        sec.num_classes = sec.num_classes or without_data
+    elif sec.num_classes and sec.num_classes != len(classes):
+        raise UserError(f"config {section}.num_classes={sec.num_classes} but the data has {len(classes)} classes "
+                        f"({', '.join(classes)}); leave it at 0 to take the data's")
+    else:
+        sec.num_classes = len(classes)
 
 
 def random_batch(inputs: dict, n: int) -> dict[str, np.ndarray]:
@@ -162,12 +179,11 @@ class Family:
 
 def family(name: str) -> Family:
     """The family `config.model` names: fergate/models/<name>.py, else the module `name`."""
-    if name in FAMILIES:
-        return Family(importlib.import_module(f"fergate.models.{name}"))
-    try:
-        return Family(importlib.import_module(name))
-    except ImportError as e:
-        if e.name and name.startswith(e.name):
-            raise UserError(f"unknown model family {name!r}; fergate has {', '.join(FAMILIES)}, or name an "
-                            "importable module that follows the contract of fergate.models") from None
-        raise
+    for module in (f"fergate.models.{name}", name):
+        try:
+            return Family(importlib.import_module(module))
+        except ModuleNotFoundError as e:
+            if not (e.name and module.startswith(e.name)):
+                raise  # the family exists but imports something missing
+    raise UserError(f"unknown model family {name!r}; fergate has {', '.join(FAMILIES)}, or name an importable "
+                    "module that follows the contract of fergate.models")

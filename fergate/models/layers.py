@@ -172,7 +172,7 @@ class MLPClassifier(nn.Module):
 
 class LoopExperts(Experts):
     """The same L experts applied one by one in a Python loop: only for parity tests and
-    for measuring what the batched `Experts` saves (`thin.experts=loop`)."""
+    for measuring what the batched `Experts` saves (`configs/thin.py:experts=loop`)."""
 
     @nn.compact
     def __call__(self, x):

@@ -19,7 +19,7 @@ import numpy as np
 from fergate import plots
 from fergate.data import pipeline
 from fergate.data.landmarks import INTRAFACE_49
-from fergate.models import Results, random_batch
+from fergate.models import Results, num_classes_from_data, random_batch
 from fergate.models.layers import MLP, ConvPool, FaceGates
 
 VARIANTS = {  # name: (distance branch, patch branch, landmark gates, modal gate)
@@ -100,6 +100,14 @@ def build(config) -> MoDuL:
     return MoDuL(variant=config.variant, dtype=jnp.dtype(config.train.dtype), **config.modul)
 
 
+#: classes without data (a benchmark): the 7 basic expressions
+BENCH_CLASSES = 7
+
+
+def resolve(config, manifest: dict | None) -> None:
+    num_classes_from_data(config, "modul", BENCH_CLASSES)
+
+
 def inputs(config) -> dict:
     s, p = config.input.face_size, config.input.patch_size
     return {"landmarks": ((68, 2), np.float32), "iod": ((), np.float32), "patches": ((68, p, p), np.uint8),
@@ -147,5 +155,5 @@ def reports(results: Results, outdir: str) -> dict:
                 plots.values_on_faces(means, faces, {c: p[idx] for c, p in points.items()},
                                       f"MoDuL {branch}-branch landmark gate: mean per class on the mean face (Fig. 3)",
                                       os.path.join(outdir, f"{name}.png"),
-                                      "mean gate value (1 = unweighted)", vmin=0.0, vmax=2.0)
+                                      "mean gate: 0 ignores the landmark, 1 keeps it, 2 doubles it", vmin=0.0, vmax=2.0)
     return {}

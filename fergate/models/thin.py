@@ -24,7 +24,7 @@ import numpy as np
 from fergate import plots
 from fergate.data import pipeline
 from fergate.errors import UserError
-from fergate.models import Results
+from fergate.models import Results, num_classes_from_data
 from fergate.models.layers import Experts, LoopExperts, MLPClassifier, TreeGate, max_pool2
 
 VARIANTS = ("baseline", "ensemble", "tree_gated", "exo_tree_gated", "oracle", "thin", "exo")
@@ -136,18 +136,22 @@ def build(config) -> THIN:
     return THIN(variant=config.variant, dtype=jnp.dtype(config.train.dtype), **config.thin)
 
 
-#: training subjects assumed when there is no data to count them (`fergate bench`)
-BENCH_SUBJECTS = 100
+#: training subjects and classes assumed when there is no data to count them (`fergate bench`)
+BENCH_SUBJECTS, BENCH_CLASSES = 100, 7
 
 
 def resolve(config, manifest: dict | None) -> None:
     """FER: the exogenous classifier c_sigma predicts the training subjects; stage 1 on a
-    synthetic task reports its exogenous bins by number."""
+    synthetic task reports its exogenous bins by number. The classes come from the data
+    (stage 1: the exogenous label's)."""
     t = config.thin
     subjects = len(manifest["splits"][config.data.train_split]["subjects"]) if manifest else BENCH_SUBJECTS
     t.exo_classes = tuple(k or subjects for k in t.exo_classes)
-    if config.variant == "exo" and config.data.label_field not in ("label", "subject"):
-        config.data.classes = tuple(f"{config.data.label_field}={i}" for i in range(t.exo_classes[0]))
+    if config.variant == "exo":
+        if config.data.label_field not in ("label", "subject"):
+            config.data.classes = tuple(f"{config.data.label_field}={i}" for i in range(t.exo_classes[0]))
+        return  # stage 1 predicts the exogenous label with c_sigma
+    num_classes_from_data(config, "thin", BENCH_CLASSES)
 
 
 def inputs(config) -> dict:
@@ -180,6 +184,11 @@ def reports(results: Results, outdir: str) -> dict:
     out = {}
     if "gate" in results.introspect:
         gate = results.introspect["gate"]  # (N, L)
+        means = results.class_means("gate")
+        plots.class_table(means, [str(i) for i in range(gate.shape[1])],
+                          "THIN tree gate: mean weight of each expert per class", os.path.join(outdir, "gate.png"),
+                          "mean gate weight (each row sums to 1)", vmax=max(float(v.max()) for v in means.values()),
+                          xlabel="expert")
         top = np.argsort(-gate, axis=0, kind="stable")[:TOP_INPUTS].T  # (L, k) example positions
         field = results.config.thin.image_field
         images = results.read(results.index[top.ravel()], (field,))[field]

@@ -59,7 +59,7 @@ class _Timed:
             "model": f"{c.model}/{c.variant}", "mode": "infer" if self.infer else "train",
             "params": self.prog.n_params(), "batch": b, "examples_per_sec": round(b / med, 2),
             "step_ms": round(1e3 * med, 3), "compile_s": round(self.compile_s, 3),
-            "flops_per_example": int(flops / b) if flops else None,
+            "flops_per_example": int(flops * jax.process_count() / b) if flops else None,
             "mfu": round(peak.mfu(flops / med), 4) if flops else None,
             "peak_gflops": round(peak.flops / 1e9, 1), "peak_source": peak.source,
             "backend": jax.default_backend(), "devices": jax.device_count(), "dtype": c.train.dtype,

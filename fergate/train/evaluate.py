@@ -50,16 +50,17 @@ def classification_metrics(logits: np.ndarray, labels: np.ndarray, classes: list
     with warnings.catch_warnings():  # classes predicted but absent from the split are expected
         warnings.simplefilter("ignore")
         balanced = balanced_accuracy_score(labels, pred)
-    probs = np.exp(logits - logits.max(-1, keepdims=True))
-    probs /= probs.sum(-1, keepdims=True)
-    scores = probs[:, 1] if k == 2 else probs  # scikit-learn takes the positive class's score for two
+    def top(t: int) -> float:
+        if t == 1 or t >= k:  # scikit-learn reads two classes as binary scores: top-1 is the accuracy
+            return float((pred == labels).mean()) if t == 1 else 1.0
+        return float(top_k_accuracy_score(labels, logits, k=t, labels=list(range(k))))
+
     return {
         "examples": int(len(labels)),
         "accuracy": float((pred == labels).mean()),
         "mean_class_accuracy": float(balanced),
         "per_class_accuracy": {c: (None if np.isnan(a) else float(a)) for c, a in zip(classes, per_class)},
-        "top_k": {str(t): 1.0 if t == k else float(top_k_accuracy_score(labels, scores, k=t, labels=list(range(k))))
-                  for t in top_k if t <= k},
+        "top_k": {str(t): top(t) for t in top_k if t <= k},
         "confusion_matrix": conf.tolist(),
         "classes": list(classes),
     }

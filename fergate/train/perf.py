@@ -2,15 +2,17 @@
 peak that says what it is.
 
 - GPU / TPU: the datasheet's dense peak of the device kind for the compute dtype
-  (`DATASHEET`; float32 matmuls run as TF32 on NVIDIA and as bfloat16 passes on TPU by
-  JAX's default precision, so they get those peaks), times the local devices.
-- CPU (and an accelerator not in the table): the best rate of jit-compiled 2048 x 2048
-  matmuls of the compute dtype, measured here. A measurement is cached
-  (`FERGATE_CACHE/peak.json`) only when the machine was idle, i.e. when the matmul's
-  threads got the cores (process CPU time >= 80% of wall time x cores): on a busy machine
-  a peak reads low and MFU high. A step that beats the peak raises it (re-measured, and
-  the step's own rate is a lower bound of what the machine reaches). Emulated CPU devices
-  share the machine's cores, so the CPU peak is the machine's, whatever their number.
+  (`DATASHEET`; float32 matmuls run as TF32 on NVIDIA and as bfloat16 passes on TPU at
+  JAX's default matmul precision, so they get those peaks), times the local devices.
+- CPU: the best rate of jit-compiled 2048 x 2048 matmuls of the compute dtype, measured
+  here. It is cached (`FERGATE_CACHE/peak.json`) only when the machine was idle, i.e. when
+  the matmul's threads got the cores (process CPU time >= 80% of wall time x the cores this
+  process may use): on a busy machine a peak reads low and MFU high. A step faster than the
+  peak has it measured again (the better figure is kept, the cache only raised by a
+  measurement); MFU is capped at 1, since XLA's FLOP count can overstate a step's work.
+  Emulated CPU devices share the machine's cores, so the CPU peak is the machine's.
+- An accelerator (or dtype) not in the table: the matmul rate of one device, measured and
+  cached, times the local devices.
 """
 
 from __future__ import annotations
@@ -41,7 +43,7 @@ DATASHEET: dict[str, dict[str, float]] = {
     "NVIDIA H200": {"bfloat16": 989e12, "float32": 495e12},
     "NVIDIA A100": {"bfloat16": 312e12, "float32": 156e12},
     "NVIDIA L4": {"bfloat16": 121e12, "float32": 60e12},
-    "Tesla V100": {"bfloat16": 125e12, "float32": 15.7e12},
+    "Tesla V100": {"float16": 125e12, "float32": 15.7e12},  # no bfloat16 units: measured instead
 }
 #: A measurement is cached only if the matmul's threads had the cores to themselves.
 IDLE_UTILISATION = 0.8
@@ -55,33 +57,42 @@ class Peak:
     measured: bool = False  #: a matmul rate of this machine (raised when a step beats it)
 
     def mfu(self, achieved: float) -> float:
-        """achieved / peak; a measured peak that the achieved rate beats is raised first."""
+        """achieved / peak, at most 1; a measured peak that the achieved rate beats is
+        measured again first (and cached if the machine is idle now)."""
         if achieved > self.flops and self.measured:
-            self.flops = max(achieved, measure_matmul(self.dtype)[0])
-            _store(_key(self.dtype), self.flops)
-            log.info(f"[perf] a step beat the measured peak: raised to {self.flops / 1e9:.1f} GFLOP/s")
-        return achieved / self.flops
+            flops, util = measure_matmul(self.dtype)
+            if flops > self.flops:
+                self.flops = flops
+                if util >= IDLE_UTILISATION:
+                    _store(_key(self.dtype), flops)
+                log.info(f"[perf] a step beat the measured peak: measured again, {flops / 1e9:.1f} GFLOP/s")
+        return min(1.0, achieved / self.flops)
 
 
 def compiled_flops(compiled) -> float | None:
-    """FLOPs of one call of a compiled function (XLA cost analysis), None if unavailable."""
+    """FLOPs of one call of a compiled function on all this process's devices, None if
+    unavailable. XLA's cost analysis of a partitioned (SPMD) program counts one device's
+    share (measured: MoDuL's step on 4 emulated devices reports a quarter of one device's
+    figure, plus its copy of the replicated optimizer update), so it is scaled by them."""
     try:
         cost = compiled.cost_analysis()
     except Exception:  # noqa: BLE001 - some backends do not implement it
         return None
     if isinstance(cost, (list, tuple)):
         cost = cost[0] if cost else None
-    return float(cost["flops"]) if cost and cost.get("flops") else None
+    return float(cost["flops"]) * jax.local_device_count() if cost and cost.get("flops") else None
 
 
 def peak(dtype: str = "float32") -> Peak:
     """The peak MFU is measured against, for the default backend and compute `dtype`."""
-    dev = jax.local_devices()[0]
+    dev, n = jax.local_devices()[0], jax.local_device_count()
     if dev.platform != "cpu":
         for prefix in sorted(DATASHEET, key=len, reverse=True):
-            if dev.device_kind.startswith(prefix):
-                n = jax.local_device_count()
+            if dev.device_kind.startswith(prefix) and dtype in DATASHEET[prefix]:
                 return Peak(DATASHEET[prefix][dtype] * n, f"datasheet: {prefix} dense {dtype} x {n} devices", dtype)
+        # not in the table: one device's matmul rate (the CPU's load does not slow it) x the devices
+        flops = _cache().get(_key(dtype)) or _store(_key(dtype), measure_matmul(dtype)[0])
+        return Peak(flops * n, f"measured: best {dtype} 2048^3 matmul on one {dev.device_kind} x {n} devices", dtype)
     what = f"measured: best {dtype} 2048^3 matmul on this machine"
     cached = _cache().get(_key(dtype))
     if cached:
@@ -106,7 +117,7 @@ def measure_matmul(dtype: str = "float32", n: int = 2048, rounds: int = 5, reps:
             f(x).block_until_ready()
         wall, cpu = time.perf_counter() - t, time.process_time() - c
         if wall / reps < best:
-            best, util = wall / reps, cpu / (wall * (os.cpu_count() or 1))
+            best, util = wall / reps, cpu / (wall * len(os.sched_getaffinity(0)))
     return 2 * n**3 / best, util
 
 
@@ -127,8 +138,8 @@ def _cache() -> dict:
         return {}
 
 
-def _store(key: str, flops: float) -> None:
-    """Keeps the best figure ever measured for `key`."""
+def _store(key: str, flops: float) -> float:
+    """Keeps the best figure ever measured for `key`; returns `flops`."""
     cached = _cache()
     cached[key] = max(flops, cached.get(key, 0.0))
     try:
@@ -138,3 +149,4 @@ def _store(key: str, flops: float) -> None:
         os.replace(_path() + ".tmp", _path())
     except OSError:
         pass
+    return flops

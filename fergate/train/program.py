@@ -71,10 +71,46 @@ def data_dir(config) -> str:
     return out
 
 
+def validate(config, workdir: str | None = None) -> None:
+    """Checks of the config and the workdir that need no data: run before preparing data or
+    compiling, so that a mistake costs nothing."""
+    c = config.train
+    for key, value, least in (("train.steps", c.steps, 1), ("input.batch_size", config.input.batch_size, 1),
+                              ("eval.batch_size", config.eval.batch_size, 1), ("train.log_every", c.log_every, 1),
+                              ("train.ckpt_every", c.ckpt_every, 1), ("train.keep", c.keep, 1),
+                              ("train.eval_every", c.eval_every, -1),
+                              ("optim.decay_steps", config.optim.decay_steps, 0)):
+        if value < least:
+            raise UserError(f"config {key}={value}: must be at least {least}")
+    if c.profile_steps and (len(c.profile_steps) != 2 or not 1 <= c.profile_steps[0] <= c.profile_steps[1]):
+        raise UserError(f"config train.profile_steps={tuple(c.profile_steps)}: expected A,B with 1 <= A <= B")
+    if workdir is not None:
+        if os.path.exists(workdir) and not os.path.isdir(workdir):
+            raise UserError(f"--workdir {workdir} is a file, not a directory")
+        parent = os.path.abspath(workdir)
+        while not os.path.exists(parent):
+            parent = os.path.dirname(parent)
+        if not os.access(parent, os.W_OK):
+            raise UserError(f"--workdir {workdir}: {parent} is not writable")
+
+
 def resolve(config, manifest: dict | None) -> None:
-    """Lets the model family fill config fields that depend on the data, before anything is
-    built; None: no data (a benchmark)."""
+    """Fills the config fields that depend on the data, before anything is built (None: no
+    data, a benchmark): `data.classes` from the manifest (a config that names other classes
+    is refused), then whatever the model family derives (e.g. its number of outputs)."""
     with config.unlocked():
+        if manifest is not None:
+            for split in {config.data.train_split, config.data.eval_split}:
+                if split not in manifest["splits"]:
+                    raise UserError(
+                        f"split {split!r} is not in the data (it has {', '.join(sorted(manifest['splits']))}): "
+                        "prepare a held-out split with `fergate prep ... --test_fraction 0.2`, or evaluate on "
+                        f"another one with --config.data.eval_split={config.data.train_split}")
+            names = class_names(config, manifest)
+            if config.data.classes and names and tuple(config.data.classes) != tuple(names):
+                raise UserError(f"config data.classes={', '.join(config.data.classes)} but the data has "
+                                f"{', '.join(names)}")
+            config.data.classes = tuple(config.data.classes or names)
         models.family(config.model).resolve(config, manifest)
 
 
@@ -86,13 +122,14 @@ def label_map(config, manifest: dict | None) -> dict | None:
 
 
 def class_names(config, manifest: dict) -> list[str]:
-    """Names of the trained labels: those a model family set in `data.classes` (e.g.
-    exogenous bins), the training subjects, or the dataset's classes."""
-    if config.data.classes:
-        return list(config.data.classes)
+    """Names of the labels `data.label_field` holds: the dataset's classes, the training
+    subjects, or none known (a family's own labels, e.g. exogenous bins: its `resolve`
+    names them)."""
+    if config.data.label_field == "label":
+        return list(manifest["classes"])
     if config.data.label_field == "subject":
         return list(manifest["splits"][config.data.train_split]["subjects"])
-    return list(manifest["classes"])
+    return []
 
 
 def input_pipeline(config, data_dir: str, split: str, *, train: bool,
@@ -111,25 +148,41 @@ def input_pipeline(config, data_dir: str, split: str, *, train: bool,
 
 
 def record_reader(config, data_dir: str, split: str, manifest: dict | None = None) -> Callable:
-    """read(indices, fields) -> those records of `split` as the model sees them in evaluation."""
-    transforms = models.family(config.model).transforms(config, False)
+    """read(indices, fields) -> those records of `split` as the model sees them in evaluation:
+    the model's inputs after the family's transforms, or other record fields as stored."""
+    fam = models.family(config.model)
+    transforms, inputs, needed = fam.transforms(config, False), fam.inputs(config), fam.record_fields(config)
 
     def read(indices, fields: tuple[str, ...]) -> dict[str, np.ndarray]:
-        return pipeline.read_records(data_dir, split, indices, fields, transforms, config.data.label_field,
+        load = tuple(dict.fromkeys([*needed, *(f for f in fields if f not in inputs)]))
+        recs = pipeline.read_records(data_dir, split, indices, load, transforms, config.data.label_field,
                                      label_map(config, manifest))
+        return {f: recs[f] for f in fields}
 
     return read
 
 
 # ----------------------------------------------------------------------------- optimizer
+def decay_horizon(config) -> int:
+    """The step at which the learning rate reaches `optim.end_lr`: `optim.decay_steps`, or
+    `train.steps` when 0."""
+    return config.optim.decay_steps or config.train.steps
+
+
 def make_optimizer(config) -> tuple[optax.GradientTransformation, optax.Schedule]:
-    """Adam(W) or SGD with momentum, polynomial decay (power `decay_power`) after an optional
-    linear warm-up, optional global-norm clipping; the `optim.frozen` parameter subtrees
-    (pretrained parts) get no update and no optimizer state."""
-    o, steps = config.optim, config.train.steps
+    """Adam(W) or SGD with momentum, polynomial decay (power `decay_power`) over
+    `decay_horizon` after an optional linear warm-up, optional global-norm clipping; the
+    `optim.frozen` parameter subtrees (pretrained parts) get no update and no optimizer state."""
+    o, steps = config.optim, decay_horizon(config)
     decay = optax.polynomial_schedule(o.lr, o.end_lr, o.decay_power, max(1, steps - o.warmup_steps))
-    schedule = decay if not o.warmup_steps else optax.join_schedules(
+    warm_decay = decay if not o.warmup_steps else optax.join_schedules(
         [optax.linear_schedule(0.0, o.lr, o.warmup_steps), decay], [o.warmup_steps])
+
+    def schedule(count):
+        # past the horizon optax computes (1 - t/T)^p with t/T a hair above 1 on XLA:CPU (a
+        # reciprocal multiply): a negative base, so NaN for a fractional power. end_lr it is.
+        return jnp.where(count >= steps, jnp.float32(o.end_lr), warm_decay(count))
+
     if o.name == "adam":
         opt = optax.adamw(schedule, o.b1, o.b2, o.eps, weight_decay=o.weight_decay) if o.weight_decay \
             else optax.adam(schedule, o.b1, o.b2, o.eps)

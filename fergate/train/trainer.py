@@ -9,35 +9,41 @@ built from the config through `fergate.train.program`.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
 import os
+import signal
+import threading
 import time
 
 import jax
 import numpy as np
+from jax.experimental import multihost_utils
 
 from fergate import config as config_lib
+from fergate import plots
 from fergate.data import pipeline
-from fergate.errors import UserError
+from fergate.errors import Interrupted, UserError
 from fergate.train import evaluate, perf
 from fergate.train.checkpoint import Checkpointer
 from fergate.train.program import (
     Program,
     TrainState,
-    class_names,
     data_dir,
+    decay_horizon,
     global_batch,
     input_pipeline,
     resolve,
+    validate,
 )
 
 log = logging.getLogger(__name__)
 
 #: Config keys that may change between a run and its resumption (they leave the state alone).
-RESUMABLE_CHANGES = ("train.steps", "train.log_every", "train.ckpt_every", "train.eval_every", "train.keep",
-                     "train.profile_steps", "data.workers", "eval.batch_size", "eval.top_k")
+RESUMABLE_CHANGES = ("train.steps", "optim.decay_steps", "train.log_every", "train.ckpt_every", "train.eval_every",
+                     "train.keep", "train.profile_steps", "data.workers", "eval.batch_size", "eval.top_k")
 
 
 class TrainingDiverged(UserError):
@@ -46,14 +52,16 @@ class TrainingDiverged(UserError):
 
 def train(config, workdir: str) -> dict:
     """Trains (resuming from the newest checkpoint in `workdir`), then evaluates; returns
-    the evaluation report (eval.json)."""
+    the evaluation report (eval.json). SIGINT / SIGTERM save a checkpoint at the current
+    step and raise `Interrupted`; running again resumes there."""
     c = config.train
+    validate(config, workdir)
     # data: the family fills what depends on it before anything is built
     ddir = data_dir(config)
     manifest = pipeline.read_manifest(ddir)
     resolve(config, manifest)
     check_workdir_config(workdir, config)
-    classes = class_names(config, manifest)
+    classes = list(config.data.classes)
     prog = Program(config)
     it = iter(input_pipeline(config, ddir, config.data.train_split, train=True, manifest=manifest))
 
@@ -61,6 +69,7 @@ def train(config, workdir: str) -> dict:
     ckpt = Checkpointer(workdir, keep=c.keep)
     restored = ckpt.restore(prog.abstract_sharded_state(), it)
     if restored is None:
+        log.info(f"[train] no checkpoint in {ckpt.directory}: starting fresh")
         state, start = load_earlier_stages(prog, prog.new_state(), workdir), 0
         log.info(f"[train] {config.model}/{config.variant}: {prog.n_params():,} parameters, {jax.device_count()} "
                  f"devices ({jax.default_backend()}), global batch {config.input.batch_size}, data {ddir}")
@@ -68,62 +77,138 @@ def train(config, workdir: str) -> dict:
         state, start = restored
         log.info(f"[train] resumed from step {start} ({ckpt.directory})")
 
+    if prog.num_classes != len(classes):
+        raise UserError(f"the model has {prog.num_classes} outputs but the data {len(classes)} classes "
+                        f"({', '.join(classes[:8])}{', ...' if len(classes) > 8 else ''})")
+
     # compile once; FLOPs for MFU from the compiled step
     compiled = prog.train_step.lower(state, prog.example).compile()
     flops, peak = perf.compiled_flops(compiled), perf.peak(c.dtype)
-    writer = MetricsWriter(workdir)
+    writer = MetricsWriter(workdir, start)
     profile = Profile(c.profile_steps, workdir)
+    eval_every = c.eval_every if c.eval_every >= 0 else max(1, c.steps // 10)
+
+    def evaluate_now(step: int) -> dict:
+        m = evaluate.evaluate(prog, state, ddir, config.data.eval_split, classes).metrics
+        writer.write(step, {f"eval_{k}": m[k] for k in ("accuracy", "mean_class_accuracy")})
+        log.info(f"[eval] step {step}: {config.data.eval_split} accuracy {m['accuracy']:.3f}, "
+                 f"mean class {m['mean_class_accuracy']:.3f}")
+        return m
 
     # loop
     pending, t_last, step_last, t0 = [], None, start, time.time()
     step = start
     try:
-        for step in range(start + 1, c.steps + 1):
-            batch = global_batch(next(it), prog.batch_sharding)
-            with profile.step(step):
-                state, metrics = compiled(state, batch)
-            pending.append(metrics)
-            if t_last is None:  # time from the end of the first step: compile and warm-up excluded
-                jax.block_until_ready(metrics)
-                t_last, step_last = time.time(), step
-            do_ckpt = step % c.ckpt_every == 0 or step == c.steps
-            if step % c.log_every == 0 or do_ckpt:
-                row = {k: float(np.mean([jax.device_get(p[k]) for p in pending])) for k in pending[0]}
-                pending = []
-                if not all(math.isfinite(v) for v in row.values()):
-                    last = ckpt.steps()
-                    raise TrainingDiverged(
-                        f"loss became {row['loss']} by step {step}; stopped, last good checkpoint: "
-                        f"{f'step {last[0]} in {ckpt.directory}' if last else 'none'} (lower optim.lr?)")
-                now = time.time()
-                if step > step_last:
-                    sps = (step - step_last) / (now - t_last)
-                    row.update(steps_per_sec=sps, examples_per_sec=sps * config.input.batch_size,
-                               mfu=peak.mfu(sps * flops) if flops else None)
-                    t_last, step_last = now, step
-                writer.write(step, row)
-                eta = (c.steps - step) / row["steps_per_sec"] if "steps_per_sec" in row else 0
-                log.info(f"[train] step {step}/{c.steps} loss {row['loss']:.4f} acc {row['accuracy']:.3f} "
-                         f"lr {row['lr']:.2e} | {row.get('steps_per_sec', 0):.1f} steps/s "
-                         f"{row.get('examples_per_sec', 0):.0f} ex/s | ETA {_hms(eta)}")
-            if do_ckpt:
-                ckpt.save(step, state, it)
-            if c.eval_every and step % c.eval_every == 0 and step != c.steps:
-                m = evaluate.evaluate(prog, state, ddir, config.data.eval_split, classes).metrics
-                writer.write(step, {f"eval_{k}": m[k] for k in ("accuracy", "mean_class_accuracy")})
-                log.info(f"[eval] step {step}: accuracy {m['accuracy']:.3f}, mean class {m['mean_class_accuracy']:.3f}")
+        with Preemption() as preemption:
+            for step in range(start + 1, c.steps + 1):
+                batch = global_batch(next(it), prog.batch_sharding)
+                if step == start + 1:
+                    check_batch(batch, prog.example)
+                with profile.step(step):
+                    state, metrics = compiled(state, batch)
+                profile.after(step, metrics)
+                pending.append(metrics)
+                if t_last is None:  # time from the end of the first step: compile and warm-up excluded
+                    jax.block_until_ready(metrics)
+                    t_last, step_last = time.time(), step
+                stop = preemption.reached(step)
+                do_ckpt = step % c.ckpt_every == 0 or step == c.steps or stop
+                if step % c.log_every == 0 or do_ckpt:
+                    row = {k: float(np.mean([jax.device_get(p[k]) for p in pending])) for k in pending[0]}
+                    pending = []
+                    bad = {k: v for k, v in row.items() if not math.isfinite(v)}
+                    if bad:
+                        last = ckpt.steps()
+                        raise TrainingDiverged(
+                            f"{', '.join(f'{k} became {v}' for k, v in bad.items())} by step {step}; stopped, last "
+                            f"good checkpoint: {f'step {last[0]} in {ckpt.directory}' if last else 'none'} "
+                            "(lower optim.lr?)")
+                    now = time.time()
+                    if step > step_last:
+                        sps = (step - step_last) / (now - t_last)
+                        row.update(steps_per_sec=sps, examples_per_sec=sps * config.input.batch_size,
+                                   mfu=peak.mfu(sps * flops) if flops else None)
+                        t_last, step_last = now, step
+                    writer.write(step, row)
+                    eta = (c.steps - step) / row["steps_per_sec"] if "steps_per_sec" in row else 0
+                    log.info(f"[train] step {step}/{c.steps} loss {row['loss']:.4f} acc {row['accuracy']:.3f} "
+                             f"lr {row['lr']:.2e} | {row.get('steps_per_sec', 0):.1f} steps/s "
+                             f"{row.get('examples_per_sec', 0):.0f} ex/s | ETA {_hms(eta)}")
+                if do_ckpt:
+                    ckpt.save(step, state, it)
+                if stop:
+                    ckpt.close()
+                    raise Interrupted(f"{preemption.name} at step {step}: checkpoint saved in {ckpt.directory}; "
+                                      "run the same command again to resume", preemption.signum)
+                if eval_every and step % eval_every == 0 and step != c.steps:
+                    evaluate_now(step)
     finally:
         profile.close()
         ckpt.close()
-    log.info(f"[train] done: {step} steps in {_hms(time.time() - t0)}")
+    log.info(f"[train] done: {step - start} steps run here (step {step} of {c.steps}) in {_hms(time.time() - t0)}")
 
     # final evaluation, reports by process 0
     results = evaluate.evaluate(prog, state, ddir, config.data.eval_split, classes)
     results.metrics.update(step=step, split=config.data.eval_split)
+    writer.write(step, {f"eval_{k}": results.metrics[k] for k in ("accuracy", "mean_class_accuracy")})
+    writer.close()
     report = evaluate.write_reports(results, workdir) if jax.process_index() == 0 else results.metrics
     log.info(f"[eval] {config.data.eval_split}: accuracy {report['accuracy']:.3f}, "
              f"mean class accuracy {report['mean_class_accuracy']:.3f} -> {os.path.join(workdir, 'eval.json')}")
     return report
+
+
+def check_batch(batch: dict, example: dict) -> None:
+    """The pipeline's batches have the fields, shapes and dtypes the step was compiled for
+    (the family's `inputs` and `example_batch`): a mismatch is named, not an XLA error."""
+    for k in sorted(set(batch) | set(example)):
+        got, want = batch.get(k), example.get(k)
+        if got is None or want is None or got.shape != want.shape or got.dtype != want.dtype:
+            def show(x):
+                return "missing" if x is None else f"{x.dtype}{list(x.shape)}"
+
+            raise UserError(f"input field {k!r}: the pipeline gives {show(got)}, the model was built for "
+                            f"{show(want)} (the family's inputs / transforms / example_batch disagree)")
+
+
+class Preemption:
+    """SIGINT and SIGTERM (Ctrl-C; what SLURM and cloud preemption send) during the loop: the
+    step in flight finishes, a checkpoint is saved, the run stops (exit 130 / 143). With
+    several processes, JAX's preemption service makes every process stop at the same step
+    (SIGINT is turned into SIGTERM for it), so that the save, a collective, cannot hang."""
+
+    def __init__(self):
+        self.signum: int | None = None
+        self.multi = jax.process_count() > 1
+        self.saved: dict[int, object] = {}
+
+    @property
+    def name(self) -> str:
+        return signal.Signals(self.signum).name if self.signum else "stopped"
+
+    def _handle(self, signum, frame) -> None:
+        self.signum = signum
+        if self.multi and signum == signal.SIGINT:
+            signal.raise_signal(signal.SIGTERM)
+
+    def __enter__(self) -> Preemption:
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT,) if self.multi else (signal.SIGINT, signal.SIGTERM):
+                self.saved[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self.saved.items():
+            signal.signal(sig, handler)
+
+    def reached(self, step: int) -> bool:
+        """Whether to stop after `step`."""
+        if self.multi:
+            if multihost_utils.reached_preemption_sync_point(step):
+                self.signum = self.signum or signal.SIGTERM
+                return True
+            return False
+        return self.signum is not None
 
 
 # ----------------------------------------------------------------------------- earlier stages
@@ -176,16 +261,25 @@ def _train_stage(config, workdir: str) -> str:
 
 # ----------------------------------------------------------------------------- workdir
 def check_workdir_config(workdir: str, config) -> None:
-    """A workdir belongs to one config: refuse to resume another's state."""
+    """A workdir belongs to one config: refuse to resume another's state, or to change the
+    learning-rate schedule under it (raising `train.steps` moves the decay horizon unless
+    `optim.decay_steps` pins it)."""
     path = os.path.join(workdir, "config.json")
     text = config_lib.to_json(config)
     if os.path.exists(path):
         with open(path) as f:
-            old, new = config_lib.flatten(json.load(f)), config_lib.flatten(json.loads(text))
+            saved = json.load(f)
+        old, new = config_lib.flatten(saved), config_lib.flatten(json.loads(text))
         diff = [k for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k) and k not in RESUMABLE_CHANGES]
         if diff:
             raise UserError(f"workdir {workdir} was written by another config (differs in {', '.join(diff[:6])}); "
                             "use a new --workdir")
+        horizon = saved["optim"].get("decay_steps") or saved["train"]["steps"]
+        if horizon != decay_horizon(config):
+            raise UserError(f"workdir {workdir}: its learning rate decays over {horizon} steps, this config's over "
+                            f"{decay_horizon(config)}, so the schedule would jump at the resume; keep it with "
+                            f"--config.optim.decay_steps={horizon} (past that step the rate stays at optim.end_lr), "
+                            "or use a new --workdir")
     if jax.process_index() == 0:
         os.makedirs(workdir, exist_ok=True)
         with open(path, "w") as f:
@@ -193,16 +287,48 @@ def check_workdir_config(workdir: str, config) -> None:
 
 
 class MetricsWriter:
-    """`W/metrics.jsonl`: one JSON object per logged step, written by process 0."""
+    """`W/metrics.jsonl` (one JSON object per logged step) and TensorBoard event files in
+    `W/tensorboard` (tensorboardX: no TensorFlow), written by process 0. A resumed run first
+    drops what was logged after its checkpoint, so that no step is there twice."""
 
-    def __init__(self, workdir: str):
+    def __init__(self, workdir: str, start: int):
         self.path = os.path.join(workdir, "metrics.jsonl")
         self.lead = jax.process_index() == 0
+        self.tb = None
+        if not self.lead:
+            return
+        if os.path.exists(self.path):
+            with open(self.path) as f:
+                kept = [line for line in f if line.strip() and json.loads(line)["step"] <= start]
+            with open(self.path + ".tmp", "w") as f:
+                f.writelines(kept)
+            os.replace(self.path + ".tmp", self.path)
+        from tensorboardX import SummaryWriter
+
+        self.tb = SummaryWriter(os.path.join(workdir, "tensorboard"), purge_step=start + 1 if start else None)
 
     def write(self, step: int, row: dict) -> None:
+        if not self.lead:
+            return
+        with open(self.path, "a") as f:
+            f.write(json.dumps({**row, "step": step}) + "\n")
+        for k, v in row.items():
+            if v is not None:
+                self.tb.add_scalar(k.replace("eval_", "eval/", 1) if k.startswith("eval_") else f"train/{k}", v, step)
+
+    def close(self) -> None:
+        if self.tb is not None:
+            self.tb.close()
+            self.tb = None
         if self.lead:
-            with open(self.path, "a") as f:
-                f.write(json.dumps({**row, "step": step}) + "\n")
+            plots.training_curves(read_metrics(os.path.dirname(self.path)),
+                                  os.path.join(os.path.dirname(self.path), "curves.png"))
+
+
+def read_metrics(workdir: str) -> list[dict]:
+    """The rows of `W/metrics.jsonl`."""
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+        return [json.loads(line) for line in f if line.strip()]
 
 
 class Profile:
@@ -210,50 +336,26 @@ class Profile:
     a Perfetto trace (open it at ui.perfetto.dev) beside TensorBoard's xplane files."""
 
     def __init__(self, steps: tuple, workdir: str):
-        if steps and (len(steps) != 2 or not 1 <= steps[0] <= steps[1]):
-            raise UserError(f"config train.profile_steps={tuple(steps)}: expected A,B with 1 <= A <= B")
         self.first, self.last = steps or (0, -1)
         self.dir, self.active = os.path.join(workdir, "profile"), False
 
     def step(self, step: int):
+        """A context for the step's dispatch: its trace annotation while tracing."""
         if step == self.first:
             jax.profiler.start_trace(self.dir, create_perfetto_trace=True)
             self.active = True
-        if not self.active:
-            return _NULL
-        return _Traced(self, step)
+        return jax.profiler.StepTraceAnnotation("train", step_num=step) if self.active else contextlib.nullcontext()
+
+    def after(self, step: int, outputs) -> None:
+        if self.active and step == self.last:
+            jax.block_until_ready(outputs)  # the traced steps have run, not only been dispatched
+            self.close()
 
     def close(self) -> None:
         if self.active:
             jax.profiler.stop_trace()
             self.active = False
             log.info(f"[train] profile of steps {self.first}-{self.last} -> {self.dir}")
-
-
-class _Traced:
-    def __init__(self, profile: Profile, step: int):
-        self.profile, self.step = profile, step
-        self.annotation = jax.profiler.StepTraceAnnotation("train", step_num=step)
-
-    def __enter__(self):
-        self.annotation.__enter__()
-
-    def __exit__(self, *exc):
-        self.annotation.__exit__(*exc)
-        if self.step == self.profile.last:
-            jax.effects_barrier()
-            self.profile.close()
-
-
-class _Null:
-    def __enter__(self):
-        pass
-
-    def __exit__(self, *exc):
-        pass
-
-
-_NULL = _Null()
 
 
 def _hms(seconds: float) -> str:

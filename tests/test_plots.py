@@ -1,0 +1,61 @@
+"""Every figure reads without the paper: a title, labelled axes, colour bars that say what
+they measure."""
+
+import numpy as np
+import pytest
+
+from fergate import plots
+
+
+@pytest.fixture
+def figures(monkeypatch, tmp_path):
+    """The matplotlib figures the plot functions would save, by file name."""
+    out = {}
+
+    def keep(fig, path):
+        out[path.rsplit("/", 1)[-1]] = fig
+        return path
+
+    monkeypatch.setattr(plots, "_save", keep)
+    return out
+
+
+def _colorbars(fig):
+    return [ax for ax in fig.axes if ax.get_label() == "<colorbar>"]
+
+
+def test_every_figure_has_a_title_axis_labels_and_labelled_colour_bars(figures):
+    rng = np.random.default_rng(0)
+    classes = [f"class {i}" for i in range(50)]
+    labels = rng.integers(0, 50, 500)
+    plots.confusion_matrix(labels, rng.integers(0, 50, 500), classes, "title", "cm50.png")
+    plots.confusion_matrix(labels % 7, rng.integers(0, 7, 500), classes[:7], "title", "cm7.png")
+    plots.class_table({c: rng.random(2) for c in classes[:7]}, ["a", "b"], "title", "table.png", "what")
+    plots.class_table({c: rng.random(32) for c in classes[:7]}, [str(i) for i in range(32)], "title", "wide.png",
+                      "what", xlabel="expert")
+    faces = {c: rng.integers(0, 255, (64, 64, 1)).astype(float) for c in classes[:3]}
+    points = {c: rng.uniform(5, 60, (68, 2)) for c in classes[:3]}
+    plots.values_on_faces({c: rng.random(68) for c in classes[:3]}, faces, points, "title", "faces.png", "what",
+                          0, 2)
+    plots.distributions({"run": {"counts": [1, 2, 3], "edges": [0, 0.3, 0.6, 1.0], "mean": 0.5}}, "x", "title",
+                        "hist.png")
+    plots.image_grid(rng.integers(0, 255, (4, 8, 16, 16, 1), dtype=np.uint8), [f"expert {i}" for i in range(4)],
+                     "title", "grid.png")
+    plots.training_curves([{"step": 10, "loss": 2.0, "accuracy": 0.2}, {"step": 20, "eval_accuracy": 0.3,
+                           "eval_mean_class_accuracy": 0.3, "loss": 1.5, "accuracy": 0.4}], "curves.png")
+    assert len(figures) == 8
+    for name, fig in figures.items():
+        titles = [fig._suptitle.get_text()] if fig._suptitle else []
+        titles += [ax.get_title() for ax in fig.axes]
+        assert any(titles), name
+        for ax in fig.axes:
+            if ax.get_label() == "<colorbar>":
+                assert ax.get_ylabel() or ax.get_xlabel(), f"{name}: an unlabelled colour bar"
+            elif ax.axison and ax.get_xticks().size:
+                assert ax.get_ylabel() or ax.get_xlabel() or ax.get_yticklabels(), f"{name}: unlabelled axes"
+        if name in ("cm50.png", "cm7.png", "table.png", "wide.png", "faces.png"):
+            assert _colorbars(fig), f"{name}: no colour bar"
+    # 50 classes: no numbers in the cells, every class named on both axes
+    cm50 = figures["cm50.png"].axes[0]
+    assert not [t for t in cm50.texts if t.get_text()] and len(cm50.get_xticklabels()) == 50
+    assert len([t for t in figures["cm7.png"].axes[0].texts if t.get_text().endswith("%")]) == 49
