@@ -15,14 +15,19 @@ def base(model: str, variant: str) -> ml_collections.ConfigDict:
     c.variant = variant
     c.seed = 0
     # data.dir "" -> the built-in `dataset` prepared in the cache with `prep_options`
+    # val_split: validation for train.select: a split of the data, else val_fraction of the training subjects
     c.data = dict(dir="", dataset="sample", prep_options=dict(size=2800), train_split="train", eval_split="test",
-                  label_field="label", classes=(), balance=False, workers=0, flip=False, brightness_contrast=False)
+                  val_split="", val_fraction=0.1,
+                  label_field="label", classes=(), balance=False, workers=0,
+                  # augmentation (faces): flip, rotation by up to `rotate` degrees, photometric
+                  flip=False, rotate=0.0, brightness_contrast=False, hue_saturation=False)
     c.input = dict(batch_size=16)  # the global batch; families add their input shapes
     # decay_steps: the learning rate reaches end_lr there (0: at train.steps)
     c.optim = dict(name="adam", lr=1e-3, b1=0.9, b2=0.999, eps=1e-8, decay_power=1.0, end_lr=0.0, warmup_steps=0,
                    decay_steps=0, weight_decay=0.0, grad_clip=0.0, frozen=())
     # eval_every: held-out evaluation every N steps (-1: ten times a run, 0: only at the end)
-    c.train = dict(steps=10_000, log_every=50, ckpt_every=1000, keep=3, eval_every=-1, profile_steps=(),
+    # select: keep the checkpoint with the best validation value of this metric ("": the last)
+    c.train = dict(steps=10_000, log_every=50, ckpt_every=1000, keep=3, eval_every=-1, select="", profile_steps=(),
                    dtype="float32")  # dtype: compute dtype (bfloat16 by option)
     c.eval = dict(batch_size=64, top_k=(1, 2, 3))
     # earlier stages (trained into W/pretrain/NAME) and parameters loaded from them or other workdirs
@@ -38,6 +43,6 @@ def smoke(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     c.train.steps = 60
     c.train.log_every = 10
     c.train.ckpt_every = 30
-    c.train.eval_every = 0
+    c.train.eval_every = -1 if c.train.select else 0  # selecting a checkpoint needs evaluations
     c.eval.batch_size = 32
     return c

@@ -122,16 +122,19 @@ class FolderReader:
 
 class RotatedDigitsReader:
     """THIN's MNIST-R (`digits_rotated`) and MNIST-RS (`digits_rotated_scaled`): every
-    source digit `copies` times under a random rotation (and scale); SOURCE = a folder of
-    MNIST idx files, `tfds`, or nothing for scikit-learn's digits (data_prep.synthetic)."""
+    source digit under one random rotation (and scale), as section 3.4 builds them (60k /
+    10k from MNIST; `copies` > 1 draws more); SOURCE = a folder of MNIST idx files, `tfds`,
+    or nothing for scikit-learn's digits (data_prep.synthetic)."""
 
     scaled = False
+    classes = tuple(str(i) for i in range(10))
+    default_source: str | None = None
 
-    def __init__(self, source: str | None = None, copies: int = 8, seed: int = 0, **_):
+    def __init__(self, source: str | None = None, copies: int = 1, seed: int = 0, **_):
+        source = source or self.default_source
         if source and source.split(":")[0] != "tfds" and not os.path.isdir(source):
             raise UserError(f"idx folder not found: {source}")
         self.source, self.copies, self.seed = source, copies, seed
-        self.classes = tuple(str(i) for i in range(10))
 
     @functools.lru_cache(maxsize=2)  # noqa: B019 - one reader per process
     def digits(self, split: str):
@@ -160,12 +163,29 @@ class RotatedScaledDigitsReader(RotatedDigitsReader):
     scaled = True
 
 
+class RotatedFashionReader(RotatedDigitsReader):
+    """Fashion-MNIST rotated like MNIST-R (`fashion_rotated`): a full-size benchmark that can
+    be had offline, from Debian's `dataset-fashion-mnist` (60k / 10k idx files in
+    /usr/share/datasets/fashion-mnist, the default SOURCE) or any folder of its idx files."""
+
+    classes = ("t-shirt/top", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag",
+               "ankle boot")
+    default_source = "/usr/share/datasets/fashion-mnist"
+
+    def __init__(self, source: str | None = None, **options):
+        if not (source or os.path.isdir(self.default_source)):
+            raise UserError(f"{self.default_source} not found: `apt-get install dataset-fashion-mnist`, or give the "
+                            "folder of Fashion-MNIST's idx files as SOURCE")
+        super().__init__(source, **options)
+
+
 class DSpritesReader:
     """THIN's dSprites task: `size` random points of the dSprites factor grid (shape,
-    scale, rotation, x, y); test = `test_fraction`. SOURCE `tfds` reads them from
+    scale, rotation, x, y); test = `test_fraction` (60k / 10k by default, as section 3.4). SOURCE `tfds` reads them from
     tensorflow-datasets' dsprites, nothing draws them (data_prep.synthetic.sprite)."""
 
-    def __init__(self, source: str | None = None, size: int = 24000, test_fraction: float = 0.2, seed: int = 0, **_):
+    def __init__(self, source: str | None = None, size: int = 70000, test_fraction: float = 1 / 7, seed: int = 0,
+                 **_):
         if source and source.split(":")[0] != "tfds":
             raise UserError(f"dsprites reads `tfds` or nothing (the generator), not {source!r}")
         self.classes = synthetic.SHAPES
@@ -207,7 +227,8 @@ class DSpritesReader:
 
 
 READERS = {"sample": SampleReader, "folder": FolderReader, "digits_rotated": RotatedDigitsReader,
-           "digits_rotated_scaled": RotatedScaledDigitsReader, "dsprites": DSpritesReader}
+           "digits_rotated_scaled": RotatedScaledDigitsReader, "fashion_rotated": RotatedFashionReader,
+           "dsprites": DSpritesReader}
 
 
 def reader(name: str, source: str | None, **options):

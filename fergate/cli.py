@@ -90,7 +90,7 @@ def _eval(a: argparse.Namespace) -> None:
 
     from fergate.data import pipeline
     from fergate.train import evaluate, program
-    from fergate.train.checkpoint import Checkpointer
+    from fergate.train.checkpoint import restore_selected
 
     ddir = program.data_dir(cfg)
     manifest = pipeline.read_manifest(ddir)
@@ -101,14 +101,13 @@ def _eval(a: argparse.Namespace) -> None:
         key = str(e.args[0] if e.args else e).strip("'\"")
         raise UserError(f"{a.workdir}/config.json has no {key}: the workdir was written by an older fergate "
                         "(train it again with this one)") from None
-    ckpt = Checkpointer(a.workdir)
-    restored = ckpt.restore(prog.abstract_sharded_state())
-    if restored is None:
-        raise UserError(f"no checkpoint in {ckpt.directory}")
-    state, step = restored
+    state, step, selected = restore_selected(a.workdir, prog.abstract_sharded_state())
+    if selected:
+        print(f"[eval] the selected checkpoint: step {step} ({selected['split']} {selected['metric']} "
+              f"{selected['value']:.3f}; train.select)")
     split = a.split or cfg.data.eval_split
     results = evaluate.evaluate(prog, state, ddir, split, list(cfg.data.classes))
-    results.metrics.update(step=step, split=split)
+    results.metrics.update(step=step, split=split, **({"selected": selected} if selected else {}))
     out = a.out or a.workdir
     if jax.process_index() != 0:
         return

@@ -126,17 +126,19 @@ def training_curves(rows: list[dict], path: str) -> str:
     held-out evaluation, from the rows of metrics.jsonl."""
     plt = _plt()
     train = [r for r in rows if "loss" in r]
-    held = [r for r in rows if "eval_accuracy" in r]
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 3.6))
     ax_loss.plot([r["step"] for r in train], [r["loss"] for r in train], label="training loss")
     ax_loss.set_xlabel("step")
     ax_loss.set_ylabel("loss")
     ax_loss.set_title("training loss", fontsize=10)
     ax_acc.plot([r["step"] for r in train], [r["accuracy"] for r in train], label="training batches")
-    if held:
-        ax_acc.plot([r["step"] for r in held], [r["eval_accuracy"] for r in held], marker="o", label="held-out split")
-        ax_acc.plot([r["step"] for r in held], [r["eval_mean_class_accuracy"] for r in held], marker=".",
-                    linestyle="--", label="held-out, mean class accuracy")
+    for tag, name in (("val", "validation"), ("eval", "held-out split")):
+        held = [r for r in rows if f"{tag}_accuracy" in r]
+        if held:
+            line = ax_acc.plot([r["step"] for r in held], [r[f"{tag}_accuracy"] for r in held], marker="o",
+                               label=name)[0]
+            ax_acc.plot([r["step"] for r in held], [r[f"{tag}_mean_class_accuracy"] for r in held], marker=".",
+                        linestyle="--", color=line.get_color(), label=f"{name}, mean class accuracy")
     ax_acc.set_xlabel("step")
     ax_acc.set_ylabel("accuracy")
     ax_acc.set_ylim(0, 1)

@@ -199,7 +199,7 @@ def test_fer_thin_trains_on_the_sample_set(sample_data, tmp_path):
     small = ["--config.thin.endo_convs=(8, 8, 16)", "--config.thin.members=4", "--config.thin.expert_hidden=(16,)",
              "--config.thin.depth=2", "--config.input.image_size=32", "--config.input.batch_size=8",
              "--config.eval.batch_size=16", "--config.optim.lr=1e-3", "--config.optim.end_lr=1e-3"]
-    cfg = C.load("configs/thin.py:task=fer,variant=thin,smoke=True",
+    cfg = C.load("configs/thin.py:task=fer,variant=thin,identity=embedding,smoke=True",
                  [f"--config.data.dir={sample_data}", "--config.train.steps=20", "--config.pretrain.steps=60", *small])
     res = trainer.train(cfg, str(tmp_path / "fer"))
     assert res["examples"] == json.load(open(os.path.join(sample_data, "manifest.json")))["splits"]["test"]["records"]
@@ -253,7 +253,43 @@ def test_fer_thin_benches_without_data():
     from fergate.train import bench
 
     cfg = C.load("configs/thin.py:task=fer,variant=thin",
-                 ["--config.thin.endo_convs=(8,)", "--config.input.image_size=32", "--config.thin.members=4",
-                  "--config.thin.depth=2", "--config.thin.expert_hidden=(16,)"])
+                 ["--config.thin.endo_convs=(8,)", "--config.thin.exo_convs=(8,)", "--config.input.image_size=32",
+                  "--config.thin.members=4", "--config.thin.depth=2", "--config.thin.expert_hidden=(16,)"])
     res = bench.bench(cfg, batch=4, steps=2, warmup=1)
     assert cfg.thin.exo_classes == (BENCH_SUBJECTS,) and res["model"] == "thin/thin" and res["step_ms"] > 0
+
+
+def test_fer_setup_of_section_4_3():
+    """Oracle has no exogenous label on FER; the identity network has the expression
+    network's architecture; exo_tree_gated computes and logs |cos| (Fig. 8's lambda = 0)
+    without training on it, through a fixed projection when c_sigma reads the 128-d dlib
+    embedding; the FER baseline head is as large as the ensemble."""
+    from fergate import models
+    from fergate.train.program import resolve
+
+    with pytest.raises(UserError, match="variant=oracle gates on the true exogenous label"):
+        C.load("configs/thin.py:task=fer,variant=oracle")
+    cfg = C.load("configs/thin.py:task=fer,variant=thin")
+    assert cfg.thin.exo_convs == cfg.thin.endo_convs and cfg.thin.exo_input == "image"
+    base = C.load("configs/thin.py:task=fer,variant=baseline")
+    ens = C.load("configs/thin.py:task=fer,variant=ensemble")
+
+    def head_params(c):
+        resolve(c, None)
+        fam = models.family("thin")
+        p = jax.eval_shape(lambda: fam.build(c).init(jax.random.key(0), fam.example_batch(c, 1)))["params"]
+        return sum(int(np.prod(x.shape)) for k, v in p.items() if k != "endo" for x in jax.tree.leaves(v))
+
+    assert abs(head_params(base) / head_params(ens) - 1) < 0.05
+    small = ["--config.thin.endo_convs=(8,)", "--config.input.image_size=32", "--config.thin.members=4",
+             "--config.thin.depth=2", "--config.thin.expert_hidden=(16,)"]
+    for variant in ("exo_tree_gated", "thin"):
+        c = C.load(f"configs/thin.py:task=fer,variant={variant},identity=embedding", small)
+        assert c.init.params == ("exo_classifier_identity",) and "identity" in c.pretrain.configs
+        resolve(c, None)
+        fam = models.family("thin")
+        batch = fam.example_batch(c, 3)
+        m = fam.build(c)
+        out = m.apply(m.init(jax.random.key(0), batch), batch)
+        assert out["introspect"]["abs_cos"].shape == (3, 1) and 0 <= float(out["metrics"]["abs_cos"]) <= 1
+        assert ("dispel" in out["losses"]) == (variant == "thin")

@@ -65,18 +65,28 @@ def split_files(data_dir: str, split: str) -> list[str]:
 
 
 def split_labels(files: Sequence[str]) -> np.ndarray:
-    """Labels of every record of `files` in order, from the shards' stats sidecars (read
-    from the records themselves when a sidecar is missing)."""
+    """Labels of every record of `files` in order."""
+    return np.asarray(_sidecar(files, "labels", "label"), np.int64)
+
+
+def split_subjects(files: Sequence[str]) -> np.ndarray:
+    """Subjects of every record of `files` in order."""
+    return np.asarray(_sidecar(files, "subjects", "subject"), object)
+
+
+def _sidecar(files: Sequence[str], key: str, field: str) -> list:
+    """A per-record value from the shards' stats sidecars, read from the records themselves
+    where a sidecar is missing."""
     out = []
     for path in files:
         stats = os.path.join(os.path.dirname(path), ".stats", os.path.basename(path) + ".json")
         if os.path.exists(stats):
             with open(stats) as f:
-                out.extend(json.load(f)["labels"])
+                out.extend(json.load(f)[key])
         else:
             src = grain.sources.ArrayRecordDataSource([path])
-            out.extend(int(schema.decode(src[i], ("label",))["label"]) for i in range(len(src)))
-    return np.asarray(out, np.int64)
+            out.extend(schema.decode(src[i], (field,))[field] for i in range(len(src)))
+    return out
 
 
 class EpochSampler(Sequence):
@@ -86,12 +96,14 @@ class EpochSampler(Sequence):
     resampling first draws the same number of records from every class (majority classes
     down-sampled without replacement, minority classes over-sampled), as MoDuL trains.
     Eval (`shuffle=False, num_epochs=1`): records in order, padded with invalid entries to a
-    multiple of `pad_to` so every process gets the same number of full batches.
+    multiple of `pad_to` so every process gets the same number of full batches. `records`
+    restricts the stream to those record indices (`labels` are theirs).
     """
 
     def __init__(self, labels: np.ndarray, seed: int = 0, shuffle: bool = True, balance: bool = False,
-                 num_epochs: int | None = None, pad_to: int = 1):
+                 num_epochs: int | None = None, pad_to: int = 1, records: np.ndarray | None = None):
         self.labels, self.seed, self.shuffle, self.balance = np.asarray(labels), seed, shuffle, balance
+        self.records = None if records is None else np.asarray(records, np.int64)
         n = len(self.labels)
         if n == 0:
             raise UserError("the split has no records")
@@ -133,7 +145,8 @@ class EpochSampler(Sequence):
         e, k = divmod(int(i), self.epoch_len)
         if self.num_epochs is not None and e >= self.num_epochs:
             return 0, False  # padding
-        return int(self.epoch(e)[k]), True
+        pos = int(self.epoch(e)[k])
+        return (pos if self.records is None else int(self.records[pos])), True
 
 
 class Load(grain.transforms.Map):
@@ -261,37 +274,106 @@ class BrightnessContrast(grain.transforms.RandomMap):
 
 
 @dataclasses.dataclass
+class RandomRotate(grain.transforms.RandomMap):
+    """In-plane rotation by an angle uniform in [-max_degrees, max_degrees] about the image
+    centre: each image field of `points` (H x W x C, or T x H x W x C frames) with its
+    points field ((T x) N x 2, moved alike), and each of `patch_fields` (N x P x P crops
+    around the points) about its own centre. Borders are replicated."""
+
+    points: Mapping[str, str]  #: image field -> its points field
+    patch_fields: Sequence[str] = ()
+    max_degrees: float = 10.0
+
+    def random_map(self, rec: dict, rng: np.random.Generator) -> dict:
+        angle = rng.uniform(-self.max_degrees, self.max_degrees)
+        rec = dict(rec)
+        for image_field, points_field in self.points.items():
+            if image_field not in rec:
+                continue
+            img = rec[image_field]
+            h, w = img.shape[-3:-1]
+            m = cv2.getRotationMatrix2D(((w - 1) / 2, (h - 1) / 2), angle, 1.0)
+            rec[image_field] = _warp_frames(img, m)
+            if points_field in rec:
+                m32 = m.astype(np.float32)
+                rec[points_field] = rec[points_field] @ m32[:, :2].T + m32[:, 2]
+        for k in self.patch_fields:
+            if k in rec:
+                p = rec[k]  # N x P x P: the patches are frames of one channel
+                m = cv2.getRotationMatrix2D(((p.shape[2] - 1) / 2, (p.shape[1] - 1) / 2), angle, 1.0)
+                rec[k] = _warp_frames(p[..., None], m)[..., 0]
+        return rec
+
+
+def _warp_frames(img: np.ndarray, m: np.ndarray) -> np.ndarray:
+    """H x W x C, or T x H x W x C frame by frame, through the 2 x 3 matrix m."""
+    if img.ndim == 4:
+        return np.stack([_warp_frames(f, m) for f in img])
+    out = cv2.warpAffine(img, m, (img.shape[1], img.shape[0]), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+    return out.reshape(img.shape)
+
+
+@dataclasses.dataclass
+class HueSaturation(grain.transforms.RandomMap):
+    """RGB images of `fields`: hue shifted by up to +-`hue` degrees, saturation scaled by a
+    factor in [1 - saturation, 1 + saturation]; grey images are left alone."""
+
+    fields: Sequence[str]
+    hue: float = 10.0
+    saturation: float = 0.2
+
+    def random_map(self, rec: dict, rng: np.random.Generator) -> dict:
+        dh = rng.uniform(-self.hue, self.hue) / 2  # OpenCV's 8-bit hue runs 0..179
+        ds = rng.uniform(1 - self.saturation, 1 + self.saturation)
+        rec = dict(rec)
+        for k in self.fields:
+            if k in rec and rec[k].shape[-1] == 3:
+                img = rec[k]
+                hsv = cv2.cvtColor(img.reshape(-1, img.shape[-2], 3), cv2.COLOR_RGB2HSV).astype(np.float32)
+                hsv[..., 0] = (hsv[..., 0] + dh) % 180
+                hsv[..., 1] = np.clip(hsv[..., 1] * ds, 0, 255)
+                rec[k] = cv2.cvtColor(hsv.astype(np.uint8), cv2.COLOR_HSV2RGB).reshape(img.shape)
+        return rec
+
+
+@dataclasses.dataclass
 class ResizeFace(grain.transforms.Map):
-    """Resizes the stored face crop to the model's input (landmarks and iod follow) and
-    optionally converts it to grey."""
+    """Resizes the stored image `field` (a face crop by default) to the model's input, the
+    face's landmarks and iod following, and optionally converts it to grey."""
 
     size: tuple[int, int]  #: (height, width)
     grey: bool = False
+    field: str = "face"
 
     def map(self, rec: dict) -> dict:
         rec = dict(rec)
-        face = rec["face"]
+        face = rec[self.field]
         h, w = face.shape[:2]
         if (h, w) != tuple(self.size):
             face = cv2.resize(face, (self.size[1], self.size[0]), interpolation=cv2.INTER_AREA)
             face = face.reshape(self.size[0], self.size[1], -1)
             sx, sy = self.size[1] / w, self.size[0] / h
-            if "landmarks" in rec:
+            if "landmarks" in rec and self.field == "face":
                 rec["landmarks"] = (rec["landmarks"] * np.float32([sx, sy])).astype(np.float32)
                 if "iod" in rec:
                     rec["iod"] = np.float32(rec["iod"] * sx) if sx == sy else iod(rec["landmarks"])
         if self.grey and face.shape[-1] == 3:
             face = cv2.cvtColor(face, cv2.COLOR_RGB2GRAY)[..., None]
-        rec["face"] = face
+        rec[self.field] = face
         return rec
 
 
-def face_transforms(size: int, grey: bool, flip: bool = False, brightness_contrast: bool = False) -> list:
-    """For models reading face records: a mirror flip of every face field (`FACE_FLIP`) and
-    brightness / contrast of the face images (both training only), then the face resized to
-    the model's `size` x `size` input (grey or not)."""
+def face_transforms(size: int, grey: bool, flip: bool = False, brightness_contrast: bool = False,
+                    rotate: float = 0.0, hue_saturation: bool = False) -> list:
+    """For models reading face records, in training: a mirror flip of every face field
+    (`FACE_FLIP`), a rotation by up to `rotate` degrees (faces, landmarks, patches, clips),
+    brightness / contrast and hue / saturation of the images; then, always, the face resized
+    to the model's `size` x `size` input (grey or not)."""
+    images = ("face", "patches", "clip")
     return ([RandomFlip(FACE_FLIP)] if flip else []) + \
-        ([BrightnessContrast(("face", "patches", "clip"))] if brightness_contrast else []) + \
+        ([RandomRotate({"face": "landmarks", "clip": "clip_landmarks"}, ("patches",), rotate)] if rotate else []) + \
+        ([BrightnessContrast(images)] if brightness_contrast else []) + \
+        ([HueSaturation(images)] if hue_saturation else []) + \
         [ResizeFace((size, size), grey=grey)]
 
 
@@ -300,7 +382,8 @@ def make_dataset(data_dir: str, split: str, fields: Sequence[str], batch_size: i
                  train: bool = True, keep: Sequence[str] | None = None, balance: bool = False,
                  transforms: Sequence = (), process_index: int = 0,
                  process_count: int = 1, num_epochs: int | None = None, workers: int = 0, read_threads: int = 4,
-                 label_field: str = "label", label_map: dict | None = None) -> grain.IterDataset:
+                 label_field: str = "label", label_map: dict | None = None,
+                 records: np.ndarray | None = None) -> grain.IterDataset:
     """Per-process batches (dicts of numpy arrays, leading axis `batch_size`) of a split.
 
     Train: shuffled (and class-balanced with `balance`), repeated forever unless
@@ -309,7 +392,7 @@ def make_dataset(data_dir: str, split: str, fields: Sequence[str], batch_size: i
     random ones (`grain.transforms.RandomMap`, augmentations) in training only. Process p
     of P reads elements p, p + P, ... of the global stream, so the P per-process batches
     form one global batch. With `keep`, batches hold those fields (plus label, mask, index)
-    and no others.
+    and no others; with `records`, only those record indices of the split are read.
     """
     from absl import flags
 
@@ -317,9 +400,11 @@ def make_dataset(data_dir: str, split: str, fields: Sequence[str], batch_size: i
         flags.FLAGS.mark_as_parsed()  # grain reads absl flags; fergate does not use absl.app
     files = split_files(data_dir, split)
     labels = split_labels(files)
+    if records is not None:
+        labels = labels[np.asarray(records, np.int64)]
     sampler = EpochSampler(labels, seed, shuffle=train, balance=balance and train,
                            num_epochs=num_epochs if train else 1,
-                           pad_to=1 if train else batch_size * process_count)
+                           pad_to=1 if train else batch_size * process_count, records=records)
     ds = grain.MapDataset.source(sampler).map(Load(files, fields, label_field, label_map, with_index=not train))
     n_random = 0
     for t in transforms:

@@ -10,9 +10,9 @@ Required:
     build(config) -> flax.linen.Module
         The model, made from its config section by keyword. `module.apply(variables, batch,
         train=...)` returns a dict: "logits" (B, K) always; "losses" {name: scalar}, auxiliary
-        loss terms already weighted (added by the default `loss`); "introspect" {name:
-        (B, ...)}, values the evaluator averages per class and hands to `reports` (gates,
-        attention maps).
+        loss terms already weighted (added by the default `loss`); "metrics" {name: scalar},
+        logged during training, not optimised; "introspect" {name: (B, ...)}, values the
+        evaluator averages per class and hands to `reports` (gates, attention maps).
     inputs(config) -> {field: (per-example shape, numpy dtype)}
         The fields of the batches the model reads, as they are after `transforms`.
 
@@ -24,6 +24,11 @@ Optional (defaults in this module):
     resolve(config, manifest | None) -> None
         Fills config fields that depend on the data (e.g. the number of training subjects)
         before anything is built; the manifest is None when there is no data (a benchmark).
+    statistics(config, batches) -> {name: array}
+        Values measured once on the training split before training starts (e.g. the mean
+        and spread that standardise an input), given all its batches as evaluation sees
+        them; they go into the model's "stats" variable collection (the module declares
+        them) and are checkpointed with the state. Default: none.
     loss(config, outputs, batch) -> (loss, {name: scalar})
         Default: softmax cross-entropy over the unmasked examples plus outputs["losses"] (a
         family's own loss adds those itself); the trainer adds accuracy, lr and grad_norm.
@@ -61,6 +66,7 @@ import numpy as np
 import optax
 
 from fergate import config as config_lib
+from fergate.data import pipeline
 from fergate.errors import UserError
 
 #: The families fergate ships (`config.model`); a new fergate/models/<name>.py, or any importable
@@ -99,7 +105,7 @@ def cross_entropy(config, outputs: dict, batch: dict) -> tuple[jax.Array, dict]:
     ce = optax.softmax_cross_entropy_with_integer_labels(outputs["logits"].astype(jnp.float32), batch["label"])
     ce = masked_mean(ce, batch["mask"])
     extra = outputs.get("losses", {})
-    return ce + sum(extra.values()), {"ce": ce, **extra}
+    return ce + sum(extra.values()), {"ce": ce, **extra, **outputs.get("metrics", {})}
 
 
 def masked_mean(x: jax.Array, mask: jax.Array) -> jax.Array:
@@ -119,6 +125,13 @@ def num_classes_from_data(config, section: str, without_data: int) -> None:
                         f"({', '.join(classes)}); leave it at 0 to take the data's")
     else:
         sec.num_classes = len(classes)
+
+
+def face_transforms(config, size: int, grey: bool) -> list:
+    """`pipeline.face_transforms` with the augmentations `config.data` asks for."""
+    d = config.data
+    return pipeline.face_transforms(size, grey, flip=d.flip, brightness_contrast=d.brightness_contrast,
+                                    rotate=d.rotate, hue_saturation=d.hue_saturation)
 
 
 def random_batch(inputs: dict, n: int) -> dict[str, np.ndarray]:
@@ -148,8 +161,8 @@ class Family:
         if missing:
             raise UserError(f"model family {module.__name__} lacks {', '.join(missing)} (see fergate.models)")
         self.build, self.inputs = module.build, module.inputs
-        for name in ("record_fields", "resolve", "loss", "transforms", "example_batch", "reports", "compare",
-                     "stages"):
+        for name in ("record_fields", "resolve", "statistics", "loss", "transforms", "example_batch", "reports",
+                     "compare", "stages"):
             if hasattr(module, name):
                 setattr(self, name, getattr(module, name))
 
@@ -159,6 +172,9 @@ class Family:
 
     def resolve(self, config, manifest: dict | None) -> None:
         pass
+
+    def statistics(self, config, batches) -> dict[str, np.ndarray]:
+        return {}
 
     loss = staticmethod(cross_entropy)
 

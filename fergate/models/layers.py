@@ -58,7 +58,8 @@ def conv3x3_im2col(x: jax.Array, kernel: jax.Array) -> jax.Array:
 
 
 class FaceGates(nn.Module):
-    """Gates computed from the whole face, each ConvPool trunk - Dense - ReLU - Dense(outputs).
+    """Gates computed from the whole face, each a ConvPool trunk, an optional Dense - ReLU
+    (`hidden` > 0) and Dense(outputs).
 
     `specs` = (name, outputs, kind) per gate. kind "landmark": 2 * sigmoid, values in
     [0, 2] with mean 1 at initialisation, so a gated input keeps its expected scale (MoDuL
@@ -86,7 +87,8 @@ class FaceGates(nn.Module):
         for (name, outputs, kind), hg in zip(self.specs, jnp.split(h, len(self.specs), -1)):
             hg = ConvPool(self.convs[1:], self.dtype, name=f"{name}_trunk")(hg) if len(self.convs) > 1 \
                 else hg.reshape(hg.shape[0], -1)
-            hg = nn.relu(nn.Dense(self.hidden, dtype=self.dtype, name=f"{name}_hidden")(hg))
+            if self.hidden:
+                hg = nn.relu(nn.Dense(self.hidden, dtype=self.dtype, name=f"{name}_hidden")(hg))
             logits = nn.Dense(outputs, dtype=jnp.float32, name=f"{name}_out")(hg).astype(jnp.float32)
             if kind == "landmark":
                 out[name] = 2.0 * nn.sigmoid(logits)

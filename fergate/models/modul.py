@@ -17,9 +17,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from fergate import plots
-from fergate.data import pipeline
-from fergate.data.landmarks import INTRAFACE_49
-from fergate.models import Results, num_classes_from_data, random_batch
+from fergate.data.landmarks import INTRAFACE_49, pairwise_distances
+from fergate.models import Results, face_transforms, num_classes_from_data, random_batch
 from fergate.models.layers import MLP, ConvPool, FaceGates
 
 VARIANTS = {  # name: (distance branch, patch branch, landmark gates, modal gate)
@@ -51,14 +50,25 @@ def distance_matrix(lm: jnp.ndarray, iod: jnp.ndarray) -> jnp.ndarray:
 
 
 class MoDuL(nn.Module):
+    """`all_pairs`: the joint models read all N(N-1) ordered distances, as Table IV's
+    parameter counts imply (the text's N(N-1)/2 upper triangle: False); the distance
+    network alone reads the upper triangle, the region-weighted ones all pairs (Eq. 4).
+    `standardize`: each distance input minus its mean, over its spread, both measured on
+    the training split (`statistics`, kept in the "stats" collection): raw distances are
+    all positive and of unequal scale, which at the paper's learning rates kills F_dist's
+    ReLUs in Adam's first steps. The gate multiplies the raw distance (D_ij g_j, Eq. 4)
+    before standardisation, so a gate of 0 reads as a distance of 0."""
+
     variant: str = "modul"
     landmarks: int = 68
     num_classes: int = 7
     dist_hidden: Sequence[int] = (1024, 512)
-    patch_convs: Sequence[int] = (64, 128, 256)
+    patch_convs: Sequence[int] = (64, 128, 192)
     patch_hidden: Sequence[int] = (1024, 512)
     gate_convs: Sequence[int] = (32, 64, 64)
-    gate_hidden: int = 64
+    gate_hidden: int = 0
+    all_pairs: bool = True
+    standardize: bool = True
     dtype: jnp.dtype = jnp.float32
 
     @nn.compact
@@ -66,20 +76,25 @@ class MoDuL(nn.Module):
         use_dist, use_patch, rw, modal = VARIANTS[self.variant]
         idx = landmark_subset(self.landmarks)
         n = len(idx)
-        specs = [(n, len(idx), "landmark") for n, on in (("G_dist", rw and use_dist), ("G_patch", rw and use_patch))
+        specs = [(name, n, "landmark") for name, on in (("G_dist", rw and use_dist), ("G_patch", rw and use_patch))
                  if on] + ([("G_mod", 2, "modal")] if modal else [])
         gates = FaceGates(specs, self.gate_convs, self.gate_hidden, self.dtype, name="gates")(
             batch["face"].astype(self.dtype) / 255.0) if specs else {}
         feats, out = [], {"introspect": {}}
         if use_dist:
             d = distance_matrix(batch["landmarks"][:, idx].astype(jnp.float32), batch["iod"].astype(jnp.float32))
-            if rw:  # region-weighted: D_ij * g_j for all i != j, N(N-1) inputs (Eq. 4)
+            if rw:  # region-weighted: D_ij * g_j (Eq. 4)
                 g = out["introspect"]["dist_gate"] = gates["G_dist"]
+                d = d * g[:, None, :]
+            if rw or (use_patch and self.all_pairs):  # all i != j, N(N-1) inputs
                 i, j = np.nonzero(~np.eye(n, dtype=bool))
-                x = (d * g[:, None, :])[:, i, j]
             else:  # upper triangle, N(N-1)/2 inputs
                 i, j = np.triu_indices(n, 1)
-                x = d[:, i, j]
+            x = d[:, i, j]
+            if self.standardize:
+                mean = self.variable("stats", "dist_mean", jnp.zeros, (68, 68), jnp.float32).value
+                std = self.variable("stats", "dist_std", jnp.ones, (68, 68), jnp.float32).value
+                x = (x - mean[idx[i], idx[j]]) / std[idx[i], idx[j]]
             feats.append(MLP(self.dist_hidden, self.dtype, name="F_dist")(x.astype(self.dtype)))
         if use_patch:
             p = batch["patches"][:, idx].astype(self.dtype) / 255.0  # (B, N, P, P)
@@ -108,6 +123,21 @@ def resolve(config, manifest: dict | None) -> None:
     num_classes_from_data(config, "modul", BENCH_CLASSES)
 
 
+def statistics(config, batches) -> dict:
+    """The mean and spread of every distance D_ij over the training split (68 x 68: any
+    landmark subset reads its part), for `standardize`."""
+    if not (config.modul.standardize and VARIANTS[config.variant][0]):
+        return {}
+    total, total_sq, n = 0.0, 0.0, 0
+    for b in batches:
+        keep = b["mask"] > 0
+        d = pairwise_distances(b["landmarks"][keep].astype(np.float64), b["iod"][keep].astype(np.float64))
+        total, total_sq, n = total + d.sum(0), total_sq + (d * d).sum(0), n + int(keep.sum())
+    mean = total / n
+    std = np.sqrt(np.maximum(total_sq / n - mean * mean, 0.0))
+    return {"dist_mean": mean.astype(np.float32), "dist_std": np.where(std > 1e-6, std, 1.0).astype(np.float32)}
+
+
 def inputs(config) -> dict:
     s, p = config.input.face_size, config.input.patch_size
     return {"landmarks": ((68, 2), np.float32), "iod": ((), np.float32), "patches": ((68, p, p), np.uint8),
@@ -116,8 +146,7 @@ def inputs(config) -> dict:
 
 def transforms(config, train: bool) -> list:
     """Optional flip and brightness / contrast, then the grey face the gates read."""
-    return pipeline.face_transforms(config.input.face_size, grey=True, flip=config.data.flip,
-                                    brightness_contrast=config.data.brightness_contrast)
+    return face_transforms(config, config.input.face_size, grey=True)
 
 
 def example_batch(config, n: int) -> dict:

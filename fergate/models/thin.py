@@ -24,7 +24,7 @@ import numpy as np
 from fergate import plots
 from fergate.data import pipeline
 from fergate.errors import UserError
-from fergate.models import Results, num_classes_from_data
+from fergate.models import Results, face_transforms, num_classes_from_data
 from fergate.models.layers import Experts, LoopExperts, MLPClassifier, TreeGate, max_pool2
 
 VARIANTS = ("baseline", "ensemble", "tree_gated", "exo_tree_gated", "oracle", "thin", "exo")
@@ -114,22 +114,32 @@ class THIN(nn.Module):
             g = TreeGate(self.depth, name="gate")(h_g)
             out["introspect"]["gate"] = g
         out["logits"] = jnp.einsum("blk,bl->bk", z.astype(jnp.float32), g)  # mixed in logit space
-        if self.variant == "thin" or (self.variant == "exo_tree_gated" and self.exo_input == "image"):
-            # |cos| per exogenous variable is reported for exo_tree_gated too (Fig. 8: without
-            # dispelling); only THIN trains on it. c_sigma is frozen by the optimizer, not by
-            # stop_gradient: L_sim must reach F_phi.
+        if self.variant in ("exo_tree_gated", "thin"):
+            # |cos| per exogenous variable, for exo_tree_gated too (Fig. 8's lambda = 0 curve);
+            # only THIN trains on it. c_sigma is frozen by the optimizer, not by stop_gradient:
+            # L_sim must reach F_phi, and nothing trainable stands between them.
             cos = []
-            for i, (name, h) in enumerate(zip(self.exo_names, h_exo)):
-                h_endo_exo = nn.Dense(h.shape[-1], dtype=self.dtype, name=f"proj_{name}")(h_endo) \
-                    if h_endo.shape[-1] != h.shape[-1] else h_endo
+            for i, h in enumerate(h_exo):
                 c_sigma = self.exo_classifier(i)
-                z_exo, z_endo = c_sigma(h), c_sigma(h_endo_exo)
+                z_exo, z_endo = c_sigma(h), c_sigma(fixed_projection(h_endo, h.shape[-1]))
                 cos.append(jnp.abs(jnp.sum(z_exo * z_endo, -1)) / (
                     jnp.linalg.norm(z_exo, axis=-1) * jnp.linalg.norm(z_endo, axis=-1) + 1e-8))
             out["introspect"]["abs_cos"] = cos = jnp.stack(cos, -1)
+            out["metrics"] = {"abs_cos": jnp.mean(cos)}
             if self.variant == "thin":
                 out["losses"]["dispel"] = self.dispel_weight * jnp.mean(cos)
         return out
+
+
+def fixed_projection(h: jax.Array, width: int) -> jax.Array:
+    """h (B, F) in c_sigma's input width: itself when F = width (the identity network has the
+    expression network's architecture, section 3.3), else a fixed random Gaussian projection
+    (the 128-d dlib embedding option). Fixed, not learned: a projection trained only by the
+    dispelling loss would lower it without removing identity from h."""
+    if h.shape[-1] == width:
+        return h
+    p = np.random.default_rng(0).standard_normal((h.shape[-1], width)) / np.sqrt(h.shape[-1])
+    return h @ jnp.asarray(p, h.dtype)
 
 
 def build(config) -> THIN:
@@ -165,12 +175,12 @@ def inputs(config) -> dict:
 
 
 def transforms(config, train: bool) -> list:
-    """Faces: flip and brightness / contrast by option, resized to the input; synthetic
-    images are used as stored."""
+    """Faces: the augmentations `config.data` asks for, resized to the input; synthetic
+    images: resized to the input (dSprites' 64 x 64 to the ~200k-parameter size)."""
+    s = config.input.image_size
     if config.thin.image_field != "face":
-        return []
-    return pipeline.face_transforms(config.input.image_size, grey=config.input.channels == 1,
-                                    flip=config.data.flip, brightness_contrast=config.data.brightness_contrast)
+        return [pipeline.ResizeFace((s, s), grey=config.input.channels == 1, field=config.thin.image_field)]
+    return face_transforms(config, s, grey=config.input.channels == 1)
 
 
 #: inputs shown per expert in Fig. 10

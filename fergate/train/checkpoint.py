@@ -6,6 +6,7 @@ next older one is tried, so a damaged latest checkpoint costs one interval, not 
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from typing import Any
@@ -19,8 +20,10 @@ log = logging.getLogger(__name__)
 
 
 class Checkpointer:
-    def __init__(self, workdir: str, keep: int = 3, async_save: bool = True):
-        self.directory = os.path.abspath(os.path.join(workdir, "checkpoints"))
+    """`W/checkpoints/` (or `W/<subdir>/`): the newest `keep` steps."""
+
+    def __init__(self, workdir: str, keep: int = 3, async_save: bool = True, subdir: str = "checkpoints"):
+        self.directory = os.path.abspath(os.path.join(workdir, subdir))
         self.manager = ocp.CheckpointManager(
             self.directory,
             options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
@@ -64,3 +67,49 @@ class Checkpointer:
     def close(self) -> None:
         self.manager.wait_until_finished()
         self.manager.close()
+
+
+class Selection:
+    """The best checkpoint by a validation metric (`train.select`): its state in `W/best/`
+    (only the best step is kept) and its step, metric and value in `W/best.json`."""
+
+    def __init__(self, workdir: str, metric: str, split: str):
+        self.metric, self.split = metric, split
+        self.path = os.path.join(workdir, "best.json")
+        self.ckpt = Checkpointer(workdir, keep=1, subdir="best")
+        self.best = read_selection(workdir)
+
+    def offer(self, step: int, state: Any, metrics: dict) -> bool:
+        """Keeps `state` if its metric beats the best so far (a tie keeps the earlier step)."""
+        value = float(metrics[self.metric])
+        if self.best is not None and value <= self.best["value"]:
+            return False
+        self.ckpt.save(step, state)
+        self.ckpt.wait()
+        self.best = {"step": step, "metric": self.metric, "value": value, "split": self.split}
+        with open(self.path + ".tmp", "w") as f:
+            json.dump(self.best, f)
+        os.replace(self.path + ".tmp", self.path)
+        return True
+
+    def close(self) -> None:
+        self.ckpt.close()
+
+
+def read_selection(workdir: str) -> dict | None:
+    """`W/best.json`: the selected step, metric, value and validation split; None if none."""
+    path = os.path.join(workdir, "best.json")
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        return json.load(f)
+
+
+def restore_selected(workdir: str, abstract_state: Any) -> tuple[Any, int, dict | None]:
+    """(state, step, selection) of the selected checkpoint when the run selects one, else of
+    the newest checkpoint (selection None)."""
+    selection = read_selection(workdir)
+    restored = Checkpointer(workdir, subdir="best" if selection else "checkpoints").restore(abstract_state)
+    if restored is None:
+        raise UserError(f"no checkpoint in {workdir}")
+    return (*restored, selection)

@@ -19,13 +19,15 @@ from fergate.errors import UserError
 from fergate.train.program import Program, global_batch, input_pipeline, record_reader
 
 
-def evaluate(prog: Program, state, data_dir: str, split: str, classes: list[str]) -> models.Results:
-    """Predictions of `prog` in `state` on every record of `split`, with their metrics."""
+def evaluate(prog: Program, state, data_dir: str, split: str, classes: list[str],
+             records: np.ndarray | None = None) -> models.Results:
+    """Predictions of `prog` in `state` on every record of `split` (its `records` only, when
+    given), with their metrics."""
     config = prog.config
     manifest = pipeline.read_manifest(data_dir)
     out: dict[str, list] = {"logits": [], "label": [], "index": []}
     intro: dict[str, list] = {}
-    for local in input_pipeline(config, data_dir, split, train=False, manifest=manifest):
+    for local in input_pipeline(config, data_dir, split, train=False, manifest=manifest, records=records):
         res = jax.device_get(prog.predict(state, global_batch(local, prog.batch_sharding)))
         valid = res["mask"] > 0
         for k in out:

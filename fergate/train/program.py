@@ -9,6 +9,7 @@ state is replicated and donated to the step.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Callable
 from typing import Any
@@ -21,9 +22,13 @@ import numpy as np
 import optax
 
 from fergate import models
+from fergate.config import choice
 from fergate.data import pipeline
 from fergate.data.cache import builtin_dir
 from fergate.errors import UserError
+
+#: metrics `train.select` can pick the best checkpoint by (higher is better)
+SELECT_METRICS = ("accuracy", "mean_class_accuracy")
 
 
 @flax.struct.dataclass
@@ -84,6 +89,13 @@ def validate(config, workdir: str | None = None) -> None:
             raise UserError(f"config {key}={value}: must be at least {least}")
     if c.profile_steps and (len(c.profile_steps) != 2 or not 1 <= c.profile_steps[0] <= c.profile_steps[1]):
         raise UserError(f"config train.profile_steps={tuple(c.profile_steps)}: expected A,B with 1 <= A <= B")
+    if c.select:
+        choice(c.select, SELECT_METRICS, "config train.select metric")
+        if not config.data.val_split or not c.eval_every:
+            raise UserError(f"config train.select={c.select} picks the best checkpoint on a validation split: it "
+                            "needs data.val_split (e.g. val) and train.eval_every (not 0)")
+    if not 0 < config.data.val_fraction < 1:
+        raise UserError(f"config data.val_fraction={config.data.val_fraction}: must be in (0, 1)")
     if workdir is not None:
         if os.path.exists(workdir) and not os.path.isdir(workdir):
             raise UserError(f"--workdir {workdir} is a file, not a directory")
@@ -132,19 +144,51 @@ def class_names(config, manifest: dict) -> list[str]:
     return []
 
 
-def input_pipeline(config, data_dir: str, split: str, *, train: bool,
-                   manifest: dict | None = None) -> grain.IterDataset:
-    """This process's batches of `split` for the config's model: its fields and transforms,
-    the training batch size (shuffled, balanced, augmented, repeated) or the evaluation one
-    (one ordered, padded pass)."""
+@dataclasses.dataclass(frozen=True)
+class Validation:
+    """Where validation examples come from (`data.val_split`): a split of the data, or, when
+    the data has none, training subjects held out of training (`data.val_fraction` of them,
+    so that no subject is in both)."""
+
+    split: str
+    records: np.ndarray | None  #: the split's records to validate on (None: all)
+    train_records: np.ndarray | None  #: the training split's records left to training (None: all)
+    subjects: tuple[str, ...] = ()  #: the training subjects held out
+
+
+def validation(config, data_dir: str, manifest: dict) -> Validation | None:
+    name = config.data.val_split
+    if not name:
+        return None
+    if name in manifest["splits"]:
+        return Validation(name, None, None)
+    subjects = pipeline.split_subjects(pipeline.split_files(data_dir, config.data.train_split))
+    names = sorted(set(subjects))
+    if len(names) < 2:
+        raise UserError(f"config data.val_split={name}: the data has no such split, and its {len(names)} training "
+                        "subject cannot be split into training and validation subjects (data.val_split='' trains "
+                        "without validation)")
+    n = min(len(names) - 1, max(1, round(config.data.val_fraction * len(names))))
+    held = set(np.random.default_rng(0).permutation(names)[:n].tolist())
+    mask = np.isin(subjects, sorted(held))
+    return Validation(config.data.train_split, np.flatnonzero(mask), np.flatnonzero(~mask), tuple(sorted(held)))
+
+
+def input_pipeline(config, data_dir: str, split: str, *, train: bool, manifest: dict | None = None,
+                   records: np.ndarray | None = None, all_processes: bool = False) -> grain.IterDataset:
+    """Batches of `split` (its `records` only, when given) for the config's model: its fields
+    and transforms, the training batch size (shuffled, balanced, augmented, repeated) or the
+    evaluation one (one ordered, padded pass). This process's part of each global batch,
+    or with `all_processes` the whole pass in every process."""
     fam = models.family(config.model)
-    batch = (config.input.batch_size if train else config.eval.batch_size) // jax.process_count()
+    n = 1 if all_processes else jax.process_count()
+    batch = (config.input.batch_size if train else config.eval.batch_size) // n
     return pipeline.make_dataset(
         data_dir, split, fam.record_fields(config), batch, seed=config.seed, train=train,
         keep=tuple(fam.inputs(config)), balance=config.data.balance, transforms=fam.transforms(config, train),
-        process_index=jax.process_index(), process_count=jax.process_count(),
+        process_index=0 if all_processes else jax.process_index(), process_count=n,
         workers=config.data.workers if train else 0, label_field=config.data.label_field,
-        label_map=label_map(config, manifest))
+        label_map=label_map(config, manifest), records=records)
 
 
 def record_reader(config, data_dir: str, split: str, manifest: dict | None = None) -> Callable:
@@ -266,6 +310,18 @@ class Program:
 
     def new_state(self) -> TrainState:
         return self.init(jax.random.key(self.config.seed), self.example)
+
+    def with_statistics(self, state: TrainState, stats: dict) -> TrainState:
+        """`state` with the family's measured statistics in the "stats" collection."""
+        if not stats:
+            return state
+        declared = state.model_state.get("stats", {})
+        for k, v in stats.items():
+            if k not in declared or declared[k].shape != np.shape(v):
+                raise ValueError(f"statistics {k!r} {np.shape(v)} is not a 'stats' variable of the model "
+                                 f"({ {n: x.shape for n, x in declared.items()} })")
+        model_state = {**state.model_state, "stats": {**declared, **stats}}
+        return jax.device_put(state.replace(model_state=model_state), self.state_sharding)
 
     def abstract_sharded_state(self):
         return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),

@@ -27,7 +27,7 @@ from fergate import plots
 from fergate.data import pipeline
 from fergate.errors import Interrupted, UserError
 from fergate.train import evaluate, perf
-from fergate.train.checkpoint import Checkpointer
+from fergate.train.checkpoint import Checkpointer, Selection, restore_selected
 from fergate.train.program import (
     Program,
     TrainState,
@@ -37,6 +37,7 @@ from fergate.train.program import (
     input_pipeline,
     resolve,
     validate,
+    validation,
 )
 
 log = logging.getLogger(__name__)
@@ -63,7 +64,13 @@ def train(config, workdir: str) -> dict:
     check_workdir_config(workdir, config)
     classes = list(config.data.classes)
     prog = Program(config)
-    it = iter(input_pipeline(config, ddir, config.data.train_split, train=True, manifest=manifest))
+    val = validation(config, ddir, manifest)
+    train_records = val.train_records if val else None
+    it = iter(input_pipeline(config, ddir, config.data.train_split, train=True, manifest=manifest,
+                             records=train_records))
+    if val and val.subjects:
+        log.info(f"[train] validation: {len(val.records)} records of {len(val.subjects)} training subjects held out "
+                 f"of training ({', '.join(val.subjects[:5])}{', ...' if len(val.subjects) > 5 else ''})")
 
     # state: the newest checkpoint that restores, else a fresh one with earlier stages loaded
     ckpt = Checkpointer(workdir, keep=c.keep)
@@ -71,12 +78,19 @@ def train(config, workdir: str) -> dict:
     if restored is None:
         log.info(f"[train] no checkpoint in {ckpt.directory}: starting fresh")
         state, start = load_earlier_stages(prog, prog.new_state(), workdir), 0
+        t = time.time()
+        stats = prog.family.statistics(config, input_pipeline(config, ddir, config.data.train_split, train=False,
+                                                              manifest=manifest, records=train_records,
+                                                              all_processes=True))
+        if stats:
+            state = prog.with_statistics(state, stats)
+            log.info(f"[train] measured {', '.join(stats)} on the {config.data.train_split} split "
+                     f"({time.time() - t:.1f}s)")
         log.info(f"[train] {config.model}/{config.variant}: {prog.n_params():,} parameters, {jax.device_count()} "
                  f"devices ({jax.default_backend()}), global batch {config.input.batch_size}, data {ddir}")
     else:
         state, start = restored
         log.info(f"[train] resumed from step {start} ({ckpt.directory})")
-
     if prog.num_classes != len(classes):
         raise UserError(f"the model has {prog.num_classes} outputs but the data {len(classes)} classes "
                         f"({', '.join(classes[:8])}{', ...' if len(classes) > 8 else ''})")
@@ -87,13 +101,17 @@ def train(config, workdir: str) -> dict:
     writer = MetricsWriter(workdir, start)
     profile = Profile(c.profile_steps, workdir)
     eval_every = c.eval_every if c.eval_every >= 0 else max(1, c.steps // 10)
+    # periodic evaluation: on the validation split when there is one (it may select the
+    # checkpoint), else on the held-out split (to watch)
+    watch, watch_records, tag = (val.split, val.records, "val") if val else (config.data.eval_split, None, "eval")
+    selection = Selection(workdir, c.select, f"{watch} ({tag})") if c.select else None
 
-    def evaluate_now(step: int) -> dict:
-        m = evaluate.evaluate(prog, state, ddir, config.data.eval_split, classes).metrics
-        writer.write(step, {f"eval_{k}": m[k] for k in ("accuracy", "mean_class_accuracy")})
-        log.info(f"[eval] step {step}: {config.data.eval_split} accuracy {m['accuracy']:.3f}, "
-                 f"mean class {m['mean_class_accuracy']:.3f}")
-        return m
+    def evaluate_now(step: int) -> None:
+        m = evaluate.evaluate(prog, state, ddir, watch, classes, records=watch_records).metrics
+        writer.write(step, {f"{tag}_{k}": m[k] for k in ("accuracy", "mean_class_accuracy")})
+        better = selection is not None and selection.offer(step, state, m)
+        log.info(f"[eval] step {step}: {tag} accuracy {m['accuracy']:.3f}, mean class {m['mean_class_accuracy']:.3f}"
+                 f"{' (best so far: kept)' if better else ''}")
 
     # loop
     pending, t_last, step_last, t0 = [], None, start, time.time()
@@ -140,16 +158,26 @@ def train(config, workdir: str) -> dict:
                     ckpt.close()
                     raise Interrupted(f"{preemption.name} at step {step}: checkpoint saved in {ckpt.directory}; "
                                       "run the same command again to resume", preemption.signum)
-                if eval_every and step % eval_every == 0 and step != c.steps:
+                if eval_every and (step % eval_every == 0 or (step == c.steps and selection)) and \
+                        (step != c.steps or val):  # the held-out split's last evaluation is the final one
                     evaluate_now(step)
     finally:
         profile.close()
         ckpt.close()
+        if selection is not None:
+            selection.close()
     log.info(f"[train] done: {step - start} steps run here (step {step} of {c.steps}) in {_hms(time.time() - t0)}")
 
-    # final evaluation, reports by process 0
+    # final evaluation of the selected checkpoint (or the last), reports by process 0
+    evaluated = step
+    if selection is not None and selection.best:
+        state, evaluated, chosen = restore_selected(workdir, prog.abstract_sharded_state())
+        log.info(f"[eval] the selected checkpoint: step {evaluated} ({chosen['split']} {chosen['metric']} "
+                 f"{chosen['value']:.3f})")
     results = evaluate.evaluate(prog, state, ddir, config.data.eval_split, classes)
-    results.metrics.update(step=step, split=config.data.eval_split)
+    results.metrics.update(step=evaluated, split=config.data.eval_split)
+    if selection is not None:
+        results.metrics["selected"] = selection.best
     writer.write(step, {f"eval_{k}": results.metrics[k] for k in ("accuracy", "mean_class_accuracy")})
     writer.close()
     report = evaluate.write_reports(results, workdir) if jax.process_index() == 0 else results.metrics
@@ -215,7 +243,8 @@ class Preemption:
 def load_earlier_stages(prog: Program, state: TrainState, workdir: str) -> TrainState:
     """Copies the parameter subtrees `config.init.params` found in the newest checkpoints of
     `config.init.params_from`: workdirs, or "pretrain" = the family's `stages(config)`, each
-    trained into W/pretrain/NAME first unless it has finished."""
+    trained into W/pretrain/NAME first unless it has finished. An entry "dst=src" copies the
+    source's subtree src into this model's dst (e.g. start one network from another's weights)."""
     config = prog.config
     sources = list(config.init.params_from)
     if "pretrain" in sources:
@@ -226,6 +255,7 @@ def load_earlier_stages(prog: Program, state: TrainState, workdir: str) -> Train
     if not sources:
         return state
     params, model_state = dict(state.params), {k: dict(v) for k, v in state.model_state.items()}
+    pairs = [tuple(e.split("=", 1)) if "=" in e else (e, e) for e in config.init.params]  # (dst, src)
     loaded: dict[str, str] = {}  # parameter subtree -> the workdir it came from
     for source in sources:
         src = Program(config_lib.load_workdir(source))
@@ -233,16 +263,16 @@ def load_earlier_stages(prog: Program, state: TrainState, workdir: str) -> Train
         if restored is None:
             raise UserError(f"config init.params_from: no checkpoint in {source}")
         src_params, src_model_state = restored[0].params, restored[0].model_state
-        for name in (n for n in config.init.params if n in src_params and n in params):
-            if jax.tree.map(np.shape, src_params[name]) != jax.tree.map(np.shape, params[name]):
-                raise UserError(f"config init.params: {name} in {source} has other shapes than this model's "
+        for dst, name in ((d, s) for d, s in pairs if s in src_params and d in params):
+            if jax.tree.map(np.shape, src_params[name]) != jax.tree.map(np.shape, params[dst]):
+                raise UserError(f"config init.params: {name} in {source} has other shapes than this model's {dst} "
                                 "(trained with other settings?)")
-            params[name] = src_params[name]
-            loaded[name] = source
+            params[dst] = src_params[name]
+            loaded[dst] = source
             for col, tree in src_model_state.items():
-                if name in tree and name in model_state.get(col, {}):
-                    model_state[col][name] = tree[name]
-    missing = [n for n in config.init.params if n in params and n not in loaded]
+                if name in tree and dst in model_state.get(col, {}):
+                    model_state[col][dst] = tree[name]
+    missing = [d for d, _ in pairs if d in params and d not in loaded]
     if missing:
         raise UserError(f"config init.params: {', '.join(missing)} not found in {', '.join(sources)}")
     log.info(f"[train] loaded {', '.join(f'{n} ({w})' for n, w in loaded.items())} "
@@ -314,7 +344,8 @@ class MetricsWriter:
             f.write(json.dumps({**row, "step": step}) + "\n")
         for k, v in row.items():
             if v is not None:
-                self.tb.add_scalar(k.replace("eval_", "eval/", 1) if k.startswith("eval_") else f"train/{k}", v, step)
+                split, _, name = k.partition("_")
+                self.tb.add_scalar(f"{split}/{name}" if split in ("eval", "val") else f"train/{k}", v, step)
 
     def close(self) -> None:
         if self.tb is not None:
