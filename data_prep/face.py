@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import importlib.util
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import cv2
@@ -137,12 +138,15 @@ def apply_affine(m: np.ndarray, pts: np.ndarray) -> np.ndarray:
     return (pts @ m[:, :2].T + m[:, 2]).astype(np.float32)
 
 
-def alignment(lm: np.ndarray, size: int) -> np.ndarray:
-    """2x3 matrix taking image pixels to a `size` x `size` crop where the eye centres and
-    the mouth centre land on `TEMPLATE`."""
+def alignment(lm: np.ndarray, size: int | tuple[int, int]) -> np.ndarray:
+    """2x3 matrix taking image pixels to a crop where the eye centres and the mouth centre
+    land on `TEMPLATE`: a `size` x `size` square, or (width, height): the square of side
+    width centred in it, the extra height split above and below (a 125 x 160 crop keeps
+    more forehead and chin, as the attention paper's faces)."""
+    w, h = (size, size) if isinstance(size, int) else size
     left, right = eye_centres(lm)
     src = np.stack([left, right, lm[MOUTH].mean(0)])
-    tform = SimilarityTransform.from_estimate(src, TEMPLATE * size)
+    tform = SimilarityTransform.from_estimate(src, TEMPLATE * w + np.float32([0, (h - w) / 2]))
     if not tform:  # skimage's FailedEstimation: coincident points
         raise SkipItem("degenerate_face", str(tform))
     return tform.params[:2]
@@ -182,9 +186,40 @@ def identity_embedding(img: np.ndarray, rect, lm: np.ndarray) -> np.ndarray:
     return np.asarray(models().recognizer.compute_face_descriptor(img, shape), np.float32)
 
 
+def parse_size(text: str | int | Sequence[int]) -> int | tuple[int, int]:
+    """"96" -> 96 (a square side); "125x160" or (125, 160) (a manifest's) -> (width, height)."""
+    if isinstance(text, (list, tuple)):
+        text = "x".join(map(str, text))
+    w, _, h = str(text).lower().partition("x")
+    try:
+        size = (int(w), int(h)) if h else int(w)
+    except ValueError:
+        raise ValueError(f"face size {text!r}: a side (96) or width x height (125x160)") from None
+    if min(size if isinstance(size, tuple) else (size,)) < 16:
+        raise ValueError(f"face size {text!r}: at least 16 pixels")
+    return size
+
+
+def isotropic_diffusion(grey: np.ndarray, sigma: float) -> np.ndarray:
+    """Illumination normalisation by isotropic diffusion: the illumination L is the image
+    diffused isotropically (the heat equation for time sigma^2 / 2, i.e. a Gaussian blur of
+    standard deviation sigma), the output the reflectance I / L, stretched so that its 1st
+    and 99th percentiles span 0-255. Slow changes of lighting divide out; edges stay."""
+    x = grey.astype(np.float32).reshape(grey.shape[:2]) + 1.0
+    light = cv2.GaussianBlur(x, (0, 0), sigma, borderType=cv2.BORDER_REPLICATE)
+    r = x / light
+    lo, hi = np.percentile(r, (1, 99))
+    return np.clip((r - lo) / max(hi - lo, 1e-6) * 255.0, 0, 255).astype(np.uint8).reshape(grey.shape)
+
+
+#: isotropic diffusion's sigma as a fraction of the crop width (10 px on a 125-wide face)
+DIFFUSION_SIGMA = 0.08
+
+
 @dataclass(frozen=True)
 class FaceOptions:
-    face_size: int = 96  #: side of the aligned face crop
+    face_size: int | tuple[int, int] = 96  #: side of the aligned face crop, or (width, height)
+    illumination: str = "none"  #: "diffusion": isotropic-diffusion illumination normalisation (grey faces)
     color: bool = True  #: RGB crop (else grey)
     patch_size: int = 30  #: P: patch stacks are N_l x P x P
     patch_side: float = 0.3  #: patch side as a fraction of the iod
@@ -201,9 +236,12 @@ def process_face(img: np.ndarray, opts: FaceOptions = FaceOptions(), rect=None) 
     if not np.isfinite(lm).all() or iod(lm) < opts.min_iod:
         raise SkipItem("degenerate_face", f"iod {iod(lm):.1f} px")
     m = alignment(lm, opts.face_size)
-    face = warp(img, m, (opts.face_size, opts.face_size))
+    shape = (opts.face_size, opts.face_size) if isinstance(opts.face_size, int) else tuple(opts.face_size)
+    face = warp(img, m, shape)
     if not opts.color:
         face = cv2.cvtColor(face, cv2.COLOR_RGB2GRAY)[..., None]
+    if opts.illumination == "diffusion":  # grey faces only (prep.run checks)
+        face = isotropic_diffusion(face, DIFFUSION_SIGMA * shape[0])
     lm_a = apply_affine(m, lm)
     rec = {"face": face, "landmarks": lm_a, "iod": float(iod(lm_a)),
            "box": np.array([rect.left(), rect.top(), rect.right(), rect.bottom()], np.int32)}

@@ -127,6 +127,10 @@ def run(dataset: str, source: str | None, out: str, opts: PrepOptions = PrepOpti
         raise UserError(f"--shard_index {shard_index} must be in [0, --num_shards {num_shards})")
     if not 0 <= opts.test_fraction < 1:
         raise UserError(f"--test_fraction {opts.test_fraction}: must be in [0, 1)")
+    if opts.face.illumination not in ("none", "diffusion"):
+        raise UserError(f"--illumination {opts.face.illumination!r}: none or diffusion")
+    if opts.face.illumination != "none" and opts.face.color:
+        raise UserError("--illumination diffusion normalises grey faces: add --grey")
     if os.path.exists(out) and not os.path.isdir(out):
         raise UserError(f"--out {out} is a file, not a directory")
     reader_options = reader_options or {}
@@ -195,9 +199,13 @@ def run(dataset: str, source: str | None, out: str, opts: PrepOptions = PrepOpti
 
 def builtin(dataset: str, options: dict) -> str:
     """The directory of a built-in dataset (`sample`, THIN's synthetic sets) prepared with
-    reader `options` in the cache, prepared here first if absent: under a file lock, so that
-    concurrent runs (tests, the processes of one job) prepare it once."""
+    `options` in the cache (those of FaceOptions, e.g. face_size "125x160", color, the rest
+    the reader's), prepared here first if absent: under a file lock, so that concurrent runs
+    (tests, the processes of one job) prepare it once."""
     out = builtin_dir(dataset, options)
+    face_fields = {f.name for f in dataclasses.fields(F.FaceOptions)}
+    face = {k: F.parse_size(v) if k == "face_size" else v for k, v in options.items() if k in face_fields}
+    reader = {k: v for k, v in options.items() if k not in face_fields}
     manifest = os.path.join(out, "manifest.json")
     if os.path.exists(manifest):
         return out
@@ -206,6 +214,6 @@ def builtin(dataset: str, options: dict) -> str:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if not os.path.exists(manifest):
             log.info(f"[data] preparing the built-in {dataset} dataset into {out} (once)")
-            if not run(dataset, None, out, reader_options=dict(options))["complete"]:
+            if not run(dataset, None, out, PrepOptions(face=F.FaceOptions(**face)), reader)["complete"]:
                 raise UserError(f"preparing the {dataset} dataset into {out} did not complete")
     return out

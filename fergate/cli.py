@@ -31,14 +31,24 @@ def _prep(a: argparse.Namespace) -> None:
     from data_prep import face, prep
 
     opts = prep.PrepOptions(
-        face=face.FaceOptions(face_size=a.face_size, color=not a.grey, patch_size=a.patch_size,
-                              patches=not a.no_patches, identity=not a.no_identity, upsample=a.upsample),
+        face=face.FaceOptions(face_size=_face_size(a.face_size), color=not a.grey, patch_size=a.patch_size,
+                              patches=not a.no_patches, identity=not a.no_identity, upsample=a.upsample,
+                              illumination=a.illumination),
         clip_size=a.clip_size, compress=a.compress, records_per_file=a.records_per_file, test_fraction=a.test_fraction)
     reader_options = {}
     if a.dataset == "sample":
         reader_options = {"size": a.size, "clips": a.clips, "frames": a.frames, "seed": a.seed,
                           "test_subjects": a.test_subjects}
     prep.run(a.dataset, a.source, a.out, opts, reader_options, a.workers, a.shard_index, a.num_shards)
+
+
+def _face_size(text: str):
+    from data_prep.face import parse_size
+
+    try:
+        return parse_size(text)
+    except ValueError as e:
+        raise UserError(f"--face_size: {e}") from None
 
 
 def _jax_setup(a: argparse.Namespace) -> None:
@@ -120,6 +130,78 @@ def _eval(a: argparse.Namespace) -> None:
             print(f"[eval] {len(runs)} runs compared -> {path}")
 
 
+def _attend(a: argparse.Namespace) -> int:
+    """The fully-convolutional mode: a trained model's attention over whole images."""
+    import json
+    import os
+
+    import cv2
+    import numpy as np
+
+    from data_prep import face as F
+    from fergate import config as config_lib
+    from fergate import plots
+
+    cfg = config_lib.load_workdir(a.workdir)
+    _jax_setup(a)
+    from fergate.train import program
+    from fergate.train.checkpoint import restore_selected
+
+    prog = program.Program(cfg)
+    state, step, _ = restore_selected(a.workdir, prog.abstract_sharded_state())
+    variables = {"params": state.params, **state.model_state}
+    prep = dict(cfg.data.prep_options)
+    if cfg.data.dir:  # the options the training data was prepared with
+        with open(os.path.join(cfg.data.dir, "manifest.json")) as f:
+            prep = json.load(f).get("options", {}).get("face", prep)
+    size = F.parse_size(prep.get("face_size", 96))
+    width = size if isinstance(size, int) else size[0]
+    train_iod = float(np.linalg.norm(F.TEMPLATE[1] - F.TEMPLATE[0])) * width  # faces' iod in the training crops
+    out = a.out or os.path.join(a.workdir, "attend")
+    os.makedirs(out, exist_ok=True)
+    failed = 0
+    with open(os.path.join(out, "attend.jsonl"), "a") as log:
+        for path in a.images:
+            try:
+                img = F.load_image(path)
+            except F.SkipItem as e:
+                print(f"fergate attend: error: {path}: cannot read it ({e.reason})", file=sys.stderr)
+                failed += 1
+                continue
+            boxes, scale = [], a.scale
+            if a.faces:
+                rects = F.models().detector(img, 1)
+                boxes = [(r.left(), r.top(), r.right(), r.bottom()) for r in rects]
+                if rects and scale is None:  # faces at the size the model was trained on
+                    scale = train_iod / float(np.median([F.iod(F.landmarks(img, r)) for r in rects]))
+            scale = scale or 1.0
+            grey = cv2.cvtColor(img, cv2.COLOR_RGB2GRAY)
+            small = cv2.resize(grey, (max(16, round(grey.shape[1] * scale)), max(16, round(grey.shape[0] * scale))),
+                               interpolation=cv2.INTER_AREA)
+            if prep.get("illumination") == "diffusion":
+                small = F.isotropic_diffusion(small, F.DIFFUSION_SIGMA * width)
+            b = prog.family.attend(cfg, prog.module, variables, small)
+            heat = cv2.resize(b.astype(np.float32), (grey.shape[1], grey.shape[0]), interpolation=cv2.INTER_LINEAR)
+            heat /= heat.sum()
+            y, x = np.unravel_index(int(np.argmax(heat)), heat.shape)
+            faces = [{"box": list(map(int, bx)), "mass": float(heat[bx[1]:bx[3], bx[0]:bx[2]].sum())} for bx in boxes]
+            if a.faces and boxes:  # the map masked by the face boxes
+                mask = np.zeros_like(heat)
+                for left, top, right, bottom in boxes:
+                    mask[max(0, top):bottom, max(0, left):right] = 1
+                heat = heat * mask / max(float((heat * mask).sum()), 1e-12)
+            stem = os.path.splitext(os.path.basename(path))[0]
+            png = plots.overlay(img, heat, boxes, f"{cfg.model}/{cfg.variant} attention, step {step}: {stem}",
+                                os.path.join(out, f"{stem}_attention.png"), "attention weight per pixel")
+            inside = any(f["box"][0] <= x < f["box"][2] and f["box"][1] <= y < f["box"][3] for f in faces)
+            row = {"image": path, "png": png, "scale": scale, "peak": [int(x), int(y)], "faces": faces,
+                   "peak_in_face": inside}
+            log.write(json.dumps(row) + "\n")
+            print(f"[attend] {path}: peak at ({x}, {y})"
+                  f"{', in a face box' if row['peak_in_face'] else ''}; {len(faces)} faces -> {png}")
+    return 2 if failed else 0
+
+
 def _bench(a: argparse.Namespace, overrides: list[str]) -> None:
     from fergate import config as config_lib
 
@@ -163,7 +245,9 @@ def parser() -> argparse.ArgumentParser:
     q.add_argument("--records_per_file", type=int, default=1024)
     q.add_argument("--test_fraction", type=float, default=0.2,
                    help="a source without a test split: hold out this share of its subjects as `test` (0: none)")
-    q.add_argument("--face_size", type=int, default=96)
+    q.add_argument("--face_size", default="96", help="aligned crop: a side (96) or width x height (125x160)")
+    q.add_argument("--illumination", default="none", choices=("none", "diffusion"),
+                   help="isotropic-diffusion illumination normalisation of grey faces")
     q.add_argument("--grey", action="store_true", help="store grey faces (default RGB)")
     q.add_argument("--patch_size", type=int, default=30)
     q.add_argument("--no_patches", action="store_true")
@@ -195,6 +279,16 @@ def parser() -> argparse.ArgumentParser:
     _add_jax_args(q)
     q.set_defaults(func=_eval)
 
+    q = sub.add_parser("attend", help="a trained model's attention over whole images of any size (group photos)")
+    q.add_argument("--workdir", required=True)
+    q.add_argument("images", nargs="+", metavar="IMAGE")
+    q.add_argument("--faces", action="store_true", help="detect the faces: scale them to the training size, mask "
+                   "the map by their boxes")
+    q.add_argument("--scale", type=float, default=None, help="resize the images by this factor first")
+    q.add_argument("--out", default=None, help="output directory (default: W/attend)")
+    _add_jax_args(q)
+    q.set_defaults(func=_attend)
+
     q = sub.add_parser("bench", help="time train (or --infer) steps on synthetic batches; prints one JSON line")
     q.add_argument("--config", required=True)
     q.add_argument("--batch", type=int, default=None)
@@ -222,7 +316,7 @@ def main(argv: list[str] | None = None) -> int:
 
         tune_host_allocator()
     try:
-        args.func(args, overrides) if getattr(args, "overrides", False) else args.func(args)
+        rc = args.func(args, overrides) if getattr(args, "overrides", False) else args.func(args)
     except UserError as e:
         print(f"fergate {args.command}: error: {e}", file=sys.stderr)
         return 2
@@ -232,7 +326,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"fergate {args.command}: interrupted", file=sys.stderr)
         return 130
-    return 0
+    return rc or 0
 
 
 if __name__ == "__main__":

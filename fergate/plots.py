@@ -92,6 +92,39 @@ def values_on_faces(values: dict[str, np.ndarray], faces: dict[str, np.ndarray],
     return _save(fig, path)
 
 
+def maps_on_images(images: dict[str, np.ndarray], title: str, path: str, colorbar_label: str) -> str:
+    """One panel per class of an (H, W) map over the input (e.g. mean face x attention), on
+    one colour scale."""
+    plt = _plt()
+    cols = len(images)
+    vmax = max(float(v.max()) for v in images.values())
+    fig, axes = plt.subplots(1, cols, figsize=(1.9 * cols, 3.2), squeeze=False, layout="compressed")
+    im = None
+    for ax, (c, v) in zip(axes[0], images.items()):
+        im = ax.imshow(v, cmap="inferno", vmin=0, vmax=vmax)
+        ax.set_title(c, fontsize=9)
+        ax.axis("off")
+    fig.colorbar(im, ax=axes[0].tolist(), orientation="horizontal", fraction=0.08, aspect=60,
+                 shrink=0.8).set_label(colorbar_label)
+    fig.suptitle(title, fontsize=10, y=1.06)
+    return _save(fig, path)
+
+
+def overlay(image: np.ndarray, heat: np.ndarray, boxes: list, title: str, path: str, colorbar_label: str) -> str:
+    """A photo with a per-pixel heat map over it and face boxes (left, top, right, bottom)."""
+    plt = _plt()
+    h, w = image.shape[:2]
+    fig, ax = plt.subplots(figsize=(min(12, 2 + w / 80), min(12, 1.2 + h / 80)))
+    ax.imshow(image if image.ndim == 3 and image.shape[-1] == 3 else image.reshape(h, w), cmap="gray")
+    im = ax.imshow(heat, cmap="jet", alpha=0.45)
+    for left, top, right, bottom in boxes:
+        ax.add_patch(plt.Rectangle((left, top), right - left, bottom - top, fill=False, color="white", lw=1.5))
+    ax.axis("off")
+    ax.set_title(title, fontsize=9)
+    fig.colorbar(im, ax=ax, shrink=0.7).set_label(colorbar_label)
+    return _save(fig, path)
+
+
 def distributions(histograms: dict[str, dict], xlabel: str, title: str, path: str) -> str:
     """Histograms {label: {"counts", "edges", "mean"}} as one line each, normalised."""
     plt = _plt()

@@ -177,8 +177,9 @@ def test_modul_learns_and_beats_chance_on_held_out_subjects(learn_data, tmp_path
     from data_prep.sample import sample_photos
 
     subjects = {n for n, *_ in sample_photos()}
-    cfg = C.load("configs/modul.py", [f"--config.data.dir={learn_data}", "--config.train.steps=400",
-                                      "--config.train.log_every=25", "--config.train.ckpt_every=400"])
+    cfg = C.load("configs/modul.py", [f"--config.data.dir={learn_data}", "--config.train.steps=300",
+                                      "--config.train.log_every=25", "--config.train.ckpt_every=300",
+                                      "--config.train.eval_every=0"])
     res = trainer.train(cfg, str(tmp_path / "w"))
     losses = [loss for _, loss in _losses(tmp_path / "w")]
     print(f"loss {losses[0]:.3f} -> {np.mean(losses[-3:]):.3f}; held-out accuracy {res['accuracy']:.3f}")

@@ -363,6 +363,47 @@ class ResizeFace(grain.transforms.Map):
         return rec
 
 
+@dataclasses.dataclass
+class Crop(grain.transforms.RandomMap):
+    """A `size` (height, width) crop of each image field of `points` (its points follow):
+    at a random position in training (`random`), else the centre one. As a RandomMap it
+    runs in training only; `CenterCrop` is the evaluation's."""
+
+    size: tuple[int, int]
+    points: Mapping[str, str | None]  #: image field -> its points field (or None)
+
+    def offsets(self, shape: tuple[int, ...], rng: np.random.Generator | None) -> tuple[int, int]:
+        dy, dx = shape[0] - self.size[0], shape[1] - self.size[1]
+        if dy < 0 or dx < 0:
+            raise ValueError(f"cannot crop {tuple(self.size)} from an image of {shape[:2]}")
+        return (int(rng.integers(0, dy + 1)), int(rng.integers(0, dx + 1))) if rng is not None else (dy // 2, dx // 2)
+
+    def crop(self, rec: dict, rng: np.random.Generator | None) -> dict:
+        rec = dict(rec)
+        for image_field, points_field in self.points.items():
+            if image_field not in rec:
+                continue
+            y, x = self.offsets(rec[image_field].shape, rng)
+            rec[image_field] = np.ascontiguousarray(rec[image_field][y : y + self.size[0], x : x + self.size[1]])
+            if points_field and points_field in rec:
+                rec[points_field] = (rec[points_field] - np.float32([x, y])).astype(np.float32)
+        return rec
+
+    def random_map(self, rec: dict, rng: np.random.Generator) -> dict:
+        return self.crop(rec, rng)
+
+
+@dataclasses.dataclass
+class CenterCrop(grain.transforms.Map):
+    """The centre `size` crop of `Crop`, for evaluation."""
+
+    size: tuple[int, int]
+    points: Mapping[str, str | None]
+
+    def map(self, rec: dict) -> dict:
+        return Crop(self.size, self.points).crop(rec, None)
+
+
 def face_transforms(size: int, grey: bool, flip: bool = False, brightness_contrast: bool = False,
                     rotate: float = 0.0, hue_saturation: bool = False) -> list:
     """For models reading face records, in training: a mirror flip of every face field

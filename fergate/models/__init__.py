@@ -45,6 +45,9 @@ Optional (defaults in this module):
     compare(runs, outdir) -> [paths]
         Figures across several evaluated runs {workdir: eval.json}, for `fergate eval
         --compare`. Default: none (a UserError).
+    attend(config, module, variables, image) -> (h, w) map
+        The model's spatial attention over a whole image of any size (the fully
+        convolutional mode of `fergate attend`), weights summing to 1. Default: none.
     stages(config) -> {name: config}
         Earlier training stages this config needs, each trained into W/pretrain/NAME before
         it (unless finished) when `config.init.params_from` names "pretrain"; the subtrees
@@ -71,7 +74,7 @@ from fergate.errors import UserError
 
 #: The families fergate ships (`config.model`); a new fergate/models/<name>.py, or any importable
 #: module following the contract, works too.
-FAMILIES = ("modul", "thin")
+FAMILIES = ("modul", "thin", "attention")
 
 
 @dataclasses.dataclass
@@ -162,7 +165,7 @@ class Family:
             raise UserError(f"model family {module.__name__} lacks {', '.join(missing)} (see fergate.models)")
         self.build, self.inputs = module.build, module.inputs
         for name in ("record_fields", "resolve", "statistics", "loss", "transforms", "example_batch", "reports",
-                     "compare", "stages"):
+                     "compare", "attend", "stages"):
             if hasattr(module, name):
                 setattr(self, name, getattr(module, name))
 
@@ -189,6 +192,9 @@ class Family:
 
     def compare(self, runs: dict[str, dict], outdir: str) -> list[str]:
         raise UserError(f"model family {self.name} has no figures across runs (--compare)")
+
+    def attend(self, config, module, variables: dict, image: np.ndarray) -> np.ndarray:
+        raise UserError(f"model family {self.name} has no attention map (fergate attend)")
 
     stages = staticmethod(config_lib.pretrain_stages)
 

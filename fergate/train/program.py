@@ -216,7 +216,9 @@ def decay_horizon(config) -> int:
 def make_optimizer(config) -> tuple[optax.GradientTransformation, optax.Schedule]:
     """Adam(W) or SGD with momentum, polynomial decay (power `decay_power`) over
     `decay_horizon` after an optional linear warm-up, optional global-norm clipping; the
-    `optim.frozen` parameter subtrees (pretrained parts) get no update and no optimizer state."""
+    `optim.frozen` parameter subtrees (pretrained parts) get no update and no optimizer state;
+    `optim.lr_scale` entries "subtree=factor" scale a subtree's rate (a pretrained trunk
+    fine-tuned slower than a new head)."""
     o, steps = config.optim, decay_horizon(config)
     decay = optax.polynomial_schedule(o.lr, o.end_lr, o.decay_power, max(1, steps - o.warmup_steps))
     warm_decay = decay if not o.warmup_steps else optax.join_schedules(
@@ -236,12 +238,27 @@ def make_optimizer(config) -> tuple[optax.GradientTransformation, optax.Schedule
         raise UserError(f"unknown optimizer {o.name!r} (config optim.name): adam or sgd")
     if o.grad_clip:
         opt = optax.chain(optax.clip_by_global_norm(o.grad_clip), opt)
-    if o.frozen:
-        def labels(params):
-            return {k: jax.tree.map(lambda _, k=k: "frozen" if k in o.frozen else "train", v)
-                    for k, v in params.items()}
+    scales = {}
+    for entry in o.get("lr_scale", ()):  # workdirs written before the option have none
+        name, _, factor = entry.partition("=")
+        try:
+            scales[name] = float(factor)
+        except ValueError:
+            raise UserError(f"config optim.lr_scale: {entry!r} is not subtree=factor (e.g. features=0.1)") from None
+    if o.frozen or scales:
+        def label(k: str) -> str:
+            return "frozen" if k in o.frozen else f"scale={scales[k]}" if k in scales else "train"
 
-        opt = optax.multi_transform({"train": opt, "frozen": optax.set_to_zero()}, labels)
+        def labels(params):
+            unknown = sorted(set(scales) - set(params))
+            if unknown:
+                raise UserError(f"config optim.lr_scale: no parameter subtree {', '.join(unknown)} "
+                                f"(this model has {', '.join(params)})")
+            return {k: jax.tree.map(lambda _, k=k: label(k), v) for k, v in params.items()}
+
+        groups = {"train": opt, "frozen": optax.set_to_zero(),
+                  **{f"scale={f}": optax.chain(opt, optax.scale(f)) for f in scales.values()}}
+        opt = optax.multi_transform(groups, labels)
     return opt, schedule
 
 

