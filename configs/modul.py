@@ -29,7 +29,7 @@ def get_config(arg=None):
         standardize=True,  # distance inputs standardised with training-split statistics
     )
     # Adam (b1 0.9), polynomial decay power 0.9, 25k steps at 1e-3 for joint_rw / modul and
-    # 20k at 1e-2 otherwise (paper IV-B); without `paper`, 3e-4 / 1e-4 (see README)
+    # 20k at 1e-2 otherwise (paper IV-B); without `paper`, the gentler 3e-4 / 1e-4 (see README)
     long = arg.variant in ("joint_rw", "modul")
     c.optim.lr = (1e-3 if long else 1e-2) if arg.paper else (3e-4 if long else 1e-4)
     c.optim.decay_power = 0.9
