@@ -365,9 +365,9 @@ class ResizeFace(grain.transforms.Map):
 
 @dataclasses.dataclass
 class Crop(grain.transforms.RandomMap):
-    """A `size` (height, width) crop of each image field of `points` (its points follow):
-    at a random position in training (`random`), else the centre one. As a RandomMap it
-    runs in training only; `CenterCrop` is the evaluation's."""
+    """A `size` (height, width) crop of each image field of `points` (its points follow) at
+    a random position. As a RandomMap it runs in training only; `CenterCrop` is the
+    evaluation's."""
 
     size: tuple[int, int]
     points: Mapping[str, str | None]  #: image field -> its points field (or None)

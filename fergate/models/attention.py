@@ -154,13 +154,14 @@ def transforms(config, train: bool) -> list:
     d, size, crop = config.data, tuple(config.input.record_size), tuple(config.input.crop)
     points = {"face": "landmarks"}
     out = [pipeline.ResizeFace(size, grey=True)]
-    if train:
-        out += [pipeline.Crop(crop, points)]
-        if d.flip:
-            out += [pipeline.RandomFlip({"face": pipeline.flip_image, "landmarks": pipeline.MirrorPoints("face", 1)})]
-        if d.brightness_contrast:
-            out += [pipeline.BrightnessContrast(("face",))]
-    return out + [pipeline.CenterCrop(crop, points)]  # a no-op after the random crop
+    if not train:
+        return out + [pipeline.CenterCrop(crop, points)]
+    out += [pipeline.Crop(crop, points)]
+    if d.flip:
+        out += [pipeline.RandomFlip({"face": pipeline.flip_image, "landmarks": pipeline.MirrorPoints("face", 1)})]
+    if d.brightness_contrast:
+        out += [pipeline.BrightnessContrast(("face",))]
+    return out
 
 
 def example_batch(config, n: int) -> dict:
