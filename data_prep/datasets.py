@@ -16,6 +16,7 @@ import numpy as np
 from data_prep import face as F
 from data_prep import sample as S
 from data_prep import synthetic
+from fergate.data import compound as compound_labels
 from fergate.errors import UserError
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif", ".pgm", ".ppm")
@@ -28,7 +29,8 @@ class Item:
     label: int
     subject: str
     source: str  #: path or id
-    kind: str = "image"  #: "image", "clip" (face pipeline run on it) or "record" (fields as loaded)
+    kind: str = "image"  #: "image", "clip" (face pipeline run on it), "record" (fields as loaded), "bad"
+    #: ("bad": an item the reader found unusable, skipped with the reason in `params` when loaded)
     params: tuple = field(default=())  #: reader-specific (the sample generator's recipe)
 
 
@@ -36,17 +38,20 @@ class SampleReader:
     """The built-in synthetic set (data_prep.sample): `size` images and `clips` clips spread
     evenly over classes and subjects. `test_subjects` subjects form the test split: every
     k-th of the names in reverse sorted order (k = #subjects // test_subjects), i.e.
-    grace_hopper when only the two photos of scikit-image and matplotlib are there."""
+    grace_hopper when only the two photos of scikit-image and matplotlib are there.
+    `compound`: the 50 compound classes of iCV-MEFED (fergate.data.compound) instead of the
+    7 basic expressions, each a blend of two (the dominant stronger)."""
 
     def __init__(self, source: str | None = None, size: int = 2800, clips: int = 140, frames: int = 16,
-                 test_subjects: int = 3, seed: int = 0, **_):
+                 test_subjects: int = 3, seed: int = 0, compound: bool = False, **_):
         try:
             sources = S.sample_photos(source)
         except FileNotFoundError as e:
             raise UserError(str(e)) from None
         if not sources:
             raise UserError(f"no face photos found{' in ' + source if source else ''} for the sample dataset")
-        self.classes = S.CLASSES
+        self.classes = compound_labels.CLASSES if compound else S.CLASSES
+        self.compound = compound
         self.size, self.clips, self.frames, self.seed = size, clips, frames, seed
         self.subjects: dict[str, list[tuple[str, int]]] = {}
         for name, path, index in sources:
@@ -65,8 +70,18 @@ class SampleReader:
             intensity = 0.0 if label == 0 else float(rng.uniform(0.6, 1.4))
             split = ("test" if name in self.test else "train") + ("_clips" if kind == "clip" else "")
             out.append(Item(f"{kind}{i:07d}", split, label, name, path, kind,
-                            (self.classes[label], intensity, int(rng.integers(2**31)), index)))
+                            (self.expression(label), intensity, int(rng.integers(2**31)), index)))
         return out
+
+    def expression(self, label: int) -> str | tuple[str, str]:
+        """The sample generator's expression of a class: its name, or a compound class's
+        (complementary, dominant) pair."""
+        if not self.compound:
+            return self.classes[label]
+        pair = compound_labels.compound_pair(label)
+        if pair is None:
+            return "neutral"
+        return tuple(S.COMPOUND_EXPRESSIONS[compound_labels.EMOTIONS[e - 1]] for e in pair)
 
     def items(self) -> list[Item]:
         return self._items(self.size, "image") + self._items(self.clips, "clip")
@@ -117,6 +132,71 @@ class FolderReader:
         return out
 
     def load(self, item: Item):
+        return F.load_image(item.source)
+
+
+class IcvMefedReader:
+    """iCV-MEFED (the micro-emotion challenge's dataset): flat folders of
+    `Sample_<subject>_<idx>.JPG` photos anywhere under SOURCE, and label files (`*.txt` in
+    SOURCE) of lines `NAME<TAB>c_d` (`N_N`: neutral) mapped to the 50 compound classes
+    (fergate.data.compound). A label file's name gives its items' split: one naming `test`
+    is the test split, one naming `valid` (and not `train`) `val`, any other `train`. A line
+    that does not parse, a name labelled twice and a labelled photo that is not there become
+    skipped items, counted in the manifest by reason."""
+
+    classes = compound_labels.CLASSES
+
+    def __init__(self, source: str | None = None, **_):
+        if not source or not os.path.isdir(source):
+            raise UserError(f"--dataset icv_mefed needs the dataset's folder as SOURCE (not found: {source})")
+        self.source = source
+        self.label_files = sorted(os.path.join(source, f) for f in os.listdir(source) if f.lower().endswith(".txt"))
+        if not self.label_files:
+            raise UserError(f"no label files (*.txt of NAME<TAB>c_d lines) in {source}")
+
+    @staticmethod
+    def split_of(label_file: str) -> str:
+        name = os.path.basename(label_file).lower()
+        return "test" if "test" in name else "val" if "valid" in name and "train" not in name else "train"
+
+    @staticmethod
+    def subject_of(name: str) -> str:
+        parts = os.path.splitext(name)[0].split("_")
+        return parts[1] if len(parts) >= 3 and parts[0].lower() == "sample" else os.path.splitext(name)[0]
+
+    def items(self) -> list[Item]:
+        photos = {}
+        for root, _, files in os.walk(self.source):
+            for f in files:
+                if f.lower().endswith(IMAGE_EXTS):
+                    photos.setdefault(f, os.path.join(root, f))
+        out, seen = [], set()
+        for path in self.label_files:
+            split = self.split_of(path)
+            with open(path, encoding="utf-8", errors="replace") as fh:
+                for number, line in enumerate(fh, 1):
+                    if not line.strip():
+                        continue
+                    key = f"{os.path.basename(path)}:{number}"
+                    parts = line.split()
+                    try:
+                        if len(parts) != 2:
+                            raise ValueError(f"{len(parts)} fields, expected NAME and c_d")
+                        label = compound_labels.parse_label(parts[1])
+                    except ValueError as e:
+                        out.append(Item(key, split, 0, "", path, "bad", ("malformed_label", f"{key}: {e}")))
+                        continue
+                    name = parts[0]
+                    problem = ("duplicate_label", f"{key}: {name} is labelled earlier") if name in seen else \
+                        ("missing_file", f"{key}: no photo {name} under {self.source}") if name not in photos else ()
+                    seen.add(name)
+                    out.append(Item(name if not problem else key, split, label, self.subject_of(name),
+                                    photos.get(name, path), "bad" if problem else "image", problem))
+        return out
+
+    def load(self, item: Item):
+        if item.kind == "bad":
+            raise F.SkipItem(*item.params)
         return F.load_image(item.source)
 
 
@@ -228,7 +308,7 @@ class DSpritesReader:
 
 READERS = {"sample": SampleReader, "folder": FolderReader, "digits_rotated": RotatedDigitsReader,
            "digits_rotated_scaled": RotatedScaledDigitsReader, "fashion_rotated": RotatedFashionReader,
-           "dsprites": DSpritesReader}
+           "dsprites": DSpritesReader, "icv_mefed": IcvMefedReader}
 
 
 def reader(name: str, source: str | None, **options):

@@ -33,6 +33,12 @@ from fergate.data.landmarks import (  # noqa: F401  (re-exported for data_prep u
 #: fits, brows to chin and jaw to jaw, a jaw drop included: measured on the sample photos, the
 #: chin lies up to 1.9 iod below the eye line, the brows 0.6 above, the jaw 1.25 to each side.
 TEMPLATE = np.array([[0.33, 0.26], [0.67, 0.26], [0.5, 0.61]], np.float32)
+#: The micro-emotion network's two-point template (`align="eyes_lip"`): the midpoint of the eye
+#: centres and the top of the upper lip (point 51) on the vertical midline, at 20/55 and 38/55
+#: of the crop's height (the authors' crop_align.py). Two points fix a similarity exactly.
+TEMPLATE_EYES_LIP = np.array([[0.5, 20 / 55], [0.5, 38 / 55]], np.float32)
+UPPER_LIP = 51
+ALIGNMENTS = ("eyes_mouth", "eyes_lip")
 
 
 class SkipItem(Exception):
@@ -138,15 +144,21 @@ def apply_affine(m: np.ndarray, pts: np.ndarray) -> np.ndarray:
     return (pts @ m[:, :2].T + m[:, 2]).astype(np.float32)
 
 
-def alignment(lm: np.ndarray, size: int | tuple[int, int]) -> np.ndarray:
+def alignment(lm: np.ndarray, size: int | tuple[int, int], align: str = "eyes_mouth") -> np.ndarray:
     """2x3 matrix taking image pixels to a crop where the eye centres and the mouth centre
-    land on `TEMPLATE`: a `size` x `size` square, or (width, height): the square of side
-    width centred in it, the extra height split above and below (a 125 x 160 crop keeps
-    more forehead and chin, as the attention paper's faces)."""
+    land on `TEMPLATE` (`align="eyes_mouth"`), or the eyes' midpoint and the upper lip on
+    `TEMPLATE_EYES_LIP` ("eyes_lip"): a `size` x `size` square, or (width, height): the
+    square of side width centred in it, the extra height split above and below (a 125 x 160
+    crop keeps more forehead and chin, as the attention paper's faces)."""
     w, h = (size, size) if isinstance(size, int) else size
     left, right = eye_centres(lm)
-    src = np.stack([left, right, lm[MOUTH].mean(0)])
-    tform = SimilarityTransform.from_estimate(src, TEMPLATE * w + np.float32([0, (h - w) / 2]))
+    if align == "eyes_lip":
+        src, template = np.stack([(left + right) / 2, lm[UPPER_LIP]]), TEMPLATE_EYES_LIP
+    elif align == "eyes_mouth":
+        src, template = np.stack([left, right, lm[MOUTH].mean(0)]), TEMPLATE
+    else:
+        raise ValueError(f"alignment {align!r}: one of {', '.join(ALIGNMENTS)}")
+    tform = SimilarityTransform.from_estimate(src, template * w + np.float32([0, (h - w) / 2]))
     if not tform:  # skimage's FailedEstimation: coincident points
         raise SkipItem("degenerate_face", str(tform))
     return tform.params[:2]
@@ -227,6 +239,7 @@ class FaceOptions:
     identity: bool = True
     upsample: int = 0  #: HOG detector upsampling
     min_iod: float = 8.0  #: faces with a smaller iod (source pixels) are degenerate
+    align: str = "eyes_mouth"  #: the alignment template (`ALIGNMENTS`, see `alignment`)
 
 
 def process_face(img: np.ndarray, opts: FaceOptions = FaceOptions(), rect=None) -> dict:
@@ -235,7 +248,7 @@ def process_face(img: np.ndarray, opts: FaceOptions = FaceOptions(), rect=None) 
     lm = landmarks(img, rect)
     if not np.isfinite(lm).all() or iod(lm) < opts.min_iod:
         raise SkipItem("degenerate_face", f"iod {iod(lm):.1f} px")
-    m = alignment(lm, opts.face_size)
+    m = alignment(lm, opts.face_size, opts.align)
     shape = (opts.face_size, opts.face_size) if isinstance(opts.face_size, int) else tuple(opts.face_size)
     face = warp(img, m, shape)
     if not opts.color:

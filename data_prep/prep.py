@@ -96,7 +96,7 @@ def process_item(item: datasets.Item) -> tuple[bytes | None, str | None]:
 def hold_out(items: list[datasets.Item], fraction: float, seed: int = 0) -> list[datasets.Item]:
     """A source with no test split gets a subject-independent one: `fraction` of the
     training subjects (at least one, never all; drawn with `seed`) move to `test`."""
-    subjects = sorted({it.subject for it in items if it.split == "train"})
+    subjects = sorted({it.subject for it in items if it.split == "train" and it.subject})
     if fraction <= 0 or any(it.split.startswith("test") for it in items) or len(subjects) < 2:
         return items
     n = min(len(subjects) - 1, max(1, round(fraction * len(subjects))))
@@ -129,6 +129,8 @@ def run(dataset: str, source: str | None, out: str, opts: PrepOptions = PrepOpti
         raise UserError(f"--test_fraction {opts.test_fraction}: must be in [0, 1)")
     if opts.face.illumination not in ("none", "diffusion"):
         raise UserError(f"--illumination {opts.face.illumination!r}: none or diffusion")
+    if opts.face.align not in F.ALIGNMENTS:
+        raise UserError(f"--align {opts.face.align!r}: one of {', '.join(F.ALIGNMENTS)}")
     if opts.face.illumination != "none" and opts.face.color:
         raise UserError("--illumination diffusion normalises grey faces: add --grey")
     if os.path.exists(out) and not os.path.isdir(out):

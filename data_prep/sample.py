@@ -37,11 +37,17 @@ EXPRESSION_AUS = {
     "fear": (1, 2, 4, 5, 20, 26),
     "anger": (4, 5, 7, 23),
     "disgust": (9, 15, 16),
+    "contempt": ("12L", "14L"),  # iCV-MEFED's seventh emotion; not a class of the basic sample set
 }
 
 #: Relative intensity of an AU within an expression where it is not 1: in fear the brows
 #: rise (AU1+2) and are drawn together, which a full AU4 would cancel.
-AU_WEIGHTS = {("fear", 4): 0.5}
+AU_WEIGHTS = {("fear", 4): 0.5, ("contempt", "12L"): 0.7}
+#: iCV-MEFED's emotion names (fergate.data.compound.EMOTIONS) as the expressions above
+COMPOUND_EXPRESSIONS = {"angry": "anger", "contempt": "contempt", "disgust": "disgust", "fear": "fear",
+                        "happy": "happiness", "sad": "sadness", "surprise": "surprise"}
+#: a compound expression's complementary emotion at this share of the dominant one's intensity
+COMPLEMENTARY_SHARE = 0.5
 
 
 def _sym(pairs: dict[int, tuple[float, float]]) -> dict[int, tuple[float, float]]:
@@ -52,11 +58,17 @@ def _sym(pairs: dict[int, tuple[float, float]]) -> dict[int, tuple[float, float]
     return out
 
 
+#: The image-left half of AU12 (lip corner puller) and AU14 (dimpler: the corners drawn in and
+#: tightened), which contempt shows on one side only (R12A+R14A).
+_AU12_LEFT = {48: (0.12, 0.14), 60: (0.10, 0.11), 49: (0.06, 0.07), 59: (0.06, 0.06), 50: (0.02, 0.03),
+              58: (0.02, 0.03), 61: (0.03, 0.04), 67: (0.03, 0.03)}
+_AU14_LEFT = {48: (-0.05, 0.04), 60: (-0.04, 0.03), 49: (-0.02, 0.02), 59: (-0.02, 0.01)}
+
 #: AU -> {landmark: (outward, up)} in iod units; outward is away from the face's midline.
 #: Calibrated by eye on the sample photos so that each expression reads at intensity 1 (the
 #: brow-to-eye distance is ~0.35 iod, the mouth ~0.95 iod wide): warps of a few percent of
 #: the iod, as in the literal FACS descriptions, vanish under the identity jitter.
-ACTION_UNITS: dict[int, dict[int, tuple[float, float]]] = {
+ACTION_UNITS: dict[int | str, dict[int, tuple[float, float]]] = {
     1: _sym({21: (0.0, 0.16), 20: (0.0, 0.11), 19: (0.0, 0.05)}),  # inner brow raiser
     2: _sym({17: (0.0, 0.12), 18: (0.0, 0.15), 19: (0.0, 0.12), 20: (0.0, 0.07)}),  # outer brow
     4: _sym({17: (0.0, -0.05), 18: (-0.02, -0.08), 19: (-0.04, -0.11), 20: (-0.07, -0.13),
@@ -68,18 +80,20 @@ ACTION_UNITS: dict[int, dict[int, tuple[float, float]]] = {
     9: _sym({31: (0.0, 0.08), 32: (0.0, 0.06), 33: (0.0, 0.05), 30: (0.0, 0.03), 49: (0.0, 0.08),
              50: (0.0, 0.12), 51: (0.0, 0.12), 61: (0.0, 0.10), 62: (0.0, 0.10), 21: (0.0, -0.06),
              20: (0.0, -0.03)}),  # nose wrinkler: nose sides and upper lip up, inner brows down
-    12: _sym({48: (0.12, 0.14), 60: (0.10, 0.11), 49: (0.06, 0.07), 59: (0.06, 0.06),
-              50: (0.02, 0.03), 58: (0.02, 0.03), 61: (0.03, 0.04), 67: (0.03, 0.03)}),  # smile
+    12: _sym(_AU12_LEFT),  # lip corner puller (smile)
     15: _sym({48: (-0.02, -0.14), 60: (-0.02, -0.11), 49: (0.0, -0.06), 59: (0.0, -0.07),
               61: (0.0, -0.03), 67: (0.0, -0.03), 58: (0.0, -0.02)}),  # lip corner depressor
     16: _sym({57: (0.0, -0.10), 58: (0.0, -0.10), 66: (0.0, -0.08), 67: (0.0, -0.08),
               59: (0.0, -0.06)}),  # lower lip depressor
+    14: _sym(_AU14_LEFT),  # dimpler
     20: _sym({48: (0.14, -0.02), 60: (0.12, -0.01), 49: (0.07, 0.0), 59: (0.07, 0.0)}),  # stretcher
     23: _sym({48: (-0.06, 0.0), 60: (-0.05, 0.0), 49: (-0.03, 0.0), 59: (-0.03, 0.0),
               50: (0.0, -0.02), 58: (0.0, 0.02), 61: (0.0, -0.01), 67: (0.0, 0.01)}),  # lip tightener
     26: _sym({57: (0.0, -0.30), 58: (0.0, -0.28), 59: (0.0, -0.22), 66: (0.0, -0.28),
               67: (0.0, -0.26), 48: (-0.01, -0.04), 60: (-0.01, -0.05), 8: (0.0, -0.26),
               7: (0.0, -0.23), 6: (0.0, -0.17), 5: (0.0, -0.09)}),  # jaw drop
+    "12L": _AU12_LEFT,  # one-sided: on the image-left half of the mouth
+    "14L": _AU14_LEFT,
 }
 
 
@@ -342,7 +356,7 @@ def darken_mouth(img: np.ndarray, lm: np.ndarray, lip_line: bool = False) -> np.
     return (img * (1 - a) + np.array(MOUTH_CAVITY, np.float32) * a).astype(np.uint8)
 
 
-def au_displacement(lm: np.ndarray, aus: dict[int, float]) -> np.ndarray:
+def au_displacement(lm: np.ndarray, aus: dict[int | str, float]) -> np.ndarray:
     """Landmark displacements (pixels) of action units with intensities `aus`."""
     return face_frame_displacement(lm, [(ACTION_UNITS[au], k) for au, k in aus.items()])
 
@@ -391,9 +405,18 @@ class Subject:
         self.teeth = teeth_mask(self.image, self.landmarks)
 
 
-def expression_aus(expression: str, intensity: float, rng: np.random.Generator) -> dict[int, float]:
+def expression_aus(expression: str | tuple[str, str], intensity: float,
+                   rng: np.random.Generator) -> dict[int | str, float]:
     """AU intensities of an expression: a common intensity (times AU_WEIGHTS) with +-20%
-    per-AU jitter."""
+    per-AU jitter. A compound (complementary, dominant) pair blends the two: the dominant
+    at `intensity`, the complementary at COMPLEMENTARY_SHARE of it, an AU they share at the
+    stronger of its two values."""
+    if isinstance(expression, (tuple, list)):
+        complementary, dominant = expression
+        aus = expression_aus(complementary, COMPLEMENTARY_SHARE * intensity, rng)
+        for au, k in expression_aus(dominant, intensity, rng).items():
+            aus[au] = max(aus.get(au, 0.0), k)
+        return aus
     return {au: intensity * AU_WEIGHTS.get((expression, au), 1.0) * rng.uniform(0.8, 1.2)
             for au in EXPRESSION_AUS[expression]}
 
@@ -408,10 +431,11 @@ def photometric(img: np.ndarray, rng: np.random.Generator, max_rot: float = 10.0
     return np.clip(out, 0, 255).astype(np.uint8)
 
 
-def synthesize(subject: Subject, expression: str, intensity: float, rng: np.random.Generator,
+def synthesize(subject: Subject, expression: str | tuple[str, str], intensity: float, rng: np.random.Generator,
                augment: bool = True, jitter: float = 1.0) -> np.ndarray:
-    """One RGB image of `subject` showing `expression` at `intensity` (0 = neutral), with
-    identity-shape jitter and photometric augmentation unless `augment` is False."""
+    """One RGB image of `subject` showing `expression` (a name, or a compound pair, see
+    `expression_aus`) at `intensity` (0 = neutral), with identity-shape jitter and
+    photometric augmentation unless `augment` is False."""
     aus = expression_aus(expression, intensity, rng)
     img = render(subject, au_displacement(subject.landmarks + subject.neutralise, aus)
                  + (shape_jitter(subject.landmarks, rng, jitter) if augment and jitter else 0))

@@ -1,7 +1,9 @@
 """ArrayRecord shard writing: atomic files, per-shard stats, and the dataset manifest.
 
 A shard is written as `.tmp-<name>` and renamed when complete, after its stats sidecar
-(`.stats/<name>.json`: labels, subjects, skipped items) is in place. So a shard file under
+(`.stats/<name>.json`: labels, subjects, skipped items, and the per-subject sums and counts
+of the landmarks, from which a reader gets a subject's mean face shape without reading the
+records) is in place. So a shard file under
 its final name is always whole, an interrupted run redoes only the shards it had not
 finished, and the manifest is assembled from the sidecars of the shards that exist, by
 whichever machine finishes last (`write_manifest`).
@@ -14,6 +16,9 @@ import json
 import os
 import time
 
+import numpy as np
+
+from fergate.data import schema
 from fergate.data.schema import SCHEMA_VERSION
 
 
@@ -38,11 +43,17 @@ class ShardWriter:
         self.subjects: list[str] = []
         self.skipped: collections.Counter = collections.Counter()
         self.skipped_items: list[tuple[str, str]] = []
+        self.landmark_sums: dict[str, np.ndarray] = {}
+        self.landmark_counts: collections.Counter = collections.Counter()
 
     def write(self, data: bytes, label: int, subject: str) -> None:
         self.writer.write(data)
         self.labels.append(int(label))
         self.subjects.append(subject)
+        if "landmarks" in schema.read_header(data)[1]["fields"]:
+            lm = schema.decode(data, ("landmarks",))["landmarks"].astype(np.float64)
+            self.landmark_sums[subject] = self.landmark_sums.get(subject, 0.0) + lm
+            self.landmark_counts[subject] += 1
 
     def skip(self, key: str, reason: str) -> None:
         self.skipped[reason] += 1
@@ -52,7 +63,9 @@ class ShardWriter:
     def close(self) -> None:
         self.writer.close()
         stats = {"records": len(self.labels), "labels": self.labels, "subjects": self.subjects,
-                 "skipped": dict(self.skipped), "skipped_items": self.skipped_items}
+                 "skipped": dict(self.skipped), "skipped_items": self.skipped_items,
+                 "landmark_sums": {k: v.tolist() for k, v in self.landmark_sums.items()},
+                 "landmark_counts": dict(self.landmark_counts)}
         path = stats_path(self.out, self.name)
         os.makedirs(os.path.dirname(path), exist_ok=True)
         with open(path + ".tmp", "w") as f:

@@ -33,12 +33,12 @@ def _prep(a: argparse.Namespace) -> None:
     opts = prep.PrepOptions(
         face=face.FaceOptions(face_size=_face_size(a.face_size), color=not a.grey, patch_size=a.patch_size,
                               patches=not a.no_patches, identity=not a.no_identity, upsample=a.upsample,
-                              illumination=a.illumination),
+                              illumination=a.illumination, align=a.align),
         clip_size=a.clip_size, compress=a.compress, records_per_file=a.records_per_file, test_fraction=a.test_fraction)
     reader_options = {}
     if a.dataset == "sample":
         reader_options = {"size": a.size, "clips": a.clips, "frames": a.frames, "seed": a.seed,
-                          "test_subjects": a.test_subjects}
+                          "test_subjects": a.test_subjects, "compound": a.compound}
     prep.run(a.dataset, a.source, a.out, opts, reader_options, a.workers, a.shard_index, a.num_shards)
 
 
@@ -237,7 +237,9 @@ def parser() -> argparse.ArgumentParser:
 
     q = sub.add_parser("prep", help="face pipeline -> ArrayRecord shards + manifest.json")
     q.add_argument("source", nargs="?", help="dataset root (folder of photos for --dataset sample)")
-    q.add_argument("--dataset", required=True, help="sample | folder")
+    q.add_argument("--dataset", required=True,
+                   help="sample | folder | icv_mefed | digits_rotated | digits_rotated_scaled | fashion_rotated | "
+                        "dsprites")
     q.add_argument("--out", required=True, help="output directory")
     q.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
     q.add_argument("--shard_index", type=int, default=0, help="this machine's index")
@@ -248,6 +250,9 @@ def parser() -> argparse.ArgumentParser:
     q.add_argument("--face_size", default="96", help="aligned crop: a side (96) or width x height (125x160)")
     q.add_argument("--illumination", default="none", choices=("none", "diffusion"),
                    help="isotropic-diffusion illumination normalisation of grey faces")
+    q.add_argument("--align", default="eyes_mouth", choices=("eyes_mouth", "eyes_lip"),
+                   help="alignment template: eye centres + mouth centre, or the eyes' midpoint + the upper lip "
+                        "(the micro-emotion network's)")
     q.add_argument("--grey", action="store_true", help="store grey faces (default RGB)")
     q.add_argument("--patch_size", type=int, default=30)
     q.add_argument("--no_patches", action="store_true")
@@ -261,6 +266,8 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("--frames", type=int, default=16, help="T frames per clip")
     g.add_argument("--test_subjects", type=int, default=3, help="held-out subjects")
     g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--compound", action="store_true",
+                   help="the 50 compound classes of iCV-MEFED (two expressions blended) instead of the 7 basic ones")
     q.set_defaults(func=_prep)
 
     q = sub.add_parser("train", help="train a config; resumes from the newest checkpoint in --workdir",

@@ -29,6 +29,9 @@ from fergate.errors import UserError
 
 #: Fields that are strings in a record; they are not batched.
 STRING_FIELDS = ("label_name", "subject", "source")
+#: A field `Load` derives rather than reads: the mean landmarks of the record's subject over
+#: the split being read (the micro-emotion network's landmark displacement subtracts it).
+SUBJECT_MEAN_LANDMARKS = "subject_mean_landmarks"
 
 
 def read_manifest(data_dir: str) -> dict:
@@ -87,6 +90,30 @@ def _sidecar(files: Sequence[str], key: str, field: str) -> list:
             src = grain.sources.ArrayRecordDataSource([path])
             out.extend(schema.decode(src[i], (field,))[field] for i in range(len(src)))
     return out
+
+
+def subject_mean_landmarks(files: Sequence[str]) -> dict[str, np.ndarray]:
+    """{subject: the mean (68, 2) landmarks of its records in `files`} (one split's), from
+    the shards' stats sidecars (per-subject sums and counts), or from the records themselves
+    for shards written without them."""
+    sums: dict[str, np.ndarray] = {}
+    counts: dict[str, int] = {}
+    for path in files:
+        stats = os.path.join(os.path.dirname(path), ".stats", os.path.basename(path) + ".json")
+        st = {}
+        if os.path.exists(stats):
+            with open(stats) as f:
+                st = json.load(f)
+        if "landmark_counts" in st:
+            pairs = [(k, np.asarray(v, np.float64), st["landmark_counts"][k]) for k, v in st["landmark_sums"].items()]
+        else:
+            src = grain.sources.ArrayRecordDataSource([path])
+            recs = [schema.decode(src[i], ("subject", "landmarks")) for i in range(len(src))]
+            pairs = [(r["subject"], r["landmarks"].astype(np.float64), 1) for r in recs]
+        for subject, total, n in pairs:
+            sums[subject] = sums.get(subject, 0.0) + total
+            counts[subject] = counts.get(subject, 0) + n
+    return {k: (v / counts[k]).astype(np.float32) for k, v in sums.items()}
 
 
 class EpochSampler(Sequence):
@@ -153,23 +180,31 @@ class Load(grain.transforms.Map):
     """(record index, valid) -> decoded record with the requested fields, `label` as int32
     (read from `label_field`, through `label_map` for string labels such as the subject;
     an unmapped value gets mask 0), a `mask` (0 for padding) and, with `with_index`, the
-    record's `index` in the split (for evaluation reports)."""
+    record's `index` in the split (for evaluation reports). The field
+    `SUBJECT_MEAN_LANDMARKS` is derived: the mean landmarks of the record's subject in these
+    `files` (computed once per process)."""
 
     def __init__(self, files: Sequence[str], fields: Sequence[str], label_field: str = "label",
                  label_map: dict | None = None, with_index: bool = False):
         self.files, self.label_field, self.label_map = list(files), label_field, label_map
         self.with_index = with_index
-        self.fields = tuple(dict.fromkeys([*fields, label_field]))
-        self._source = None
+        self.derive = SUBJECT_MEAN_LANDMARKS in fields
+        self.fields = tuple(dict.fromkeys([*(f for f in fields if f != SUBJECT_MEAN_LANDMARKS), label_field,
+                                           *(("subject",) if self.derive else ())]))
+        self._source, self._means = None, None
 
     def __getstate__(self):
-        return {**self.__dict__, "_source": None}
+        return {**self.__dict__, "_source": None, "_means": None}
 
     def map(self, element: tuple[int, bool]) -> dict[str, Any]:
         if self._source is None:
             self._source = grain.sources.ArrayRecordDataSource(self.files)
         index, valid = element
         rec = schema.decode(self._source[index], self.fields)
+        if self.derive:
+            if self._means is None:
+                self._means = subject_mean_landmarks(self.files)
+            rec[SUBJECT_MEAN_LANDMARKS] = self._means[rec["subject"]]
         out = {k: np.int32(v) if isinstance(v, int) else v for k, v in rec.items()
                if k not in STRING_FIELDS and k != self.label_field}
         label = rec[self.label_field]

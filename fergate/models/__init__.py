@@ -74,7 +74,7 @@ from fergate.errors import UserError
 
 #: The families fergate ships (`config.model`); a new fergate/models/<name>.py, or any importable
 #: module following the contract, works too.
-FAMILIES = ("modul", "thin", "attention")
+FAMILIES = ("modul", "thin", "attention", "micro")
 
 
 @dataclasses.dataclass

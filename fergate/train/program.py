@@ -10,6 +10,7 @@ state is replicated and donated to the step.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 from collections.abc import Callable
 from typing import Any
@@ -214,26 +215,34 @@ def decay_horizon(config) -> int:
 
 
 def make_optimizer(config) -> tuple[optax.GradientTransformation, optax.Schedule]:
-    """Adam(W) or SGD with momentum, polynomial decay (power `decay_power`) over
-    `decay_horizon` after an optional linear warm-up, optional global-norm clipping; the
-    `optim.frozen` parameter subtrees (pretrained parts) get no update and no optimizer state;
-    `optim.lr_scale` entries "subtree=factor" scale a subtree's rate (a pretrained trunk
-    fine-tuned slower than a new head)."""
+    """Adam(W) or SGD with momentum (weight decay on the kernels), polynomial decay (power
+    `decay_power`) over `decay_horizon`, or with `step_every` > 0 the rate times
+    `step_factor` every `step_every` steps (floored at `end_lr`), after an optional linear
+    warm-up, optional global-norm clipping; the `optim.frozen` parameter subtrees (pretrained
+    parts) get no update and no optimizer state; `optim.lr_scale` entries "subtree=factor"
+    scale a subtree's rate (a pretrained trunk fine-tuned slower than a new head)."""
     o, steps = config.optim, decay_horizon(config)
-    decay = optax.polynomial_schedule(o.lr, o.end_lr, o.decay_power, max(1, steps - o.warmup_steps))
+    if o.get("step_every", 0) > 0:  # Caffe's "step" policy; workdirs written before it have none
+        decay = optax.exponential_decay(o.lr, o.step_every, o.step_factor, staircase=True, end_value=o.end_lr or None)
+    else:
+        decay = optax.polynomial_schedule(o.lr, o.end_lr, o.decay_power, max(1, steps - o.warmup_steps))
     warm_decay = decay if not o.warmup_steps else optax.join_schedules(
         [optax.linear_schedule(0.0, o.lr, o.warmup_steps), decay], [o.warmup_steps])
 
     def schedule(count):
         # past the horizon optax computes (1 - t/T)^p with t/T a hair above 1 on XLA:CPU (a
         # reciprocal multiply): a negative base, so NaN for a fractional power. end_lr it is.
+        if o.get("step_every", 0) > 0:
+            return warm_decay(count)
         return jnp.where(count >= steps, jnp.float32(o.end_lr), warm_decay(count))
 
     if o.name == "adam":
         opt = optax.adamw(schedule, o.b1, o.b2, o.eps, weight_decay=o.weight_decay) if o.weight_decay \
             else optax.adam(schedule, o.b1, o.b2, o.eps)
     elif o.name == "sgd":
-        opt = optax.chain(optax.add_decayed_weights(o.weight_decay), optax.sgd(schedule, momentum=o.b1))
+        # weight decay on the weights (kernels) only, as Caffe's nets set decay_mult 0 on biases
+        kernels = functools.partial(jax.tree_util.tree_map_with_path, lambda p, _: p[-1].key == "kernel")
+        opt = optax.chain(optax.add_decayed_weights(o.weight_decay, mask=kernels), optax.sgd(schedule, momentum=o.b1))
     else:
         raise UserError(f"unknown optimizer {o.name!r} (config optim.name): adam or sgd")
     if o.grad_clip:

@@ -1,0 +1,229 @@
+"""The micro-emotion network: its layers against their formulas, the squared hinge, the
+compound label map, the subject-relative landmark displacement, the iCV-MEFED reader on a
+fixture of real photos, and the variants trained through the command line."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import cv2
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from data_prep import shards
+from fergate import config as C
+from fergate import models
+from fergate.data import compound, pipeline, schema
+from fergate.models import micro
+from fergate.train.program import make_optimizer, resolve
+
+
+def test_lrn_matches_caffes_formula():
+    x = np.random.default_rng(0).normal(0, 30, (2, 3, 4, 9)).astype(np.float32)
+    size, alpha, beta, k = 5, 1e-4, 0.75, 1.0
+    want = np.empty_like(x)
+    for c in range(9):
+        window = x[..., max(0, c - 2) : c + 3]
+        want[..., c] = x[..., c] / (k + alpha / size * (window**2).sum(-1)) ** beta
+    np.testing.assert_allclose(micro.lrn(jnp.asarray(x), size, alpha, beta, k), want, rtol=1e-5)
+
+
+def test_grouped_convolution_is_separate_convolutions_on_split_channels():
+    import flax.linen as nn
+
+    x = jax.random.normal(jax.random.key(0), (2, 9, 9, 6))
+    conv = nn.Conv(8, (3, 3), padding=[(1, 1)] * 2, feature_group_count=2)
+    params = conv.init(jax.random.key(1), x)
+    kernel, bias = params["params"]["kernel"], params["params"]["bias"]
+    assert kernel.shape == (3, 3, 3, 8)  # each output sees half the input channels
+
+    def separate(xg, kg):
+        return jax.lax.conv_general_dilated(xg, kg, (1, 1), [(1, 1)] * 2, dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+    want = jnp.concatenate([separate(x[..., :3], kernel[..., :4]), separate(x[..., 3:], kernel[..., 4:])], -1) + bias
+    np.testing.assert_allclose(conv.apply(params, x), want, rtol=1e-5, atol=1e-5)
+
+
+def test_pooling_rounds_up_and_alexnet_sizes():
+    x = jnp.arange(2 * 54 * 54 * 1, dtype=jnp.float32).reshape(2, 54, 54, 1)
+    y = micro.max_pool_3x3_s2(x)
+    assert y.shape == (2, 27, 27, 1)  # Caffe: ceil((54 - 3) / 2) + 1
+    # the last window hangs over the edge and takes the maximum of what is there
+    np.testing.assert_allclose(y[0, -1, -1, 0], x[0, 53, 53, 0])
+    np.testing.assert_allclose(y[0, 3, 5, 0], x[0, 6:9, 10:13, 0].max())
+    cfg = C.load("configs/micro.py:variant=fusion")
+    resolve(cfg, None)
+    fam = models.family("micro")
+    params = jax.eval_shape(lambda: fam.build(cfg).init(jax.random.key(0), fam.example_batch(cfg, 2)))["params"]
+    assert params["visual"]["fc6"]["kernel"].shape == (6 * 6 * 256, 256)  # AlexNet's fc6 input from a 224 face
+    assert params["fc7"]["kernel"].shape == (256 + 136, 256)  # concat(fc6, displacement) -> fc7
+    assert params["visual"]["conv2"]["kernel"].shape == (5, 5, 48, 256)  # groups 2
+
+
+def test_squared_hinge_matches_its_definition():
+    rng = np.random.default_rng(0)
+    logits, labels = rng.normal(0, 2, (6, 5)).astype(np.float32), rng.integers(0, 5, 6)
+    want = [sum(max(0.0, 1 - (1 if k == y else -1) * f[k]) ** 2 for k in range(5)) for f, y in zip(logits, labels)]
+    np.testing.assert_allclose(micro.squared_hinge(jnp.asarray(logits), jnp.asarray(labels)), want, rtol=1e-5)
+    cfg = C.load("configs/micro.py:variant=geometry")
+    batch = {"label": jnp.asarray(labels), "mask": jnp.asarray([1, 1, 1, 1, 0, 0], jnp.float32)}
+    value, metrics = micro.loss(cfg, {"logits": jnp.asarray(logits)}, batch)
+    np.testing.assert_allclose(value, np.mean(want[:4]), rtol=1e-5)  # masked examples do not count
+    assert set(metrics) == {"hinge_l2"}
+
+
+def test_compound_labels_map_one_to_one_and_back():
+    seen = {0}
+    for c in range(1, 8):
+        for d in range(1, 8):
+            n = compound.compound_label(c, d)
+            assert compound.compound_pair(n) == (c, d)
+            assert compound.parse_label(f"{c}_{d}") == n
+            seen.add(n)
+    assert seen == set(range(50)) and compound.compound_pair(0) is None
+    assert compound.parse_label("N_N") == 0 and compound.CLASSES[0] == "neutral"
+    assert compound.parse_label("3_6") == 20  # the paper's example: disgust complementary, sad dominant
+    assert compound.CLASSES[20] == "disgust_sad" and len(set(compound.CLASSES)) == 50
+    for bad in ("8_1", "0_3", "3", "N_2", "a_b"):
+        with pytest.raises(ValueError):
+            compound.parse_label(bad)
+
+
+def test_sgd_step_decay_and_weight_decay_on_kernels_only():
+    cfg = C.load("configs/micro.py:variant=geometry")
+    tx, schedule = make_optimizer(cfg)
+    np.testing.assert_allclose([schedule(s) for s in (0, 19_999, 20_000, 40_000, 99_999)],
+                               [5e-4, 5e-4, 3.75e-4, 2.8125e-4, 5e-4 * 0.75**4], rtol=1e-5)
+    params = {"fc8": {"kernel": jnp.ones((3, 2)), "bias": jnp.ones((2,))}}
+    updates, _ = tx.update(jax.tree.map(jnp.zeros_like, params), tx.init(params), params)
+    np.testing.assert_allclose(updates["fc8"]["kernel"], -5e-4 * 5e-4, rtol=1e-5)
+    np.testing.assert_allclose(updates["fc8"]["bias"], 0.0)
+
+
+def _write_split(out, split, recs):
+    w = shards.ShardWriter(out, shards.shard_name(split, 0, 1))
+    for r in recs:
+        w.write(schema.encode(r), r["label"], r["subject"])
+    w.close()
+
+
+def test_displacement_subtracts_the_same_subjects_mean_in_the_same_split(tmp_path):
+    rng = np.random.default_rng(0)
+    face = np.zeros((224, 224, 3), np.uint8)
+    recs = {"train": [("ann", 10), ("ann", 20), ("bob", 50)], "test": [("ann", 100), ("ann", 130)]}
+    landmarks = {}
+    for split, items in recs.items():
+        rows = []
+        for i, (subject, offset) in enumerate(items):
+            lm = (rng.uniform(40, 180, (68, 2)) + offset).astype(np.float32)
+            landmarks[split, i] = lm
+            rows.append({"face": face, "landmarks": lm, "label": i % 2, "subject": subject})
+        _write_split(str(tmp_path), split, rows)
+    shards.write_manifest(str(tmp_path), {"train": 1, "test": 1}, {"classes": ["a", "b"]})
+    cfg = C.load("configs/micro.py:variant=geometry")
+    fields, maps = micro.record_fields(cfg), micro.transforms(cfg, False)
+
+    def displacement(split, i):
+        return pipeline.read_records(str(tmp_path), split, [i], fields, maps)["displacement"][0]
+
+    # ann's test frames are relative to her test frames only; her training frames to her training frames
+    test_mean = (landmarks["test", 0] + landmarks["test", 1]) / 2
+    np.testing.assert_allclose(displacement("test", 1), landmarks["test", 1] - test_mean, rtol=1e-5)
+    train_mean = (landmarks["train", 0] + landmarks["train", 1]) / 2
+    np.testing.assert_allclose(displacement("train", 0), landmarks["train", 0] - train_mean, rtol=1e-5)
+    np.testing.assert_allclose(displacement("train", 2), 0.0, atol=1e-4)  # bob's only frame is his mean
+    # shards written without the sidecar's sums: the same means from the records themselves
+    for path in (tmp_path / ".stats").glob("*.json"):
+        st = json.loads(path.read_text())
+        del st["landmark_sums"], st["landmark_counts"]
+        path.write_text(json.dumps(st))
+    np.testing.assert_allclose(displacement("test", 1), landmarks["test", 1] - test_mean, rtol=1e-5)
+
+
+def _fergate(*args, env=None, timeout=900):
+    proc = subprocess.run([sys.executable, "-m", "fergate", *args], capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, **(env or {})})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+
+def test_icv_mefed_layout_goes_into_shards_with_compound_labels(tmp_path, photos):
+    """Real photos named and labelled as iCV-MEFED's files; a malformed label line, a twice
+    labelled name and a missing photo are skipped and counted."""
+    root = tmp_path / "icv"
+    (root / "Train").mkdir(parents=True)
+    labels = {}
+    for s, img in enumerate(photos.values(), 1):
+        for idx, (variant, label) in enumerate(((img, "3_6"), (img[:, ::-1], "N_N"), (img, "7_5")), 1):
+            name = f"Sample_{s:03d}_{idx:03d}.JPG"
+            cv2.imwrite(str(root / "Train" / name), np.ascontiguousarray(variant[..., ::-1]))
+            labels[name] = label
+    lines = [f"{n}\t{lab}" for n, lab in labels.items()]
+    lines += ["Sample_001_001.JPG\t1_1", "Sample_009_001.JPG\t2_2", "Sample_001_002.JPG 9_9", "just garbage"]
+    (root / "training_labels.txt").write_text("\n".join(lines) + "\n")
+    out = tmp_path / "shards"
+    _fergate("prep", str(root), "--dataset", "icv_mefed", "--out", str(out), "--face_size", "224", "--align",
+             "eyes_lip", "--no_patches", "--no_identity", "--test_fraction", "0", "--workers", "1")
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["classes"] == list(compound.CLASSES)
+    assert manifest["skipped"] == {"malformed_label": 2, "duplicate_label": 1, "missing_file": 1}
+    files = pipeline.split_files(str(out), "train")
+    got = {}
+    for path in files:
+        import grain
+
+        src = grain.sources.ArrayRecordDataSource([path])
+        for i in range(len(src)):
+            r = schema.decode(src[i], ("label", "label_name", "subject", "source", "face"))
+            assert r["face"].shape == (224, 224, 3)
+            got[os.path.basename(r["source"])] = (r["label"], r["label_name"], r["subject"])
+    assert got == {n: (compound.parse_label(lab), compound.CLASSES[compound.parse_label(lab)], n.split("_")[1])
+                   for n, lab in labels.items()}
+    assert got["Sample_001_001.JPG"][1] == "disgust_sad"
+
+
+@pytest.fixture(scope="module")
+def micro_data(tmp_path_factory):
+    """280 sample faces at 224, aligned on the eyes and the upper lip, as the network reads them."""
+    from data_prep import face, prep
+
+    out = str(tmp_path_factory.mktemp("micro"))
+    opts = prep.PrepOptions(face=face.FaceOptions(face_size=224, align="eyes_lip", patches=False, identity=False))
+    prep.run("sample", None, out, opts, {"size": 280, "clips": 0}, workers=2)
+    return out
+
+
+def test_geometry_learns_and_fusion_runs_end_to_end(micro_data, tmp_path):
+    """The landmark displacement alone (a linear SVM) separates the sample set's expressions;
+    the fused network trains, evaluates and reports the top-5 and the misclassification rate."""
+    w = str(tmp_path / "geometry")
+    _fergate("train", "--config", "configs/micro.py:variant=geometry", "--workdir", w,
+             f"--config.data.dir={micro_data}", "--config.train.steps=300", "--config.train.eval_every=0")
+    ev = json.loads(open(os.path.join(w, "eval.json")).read())
+    assert ev["accuracy"] > 1 / 7 + 0.25, ev["accuracy"]
+    w = str(tmp_path / "fusion")
+    _fergate("train", "--config", "configs/micro.py:variant=fusion,loss=cross_entropy", "--workdir", w,
+             f"--config.data.dir={micro_data}", "--config.train.steps=4", "--config.input.face_size=64",
+             "--config.input.batch_size=8", "--config.train.eval_every=0", "--config.data.flip=True")
+    ev = json.loads(open(os.path.join(w, "eval.json")).read())
+    assert sorted(ev["top_k"]) == ["1", "2", "3", "4", "5"] and ev["top_k"]["5"] >= ev["top_k"]["1"]
+    np.testing.assert_allclose(ev["misclassification_percent"], 100 * (1 - ev["accuracy"]))
+    assert os.path.exists(os.path.join(w, "confusion_matrix.png"))
+
+
+def test_compound_sample_runs_the_50_class_path(tmp_path):
+    out = str(tmp_path / "compound")
+    _fergate("prep", "--dataset", "sample", "--compound", "--size", "100", "--clips", "0", "--face_size", "224",
+             "--align", "eyes_lip", "--no_patches", "--no_identity", "--out", out, "--workers", "2")
+    manifest = json.loads(open(os.path.join(out, "manifest.json")).read())
+    assert manifest["classes"] == list(compound.CLASSES)
+    w = str(tmp_path / "run")
+    _fergate("train", "--config", "configs/micro.py:variant=geometry", "--workdir", w, f"--config.data.dir={out}",
+             "--config.train.steps=5", "--config.train.eval_every=0")
+    ev = json.loads(open(os.path.join(w, "eval.json")).read())
+    assert len(ev["classes"]) == 50 and 0 <= ev["dominant_accuracy"] <= 1 and "complementary_accuracy" in ev
+    shutil.rmtree(out)
