@@ -23,7 +23,8 @@ def base(model: str, variant: str) -> ml_collections.ConfigDict:
                   flip=False, rotate=0.0, brightness_contrast=False, hue_saturation=False)
     c.input = dict(batch_size=16)  # the global batch; families add their input shapes
     # decay_steps: the learning rate reaches end_lr there (0: at train.steps)
-    # step_every > 0: instead, the rate times step_factor every step_every steps (Caffe's "step" policy)
+    # step_every > 0: instead, the rate times step_factor every step_every steps (Caffe's "step" policy;
+    # decay_steps does not apply)
     # frozen: parameter subtrees not trained; lr_scale: "subtree=factor" entries scaling a subtree's rate
     c.optim = dict(name="adam", lr=1e-3, b1=0.9, b2=0.999, eps=1e-8, decay_power=1.0, end_lr=0.0, warmup_steps=0,
                    decay_steps=0, step_every=0, step_factor=0.1, weight_decay=0.0, grad_clip=0.0, frozen=(),

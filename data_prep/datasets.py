@@ -8,6 +8,7 @@ RGB image, or a list of frames for a clip item. Readers never run the face pipel
 from __future__ import annotations
 
 import functools
+import logging
 import os
 from dataclasses import dataclass, field
 
@@ -18,6 +19,8 @@ from data_prep import sample as S
 from data_prep import synthetic
 from fergate.data import compound as compound_labels
 from fergate.errors import UserError
+
+log = logging.getLogger(__name__)
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif", ".pgm", ".ppm")
 
@@ -172,26 +175,33 @@ class IcvMefedReader:
                     photos.setdefault(f, os.path.join(root, f))
         out, seen = [], set()
         for path in self.label_files:
-            split = self.split_of(path)
+            split, rows = self.split_of(path), []
             with open(path, encoding="utf-8", errors="replace") as fh:
                 for number, line in enumerate(fh, 1):
                     if not line.strip():
                         continue
-                    key = f"{os.path.basename(path)}:{number}"
-                    parts = line.split()
+                    key, parts = f"{os.path.basename(path)}:{number}", line.split()
                     try:
                         if len(parts) != 2:
                             raise ValueError(f"{len(parts)} fields, expected NAME and c_d")
-                        label = compound_labels.parse_label(parts[1])
+                        rows.append((key, parts[0], compound_labels.parse_label(parts[1])))
                     except ValueError as e:
-                        out.append(Item(key, split, 0, "", path, "bad", ("malformed_label", f"{key}: {e}")))
-                        continue
-                    name = parts[0]
-                    problem = ("duplicate_label", f"{key}: {name} is labelled earlier") if name in seen else \
-                        ("missing_file", f"{key}: no photo {name} under {self.source}") if name not in photos else ()
-                    seen.add(name)
-                    out.append(Item(name if not problem else key, split, label, self.subject_of(name),
-                                    photos.get(name, path), "bad" if problem else "image", problem))
+                        rows.append((key, None, str(e)))
+            if not any(name for _, name, _ in rows):  # a list of names (order_of_test.txt), a readme
+                log.info(f"[prep] icv_mefed: {path} has no NAME<TAB>c_d line: not a label file, ignored")
+                continue
+            for key, name, label in rows:
+                if name is None:
+                    out.append(Item(key, split, 0, "", path, "bad", ("malformed_label", f"{key}: {label}")))
+                    continue
+                problem = ("duplicate_label", f"{name} is labelled earlier") if name in seen else \
+                    ("missing_file", f"no photo {name} under {self.source}") if name not in photos else ()
+                seen.add(name)
+                out.append(Item(f"{key} {name}" if problem else name, split, label, self.subject_of(name),
+                                photos.get(name, path), "bad" if problem else "image", problem))
+        if not any(it.kind == "image" for it in out):
+            raise UserError(f"no labelled photo found under {self.source} (label files: "
+                            f"{', '.join(os.path.basename(p) for p in self.label_files)})")
         return out
 
     def load(self, item: Item):

@@ -35,7 +35,9 @@ from fergate.data.landmarks import (  # noqa: F401  (re-exported for data_prep u
 TEMPLATE = np.array([[0.33, 0.26], [0.67, 0.26], [0.5, 0.61]], np.float32)
 #: The micro-emotion network's two-point template (`align="eyes_lip"`): the midpoint of the eye
 #: centres and the top of the upper lip (point 51) on the vertical midline, at 20/55 and 38/55
-#: of the crop's height (the authors' crop_align.py). Two points fix a similarity exactly.
+#: of the crop's height (the heights of the authors' crop_align.py, which takes point 27, the
+#: top of the nose bridge, for the eyes: ~0.1 iod from their midpoint, the paper's "eyes
+#: center"). Two points fix a similarity exactly.
 TEMPLATE_EYES_LIP = np.array([[0.5, 20 / 55], [0.5, 38 / 55]], np.float32)
 UPPER_LIP = 51
 ALIGNMENTS = ("eyes_mouth", "eyes_lip")

@@ -66,7 +66,7 @@ def clip_record(frames: list[np.ndarray], opts: PrepOptions) -> dict:
     for img, r in zip(frames, rects):
         last = r or last
         lm = F.landmarks(img, last)
-        m = F.alignment(lm, opts.clip_size)
+        m = F.alignment(lm, opts.clip_size, opts.face.align)
         face = F.warp(img, m, (opts.clip_size, opts.clip_size))
         clip.append(face if opts.face.color else face.mean(-1, keepdims=True).astype(np.uint8))
         lms.append(F.apply_affine(m, lm))
@@ -96,8 +96,8 @@ def process_item(item: datasets.Item) -> tuple[bytes | None, str | None]:
 def hold_out(items: list[datasets.Item], fraction: float, seed: int = 0) -> list[datasets.Item]:
     """A source with no test split gets a subject-independent one: `fraction` of the
     training subjects (at least one, never all; drawn with `seed`) move to `test`."""
-    subjects = sorted({it.subject for it in items if it.split == "train" and it.subject})
-    if fraction <= 0 or any(it.split.startswith("test") for it in items) or len(subjects) < 2:
+    subjects = sorted({it.subject for it in items if it.split == "train" and it.kind != "bad"})
+    if fraction <= 0 or any(it.split.startswith("test") and it.kind != "bad" for it in items) or len(subjects) < 2:
         return items
     n = min(len(subjects) - 1, max(1, round(fraction * len(subjects))))
     test = set(np.random.default_rng(seed).permutation(subjects)[:n].tolist())

@@ -410,7 +410,7 @@ def expression_aus(expression: str | tuple[str, str], intensity: float,
     """AU intensities of an expression: a common intensity (times AU_WEIGHTS) with +-20%
     per-AU jitter. A compound (complementary, dominant) pair blends the two: the dominant
     at `intensity`, the complementary at COMPLEMENTARY_SHARE of it, an AU they share at the
-    stronger of its two values."""
+    stronger of its two values (contempt's one-sided 12L adds to a smile's 12)."""
     if isinstance(expression, (tuple, list)):
         complementary, dominant = expression
         aus = expression_aus(complementary, COMPLEMENTARY_SHARE * intensity, rng)

@@ -36,7 +36,7 @@ def test_grouped_convolution_is_separate_convolutions_on_split_channels():
     import flax.linen as nn
 
     x = jax.random.normal(jax.random.key(0), (2, 9, 9, 6))
-    conv = nn.Conv(8, (3, 3), padding=[(1, 1)] * 2, feature_group_count=2)
+    conv = micro.Conv(8, 3, 1, 1, groups=2)
     params = conv.init(jax.random.key(1), x)
     kernel, bias = params["params"]["kernel"], params["params"]["bias"]
     assert kernel.shape == (3, 3, 3, 8)  # each output sees half the input channels
@@ -46,6 +46,15 @@ def test_grouped_convolution_is_separate_convolutions_on_split_channels():
 
     want = jnp.concatenate([separate(x[..., :3], kernel[..., :4]), separate(x[..., 3:], kernel[..., 4:])], -1) + bias
     np.testing.assert_allclose(conv.apply(params, x), want, rtol=1e-5, atol=1e-5)
+    # the same function as XLA's grouped convolution with this kernel
+    grouped = nn.Conv(8, (3, 3), padding=[(1, 1)] * 2, feature_group_count=2)
+    np.testing.assert_allclose(grouped.apply(params, x), want, rtol=1e-5, atol=1e-5)
+    # strided, unpadded, one group: conv1's shape
+    x = jax.random.normal(jax.random.key(2), (1, 23, 23, 3))
+    conv1 = micro.Conv(4, 11, 4)
+    p1 = conv1.init(jax.random.key(3), x)
+    ref = nn.Conv(4, (11, 11), (4, 4), padding="VALID")
+    np.testing.assert_allclose(conv1.apply(p1, x), ref.apply(p1, x), rtol=1e-5, atol=1e-5)
 
 
 def test_pooling_rounds_up_and_alexnet_sizes():
@@ -98,50 +107,68 @@ def test_sgd_step_decay_and_weight_decay_on_kernels_only():
     tx, schedule = make_optimizer(cfg)
     np.testing.assert_allclose([schedule(s) for s in (0, 19_999, 20_000, 40_000, 99_999)],
                                [5e-4, 5e-4, 3.75e-4, 2.8125e-4, 5e-4 * 0.75**4], rtol=1e-5)
-    params = {"fc8": {"kernel": jnp.ones((3, 2)), "bias": jnp.ones((2,))}}
+    params = {"fc8": {"kernel": jnp.ones((3, 2)), "bias": jnp.ones((2,))}, "prelu7": {"alpha": jnp.ones((2,))},
+              "experts": {"kernel0": jnp.ones((2,))}}  # layers.Experts names its weights kernel0, kernel1...
     updates, _ = tx.update(jax.tree.map(jnp.zeros_like, params), tx.init(params), params)
-    np.testing.assert_allclose(updates["fc8"]["kernel"], -5e-4 * 5e-4, rtol=1e-5)
+    for decayed in (updates["fc8"]["kernel"], updates["experts"]["kernel0"]):
+        np.testing.assert_allclose(decayed, -5e-4 * 5e-4, rtol=1e-5)
     np.testing.assert_allclose(updates["fc8"]["bias"], 0.0)
-
-
-def _write_split(out, split, recs):
-    w = shards.ShardWriter(out, shards.shard_name(split, 0, 1))
-    for r in recs:
-        w.write(schema.encode(r), r["label"], r["subject"])
-    w.close()
+    np.testing.assert_allclose(updates["prelu7"]["alpha"], 0.0)
 
 
 def test_displacement_subtracts_the_same_subjects_mean_in_the_same_split(tmp_path):
     rng = np.random.default_rng(0)
     face = np.zeros((224, 224, 3), np.uint8)
-    recs = {"train": [("ann", 10), ("ann", 20), ("bob", 50)], "test": [("ann", 100), ("ann", 130)]}
+    # two shards a split, ann in both: her mean adds up the sidecars' sums across shards
+    shards_of = {"train": [[("ann", 10), ("bob", 50)], [("ann", 20)]], "test": [[("ann", 100)], [("ann", 130)]]}
     landmarks = {}
-    for split, items in recs.items():
-        rows = []
-        for i, (subject, offset) in enumerate(items):
-            lm = (rng.uniform(40, 180, (68, 2)) + offset).astype(np.float32)
-            landmarks[split, i] = lm
-            rows.append({"face": face, "landmarks": lm, "label": i % 2, "subject": subject})
-        _write_split(str(tmp_path), split, rows)
-    shards.write_manifest(str(tmp_path), {"train": 1, "test": 1}, {"classes": ["a", "b"]})
+    for split, files in shards_of.items():
+        for f, items in enumerate(files):
+            w = shards.ShardWriter(str(tmp_path), shards.shard_name(split, f, len(files)))
+            for subject, offset in items:
+                lm = (rng.uniform(40, 180, (68, 2)) + offset).astype(np.float32)
+                landmarks[split, subject, offset] = lm
+                w.write(schema.encode({"face": face, "landmarks": lm, "label": 0, "subject": subject}), 0, subject)
+            w.close()
+    shards.write_manifest(str(tmp_path), {"train": 2, "test": 2}, {"classes": ["a", "b"]})
+    sidecar = json.loads((tmp_path / ".stats" / (shards.shard_name("train", 0, 2) + ".json")).read_text())
+    assert sidecar["landmark_counts"] == {"ann": 1, "bob": 1}
+    np.testing.assert_allclose(sidecar["landmark_sums"]["bob"], landmarks["train", "bob", 50], rtol=1e-6)
     cfg = C.load("configs/micro.py:variant=geometry")
     fields, maps = micro.record_fields(cfg), micro.transforms(cfg, False)
 
     def displacement(split, i):
         return pipeline.read_records(str(tmp_path), split, [i], fields, maps)["displacement"][0]
 
-    # ann's test frames are relative to her test frames only; her training frames to her training frames
-    test_mean = (landmarks["test", 0] + landmarks["test", 1]) / 2
-    np.testing.assert_allclose(displacement("test", 1), landmarks["test", 1] - test_mean, rtol=1e-5)
-    train_mean = (landmarks["train", 0] + landmarks["train", 1]) / 2
-    np.testing.assert_allclose(displacement("train", 0), landmarks["train", 0] - train_mean, rtol=1e-5)
-    np.testing.assert_allclose(displacement("train", 2), 0.0, atol=1e-4)  # bob's only frame is his mean
-    # shards written without the sidecar's sums: the same means from the records themselves
-    for path in (tmp_path / ".stats").glob("*.json"):
-        st = json.loads(path.read_text())
-        del st["landmark_sums"], st["landmark_counts"]
-        path.write_text(json.dumps(st))
-    np.testing.assert_allclose(displacement("test", 1), landmarks["test", 1] - test_mean, rtol=1e-5)
+    # ann's test images are relative to her test images only, her training images to her training images
+    test_mean = (landmarks["test", "ann", 100] + landmarks["test", "ann", 130]) / 2
+    train_mean = (landmarks["train", "ann", 10] + landmarks["train", "ann", 20]) / 2
+    for _ in range(2):
+        np.testing.assert_allclose(displacement("test", 1), landmarks["test", "ann", 130] - test_mean, rtol=1e-5)
+        np.testing.assert_allclose(displacement("train", 0), landmarks["train", "ann", 10] - train_mean, rtol=1e-5)
+        np.testing.assert_allclose(displacement("train", 1), 0.0, atol=1e-4)  # bob's only image is his mean
+        # shards written without the sidecar's sums: the same means from the records themselves
+        for path in (tmp_path / ".stats").glob("*.json"):
+            st = json.loads(path.read_text())
+            st.pop("landmark_sums", None), st.pop("landmark_counts", None)
+            path.write_text(json.dumps(st))
+        pipeline._subject_mean_landmarks.cache_clear()
+
+
+def test_reports_count_the_dominant_and_the_complementary_emotion_apart():
+    # true: disgust_sad (c=3, d=6); predicted: angry_sad (dominant right), disgust_happy (complementary right)
+    labels = np.array([compound.compound_label(3, 6)] * 2 + [0])
+    pred = [compound.compound_label(1, 6), compound.compound_label(3, 5), 0]
+    logits = np.eye(50)[pred]
+    res = models.Results(C.load("configs/micro.py"), list(compound.CLASSES), {}, labels, logits, {}, np.arange(3),
+                         None)
+    out = micro.reports(res, "")
+    assert out["dominant_accuracy"] == pytest.approx(2 / 3) and out["complementary_accuracy"] == pytest.approx(2 / 3)
+    assert out["misclassification_percent"] == pytest.approx(100 * 2 / 3)
+    from data_prep.datasets import IcvMefedReader
+
+    assert [IcvMefedReader.split_of(n) for n in ("training.txt", "test_labels.txt", "validation.txt",
+                                                  "training_validation.txt")] == ["train", "test", "val", "train"]
 
 
 def _fergate(*args, env=None, timeout=900):
@@ -165,12 +192,14 @@ def test_icv_mefed_layout_goes_into_shards_with_compound_labels(tmp_path, photos
     lines = [f"{n}\t{lab}" for n, lab in labels.items()]
     lines += ["Sample_001_001.JPG\t1_1", "Sample_009_001.JPG\t2_2", "Sample_001_002.JPG 9_9", "just garbage"]
     (root / "training_labels.txt").write_text("\n".join(lines) + "\n")
+    (root / "order_of_test.txt").write_text("Sample_001_001.JPG\nSample_001_002.JPG\n")  # names only: ignored
     out = tmp_path / "shards"
     _fergate("prep", str(root), "--dataset", "icv_mefed", "--out", str(out), "--face_size", "224", "--align",
              "eyes_lip", "--no_patches", "--no_identity", "--test_fraction", "0", "--workers", "1")
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["classes"] == list(compound.CLASSES)
     assert manifest["skipped"] == {"malformed_label": 2, "duplicate_label": 1, "missing_file": 1}
+    assert sorted(manifest["splits"]) == ["train"]  # the name list made no (empty) test split
     files = pipeline.split_files(str(out), "train")
     got = {}
     for path in files:
@@ -227,3 +256,13 @@ def test_compound_sample_runs_the_50_class_path(tmp_path):
     ev = json.loads(open(os.path.join(w, "eval.json")).read())
     assert len(ev["classes"]) == 50 and 0 <= ev["dominant_accuracy"] <= 1 and "complementary_accuracy" in ev
     shutil.rmtree(out)
+
+
+def test_a_zero_displacement_is_refused_with_the_reason():
+    cfg = C.load("configs/micro.py:variant=fusion")
+    ones = {"displacement": np.ones((4, 68, 2), np.float32), "mask": np.ones(4, np.float32)}
+    assert micro.statistics(cfg, [ones])["displacement_rms"] == pytest.approx(1.0)
+    from fergate.errors import UserError
+
+    with pytest.raises(UserError, match="one image"):
+        micro.statistics(cfg, [{**ones, "displacement": np.zeros((4, 68, 2), np.float32)}])

@@ -13,6 +13,7 @@ touch, and how a flip changes each field, is the model family's choice (`RandomF
 from __future__ import annotations
 
 import dataclasses
+import functools
 import glob
 import json
 import os
@@ -95,7 +96,12 @@ def _sidecar(files: Sequence[str], key: str, field: str) -> list:
 def subject_mean_landmarks(files: Sequence[str]) -> dict[str, np.ndarray]:
     """{subject: the mean (68, 2) landmarks of its records in `files`} (one split's), from
     the shards' stats sidecars (per-subject sums and counts), or from the records themselves
-    for shards written without them."""
+    for shards written without them; computed once per process and set of files."""
+    return _subject_mean_landmarks(tuple(files))
+
+
+@functools.lru_cache(maxsize=8)
+def _subject_mean_landmarks(files: tuple[str, ...]) -> dict[str, np.ndarray]:
     sums: dict[str, np.ndarray] = {}
     counts: dict[str, int] = {}
     for path in files:
@@ -182,7 +188,7 @@ class Load(grain.transforms.Map):
     an unmapped value gets mask 0), a `mask` (0 for padding) and, with `with_index`, the
     record's `index` in the split (for evaluation reports). The field
     `SUBJECT_MEAN_LANDMARKS` is derived: the mean landmarks of the record's subject in these
-    `files` (computed once per process)."""
+    `files` (`subject_mean_landmarks`)."""
 
     def __init__(self, files: Sequence[str], fields: Sequence[str], label_field: str = "label",
                  label_map: dict | None = None, with_index: bool = False):
@@ -191,10 +197,10 @@ class Load(grain.transforms.Map):
         self.derive = SUBJECT_MEAN_LANDMARKS in fields
         self.fields = tuple(dict.fromkeys([*(f for f in fields if f != SUBJECT_MEAN_LANDMARKS), label_field,
                                            *(("subject",) if self.derive else ())]))
-        self._source, self._means = None, None
+        self._source = None
 
     def __getstate__(self):
-        return {**self.__dict__, "_source": None, "_means": None}
+        return {**self.__dict__, "_source": None}
 
     def map(self, element: tuple[int, bool]) -> dict[str, Any]:
         if self._source is None:
@@ -202,9 +208,7 @@ class Load(grain.transforms.Map):
         index, valid = element
         rec = schema.decode(self._source[index], self.fields)
         if self.derive:
-            if self._means is None:
-                self._means = subject_mean_landmarks(self.files)
-            rec[SUBJECT_MEAN_LANDMARKS] = self._means[rec["subject"]]
+            rec[SUBJECT_MEAN_LANDMARKS] = subject_mean_landmarks(self.files)[rec["subject"]]
         out = {k: np.int32(v) if isinstance(v, int) else v for k, v in rec.items()
                if k not in STRING_FIELDS and k != self.label_field}
         label = rec[self.label_field]

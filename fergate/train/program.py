@@ -85,7 +85,8 @@ def validate(config, workdir: str | None = None) -> None:
                               ("eval.batch_size", config.eval.batch_size, 1), ("train.log_every", c.log_every, 1),
                               ("train.ckpt_every", c.ckpt_every, 1), ("train.keep", c.keep, 1),
                               ("train.eval_every", c.eval_every, -1),
-                              ("optim.decay_steps", config.optim.decay_steps, 0)):
+                              ("optim.decay_steps", config.optim.decay_steps, 0),
+                              ("optim.step_every", config.optim.get("step_every", 0), 0)):
         if value < least:
             raise UserError(f"config {key}={value}: must be at least {least}")
     if c.profile_steps and (len(c.profile_steps) != 2 or not 1 <= c.profile_steps[0] <= c.profile_steps[1]):
@@ -95,6 +96,11 @@ def validate(config, workdir: str | None = None) -> None:
         if not config.data.val_split or not c.eval_every:
             raise UserError(f"config train.select={c.select} picks the best checkpoint on a validation split: it "
                             "needs data.val_split (e.g. val) and train.eval_every (not 0)")
+    if config.optim.get("step_every", 0) and not 0 < config.optim.step_factor:
+        raise UserError(f"config optim.step_factor={config.optim.step_factor}: must be above 0")
+    if config.optim.get("step_every", 0) and config.optim.decay_steps:
+        raise UserError("config optim.decay_steps applies to the polynomial decay; with optim.step_every the rate "
+                        "steps down every step_every steps: set one of them")
     if not 0 < config.data.val_fraction < 1:
         raise UserError(f"config data.val_fraction={config.data.val_fraction}: must be in (0, 1)")
     if workdir is not None:
@@ -241,7 +247,8 @@ def make_optimizer(config) -> tuple[optax.GradientTransformation, optax.Schedule
             else optax.adam(schedule, o.b1, o.b2, o.eps)
     elif o.name == "sgd":
         # weight decay on the weights (kernels) only, as Caffe's nets set decay_mult 0 on biases
-        kernels = functools.partial(jax.tree_util.tree_map_with_path, lambda p, _: p[-1].key == "kernel")
+        kernels = functools.partial(jax.tree_util.tree_map_with_path,
+                                    lambda p, _: "kernel" in str(getattr(p[-1], "key", "")))
         opt = optax.chain(optax.add_decayed_weights(o.weight_decay, mask=kernels), optax.sgd(schedule, momentum=o.b1))
     else:
         raise UserError(f"unknown optimizer {o.name!r} (config optim.name): adam or sgd")
