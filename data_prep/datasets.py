@@ -150,8 +150,10 @@ class IcvMefedReader:
     classes = compound_labels.CLASSES
 
     def __init__(self, source: str | None = None, **_):
-        if not source or not os.path.isdir(source):
-            raise UserError(f"--dataset icv_mefed needs the dataset's folder as SOURCE (not found: {source})")
+        if not source:
+            raise UserError("--dataset icv_mefed needs SOURCE: the folder of the photos and label files")
+        if not os.path.isdir(source):
+            raise UserError(f"--dataset icv_mefed: source folder not found: {source}")
         self.source = source
         self.label_files = sorted(os.path.join(source, f) for f in os.listdir(source) if f.lower().endswith(".txt"))
         if not self.label_files:
