@@ -15,9 +15,12 @@ def base(model: str, variant: str) -> ml_collections.ConfigDict:
     c.variant = variant
     c.seed = 0
     # data.dir "" -> the built-in `dataset` prepared in the cache with `prep_options`
+    # features_from: an earlier stage (config.pretrain) whose model's `features` output of every record
+    # is written as field `features_field` into a copy of the data (`fergate features`) that this config
+    # then reads (VSHNN)
     # val_split: validation for train.select: a split of the data, else val_fraction of the training subjects
     c.data = dict(dir="", dataset="sample", prep_options=dict(size=2800), train_split="train", eval_split="test",
-                  val_split="", val_fraction=0.1,
+                  val_split="", val_fraction=0.1, features_from="", features_field="",
                   label_field="label", classes=(), balance=False, workers=0,
                   # augmentation (faces): flip, rotation by up to `rotate` degrees, photometric
                   flip=False, rotate=0.0, brightness_contrast=False, hue_saturation=False)
@@ -25,10 +28,11 @@ def base(model: str, variant: str) -> ml_collections.ConfigDict:
     # decay_steps: the learning rate reaches end_lr there (0: at train.steps)
     # step_every > 0: instead, the rate times step_factor every step_every steps (Caffe's "step" policy;
     # decay_steps does not apply)
+    # clip_value: gradients clipped elementwise to [-v, v] (0: not)
     # frozen: parameter subtrees not trained; lr_scale: "subtree=factor" entries scaling a subtree's rate
     c.optim = dict(name="adam", lr=1e-3, b1=0.9, b2=0.999, eps=1e-8, decay_power=1.0, end_lr=0.0, warmup_steps=0,
-                   decay_steps=0, step_every=0, step_factor=0.1, weight_decay=0.0, grad_clip=0.0, frozen=(),
-                   lr_scale=())
+                   decay_steps=0, step_every=0, step_factor=0.1, weight_decay=0.0, grad_clip=0.0, clip_value=0.0,
+                   frozen=(), lr_scale=())
     # eval_every: held-out evaluation every N steps (-1: ten times a run, 0: only at the end)
     # select: keep the checkpoint with the best validation value of this metric ("": the last)
     c.train = dict(steps=10_000, log_every=50, ckpt_every=1000, keep=3, eval_every=-1, select="", profile_steps=(),

@@ -1,6 +1,7 @@
-"""A contact sheet of a prepared split: `per_class` aligned faces (or images) per class, one
-row each, with the landmarks drawn; written by `fergate prep` as DIR/contact_sheet.png. Many
-classes (the 50 compound ones) get 4 smaller faces each, in columns of 10 classes."""
+"""A contact sheet of a prepared split: `per_class` aligned faces (or images, or a clip's
+middle frame) per class, one row each, with the landmarks drawn; written by `fergate prep`
+as DIR/contact_sheet.png. Many classes (the 50 compound ones) get 4 smaller faces each, in
+columns of 10 classes."""
 
 from __future__ import annotations
 
@@ -21,11 +22,14 @@ def contact_sheet(data_dir: str, split: str, classes: list[str], out: str, per_c
         reader = ArrayRecordReader(path)
         for i in range(reader.num_records()):
             rec = schema.decode(reader.read([i])[0])
-            img = rec.get("face", rec.get("image"))
+            img, lms = rec.get("face", rec.get("image")), rec.get("landmarks", ())
+            if img is None and "clip" in rec:
+                mid = len(rec["clip"]) // 2
+                img, lms = rec["clip"][mid], rec["clip_landmarks"][mid]
             if img is None or len(rows[rec["label"]]) >= per_class:
                 continue
             face = np.ascontiguousarray(np.repeat(img, 3 // img.shape[-1], -1))
-            for x, y in rec.get("landmarks", ()):
+            for x, y in lms:
                 cv2.circle(face, (int(round(x)), int(round(y))), 1, (0, 255, 0), -1)
             rows[rec["label"]].append(face)
         reader.close()

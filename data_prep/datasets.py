@@ -2,7 +2,9 @@
 
 A reader is a class with `classes`, `items() -> list[Item]` and `load(item)`, returning an
 RGB image, or a list of frames for a clip item. Readers never run the face pipeline;
-`data_prep.prep` does, in worker processes.
+`data_prep.prep` does, in worker processes. A missing or wrongly laid out source is a
+UserError when the reader is made; an item that cannot be read raises SkipItem in `load`,
+and is counted in the manifest.
 """
 
 from __future__ import annotations
@@ -16,14 +18,11 @@ import numpy as np
 
 from data_prep import face as F
 from data_prep import sample as S
-from data_prep import synthetic
+from data_prep import synthetic, video
 from fergate.data import compound as compound_labels
 from fergate.errors import UserError
 
 log = logging.getLogger(__name__)
-
-IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif", ".pgm", ".ppm")
-
 
 @dataclass(frozen=True)
 class Item:
@@ -103,6 +102,25 @@ class SampleReader:
         return S.synthesize(subject, expression, intensity, rng)
 
 
+def subfolders(path: str) -> dict[str, str]:
+    """Sub-folder names of `path` by their lower-case spelling."""
+    return {n.lower(): n for n in sorted(os.listdir(path)) if os.path.isdir(os.path.join(path, n))}
+
+
+def class_layout(source: str) -> tuple[dict[str, str], tuple[str, ...]]:
+    """(split -> folder, classes) of a folder-per-class source: `SOURCE/<class>/...`, or
+    `SOURCE/<split>/<class>/...` when SOURCE holds `train/` or `test/`; the classes are the
+    class folders' names, sorted."""
+    roots = {s: os.path.join(source, s) for s in ("train", "test") if os.path.isdir(os.path.join(source, s))}
+    roots = roots or {"train": source}
+    return roots, tuple(sorted({c for r in roots.values() for c in subfolders(r).values()}))
+
+
+def subject_of(stem: str) -> str:
+    """A file's subject: the `<subject>__` prefix of its name, or the name itself."""
+    return stem.split("__")[0] if "__" in stem else stem
+
+
 class FolderReader:
     """One sub-folder per class (`SOURCE/<class>/*.jpg`), or `SOURCE/<split>/<class>/...`
     when SOURCE holds `train/` and `test/`. Each file is its own subject unless its name has
@@ -113,10 +131,7 @@ class FolderReader:
             raise UserError("--dataset folder needs a SOURCE folder")
         if not os.path.isdir(source):
             raise UserError(f"source folder not found: {source}")
-        roots = {s: os.path.join(source, s) for s in ("train", "test") if os.path.isdir(os.path.join(source, s))}
-        self.roots = roots or {"train": source}
-        self.classes = tuple(sorted({c for r in self.roots.values() for c in os.listdir(r)
-                                     if os.path.isdir(os.path.join(r, c))}))
+        self.roots, self.classes = class_layout(source)
         if not self.classes:
             raise UserError(f"no class sub-folders in {source}")
 
@@ -129,13 +144,83 @@ class FolderReader:
                     path = os.path.join(d, fname)
                     if os.path.isdir(path):
                         continue
-                    stem = os.path.splitext(fname)[0]
-                    subject = stem.split("__")[0] if "__" in stem else stem
-                    out.append(Item(f"{split}/{c}/{fname}", split, label, subject, path))
+                    out.append(Item(f"{split}/{c}/{fname}", split, label, subject_of(os.path.splitext(fname)[0]),
+                                    path))
         return out
 
     def load(self, item: Item):
         return F.load_image(item.source)
+
+
+class VideoFolderReader:
+    """Clips in one sub-folder per class: `ROOT/<class>/<clip>`, or `ROOT/<split>/<class>/...`
+    when ROOT holds `train/` or `test/`; a clip is a video file (`video.VIDEO_EXTS`) or a
+    folder of frame images (CK+ / MMI style, natural name order); other files are ignored.
+    Each clip is its own subject unless its name has a `<subject>__` prefix. At most
+    `max_frames` frames of a clip are read, evenly spaced (`data_prep.video`); an unreadable,
+    empty or faceless clip is skipped and counted by reason."""
+
+    name = "video_folder"
+    layout = "ROOT/<class>/<video file or folder of frames>, or ROOT/{train,test}/<class>/..."
+
+    def __init__(self, source: str | None = None, max_frames: int = video.MAX_FRAMES, **_):
+        if not source:
+            raise UserError(f"--dataset {self.name} needs ROOT: {self.layout}")
+        if not os.path.isdir(source):
+            raise UserError(f"--dataset {self.name}: ROOT not found: {source} (expected {self.layout})")
+        self.source, self.max_frames = source, max_frames
+        self.roots, self.classes = self.find_layout(source)
+
+    def find_layout(self, source: str) -> tuple[dict[str, str], tuple[str, ...]]:
+        roots, classes = class_layout(source)
+        if not classes:
+            raise UserError(f"--dataset {self.name}: no class folders in {source} (expected {self.layout})")
+        return roots, classes
+
+    def items(self) -> list[Item]:
+        out = []
+        for split, root in sorted(self.roots.items()):
+            folders = subfolders(root)
+            for label, c in enumerate(self.classes):
+                d = os.path.join(root, c if os.path.isdir(os.path.join(root, c)) else folders.get(c.lower(), c))
+                for name in sorted(os.listdir(d), key=video.natural_key) if os.path.isdir(d) else ():
+                    path = os.path.join(d, name)
+                    if os.path.isdir(path) or name.lower().endswith(video.VIDEO_EXTS):
+                        out.append(Item(os.path.relpath(path, self.source), split, label,
+                                        subject_of(os.path.splitext(name)[0]), path, "clip"))
+        if not out:
+            raise UserError(f"--dataset {self.name}: no video ({', '.join(video.VIDEO_EXTS)}) or frame folder "
+                            f"in the class folders of {self.source} (expected {self.layout})")
+        return out
+
+    def load(self, item: Item) -> list[np.ndarray]:
+        return video.read_clip(item.source, self.max_frames)
+
+
+class AfewReader(VideoFolderReader):
+    """AFEW (Acted Facial Expressions in the Wild: film excerpts): `ROOT/Train/<Emotion>/*.avi`
+    and `ROOT/Val/<Emotion>/*.avi` (folder names in any case, `Train_AFEW` / `Val_AFEW` too),
+    the 7 emotion folders spelled as AFEW does. Val is the test split: AFEW's own test set
+    has no public labels, and the papers report Val. AFEW names no actor, so each video is
+    its own subject; other folders (AFEW's unlabelled Test) are ignored."""
+
+    name = "afew"
+    classes = ("Angry", "Disgust", "Fear", "Happy", "Neutral", "Sad", "Surprise")
+    splits = {"train": ("train", "train_afew"), "test": ("val", "val_afew")}
+    layout = "ROOT/Train/<Emotion>/*.avi and ROOT/Val/<Emotion>/*.avi, Emotion one of " + ", ".join(classes)
+
+    def find_layout(self, source: str) -> tuple[dict[str, str], tuple[str, ...]]:
+        top = subfolders(source)
+        roots = {split: os.path.join(source, top[n]) for split, names in self.splits.items()
+                 for n in names if n in top}
+        known = {c.lower() for c in self.classes}
+        if not any(known & set(subfolders(r)) for r in roots.values()):
+            raise UserError(f"--dataset afew: no Train/ or Val/ folder of emotion folders in {source} "
+                            f"(expected {self.layout})")
+        for r in roots.values():
+            if extra := sorted(n for k, n in subfolders(r).items() if k not in known):
+                log.info(f"[prep] afew: {r}: {', '.join(extra)} not one of AFEW's 7 emotions: ignored")
+        return roots, self.classes
 
 
 class IcvMefedReader:
@@ -173,7 +258,7 @@ class IcvMefedReader:
         photos = {}
         for root, _, files in os.walk(self.source):
             for f in files:
-                if f.lower().endswith(IMAGE_EXTS):
+                if f.lower().endswith(F.IMAGE_EXTS):
                     photos.setdefault(f, os.path.join(root, f))
         out, seen = [], set()
         for path in self.label_files:
@@ -320,7 +405,8 @@ class DSpritesReader:
 
 READERS = {"sample": SampleReader, "folder": FolderReader, "digits_rotated": RotatedDigitsReader,
            "digits_rotated_scaled": RotatedScaledDigitsReader, "fashion_rotated": RotatedFashionReader,
-           "dsprites": DSpritesReader, "icv_mefed": IcvMefedReader}
+           "dsprites": DSpritesReader, "icv_mefed": IcvMefedReader, "afew": AfewReader,
+           "video_folder": VideoFolderReader}
 
 
 def reader(name: str, source: str | None, **options):

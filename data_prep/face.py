@@ -43,6 +43,10 @@ UPPER_LIP = 51
 ALIGNMENTS = ("eyes_mouth", "eyes_lip")
 
 
+#: file name endings of the images `load_image` is meant for (listing a folder of frames or photos)
+IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif", ".pgm", ".ppm")
+
+
 class SkipItem(Exception):
     """An input that cannot become a record; `reason` is the manifest's counter key."""
 

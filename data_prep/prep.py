@@ -2,7 +2,7 @@
 
 Items are split deterministically: item j of a split goes to file j % M, and machine i of
 `num_shards` writes the files f with f % num_shards == i, so machines never write the same
-file and a re-run skips every file already complete (see data_prep.shards).
+file and a re-run skips every file already complete (see fergate.data.shards).
 """
 
 from __future__ import annotations
@@ -18,10 +18,10 @@ from collections import Counter, defaultdict
 
 import numpy as np
 
-from data_prep import datasets, shards
+from data_prep import datasets, video
 from data_prep import face as F
 from data_prep.contact_sheet import contact_sheet
-from fergate.data import schema
+from fergate.data import schema, shards
 from fergate.data.cache import builtin_dir, cache_root
 from fergate.errors import UserError
 
@@ -35,6 +35,10 @@ class PrepOptions:
     compress: bool = False  #: store images as PNG: ~40% smaller, ~100x slower to decode than raw
     records_per_file: int = 1024
     test_fraction: float = 0.2  #: a source without a test split: this share of its subjects is held out
+    frames: int = 16  #: T: every clip is resampled to T frames (and the sample set generates T)
+    max_gap: int = 8  #: a frame without a face takes the last box this many frames at most, else it is dropped
+    min_faces: int = 4  #: a clip with fewer frames with a (found or carried) face is skipped: too_few_faces
+    max_frames: int = video.MAX_FRAMES  #: frames decoded from one video at most, evenly spaced (bounds memory)
 
 
 _WORKER: dict = {}
@@ -45,32 +49,55 @@ def _init_worker(name: str, source: str | None, reader_options: dict, opts: Prep
     import cv2
 
     cv2.setNumThreads(1)  # one process per core: library threads only oversubscribe
-    _WORKER["reader"] = datasets.reader(name, source, **reader_options)
+    _WORKER["reader"] = make_reader(name, source, reader_options, opts)
     _WORKER["opts"] = opts
 
 
+def make_reader(name: str, source: str | None, reader_options: dict, opts: PrepOptions):
+    """The dataset's reader, told the clip length T (the sample set generates T frames) and the
+    decode bound (the video readers); readers without clips ignore both."""
+    return datasets.reader(name, source, **{"frames": opts.frames, "max_frames": opts.max_frames, **reader_options})
+
+
+def carry_boxes(rects: list, max_gap: int) -> list:
+    """Each frame's face box, or None for a frame to drop: its own detection, else the last
+    one if at most `max_gap` frames back (before the first detection: the first one, if at
+    most `max_gap` frames ahead). A face lost for longer is likely gone (a cut, a turned
+    head): its landmarks in a stale box would be noise."""
+    found = [i for i, r in enumerate(rects) if r is not None]
+    out, last = [], None
+    for i, r in enumerate(rects):
+        last = i if r is not None else last
+        src = last if last is not None else found[0] if found else None
+        out.append(rects[src] if src is not None and abs(i - src) <= max_gap else None)
+    return out
+
+
 def clip_record(frames: list[np.ndarray], opts: PrepOptions) -> dict:
-    """Per-frame detection (the last box is reused on frames where none is found),
-    landmarks and alignment of a clip; T x S x S x C frames and T x 68 x 2 landmarks."""
+    """Per-frame detection, gaps bridged by `carry_boxes` (frames beyond a gap dropped),
+    landmarks and alignment of every kept frame, then both resampled in time to T
+    (`video.resample`): T x S x S x C frames and T x 68 x 2 landmarks from a clip of any length."""
     rects = []
     for img in frames:
         try:
             rects.append(F.detect(img, opts.face.upsample))
         except F.SkipItem:
             rects.append(None)
-    found = [r for r in rects if r is not None]
-    if not found:
+    if all(r is None for r in rects):
         raise F.SkipItem("no_face", "in any frame of the clip")
-    last = found[0]
+    kept = [(img, r) for img, r in zip(frames, carry_boxes(rects, opts.max_gap)) if r is not None]
+    if len(kept) < min(opts.min_faces, len(frames)):
+        raise F.SkipItem("too_few_faces", f"{len(kept)} of {len(frames)} frames have a face "
+                         f"(min_faces {opts.min_faces}, max_gap {opts.max_gap})")
     clip, lms = [], []
-    for img, r in zip(frames, rects):
-        last = r or last
-        lm = F.landmarks(img, last)
+    for img, rect in kept:
+        lm = F.landmarks(img, rect)
         m = F.alignment(lm, opts.clip_size, opts.face.align)
         face = F.warp(img, m, (opts.clip_size, opts.clip_size))
         clip.append(face if opts.face.color else face.mean(-1, keepdims=True).astype(np.uint8))
         lms.append(F.apply_affine(m, lm))
-    return {"clip": np.stack(clip), "clip_landmarks": np.stack(lms)}
+    return {"clip": video.resample(np.stack(clip), opts.frames),
+            "clip_landmarks": video.resample(np.stack(lms), opts.frames)}
 
 
 def process_item(item: datasets.Item) -> tuple[bytes | None, str | None]:
@@ -133,10 +160,15 @@ def run(dataset: str, source: str | None, out: str, opts: PrepOptions = PrepOpti
         raise UserError(f"--align {opts.face.align!r}: one of {', '.join(F.ALIGNMENTS)}")
     if opts.face.illumination != "none" and opts.face.color:
         raise UserError("--illumination diffusion normalises grey faces: add --grey")
+    for name in ("frames", "min_faces", "max_frames", "clip_size"):
+        if getattr(opts, name) < 1:
+            raise UserError(f"--{name} {getattr(opts, name)}: must be at least 1")
+    if opts.max_gap < 0:
+        raise UserError(f"--max_gap {opts.max_gap}: must be at least 0")
     if os.path.exists(out) and not os.path.isdir(out):
         raise UserError(f"--out {out} is a file, not a directory")
     reader_options = reader_options or {}
-    rdr = datasets.reader(dataset, source, **reader_options)
+    rdr = make_reader(dataset, source, reader_options, opts)
     items = hold_out(rdr.items(), opts.test_fraction)
     files = plan(items, opts.records_per_file, num_shards)
     os.makedirs(out, exist_ok=True)
@@ -201,13 +233,16 @@ def run(dataset: str, source: str | None, out: str, opts: PrepOptions = PrepOpti
 
 def builtin(dataset: str, options: dict) -> str:
     """The directory of a built-in dataset (`sample`, THIN's synthetic sets) prepared with
-    `options` in the cache (those of FaceOptions, e.g. face_size "125x160", color, the rest
-    the reader's), prepared here first if absent: under a file lock, so that concurrent runs
-    (tests, the processes of one job) prepare it once."""
+    `options` in the cache (those of FaceOptions, e.g. face_size "125x160", color, and of
+    PrepOptions, e.g. clip_size, frames, go there, the rest to the reader), prepared here
+    first if absent: under a file lock, so that concurrent runs (tests, the processes of one
+    job) prepare it once."""
     out = builtin_dir(dataset, options)
     face_fields = {f.name for f in dataclasses.fields(F.FaceOptions)}
+    prep_fields = {f.name for f in dataclasses.fields(PrepOptions)} - {"face"}
     face = {k: F.parse_size(v) if k == "face_size" else v for k, v in options.items() if k in face_fields}
-    reader = {k: v for k, v in options.items() if k not in face_fields}
+    prep = {k: v for k, v in options.items() if k in prep_fields}
+    reader = {k: v for k, v in options.items() if k not in face_fields | prep_fields}
     manifest = os.path.join(out, "manifest.json")
     if os.path.exists(manifest):
         return out
@@ -216,6 +251,6 @@ def builtin(dataset: str, options: dict) -> str:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if not os.path.exists(manifest):
             log.info(f"[data] preparing the built-in {dataset} dataset into {out} (once)")
-            if not run(dataset, None, out, PrepOptions(face=F.FaceOptions(**face)), reader)["complete"]:
+            if not run(dataset, None, out, PrepOptions(face=F.FaceOptions(**face), **prep), reader)["complete"]:
                 raise UserError(f"preparing the {dataset} dataset into {out} did not complete")
     return out

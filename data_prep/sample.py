@@ -25,6 +25,7 @@ from scipy.interpolate import LinearNDInterpolator
 from scipy.spatial import Delaunay
 
 from data_prep import face as F
+from data_prep.video import VIDEO_EXTS, read_video
 
 #: Class order of the MoDuL paper's tables (Ne, Ha, An, Sa, Fe, Di, Su).
 CLASSES = ("neutral", "happiness", "anger", "sadness", "fear", "disgust", "surprise")
@@ -117,7 +118,6 @@ SHAPE_JITTER: dict[str, tuple[tuple[int, ...], tuple[float, float]]] = {
 #: expression would contradict the synthesised label), a duplicate video, no faces.
 PYFEAT_SKIP = ("-su-", "-hao-", "-anc-", "-di-", "face_noface", "noface_face", "no_face", "BWPicture", "mountain")
 PHOTO_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
-VIDEO_EXTS = (".mp4", ".avi", ".mov", ".mkv")
 
 
 def sample_photos(folder: str | None = None) -> list[tuple[str, str, int]]:
@@ -160,12 +160,7 @@ def sample_photos(folder: str | None = None) -> list[tuple[str, str, int]]:
 def read_source(path: str) -> np.ndarray:
     """An RGB photo, or the first frame of a video."""
     if path.lower().endswith(VIDEO_EXTS):
-        cap = cv2.VideoCapture(path)
-        ok, frame = cap.read()
-        cap.release()
-        if not ok:
-            raise F.SkipItem("unreadable", f"no frame in {path}")
-        return np.ascontiguousarray(frame[..., ::-1])
+        return read_video(path, max_frames=1)[0]
     return F.load_image(path)
 
 

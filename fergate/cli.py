@@ -34,10 +34,11 @@ def _prep(a: argparse.Namespace) -> None:
         face=face.FaceOptions(face_size=_face_size(a.face_size), color=not a.grey, patch_size=a.patch_size,
                               patches=not a.no_patches, identity=not a.no_identity, upsample=a.upsample,
                               illumination=a.illumination, align=a.align),
-        clip_size=a.clip_size, compress=a.compress, records_per_file=a.records_per_file, test_fraction=a.test_fraction)
+        clip_size=a.clip_size, compress=a.compress, records_per_file=a.records_per_file, test_fraction=a.test_fraction,
+        frames=a.frames, max_gap=a.max_gap, min_faces=a.min_faces, max_frames=a.max_frames)
     reader_options = {}
     if a.dataset == "sample":
-        reader_options = {"size": a.size, "clips": a.clips, "frames": a.frames, "seed": a.seed,
+        reader_options = {"size": a.size, "clips": a.clips, "seed": a.seed,
                           "test_subjects": a.test_subjects, "compound": a.compound}
     prep.run(a.dataset, a.source, a.out, opts, reader_options, a.workers, a.shard_index, a.num_shards)
 
@@ -102,7 +103,7 @@ def _eval(a: argparse.Namespace) -> None:
     from fergate.train import evaluate, program
     from fergate.train.checkpoint import restore_selected
 
-    ddir = program.data_dir(cfg)
+    ddir = program.data_dir(cfg, a.workdir)
     manifest = pipeline.read_manifest(ddir)
     try:
         program.resolve(cfg, manifest)
@@ -128,6 +129,19 @@ def _eval(a: argparse.Namespace) -> None:
         runs = {a.workdir: {**report, "variant": cfg.variant}, **{w: evaluate.read_eval(w) for w in a.compare}}
         for path in prog.family.compare(runs, out):
             print(f"[eval] {len(runs)} runs compared -> {path}")
+
+
+def _features(a: argparse.Namespace) -> None:
+    """A trained model's `features` output of every record, written into a copy of the data."""
+    from fergate import config as config_lib
+
+    cfg = config_lib.load_workdir(a.workdir)
+    _jax_setup(a)
+    if not a.data:
+        _builtin_data(cfg)
+    from fergate.train import features, program
+
+    features.extract(a.workdir, a.data or program.source_dir(cfg), a.out, a.field)
 
 
 def _attend(a: argparse.Namespace) -> int:
@@ -238,8 +252,8 @@ def parser() -> argparse.ArgumentParser:
     q = sub.add_parser("prep", help="face pipeline -> ArrayRecord shards + manifest.json")
     q.add_argument("source", nargs="?", help="dataset root (folder of photos for --dataset sample)")
     q.add_argument("--dataset", required=True,
-                   help="sample | folder | icv_mefed | digits_rotated | digits_rotated_scaled | fashion_rotated | "
-                        "dsprites")
+                   help="sample | folder | icv_mefed | afew | video_folder | digits_rotated | digits_rotated_scaled | "
+                        "fashion_rotated | dsprites")
     q.add_argument("--out", required=True, help="output directory")
     q.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
     q.add_argument("--shard_index", type=int, default=0, help="this machine's index")
@@ -258,12 +272,19 @@ def parser() -> argparse.ArgumentParser:
     q.add_argument("--no_patches", action="store_true")
     q.add_argument("--no_identity", action="store_true", help="skip the 128-d dlib embedding")
     q.add_argument("--upsample", type=int, default=0, help="HOG detector upsampling")
-    q.add_argument("--clip_size", type=int, default=64)
     q.add_argument("--compress", action="store_true", help="store images as PNG (smaller, slower to read)")
+    g = q.add_argument_group("clips (afew, video_folder, the sample set's clips)")
+    g.add_argument("--clip_size", type=int, default=64, help="side of the aligned clip frames")
+    g.add_argument("--frames", type=int, default=16, help="T: every clip is resampled to T frames")
+    g.add_argument("--max_frames", type=int, default=64,
+                   help="frames decoded from one video at most, evenly spaced over it (bounds memory)")
+    g.add_argument("--max_gap", type=int, default=8,
+                   help="a frame without a face takes the last face box for at most this many frames, else is dropped")
+    g.add_argument("--min_faces", type=int, default=4,
+                   help="skip a clip with fewer frames with a (found or carried) face: too_few_faces")
     g = q.add_argument_group("sample dataset")
     g.add_argument("--size", type=int, default=2800, help="images")
     g.add_argument("--clips", type=int, default=140)
-    g.add_argument("--frames", type=int, default=16, help="T frames per clip")
     g.add_argument("--test_subjects", type=int, default=3, help="held-out subjects")
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--compound", action="store_true",
@@ -295,6 +316,16 @@ def parser() -> argparse.ArgumentParser:
     q.add_argument("--out", default=None, help="output directory (default: W/attend)")
     _add_jax_args(q)
     q.set_defaults(func=_attend)
+
+    q = sub.add_parser("features", help="write a trained model's per-example features into a copy of the data "
+                       "(VSHNN: the frame CNN's appearance features of every clip frame)")
+    q.add_argument("--workdir", required=True, help="the trained model (its selected or newest checkpoint)")
+    q.add_argument("--data", default=None, help="prepared data (default: the data the workdir trained on)")
+    q.add_argument("--out", required=True, help="output directory: the data's records plus the new field; "
+                   "finished shards are kept, so a killed run resumes")
+    q.add_argument("--field", default="clip_features", help="the new record field")
+    _add_jax_args(q)
+    q.set_defaults(func=_features)
 
     q = sub.add_parser("bench", help="time train (or --infer) steps on synthetic batches; prints one JSON line")
     q.add_argument("--config", required=True)

@@ -14,10 +14,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from data_prep import shards
 from fergate import config as C
 from fergate import models
-from fergate.data import compound, pipeline, schema
+from fergate.data import compound, pipeline, schema, shards
 from fergate.models import micro
 from fergate.train.program import make_optimizer, resolve
 

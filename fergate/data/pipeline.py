@@ -388,17 +388,40 @@ class ResizeFace(grain.transforms.Map):
         rec = dict(rec)
         face = rec[self.field]
         h, w = face.shape[:2]
-        if (h, w) != tuple(self.size):
-            face = cv2.resize(face, (self.size[1], self.size[0]), interpolation=cv2.INTER_AREA)
-            face = face.reshape(self.size[0], self.size[1], -1)
+        rec[self.field] = resize_image(face, self.size, self.grey)
+        if (h, w) != tuple(self.size) and "landmarks" in rec and self.field == "face":
             sx, sy = self.size[1] / w, self.size[0] / h
-            if "landmarks" in rec and self.field == "face":
-                rec["landmarks"] = (rec["landmarks"] * np.float32([sx, sy])).astype(np.float32)
-                if "iod" in rec:
-                    rec["iod"] = np.float32(rec["iod"] * sx) if sx == sy else iod(rec["landmarks"])
-        if self.grey and face.shape[-1] == 3:
-            face = cv2.cvtColor(face, cv2.COLOR_RGB2GRAY)[..., None]
-        rec[self.field] = face
+            rec["landmarks"] = (rec["landmarks"] * np.float32([sx, sy])).astype(np.float32)
+            if "iod" in rec:
+                rec["iod"] = np.float32(rec["iod"] * sx) if sx == sy else iod(rec["landmarks"])
+        return rec
+
+
+def resize_image(img: np.ndarray, size: tuple[int, int], grey: bool) -> np.ndarray:
+    """H x W x C -> size (height, width) x C' (area interpolation; C' = 1 with `grey`)."""
+    if img.shape[:2] != tuple(size):
+        img = cv2.resize(img, (size[1], size[0]), interpolation=cv2.INTER_AREA).reshape(size[0], size[1], -1)
+    if grey and img.shape[-1] == 3:
+        img = cv2.cvtColor(img, cv2.COLOR_RGB2GRAY)[..., None]
+    return img
+
+
+@dataclasses.dataclass
+class ResizeClip(grain.transforms.Map):
+    """Every frame of the `clip` resized to the model's input (and made grey), the
+    `clip_landmarks` following."""
+
+    size: tuple[int, int]  #: (height, width)
+    grey: bool = False
+
+    def map(self, rec: dict) -> dict:
+        clip = rec["clip"]
+        if clip.shape[1:3] == tuple(self.size) and not (self.grey and clip.shape[-1] == 3):
+            return rec
+        rec = dict(rec, clip=np.stack([resize_image(f, self.size, self.grey) for f in clip]))
+        if "clip_landmarks" in rec:
+            scale = np.float32([self.size[1] / clip.shape[2], self.size[0] / clip.shape[1]])
+            rec["clip_landmarks"] = (rec["clip_landmarks"] * scale).astype(np.float32)
         return rec
 
 

@@ -43,6 +43,7 @@ FIELDS: dict[str, tuple[str, str | None, tuple | None, str]] = {
     "identity": ("array", "float32", (128,), "dlib ResNet face-recognition embedding"),
     "clip": ("array", "uint8", (None, None, None, None), "T x H x W x C aligned frames"),
     "clip_landmarks": ("array", "float32", (None, 68, 2), "T x 68 x 2 landmarks per frame"),
+    "clip_features": ("array", "float32", (None, None), "T x F per-frame features of a model (fergate features)"),
     "image": ("array", "uint8", (None, None, None), "a non-face image, H x W x C (synthetic benchmarks)"),
     "rotation_bin": ("int", None, None, "exogenous label: rotation bin (synthetic benchmarks)"),
     "scale_bin": ("int", None, None, "exogenous label: scale bin (synthetic benchmarks)"),

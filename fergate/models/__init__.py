@@ -12,7 +12,9 @@ Required:
         train=...)` returns a dict: "logits" (B, K) always; "losses" {name: scalar}, auxiliary
         loss terms already weighted (added by the default `loss`); "metrics" {name: scalar},
         logged during training, not optimised; "introspect" {name: (B, ...)}, values the
-        evaluator averages per class and hands to `reports` (gates, attention maps).
+        evaluator averages per class and hands to `reports` (gates, attention maps); optionally
+        "features" {(B, ...)}, a representation `fergate features` writes into the records for a
+        later stage to read (`config.data.features_from`).
     inputs(config) -> {field: (per-example shape, numpy dtype)}
         The fields of the batches the model reads, as they are after `transforms`.
 
@@ -74,7 +76,7 @@ from fergate.errors import UserError
 
 #: The families fergate ships (`config.model`); a new fergate/models/<name>.py, or any importable
 #: module following the contract, works too.
-FAMILIES = ("modul", "thin", "attention", "micro")
+FAMILIES = ("modul", "thin", "attention", "micro", "vshnn")
 
 
 @dataclasses.dataclass

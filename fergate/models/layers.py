@@ -47,6 +47,22 @@ class ConvPool(nn.Module):
         return x.reshape(x.shape[0], -1)
 
 
+class ConvEncoder(nn.Module):
+    """len(convs) x (Conv3x3 - BN - ReLU - MaxPool2), flattened (THIN's baseline trunk,
+    BN before each activation; VGG-style for faces with wider `convs`)."""
+
+    convs: Sequence[int]
+    dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x, train: bool):
+        for i, f in enumerate(self.convs):
+            x = nn.Conv(f, (3, 3), padding="SAME", dtype=self.dtype, name=f"conv{i}")(x)
+            x = nn.BatchNorm(use_running_average=not train, dtype=self.dtype, name=f"bn{i}")(x)
+            x = nn.relu(max_pool2(x))
+        return x.reshape(x.shape[0], -1)
+
+
 def conv3x3_im2col(x: jax.Array, kernel: jax.Array) -> jax.Array:
     """3x3 'same' convolution as one matmul over the 9 shifted copies of x (NHWC, kernel
     HWIO): for a few input channels (a grey face) it beats XLA's convolution on CPU,

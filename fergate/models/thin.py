@@ -25,25 +25,9 @@ from fergate import plots
 from fergate.data import pipeline
 from fergate.errors import UserError
 from fergate.models import Results, face_transforms, num_classes_from_data
-from fergate.models.layers import Experts, LoopExperts, MLPClassifier, TreeGate, max_pool2
+from fergate.models.layers import ConvEncoder, Experts, LoopExperts, MLPClassifier, TreeGate
 
 VARIANTS = ("baseline", "ensemble", "tree_gated", "exo_tree_gated", "oracle", "thin", "exo")
-
-
-class ConvEncoder(nn.Module):
-    """len(convs) x (Conv3x3 - BN - ReLU - MaxPool2), flattened (the paper's baseline trunk,
-    BN before each activation; VGG-style for faces with wider `convs`)."""
-
-    convs: Sequence[int]
-    dtype: jnp.dtype = jnp.float32
-
-    @nn.compact
-    def __call__(self, x, train: bool):
-        for i, f in enumerate(self.convs):
-            x = nn.Conv(f, (3, 3), padding="SAME", dtype=self.dtype, name=f"conv{i}")(x)
-            x = nn.BatchNorm(use_running_average=not train, dtype=self.dtype, name=f"bn{i}")(x)
-            x = nn.relu(max_pool2(x))
-        return x.reshape(x.shape[0], -1)
 
 
 class THIN(nn.Module):

@@ -64,9 +64,27 @@ def global_batch(local: dict[str, np.ndarray], sharding) -> dict[str, jax.Array]
 
 
 # ----------------------------------------------------------------------------- data
-def data_dir(config) -> str:
+def data_dir(config, workdir: str | None = None) -> str:
     """`config.data.dir`, or the built-in dataset `config.data.dataset` prepared in the cache
-    with `config.data.prep_options` (the `fergate` command prepares it on first use)."""
+    with `config.data.prep_options` (the `fergate` command prepares it on first use); with
+    `config.data.features_from`, the copy of that data holding the earlier stage's features,
+    in the training `workdir` (`features_dir`; the trainer writes it)."""
+    stage = config.data.get("features_from", "")
+    if stage and workdir is not None:
+        out = features_dir(workdir, stage)
+        if not os.path.exists(os.path.join(out, "manifest.json")):
+            raise UserError(f"{out} holds no features yet: train {workdir} first (it writes them)")
+        return out
+    return source_dir(config)
+
+
+def features_dir(workdir: str, stage: str) -> str:
+    """Where a run keeps its data with the features of its earlier stage `stage`."""
+    return os.path.join(workdir, "pretrain", stage, "features")
+
+
+def source_dir(config) -> str:
+    """The data the config names (before any features are added to it)."""
     if config.data.dir:
         return config.data.dir
     out = builtin_dir(config.data.dataset, dict(config.data.prep_options))
@@ -86,7 +104,8 @@ def validate(config, workdir: str | None = None) -> None:
                               ("train.ckpt_every", c.ckpt_every, 1), ("train.keep", c.keep, 1),
                               ("train.eval_every", c.eval_every, -1),
                               ("optim.decay_steps", config.optim.decay_steps, 0),
-                              ("optim.step_every", config.optim.get("step_every", 0), 0)):
+                              ("optim.step_every", config.optim.get("step_every", 0), 0),
+                              ("optim.clip_value", config.optim.get("clip_value", 0), 0)):
         if value < least:
             raise UserError(f"config {key}={value}: must be at least {least}")
     if c.profile_steps and (len(c.profile_steps) != 2 or not 1 <= c.profile_steps[0] <= c.profile_steps[1]):
@@ -224,7 +243,8 @@ def make_optimizer(config) -> tuple[optax.GradientTransformation, optax.Schedule
     """Adam(W) or SGD with momentum (weight decay on the kernels), polynomial decay (power
     `decay_power`) over `decay_horizon`, or with `step_every` > 0 the rate times
     `step_factor` every `step_every` steps (floored at `end_lr`), after an optional linear
-    warm-up, optional global-norm clipping; the `optim.frozen` parameter subtrees (pretrained
+    warm-up, optional global-norm clipping (`grad_clip`) and elementwise clipping
+    (`clip_value`); the `optim.frozen` parameter subtrees (pretrained
     parts) get no update and no optimizer state; `optim.lr_scale` entries "subtree=factor"
     scale a subtree's rate (a pretrained trunk fine-tuned slower than a new head)."""
     o, steps = config.optim, decay_horizon(config)
@@ -254,6 +274,8 @@ def make_optimizer(config) -> tuple[optax.GradientTransformation, optax.Schedule
         raise UserError(f"unknown optimizer {o.name!r} (config optim.name): adam or sgd")
     if o.grad_clip:
         opt = optax.chain(optax.clip_by_global_norm(o.grad_clip), opt)
+    if o.get("clip_value", 0.0):  # workdirs written before the option have none
+        opt = optax.chain(optax.clip(o.clip_value), opt)
     scales = {}
     for entry in o.get("lr_scale", ()):  # workdirs written before the option have none
         name, _, factor = entry.partition("=")
@@ -339,6 +361,7 @@ class Program:
     def _predict(self, state: TrainState, batch):
         out, _ = self._apply(state.params, state.model_state, batch, False)
         return {"logits": out["logits"], "introspect": out.get("introspect", {}),
+                **({"features": out["features"]} if "features" in out else {}),
                 **{k: batch[k] for k in ("label", "mask", "index") if k in batch}}
 
     def new_state(self) -> TrainState:

@@ -23,19 +23,21 @@ import numpy as np
 from jax.experimental import multihost_utils
 
 from fergate import config as config_lib
-from fergate import plots
+from fergate import models, plots
 from fergate.data import pipeline
 from fergate.errors import Interrupted, UserError
-from fergate.train import evaluate, perf
+from fergate.train import evaluate, features, perf
 from fergate.train.checkpoint import Checkpointer, Selection, restore_selected
 from fergate.train.program import (
     Program,
     TrainState,
     data_dir,
     decay_horizon,
+    features_dir,
     global_batch,
     input_pipeline,
     resolve,
+    source_dir,
     validate,
     validation,
 )
@@ -58,7 +60,9 @@ def train(config, workdir: str) -> dict:
     c = config.train
     validate(config, workdir)
     # data: the family fills what depends on it before anything is built
-    ddir = data_dir(config)
+    if config.data.get("features_from"):
+        write_stage_features(config, workdir)
+    ddir = data_dir(config, workdir)
     manifest = pipeline.read_manifest(ddir)
     resolve(config, manifest)
     check_workdir_config(workdir, config)
@@ -279,6 +283,26 @@ def load_earlier_stages(prog: Program, state: TrainState, workdir: str) -> Train
              f"(frozen: {', '.join(config.optim.frozen) or 'none'})")
     # the optimizer state of a fresh run does not depend on parameter values: it stays
     return jax.device_put(state.replace(params=params, model_state=model_state), prog.state_sharding)
+
+
+def write_stage_features(config, workdir: str) -> str:
+    """The data with the features of the earlier stage `config.data.features_from`: the stage
+    trained into W/pretrain/NAME unless finished, then its `features` output of every record
+    written into W/pretrain/NAME/features (resumed shard by shard if interrupted)."""
+    name = config.data.features_from
+    stages = models.family(config.model).stages(config)
+    if name not in stages:
+        raise UserError(f"config data.features_from={name!r} names no earlier stage (config.pretrain.configs has "
+                        f"{', '.join(stages) or 'none'})")
+    stage_dir = _train_stage(stages[name], os.path.join(workdir, "pretrain", name))
+    out = features_dir(workdir, name)
+    manifest = os.path.join(out, "manifest.json")
+    if os.path.exists(manifest):
+        with open(manifest) as f:
+            if json.load(f).get("complete"):
+                return out
+    features.extract(stage_dir, source_dir(config), out, config.data.features_field)
+    return out
 
 
 def _train_stage(config, workdir: str) -> str:

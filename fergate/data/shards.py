@@ -1,4 +1,5 @@
-"""ArrayRecord shard writing: atomic files, per-shard stats, and the dataset manifest.
+"""ArrayRecord shard writing: atomic files, per-shard stats, and the dataset manifest (for
+`fergate prep` and for `fergate features`, which writes a model's outputs into a copy of the data).
 
 A shard is written as `.tmp-<name>` and renamed when complete, after its stats sidecar
 (`.stats/<name>.json`: labels, subjects, skipped items, and the per-subject sums and counts

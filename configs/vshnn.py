@@ -1,0 +1,76 @@
+"""VSHNN's video backbone (Lee et al., Sensors 2020): Table 2's rows.
+
+    fergate train --config configs/vshnn.py:variant=c3d_sagru_b --workdir W
+    variants: c3d (C3D), cnn_lstm / cnn_gru (CNN-LSTM / CNN-GRU), c3d_salstm_a|b|c and
+    c3d_sagru_a|b|c (C3D and CNN-SALSTM / CNN-SAGRU, connection A, B or C); frames (stage 1,
+    the per-frame CNN alone)
+
+Variants that read appearance features first train the frame CNN (variant=frames) into
+W/pretrain/frames, write its features of every clip into W/pretrain/frames/features
+(`fergate features`), then train on those: one command runs both stages.
+    paper=True: the paper's sizes (DenseNet121-FC 4096-4096 frames at 112, C3D with FC 2048,
+    SARNN hidden 2048, head 1024; clips prepared at 112 x 112); the default is sized for a CPU
+    head_only=True: the SARNN head alone, v read from a `scene` input (`fergate bench` only)
+"""
+
+import os
+
+from fergate.config import choice, parse_arg
+from fergate.models.vshnn import FEATURES_FIELD, VARIANTS, parse_variant
+
+from . import common
+
+#: C3D (Tran et al. 2015): conv1a | conv2a | conv3a-b | conv4a-b | conv5a-b, pools 1x2x2 then 2x2x2
+C3D_STAGES = ((64,), (128,), (256, 256), (512, 512), (512, 512))
+C3D_POOLS = ((1, 2, 2), (2, 2, 2), (2, 2, 2), (2, 2, 2), (2, 2, 2))
+
+
+def get_config(arg=None):
+    arg = parse_arg(arg, variant="c3d_sagru_b", paper=False, head_only=False, smoke=False)
+    variant = choice(arg.variant, VARIANTS, "VSHNN variant")
+    _, cell, _ = parse_variant(variant)
+    c = common.base("vshnn", variant)
+    # the sample set's clips only (neutral -> apex, T = 16), split by subject into train_clips / test_clips
+    c.data.prep_options = dict(size=0, clips=420, **(dict(clip_size=112) if arg.paper else {}))
+    c.data.train_split, c.data.eval_split = "train_clips", "test_clips"
+    c.data.flip = True  # section 5.2.2: horizontal flips only
+    c.input.frames = 16
+    c.input.clip_size = 112 if arg.paper else 64
+    c.input.channels = 3
+    c.input.batch_size = 8 if variant == "frames" else 16  # stage 1: 8 clips = 128 frames a step
+    c.vshnn = dict(
+        num_classes=0,  # 0: the data's
+        frame_trunk="densenet121" if arg.paper else "small",
+        frame_convs=(16, 32, 64, 128),  # the small trunk's
+        frame_fc=(4096, 4096) if arg.paper else (256, 256),  # the appearance feature is the last one's output
+        c3d_stages=C3D_STAGES if arg.paper else ((16,), (32,), (64,), (128,)),
+        c3d_pools=C3D_POOLS if arg.paper else C3D_POOLS[:4],
+        c3d_downsample=1 if arg.paper else 2,  # the CPU default's 3D CNN reads 16 x 32 x 32
+        scene=2048 if arg.paper else 256,  # v
+        aux_hidden=2048 if arg.paper else 256,  # section 5.2.2: 2048 in both the main and the auxiliary FC
+        aux_weight=0.5,  # lambda, Eq. 15
+        freeze_convs=False,  # True with a pretrained 3D CNN (init.params_from=W, init.params=c3d_convs)
+        hidden=2048 if arg.paper else 256,
+        head=1024 if arg.paper else 256,
+        dropout=0.5,
+        head_only=arg.head_only,
+    )
+    # Adam from scratch (the paper fine-tunes pretrained nets with SGD); RNN gradients clipped
+    # to [-10, 10] (section 5.2.3)
+    c.optim.lr, c.optim.end_lr = 1e-3, 0.0
+    c.optim.clip_value = 10.0 if cell else 0.0
+    c.train.steps = 1500
+    c.train.log_every = 50
+    c.eval.batch_size = 16
+    c.eval.top_k = (1, 2)
+    if cell is not None and not arg.head_only:  # appearance features from stage 1
+        here = os.path.abspath(__file__)
+        c.data.features_from, c.data.features_field = "frames", FEATURES_FIELD
+        c.pretrain.configs = {"frames": f"{here}:variant=frames,paper={arg.paper},smoke={arg.smoke}"}
+        c.pretrain.inherit = ("data.dir", "data.prep_options", "data.train_split", "data.eval_split",
+                              "input.frames", "input.clip_size", "input.channels", "vshnn.frame_trunk",
+                              "vshnn.frame_convs", "vshnn.frame_fc", "train.dtype")
+    if arg.smoke:  # the smoke sample set every family's tests share (its 140 clips)
+        c.data.prep_options = dict(size=350, **(dict(clip_size=112) if arg.paper else {}))
+        c.input.batch_size = 4 if variant == "frames" else 8
+    return common.smoke(c) if arg.smoke else c

@@ -1,0 +1,101 @@
+"""`fergate features`: a trained model's per-example `features` output written into a copy
+of the data, as a new record field, for a later stage to read (VSHNN: the frame CNN's
+appearance features of every clip frame, read by the scene-aware RNN).
+
+The output has the source's splits (those whose records have the fields the model reads),
+shard files, record order and fields, plus the new one. Shards are written atomically and
+a re-run skips the finished ones (`fergate.data.shards`), as `fergate prep` does: a killed
+extraction resumes.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+
+import grain
+import jax
+import numpy as np
+
+from fergate import config as config_lib
+from fergate.data import pipeline, schema, shards
+from fergate.errors import UserError
+from fergate.train.checkpoint import restore_selected
+from fergate.train.program import Program, global_batch, input_pipeline, resolve
+
+log = logging.getLogger(__name__)
+
+#: manifest keys copied from the source data
+KEPT = ("dataset", "source", "classes", "options", "detector", "landmark_model", "identity_model")
+
+
+def extract(workdir: str, data: str, out: str, field: str) -> dict:
+    """Writes `data` with each record's `features` from the model trained in `workdir`
+    (its selected or newest checkpoint) as `field` into `out`; returns the manifest."""
+    if jax.process_count() > 1:
+        raise UserError("fergate features runs in one process: run it before a multi-process job and pass its "
+                        "output as --config.data.dir (with --config.data.features_from='')")
+    if os.path.abspath(out) == os.path.abspath(data):
+        raise UserError(f"--out {out} is the source data itself: name a new directory")
+    config = config_lib.load_workdir(workdir)
+    manifest = pipeline.read_manifest(data)
+    resolve(config, manifest)
+    prog = Program(config)
+    if "features" not in jax.eval_shape(prog.predict, prog.abstract_state, prog.example):
+        raise UserError(f"the {config.model}/{config.variant} model of {workdir} has no features output")
+    state, step, _ = restore_selected(workdir, prog.abstract_sharded_state())
+    needed = prog.family.record_fields(config)
+    splits = [s for s, v in manifest["splits"].items() if v["records"] and _has(data, s, needed)]
+    if not splits:
+        raise UserError(f"no split of {data} has the fields the model reads ({', '.join(needed)})")
+    os.makedirs(out, exist_ok=True)
+    t0, done, width = time.time(), 0, None
+    for split in splits:
+        files = pipeline.split_files(data, split)
+        ends = np.cumsum([len(pipeline.split_labels([f])) for f in files])
+        for i, path in enumerate(files):
+            name = os.path.basename(path)
+            if shards.shard_done(out, name):
+                continue
+            first = int(ends[i - 1]) if i else 0
+            feats = None
+            for local in input_pipeline(config, data, split, train=False, manifest=manifest,
+                                        records=np.arange(first, int(ends[i])), all_processes=True):
+                res = jax.device_get(prog.predict(state, global_batch(local, prog.batch_sharding)))
+                valid = res["mask"] > 0
+                if feats is None:
+                    feats = np.zeros((int(ends[i]) - first, *res["features"].shape[1:]), np.float32)
+                feats[res["index"][valid] - first] = res["features"][valid]
+            width = feats.shape[-1] if feats is not None else width
+            _write_shard(path, out, name, field, feats)
+            done += len(feats) if feats is not None else 0
+            log.info(f"[features] {split}: {name} ({done} records, {done / max(time.time() - t0, 1e-9):.1f}/s)")
+    info = {k: manifest.get(k) for k in KEPT}
+    info["features"] = {"field": field, "workdir": os.path.abspath(workdir), "step": step, "width": width,
+                        "model": f"{config.model}/{config.variant}", "source_data": os.path.abspath(data)}
+    result = shards.write_manifest(out, {s: len(pipeline.split_files(data, s)) for s in splits}, info)
+    log.info(f"[features] {field} of {config.model}/{config.variant} (step {step}) -> {out}: "
+             + ", ".join(f"{s}: {v['records']}" for s, v in result["splits"].items()))
+    return result
+
+
+def _has(data: str, split: str, fields) -> bool:
+    """Whether the split's records hold `fields` (looked up in its first record)."""
+    src = grain.sources.ArrayRecordDataSource(pipeline.split_files(data, split)[:1])
+    return len(src) > 0 and set(fields) <= set(schema.read_header(src[0])[1]["fields"])
+
+
+def _write_shard(path: str, out: str, name: str, field: str, feats: np.ndarray | None) -> None:
+    """A copy of shard `path` with `feats[j]` added to record j as `field`; images keep
+    their encoding (PNG stays PNG)."""
+    src = grain.sources.ArrayRecordDataSource([path])
+    w = shards.ShardWriter(out, name)
+    for j in range(len(src)):
+        raw = src[j]
+        header = schema.read_header(raw)[1]["fields"]
+        rec = schema.decode(raw)
+        rec[field] = feats[j]
+        compress = any(meta[0] == "png" for meta in header.values())
+        w.write(schema.encode(rec, compress=compress), rec["label"], rec.get("subject", ""))
+    w.close()
