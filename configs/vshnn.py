@@ -33,11 +33,14 @@ def get_config(arg=None):
     # the sample set's clips only (neutral -> apex, T = 16), split by subject into train_clips / test_clips
     c.data.prep_options = dict(size=0, clips=420, **(dict(clip_size=112) if arg.paper else {}))
     c.data.train_split, c.data.eval_split = "train_clips", "test_clips"
-    c.data.flip = True  # section 5.2.2: horizontal flips only
+    c.data.flip = True  # section 5.2.2: the 3D CNN's only augmentation
+    if variant == "frames":  # 5.2.1: the frame CNN also sees rotations (and here brightness / contrast)
+        c.data.rotate, c.data.brightness_contrast = 10.0, True
     c.input.frames = 16
     c.input.clip_size = 112 if arg.paper else 64
     c.input.channels = 3
-    c.input.batch_size = 8 if variant == "frames" else 16  # stage 1: 8 clips = 128 frames a step
+    c.input.train_frames = 2  # stage 1 trains on 2 random frames of each clip: 64 clips = 128 frames a step
+    c.input.batch_size = 64 if variant == "frames" else 16
     c.vshnn = dict(
         num_classes=0,  # 0: the data's
         frame_trunk="densenet121" if arg.paper else "small",
@@ -68,9 +71,9 @@ def get_config(arg=None):
         c.data.features_from, c.data.features_field = "frames", FEATURES_FIELD
         c.pretrain.configs = {"frames": f"{here}:variant=frames,paper={arg.paper},smoke={arg.smoke}"}
         c.pretrain.inherit = ("data.dir", "data.prep_options", "data.train_split", "data.eval_split",
-                              "input.frames", "input.clip_size", "input.channels", "vshnn.frame_trunk",
-                              "vshnn.frame_convs", "vshnn.frame_fc", "train.dtype")
+                              "input.frames", "input.train_frames", "input.clip_size", "input.channels",
+                              "vshnn.frame_trunk", "vshnn.frame_convs", "vshnn.frame_fc", "train.dtype")
     if arg.smoke:  # the smoke sample set every family's tests share (its 140 clips)
         c.data.prep_options = dict(size=350, **(dict(clip_size=112) if arg.paper else {}))
-        c.input.batch_size = 4 if variant == "frames" else 8
+        c.input.batch_size = 16 if variant == "frames" else 8
     return common.smoke(c) if arg.smoke else c

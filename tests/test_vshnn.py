@@ -212,8 +212,8 @@ def test_frozen_convolutions_get_no_gradient():
     kw = {k: v for k, v in cfg.vshnn.to_dict().items() if k != "num_classes"}
     kw["freeze_convs"] = True
     model = vshnn.VSHNN("c3d_sagru_b", 7, **kw)
-    batch = {"clip": jnp.asarray(np.random.default_rng(0).integers(0, 255, (2, 16, 64, 64, 3)), jnp.uint8),
-             "clip_features": jnp.ones((2, 16, 256))}
+    batch = {"clip": jnp.asarray(np.random.default_rng(0).integers(0, 255, (2, 8, 32, 32, 3)), jnp.uint8),
+             "clip_features": jnp.ones((2, 8, 256))}
     variables = model.init(jax.random.key(0), batch)
     grads = jax.grad(lambda p: model.apply({**variables, "params": p}, batch)["logits"].sum())(variables["params"])
     assert all(float(jnp.abs(g).max()) == 0 for g in jax.tree.leaves(grads["c3d_convs"]))
@@ -231,7 +231,7 @@ def test_two_stages_in_one_command(tmp_path):
     `fergate features` run finds every shard done."""
     w = tmp_path / "w"
     r = run("train", "--config", f"{CONFIG}:variant=c3d_sagru_b,smoke=True", "--workdir", str(w),
-            "--config.train.steps=20", "--config.pretrain.steps=20")
+            "--config.train.steps=10", "--config.pretrain.steps=10")
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     feats = w / "pretrain" / "frames" / "features"
     manifest = json.loads((feats / "manifest.json").read_text())
@@ -253,6 +253,8 @@ def test_two_stages_in_one_command(tmp_path):
     out = prog.module.apply({"params": state.params, **state.model_state}, {"clip": rec["clip"]}, train=False)
     np.testing.assert_allclose(out["features"], rec["clip_features"], rtol=1e-4, atol=1e-4)
 
+    before = {p.name: p.stat().st_mtime_ns for p in feats.glob("*.array_record")}
     r = run("features", "--workdir", str(w / "pretrain" / "frames"), "--out", str(feats))
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
-    assert "records," not in r.stdout  # every shard was done: nothing extracted again
+    assert {p.name: p.stat().st_mtime_ns for p in feats.glob("*.array_record")} == before  # every shard was done
+    assert json.loads((feats / "manifest.json").read_text())["features"]["width"] == 256

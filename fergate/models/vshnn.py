@@ -2,8 +2,8 @@
 Sensors 2020, sections 3.2-3.6), trained in two stages.
 
 Stage 1 (`variant=frames`): a per-frame 2D CNN (the paper's DenseNet121-FC, or a small CNN
-for CPUs) learns expressions from the frames of the training clips, each frame under its
-clip's label; `fergate features` then writes its last FC layer's output, the appearance
+for CPUs) learns expressions from random frames of the training clips, each frame under
+its clip's label; `fergate features` then writes its last FC layer's output, the appearance
 features x_1..x_N, into the clip records (`clip_features`). Stage 2: a C3D-style 3D CNN
 reads the whole clip and gives the scene feature v (FC, ReLU) with an auxiliary
 classifier (FC - BN - dropout - ReLU - FC, loss weight lambda, Eq. 15); the scene-aware
@@ -16,9 +16,11 @@ Its last hidden state goes through dropout - Dense - ReLU - Dense(K). The time l
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 
 import flax.linen as nn
+import grain
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -284,7 +286,7 @@ class VSHNN(nn.Module):
     hidden: int = 256
     head: int = 256
     dropout: float = 0.5
-    head_only: bool = False  #: v read from the `scene` input instead of the 3D CNN (benchmarks)
+    head_only: bool = False  #: v read from the `scene` input, no 3D CNN nor its auxiliary classifier (benchmarks)
     dtype: jnp.dtype = jnp.float32
 
     @nn.compact
@@ -310,8 +312,8 @@ class VSHNN(nn.Module):
                 if self.freeze_convs:  # no gradient through the fixed convolutions: their backward is skipped
                     h = jax.lax.stop_gradient(h)
                 v = nn.relu(nn.Dense(self.scene, dtype=self.dtype, name="scene")(h))
-            out["aux_logits"] = AuxClassifier(self.aux_hidden, self.num_classes, self.dropout, self.dtype,
-                                              name="aux")(v, train)
+                out["aux_logits"] = AuxClassifier(self.aux_hidden, self.num_classes, self.dropout, self.dtype,
+                                                  name="aux")(v, train)
         if cell is None:  # the 3D CNN alone: its main classifier on v
             out["logits"] = nn.Dense(self.num_classes, dtype=self.dtype, name="classifier")(v).astype(jnp.float32)
         else:
@@ -330,10 +332,14 @@ def resolve(config, manifest: dict | None) -> None:
 
 
 def inputs(config) -> dict:
+    """Stage 1's training batches hold `input.train_frames` frames of each clip, its
+    evaluation batches all T (the model reads any number)."""
     v, t, s = config.vshnn, config.input.frames, config.input.clip_size
     uses_c3d, cell, _ = parse_variant(config.variant)
     spec = {}
-    if config.variant == "frames" or (uses_c3d and not v.head_only):
+    if config.variant == "frames":  # training batches: `train_frames` frames of each clip (SampleFrames)
+        spec["clip"] = ((config.input.train_frames, s, s, config.input.channels), np.uint8)
+    elif uses_c3d and not v.head_only:
         spec["clip"] = ((t, s, s, config.input.channels), np.uint8)
     if uses_c3d and v.head_only:
         spec[SCENE_FIELD] = ((v.scene,), np.float32)
@@ -342,13 +348,32 @@ def inputs(config) -> dict:
     return spec
 
 
+@dataclasses.dataclass
+class SampleFrames(grain.transforms.RandomMap):
+    """Stage 1's training examples: `k` random frames of the clip (a RandomMap: evaluation
+    and `fergate features` read all T). Whole clips would fill a batch with a few clips' near
+    identical frames: a batch of 8 clips x 16 frames left the frame CNN at chance after 300
+    steps where 128 frames of 64 clips trained it (same frames per step)."""
+
+    k: int
+
+    def random_map(self, rec: dict, rng: np.random.Generator) -> dict:
+        t = rec["clip"].shape[0]
+        return dict(rec, clip=rec["clip"][np.sort(rng.choice(t, self.k, replace=self.k > t))])
+
+
 def transforms(config, train: bool) -> list:
-    """Clips: a horizontal flip in training (section 5.2.2: the 3D CNN's only augmentation),
-    frames resized to the input size (and made grey) when the records differ."""
+    """Clips, in training: stage 1's frame sampling, the augmentations `config.data` asks for
+    (a horizontal flip; stage 1 also a rotation and brightness / contrast, as the paper's
+    DenseNet training, 5.2.1; the 3D CNN's only augmentation is the flip, 5.2.2); then frames
+    resized to the input size (and made grey) when the records differ."""
     if "clip" not in inputs(config):
         return []
-    s = config.input.clip_size
-    return ([pipeline.RandomFlip(pipeline.FACE_FLIP)] if config.data.flip else []) + \
+    d, s = config.data, config.input.clip_size
+    return ([SampleFrames(config.input.train_frames)] if config.variant == "frames" else []) + \
+        ([pipeline.RandomFlip(pipeline.FACE_FLIP)] if d.flip else []) + \
+        ([pipeline.RandomRotate({"clip": "clip_landmarks"}, (), d.rotate)] if d.rotate else []) + \
+        ([pipeline.BrightnessContrast(("clip",))] if d.brightness_contrast else []) + \
         [pipeline.ResizeClip((s, s), grey=config.input.channels == 1)]
 
 

@@ -42,15 +42,17 @@ def extract(workdir: str, data: str, out: str, field: str) -> dict:
     manifest = pipeline.read_manifest(data)
     resolve(config, manifest)
     prog = Program(config)
-    if "features" not in jax.eval_shape(prog.predict, prog.abstract_state, prog.example):
+    shapes = jax.eval_shape(prog.predict, prog.abstract_state, prog.example)
+    if "features" not in shapes:
         raise UserError(f"the {config.model}/{config.variant} model of {workdir} has no features output")
+    width = shapes["features"].shape[-1]
     state, step, _ = restore_selected(workdir, prog.abstract_sharded_state())
     needed = prog.family.record_fields(config)
     splits = [s for s, v in manifest["splits"].items() if v["records"] and _has(data, s, needed)]
     if not splits:
         raise UserError(f"no split of {data} has the fields the model reads ({', '.join(needed)})")
     os.makedirs(out, exist_ok=True)
-    t0, done, width = time.time(), 0, None
+    t0, done = time.time(), 0
     for split in splits:
         files = pipeline.split_files(data, split)
         ends = np.cumsum([len(pipeline.split_labels([f])) for f in files])
@@ -67,7 +69,6 @@ def extract(workdir: str, data: str, out: str, field: str) -> dict:
                 if feats is None:
                     feats = np.zeros((int(ends[i]) - first, *res["features"].shape[1:]), np.float32)
                 feats[res["index"][valid] - first] = res["features"][valid]
-            width = feats.shape[-1] if feats is not None else width
             _write_shard(path, out, name, field, feats)
             done += len(feats) if feats is not None else 0
             log.info(f"[features] {split}: {name} ({done} records, {done / max(time.time() - t0, 1e-9):.1f}/s)")
