@@ -96,11 +96,15 @@ def _eval(a: argparse.Namespace) -> None:
 
     cfg = config_lib.load_workdir(a.workdir)
     _jax_setup(a)
-    _builtin_data(cfg)
+    from fergate.train import program
+
+    stage = cfg.data.get("features_from", "")
+    if not (stage and program.features_ready(program.features_dir(a.workdir, stage))):  # else the copy suffices
+        _builtin_data(cfg)
     import jax
 
     from fergate.data import pipeline
-    from fergate.train import evaluate, program
+    from fergate.train import evaluate
     from fergate.train.checkpoint import restore_selected
 
     ddir = program.data_dir(cfg, a.workdir)

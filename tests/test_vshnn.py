@@ -218,6 +218,10 @@ def test_frozen_convolutions_get_no_gradient():
     grads = jax.grad(lambda p: model.apply({**variables, "params": p}, batch)["logits"].sum())(variables["params"])
     assert all(float(jnp.abs(g).max()) == 0 for g in jax.tree.leaves(grads["c3d_convs"]))
     assert float(jnp.abs(grads["scene"]["kernel"]).max()) > 0
+    with cfg.unlocked():  # and the optimizer leaves them alone (no weight decay, no Adam state)
+        cfg.vshnn.freeze_convs = True
+        vshnn.resolve(cfg, None)
+    assert "c3d_convs" in cfg.optim.frozen
 
 
 def run(*args, timeout=900):

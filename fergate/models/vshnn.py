@@ -203,7 +203,8 @@ class AuxClassifier(nn.Module):
 CELL_GATES = {"lstm": ("i", "f", "g", "o"), "gru": ("r", "z", "n")}
 
 
-def lstm_step(carry, pre, w_h):
+def lstm_step(carry: tuple[jax.Array, jax.Array], pre: jax.Array,
+              w_h: jax.Array) -> tuple[tuple[jax.Array, jax.Array], jax.Array]:
     """One LSTM step (Eq. 3-8) from the input terms `pre` = W_x x_n (+ W_v v) + b, all four
     gates side by side: i, f, o = sigmoid, g = tanh; c = f c + i g; h = o tanh(c)."""
     h, c = carry
@@ -213,7 +214,8 @@ def lstm_step(carry, pre, w_h):
     return (h, c), h
 
 
-def gru_step(carry, pre, w_h, b_hn):
+def gru_step(carry: tuple[jax.Array, jax.Array], pre: jax.Array, w_h: jax.Array,
+             b_hn: jax.Array) -> tuple[tuple[jax.Array, jax.Array], jax.Array]:
     """One GRU step (Cho et al. 2014, PyTorch's form): r, z = sigmoid(x-terms + W_h h);
     n = tanh(x-term + r (W_hn h + b_hn)); h = (1 - z) n + z h."""
     h, c = carry
@@ -327,18 +329,29 @@ def build(config) -> VSHNN:
     return VSHNN(variant=config.variant, dtype=jnp.dtype(config.train.dtype), **config.vshnn)
 
 
+def train_frames(config) -> int:
+    """Frames of each clip in a stage-1 training example (workdirs written before the option
+    trained on whole clips)."""
+    return config.input.get("train_frames", config.input.frames)
+
+
 def resolve(config, manifest: dict | None) -> None:
+    """The classes from the data; with `freeze_convs`, the 3D CNN's convolutions are also
+    left out of the optimizer (no weight decay, no Adam state), not only of the gradient."""
     num_classes_from_data(config, "vshnn", 7)
+    if config.vshnn.freeze_convs and "c3d_convs" not in config.optim.frozen:
+        config.optim.frozen = (*config.optim.frozen, "c3d_convs")
 
 
 def inputs(config) -> dict:
     """Stage 1's training batches hold `input.train_frames` frames of each clip, its
-    evaluation batches all T (the model reads any number)."""
+    evaluation batches all T (the model reads any number; `fergate bench` times the
+    training shape)."""
     v, t, s = config.vshnn, config.input.frames, config.input.clip_size
     uses_c3d, cell, _ = parse_variant(config.variant)
     spec = {}
     if config.variant == "frames":  # training batches: `train_frames` frames of each clip (SampleFrames)
-        spec["clip"] = ((config.input.train_frames, s, s, config.input.channels), np.uint8)
+        spec["clip"] = ((train_frames(config), s, s, config.input.channels), np.uint8)
     elif uses_c3d and not v.head_only:
         spec["clip"] = ((t, s, s, config.input.channels), np.uint8)
     if uses_c3d and v.head_only:
@@ -370,7 +383,7 @@ def transforms(config, train: bool) -> list:
     if "clip" not in inputs(config):
         return []
     d, s = config.data, config.input.clip_size
-    return ([SampleFrames(config.input.train_frames)] if config.variant == "frames" else []) + \
+    return ([SampleFrames(train_frames(config))] if config.variant == "frames" else []) + \
         ([pipeline.RandomFlip(pipeline.FACE_FLIP)] if d.flip else []) + \
         ([pipeline.RandomRotate({"clip": "clip_landmarks"}, (), d.rotate)] if d.rotate else []) + \
         ([pipeline.BrightnessContrast(("clip",))] if d.brightness_contrast else []) + \

@@ -10,8 +10,10 @@ extraction resumes.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+import shutil
 import time
 
 import grain
@@ -30,9 +32,11 @@ log = logging.getLogger(__name__)
 KEPT = ("dataset", "source", "classes", "options", "detector", "landmark_model", "identity_model")
 
 
-def extract(workdir: str, data: str, out: str, field: str) -> dict:
+def extract(workdir: str, data: str, out: str, field: str, replace_stale: bool = False) -> dict:
     """Writes `data` with each record's `features` from the model trained in `workdir`
-    (its selected or newest checkpoint) as `field` into `out`; returns the manifest."""
+    (its selected or newest checkpoint) as `field` into `out`; returns the manifest. Shards
+    already in `out` are kept when the same checkpoint wrote them (`out/.features.json`);
+    written by another, they are an error, or with `replace_stale` deleted and redone."""
     if jax.process_count() > 1:
         raise UserError("fergate features runs in one process: run it before a multi-process job and pass its "
                         "output as --config.data.dir (with --config.data.features_from='')")
@@ -47,11 +51,12 @@ def extract(workdir: str, data: str, out: str, field: str) -> dict:
         raise UserError(f"the {config.model}/{config.variant} model of {workdir} has no features output")
     width = shapes["features"].shape[-1]
     state, step, _ = restore_selected(workdir, prog.abstract_sharded_state())
+    _claim(out, {"workdir": os.path.realpath(workdir), "step": int(step), "field": field,
+                 "source_data": os.path.realpath(data)}, replace_stale)
     needed = prog.family.record_fields(config)
     splits = [s for s, v in manifest["splits"].items() if v["records"] and _has(data, s, needed)]
     if not splits:
         raise UserError(f"no split of {data} has the fields the model reads ({', '.join(needed)})")
-    os.makedirs(out, exist_ok=True)
     t0, done = time.time(), 0
     for split in splits:
         files = pipeline.split_files(data, split)
@@ -61,7 +66,7 @@ def extract(workdir: str, data: str, out: str, field: str) -> dict:
             if shards.shard_done(out, name):
                 continue
             first = int(ends[i - 1]) if i else 0
-            feats = None
+            feats, seen = None, np.zeros(int(ends[i]) - first, bool)
             for local in input_pipeline(config, data, split, train=False, manifest=manifest,
                                         records=np.arange(first, int(ends[i])), all_processes=True):
                 res = jax.device_get(prog.predict(state, global_batch(local, prog.batch_sharding)))
@@ -69,6 +74,10 @@ def extract(workdir: str, data: str, out: str, field: str) -> dict:
                 if feats is None:
                     feats = np.zeros((int(ends[i]) - first, *res["features"].shape[1:]), np.float32)
                 feats[res["index"][valid] - first] = res["features"][valid]
+                seen[res["index"][valid] - first] = True
+            if not seen.all():
+                raise UserError(f"{path}: {int((~seen).sum())} records got no features (masked out by the model's "
+                                f"label mapping, config data.label_field={config.data.label_field})")
             _write_shard(path, out, name, field, feats)
             done += len(feats) if feats is not None else 0
             log.info(f"[features] {split}: {name} ({done} records, {done / max(time.time() - t0, 1e-9):.1f}/s)")
@@ -79,6 +88,24 @@ def extract(workdir: str, data: str, out: str, field: str) -> dict:
     log.info(f"[features] {field} of {config.model}/{config.variant} (step {step}) -> {out}: "
              + ", ".join(f"{s}: {v['records']}" for s, v in result["splits"].items()))
     return result
+
+
+def _claim(out: str, owner: dict, replace_stale: bool) -> None:
+    """Marks `out` as written by `owner` (checkpoint, field, source), so that shards another
+    checkpoint wrote are never mixed with this one's."""
+    path = os.path.join(out, ".features.json")
+    if os.path.exists(path):
+        with open(path) as f:
+            previous = json.load(f)
+        if previous != owner:
+            if not replace_stale:
+                raise UserError(f"--out {out} holds features of {previous['workdir']} (step {previous['step']}), not "
+                                f"of {owner['workdir']} (step {owner['step']}): use a new directory or delete it")
+            log.info(f"[features] {out} was written from another checkpoint (step {previous['step']}): redoing it")
+            shutil.rmtree(out)
+    os.makedirs(out, exist_ok=True)
+    with open(path, "w") as f:
+        json.dump(owner, f)
 
 
 def _has(data: str, split: str, fields) -> bool:

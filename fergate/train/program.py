@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import json
 import os
 from collections.abc import Callable
 from typing import Any
@@ -72,10 +73,19 @@ def data_dir(config, workdir: str | None = None) -> str:
     stage = config.data.get("features_from", "")
     if stage and workdir is not None:
         out = features_dir(workdir, stage)
-        if not os.path.exists(os.path.join(out, "manifest.json")):
-            raise UserError(f"{out} holds no features yet: train {workdir} first (it writes them)")
+        if not features_ready(out):
+            raise UserError(f"{out} holds no complete features: train {workdir} first (it writes them)")
         return out
     return source_dir(config)
+
+
+def features_ready(out: str) -> bool:
+    """Whether `out` holds a complete copy of the data with features."""
+    path = os.path.join(out, "manifest.json")
+    if not os.path.exists(path):
+        return False
+    with open(path) as f:
+        return bool(json.load(f).get("complete"))
 
 
 def features_dir(workdir: str, stage: str) -> str:

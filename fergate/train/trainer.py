@@ -59,13 +59,12 @@ def train(config, workdir: str) -> dict:
     step and raise `Interrupted`; running again resumes there."""
     c = config.train
     validate(config, workdir)
-    # data: the family fills what depends on it before anything is built
-    if config.data.get("features_from"):
-        write_stage_features(config, workdir)
-    ddir = data_dir(config, workdir)
-    manifest = pipeline.read_manifest(ddir)
-    resolve(config, manifest)
+    # data: the family fills what depends on it before anything is built (a copy with an earlier
+    # stage's features has its source's classes and splits: checked before that stage runs)
+    resolve(config, pipeline.read_manifest(source_dir(config)))
     check_workdir_config(workdir, config)
+    ddir = write_stage_features(config, workdir) if config.data.get("features_from") else data_dir(config)
+    manifest = pipeline.read_manifest(ddir)
     classes = list(config.data.classes)
     prog = Program(config)
     val = validation(config, ddir, manifest)
@@ -296,12 +295,8 @@ def write_stage_features(config, workdir: str) -> str:
                         f"{', '.join(stages) or 'none'})")
     stage_dir = _train_stage(stages[name], os.path.join(workdir, "pretrain", name))
     out = features_dir(workdir, name)
-    manifest = os.path.join(out, "manifest.json")
-    if os.path.exists(manifest):
-        with open(manifest) as f:
-            if json.load(f).get("complete"):
-                return out
-    features.extract(stage_dir, source_dir(config), out, config.data.features_field)
+    # finished shards are kept (a resumed extraction), unless another checkpoint wrote them (a retrained stage)
+    features.extract(stage_dir, source_dir(config), out, config.data.features_field, replace_stale=True)
     return out
 
 
