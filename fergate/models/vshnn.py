@@ -214,17 +214,15 @@ def lstm_step(carry: tuple[jax.Array, jax.Array], pre: jax.Array,
     return (h, c), h
 
 
-def gru_step(carry: tuple[jax.Array, jax.Array], pre: jax.Array, w_h: jax.Array,
-             b_hn: jax.Array) -> tuple[tuple[jax.Array, jax.Array], jax.Array]:
+def gru_step(h: jax.Array, pre: jax.Array, w_h: jax.Array, b_hn: jax.Array) -> tuple[jax.Array, jax.Array]:
     """One GRU step (Cho et al. 2014, PyTorch's form): r, z = sigmoid(x-terms + W_h h);
-    n = tanh(x-term + r (W_hn h + b_hn)); h = (1 - z) n + z h."""
-    h, c = carry
+    n = tanh(x-term + r (W_hn h + b_hn)); h = (1 - z) n + z h. A GRU has no cell state."""
     xr, xz, xn = jnp.split(pre, 3, -1)
     hr, hz, hn = jnp.split(h @ w_h, 3, -1)
     r, z = nn.sigmoid(xr + hr), nn.sigmoid(xz + hz)
     n = jnp.tanh(xn + r * (hn + b_hn))
     h = (1.0 - z) * n + z * h
-    return (h, c), h
+    return h, h
 
 
 class SARNN(nn.Module):
@@ -257,15 +255,13 @@ class SARNN(nn.Module):
             h0 = v.astype(self.dtype) if v.shape[-1] == self.hidden else \
                 nn.Dense(self.hidden, dtype=self.dtype, name="scene_to_h0")(v.astype(self.dtype))
         w_h = self.param("recurrent_kernel", nn.initializers.orthogonal(), (self.hidden, gates)).astype(self.dtype)
-        if self.cell == "lstm":
-            def step(carry, p):
-                return lstm_step(carry, p, w_h)
-        else:
+        if self.cell == "lstm":  # carry (h, c), c_0 = 0
+            _, hs = jax.lax.scan(lambda carry, p: lstm_step(carry, p, w_h), (h0, jnp.zeros_like(h0)),
+                                 pre.swapaxes(0, 1))
+        else:  # carry h
             b_hn = self.param("recurrent_bias_n", nn.initializers.zeros, (self.hidden,)).astype(self.dtype)
-
-            def step(carry, p):
-                return gru_step(carry, p, w_h, b_hn)
-        (h, _), _ = jax.lax.scan(step, (h0, jnp.zeros_like(h0)), pre.swapaxes(0, 1))
+            _, hs = jax.lax.scan(lambda h, p: gru_step(h, p, w_h, b_hn), h0, pre.swapaxes(0, 1))
+        h = hs[-1]
         y = nn.Dropout(self.dropout, deterministic=not train)(h)
         y = nn.relu(nn.Dense(self.head, dtype=self.dtype, name="head0")(y))
         return nn.Dense(self.num_classes, dtype=self.dtype, name="head1")(y).astype(jnp.float32), h

@@ -119,11 +119,12 @@ def _write_shard(path: str, out: str, name: str, field: str, feats: np.ndarray |
     their encoding (PNG stays PNG)."""
     src = grain.sources.ArrayRecordDataSource([path])
     w = shards.ShardWriter(out, name)
+    compress = None
     for j in range(len(src)):
         raw = src[j]
-        header = schema.read_header(raw)[1]["fields"]
+        if compress is None:  # one `fergate prep` wrote the shard: its first record tells the encoding
+            compress = any(meta[0] == "png" for meta in schema.read_header(raw)[1]["fields"].values())
         rec = schema.decode(raw)
         rec[field] = feats[j]
-        compress = any(meta[0] == "png" for meta in header.values())
         w.write(schema.encode(rec, compress=compress), rec["label"], rec.get("subject", ""))
     w.close()

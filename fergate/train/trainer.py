@@ -61,10 +61,13 @@ def train(config, workdir: str) -> dict:
     validate(config, workdir)
     # data: the family fills what depends on it before anything is built (a copy with an earlier
     # stage's features has its source's classes and splits: checked before that stage runs)
-    resolve(config, pipeline.read_manifest(source_dir(config)))
+    manifest = pipeline.read_manifest(source_dir(config))
+    resolve(config, manifest)
     check_workdir_config(workdir, config)
-    ddir = write_stage_features(config, workdir) if config.data.get("features_from") else data_dir(config)
-    manifest = pipeline.read_manifest(ddir)
+    ddir = data_dir(config)
+    if config.data.get("features_from"):
+        ddir = write_stage_features(config, workdir)
+        manifest = pipeline.read_manifest(ddir)
     classes = list(config.data.classes)
     prog = Program(config)
     val = validation(config, ddir, manifest)
