@@ -8,6 +8,9 @@
 Variants that read appearance features first train the frame CNN (variant=frames) into
 W/pretrain/frames, write its features of every clip into W/pretrain/frames/features
 (`fergate features`), then train on those: one command runs both stages.
+    lmedcf: the landmark model alone (LMED-CF and its MLP, Table 9)
+    fs=True: the frame substitution module (3.4, K = 3 of 16) before the SARNN
+    fusion=ic|ws|lrmf|lrmaf: the video model fused with LMED-CF (4.2, Tables 10 and 12)
     paper=True: the paper's sizes (DenseNet121-FC 4096-4096 frames at 112, C3D with FC 2048,
     SARNN hidden 2048, head 1024; clips prepared at 112 x 112); the default is sized for a CPU
     head_only=True: the SARNN head alone, v read from a `scene` input (`fergate bench` only)
@@ -16,7 +19,7 @@ W/pretrain/frames, write its features of every clip into W/pretrain/frames/featu
 import os
 
 from fergate.config import choice, parse_arg
-from fergate.models.vshnn import FEATURES_FIELD, VARIANTS, parse_variant
+from fergate.models.vshnn import FEATURES_FIELD, FUSIONS, VARIANTS, parse_variant
 
 from . import common
 
@@ -26,8 +29,10 @@ C3D_POOLS = ((1, 2, 2), (2, 2, 2), (2, 2, 2), (2, 2, 2), (2, 2, 2))
 
 
 def get_config(arg=None):
-    arg = parse_arg(arg, variant="c3d_sagru_b", paper=False, head_only=False, smoke=False)
+    arg = parse_arg(arg, variant="c3d_sagru_b", paper=False, head_only=False, smoke=False, fs=False, fusion="")
     variant = choice(arg.variant, VARIANTS, "VSHNN variant")
+    if arg.fusion:
+        choice(arg.fusion, FUSIONS[1:], "VSHNN fusion")
     _, cell, _ = parse_variant(variant)
     c = common.base("vshnn", variant)
     # the sample set's clips only (neutral -> apex, T = 16), split by subject into train_clips / test_clips
@@ -40,7 +45,8 @@ def get_config(arg=None):
     c.input.clip_size = 112 if arg.paper else 64
     c.input.channels = 3
     c.input.train_frames = 2  # stage 1 trains on 2 random frames of each clip: 64 clips = 128 frames a step
-    c.input.batch_size = 64 if variant == "frames" else 16
+    c.input.landmark_dims = 2  # 3 reads 3D landmarks (T x 68 x 3) when the records carry them
+    c.input.batch_size = {"frames": 64, "lmedcf": 32}.get(variant, 16)
     c.vshnn = dict(
         num_classes=0,  # 0: the data's
         frame_trunk="densenet121" if arg.paper else "small",
@@ -57,6 +63,12 @@ def get_config(arg=None):
         head=1024 if arg.paper else 256,
         dropout=0.5,
         head_only=arg.head_only,
+        fs_k=3 if arg.fs else 0,  # frames the FS module substitutes (3.4: K = 3 for N = 16)
+        fusion=arg.fusion,  # "", ic, ws, lrmf, lrmaf
+        ws_alpha=0.5,  # Eq. 17's alpha: the paper's 0.5 on CK+ / MMI (lab data), 0.6 on AFEW
+        fusion_rank=4,  # gamma of Eq. 20 (the paper does not give it)
+        lmed_blocks=(256, 256),  # LMED-CF's (Dense - BN - ReLU) blocks: 2 for lab data, (256, 256, 256) in the wild
+        branch_weight=1.0,  # late fusions (ws, lrmf, lrmaf): each branch's own cross-entropy, weighted
     )
     # Adam from scratch (the paper fine-tunes pretrained nets with SGD); RNN gradients clipped
     # to [-10, 10] (section 5.2.3)

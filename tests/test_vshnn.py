@@ -230,13 +230,23 @@ def run(*args, timeout=900):
 
 
 def test_two_stages_in_one_command(tmp_path):
-    """`fergate train` on a SARNN variant trains the frame CNN, writes its features of every
-    clip (the model's own output for that clip), then trains C3D + SAGRU on them; a second
-    `fergate features` run finds every shard done."""
+    """`fergate train` on a SARNN variant (here VSHNN-LRMAF with FS, the paper's full model)
+    trains the frame CNN, writes its features of every clip (the model's own output for that
+    clip), then trains C3D + SAGRU fused with LMED-CF on them, and reports the fusion's
+    attention and the substituted frames per class; a second `fergate features` run finds
+    every shard done."""
     w = tmp_path / "w"
-    r = run("train", "--config", f"{CONFIG}:variant=c3d_sagru_b,smoke=True", "--workdir", str(w),
-            "--config.train.steps=10", "--config.pretrain.steps=10")
+    r = run("train", "--config", f"{CONFIG}:variant=c3d_sagru_b,fs=True,fusion=lrmaf,smoke=True", "--workdir",
+            str(w), "--config.train.steps=10", "--config.pretrain.steps=10")
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    report = json.loads((w / "eval.json").read_text())
+    for c, att in report["fusion_attention"].items():
+        assert 0 < att["video"] < 1 and 0 < att["landmark"] < 1, (c, att)
+    assert (w / "fusion_attention.png").exists() and (w / "frame_substitution.png").exists()
+    substituted = json.loads((w / "introspection.json").read_text())["substituted"]
+    # K = 3 frames of every clip, or none when all its frames are alike (static neutral clips: R = 0)
+    assert all(sum(v) < 3 + 1e-5 for v in substituted.values())
+    assert sum(abs(sum(v) - 3) < 1e-5 for v in substituted.values()) >= 5
     feats = w / "pretrain" / "frames" / "features"
     manifest = json.loads((feats / "manifest.json").read_text())
     assert set(manifest["splits"]) == {"train_clips", "test_clips"}
@@ -262,3 +272,182 @@ def test_two_stages_in_one_command(tmp_path):
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
     assert {p.name: p.stat().st_mtime_ns for p in feats.glob("*.array_record")} == before  # every shard was done
     assert json.loads((feats / "manifest.json").read_text())["features"]["width"] == 256
+
+
+# ----------------------------------------------------------------------------- part 2: FS, LMED-CF, fusions
+def numpy_correlation(x: np.ndarray) -> np.ndarray:
+    """Eq. 1-2 transcribed: Y = X X^T; r_jk = sum_n (y_nj - mean_j)(y_nk - mean_k) / (sqrt(..) sqrt(..))."""
+    y = x.astype(np.float64) @ x.T.astype(np.float64)
+    yc = y - y.mean(0)
+    s = yc.T @ yc
+    return s / np.sqrt(np.outer(np.diag(s), np.diag(s)))
+
+
+def numpy_frame_substitution(x: np.ndarray, k: int) -> np.ndarray:
+    """Section 3.4: U+ the K highest row means of R, U- the K lowest; X[u-_n] = X[u+_n]."""
+    means = numpy_correlation(x).mean(1)
+    top, bottom = np.argsort(-means, kind="stable")[:k], np.argsort(means, kind="stable")[:k]
+    out = x.copy()
+    out[bottom] = x[top]
+    return out
+
+
+def test_frame_substitution_matches_equations_1_2_and_the_top_bottom_k_rule():
+    rng = np.random.default_rng(0)
+    x = np.maximum(rng.standard_normal((5, 16, 12)), 0).astype(np.float32)  # ReLU features, as the frame CNN's
+    np.testing.assert_allclose(vshnn.frame_correlation(x[0]), numpy_correlation(x[0]), atol=1e-5)
+    got, replaced = jax.jit(vshnn.frame_substitution, static_argnums=1)(x, 3)
+    for b in range(len(x)):
+        want = numpy_frame_substitution(x[b], 3)
+        np.testing.assert_array_equal(got[b], want)
+        np.testing.assert_array_equal(replaced[b], (want != x[b]).any(-1))
+    assert (np.asarray(replaced).sum(1) == 3).all()
+    with pytest.raises(ValueError, match="2K <= N"):
+        vshnn.frame_substitution(x, 9)
+
+
+def test_lmed_cf_has_222_dimensions_for_16_frames_and_matches_its_definition():
+    rng = np.random.default_rng(1)
+    lm = (rng.uniform(10, 90, (2, 16, 68, 2))).astype(np.float32)
+    f = np.asarray(vshnn.lmed_cf(lm))
+    assert f.shape == (2, 222) == (2, vshnn.lmed_cf_width(16))
+    from fergate.data.landmarks import LMED_PAIRS, iod
+    for b in range(2):
+        d = np.linalg.norm(lm[b][:, LMED_PAIRS[:, 0]] - lm[b][:, LMED_PAIRS[:, 1]], axis=-1) / iod(lm[b])[:, None]
+        r = numpy_correlation(d)
+        want = np.concatenate([d.max(0), d.mean(0), d.std(0), r[np.triu_indices(16, 1)]])
+        np.testing.assert_allclose(f[b], want, rtol=1e-4, atol=1e-4)
+    # 3D landmarks: 3D distances, the same width
+    lm3 = np.concatenate([lm, rng.uniform(-5, 5, (2, 16, 68, 1)).astype(np.float32)], -1)
+    f3 = np.asarray(vshnn.lmed_cf(lm3))
+    assert f3.shape == f.shape and not np.allclose(f3[:, :34], f[:, :34])
+    assert vshnn.lmed_cf_width(8) == 102 + 28
+
+
+def test_lmed_cf_scaling_comes_from_the_training_batches_only():
+    """`statistics` is the per-dimension range of the unmasked training clips; the model maps
+    that range to [-1, 1] exactly (a padded example, mask 0, counts for nothing)."""
+    cfg = config_lib.load(f"{CONFIG}:variant=lmedcf")
+    rng = np.random.default_rng(2)
+    lm = rng.uniform(10, 90, (6, 16, 68, 2)).astype(np.float32)
+    padded = np.concatenate([lm, np.full((1, 16, 68, 2), 1e4, np.float32) * rng.uniform(size=(1, 16, 68, 2))])
+    batches = [{"clip_landmarks": padded[:4], "mask": np.ones(4, np.float32)},
+               {"clip_landmarks": padded[4:], "mask": np.array([1, 1, 0], np.float32)}]
+    stats = vshnn.statistics(cfg, batches)
+    f = np.asarray(vshnn.lmed_cf(lm))
+    np.testing.assert_allclose(stats["lmed_min"], f.min(0), rtol=1e-5)
+    np.testing.assert_allclose(stats["lmed_max"], f.max(0), rtol=1e-5)
+    model = vshnn.VSHNN(variant="lmedcf", num_classes=7)
+    variables = model.init(jax.random.key(0), {"clip_landmarks": lm})
+    variables = {**variables, "stats": stats}
+    _, sown = model.apply(variables, {"clip_landmarks": lm}, mutable=["intermediates"])
+    s = np.asarray(sown["intermediates"]["lmed_cf"][0])
+    assert s.min() >= -1 - 1e-4 and s.max() <= 1 + 1e-4  # f32 rounding of jit against eager
+    np.testing.assert_allclose(s.min(0), -1, atol=1e-4)
+    np.testing.assert_allclose(s.max(0), 1, atol=1e-4)
+
+
+def test_lrmf_is_the_full_bilinear_map_it_factorises():
+    """sum_i lambda_i prod_m (W_m^(i) [z_m, 1]) + b = W . ([z_vid, 1] (x) [z_lmk, 1]) + b with
+    the full tensor W = sum_i lambda_i w_vid^(i) (x) w_lmk^(i) (Eq. 20), for small widths."""
+    rng = np.random.default_rng(3)
+    zv, zl = rng.standard_normal((4, 3)).astype(np.float32), rng.standard_normal((4, 5)).astype(np.float32)
+    fusion = vshnn.LowRankFusion(out=2, rank=3, attention=False)
+    params = fusion.init(jax.random.key(0), zv, zl)["params"]
+    got, attn = fusion.apply({"params": params}, zv, zl)
+    assert attn == {}
+    p = {k: np.asarray(v, np.float64) for k, v in params.items()}
+    full = np.einsum("r,rio,rjo->ijo", p["rank_weights"], p["video_factor"], p["landmark_factor"])  # (4, 6, 2)
+    one = np.ones((4, 1))
+    want = np.einsum("bi,bj,ijo->bo", np.hstack([zv, one]), np.hstack([zl, one]), full) + p["bias"]
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_lrmaf_attention_is_in_0_1_and_scales_each_modality_before_the_low_rank_fusion():
+    rng = np.random.default_rng(4)
+    zv, zl = 5 * rng.standard_normal((6, 7)).astype(np.float32), 5 * rng.standard_normal((6, 7)).astype(np.float32)
+    fusion = vshnn.LowRankFusion(out=7, rank=4, attention=True)
+    params = fusion.init(jax.random.key(1), zv, zl)["params"]
+    got, attn = fusion.apply({"params": params}, zv, zl)
+    for m, z in (("video", zv), ("landmark", zl)):
+        a = np.asarray(attn[m])
+        assert a.shape == (6, 8) and (a > 0).all() and (a < 1).all()
+        zz = np.hstack([z, np.ones((6, 1), np.float32)])
+        fc = params[f"{m}_attention"]
+        np.testing.assert_allclose(a, sigmoid(zz @ fc["kernel"] + fc["bias"]), rtol=1e-5)
+    # the same output as LRMF (no attention, same factors) fed a o z with the 1 also scaled
+    plain = {k: v for k, v in params.items() if not k.endswith("_attention")}
+    av, al = np.asarray(attn["video"]), np.asarray(attn["landmark"])
+    one = np.ones((6, 1), np.float32)
+    p = {k: np.asarray(v, np.float64) for k, v in plain.items()}
+    zv1, zl1 = av * np.hstack([zv, one]), al * np.hstack([zl, one])
+    want = np.einsum("r,rbo->bo", p["rank_weights"], np.einsum("bd,rdo->rbo", zv1, p["video_factor"])
+                     * np.einsum("bd,rdo->rbo", zl1, p["landmark_factor"])) + p["bias"]
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+
+
+def _fused(arg: str):
+    """A fused model's config, program, fresh state and example batch (v given: no 3D CNN to build)."""
+    from fergate.train.program import Program, resolve
+    cfg = config_lib.load(f"{CONFIG}:{arg},head_only=True")
+    resolve(cfg, None)
+    prog = Program(cfg)
+    batch = prog.family.example_batch(cfg, 4)
+    state = prog.new_state()
+    return cfg, prog, state, batch
+
+
+def test_weighted_summation_and_intermediate_concatenation():
+    """WS: the fused log-score is log(alpha softmax(p) + (1 - alpha) softmax(q)) (Eq. 17), and
+    both branches add their own cross-entropy; IC: the SARNN's scene input is [BN(v), l']."""
+    cfg, prog, state, batch = _fused("variant=c3d_sagru_b,fusion=ws")
+    out = prog.module.apply({"params": state.params, **state.model_state}, batch, train=False)
+    p, q = out["branch_logits"]["video"], out["branch_logits"]["landmark"]
+    a = cfg.vshnn.ws_alpha
+    np.testing.assert_allclose(np.exp(out["logits"]), a * jax.nn.softmax(p) + (1 - a) * jax.nn.softmax(q), rtol=1e-5)
+    total, metrics = vshnn.loss(cfg, out, batch)
+    np.testing.assert_allclose(total, metrics["ce"] + metrics["video_ce"] + metrics["landmark_ce"], rtol=1e-5)
+    cfg, prog, state, batch = _fused("variant=c3d_sagru_b,fusion=ic")
+    v = cfg.vshnn
+    assert state.params["sarnn"]["scene_to_h0"]["kernel"].shape == (v.scene + v.lmed_blocks[-1], v.hidden)
+    assert "ic_bn" in state.model_state["batch_stats"]
+
+
+@pytest.mark.parametrize("arg,message", [
+    ("variant=cnn_gru,fusion=ic", "c3d_sa"), ("variant=lmedcf,fusion=ws", "not variant=lmedcf"),
+    ("variant=c3d,fs=True", "fs_k=3"), ("variant=c3d_sagru_b,fusion=sum", "fusion"),
+])
+def test_fusion_and_fs_mistakes_are_one_line_errors(arg, message):
+    from fergate.errors import UserError
+    from fergate.train.program import resolve
+    with pytest.raises(UserError, match=message):
+        resolve(config_lib.load(f"{CONFIG}:{arg}"), None)
+
+
+def test_lmedcf_alone_trains_from_the_training_splits_range(tmp_path):
+    """The landmark model alone through `fergate train`: its stored scaling is the LMED-CF
+    range of the training clips (not the test clips'), and it learns."""
+    w = tmp_path / "lm"
+    r = run("train", "--config", f"{CONFIG}:variant=lmedcf,smoke=True", "--workdir", str(w),
+            "--config.train.steps=150", "--config.train.eval_every=0")
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    from fergate.data import pipeline
+    from fergate.train.checkpoint import restore_selected
+    from fergate.train.program import Program, data_dir, resolve
+
+    cfg = config_lib.load_workdir(str(w))
+    ddir = data_dir(cfg)
+    manifest = pipeline.read_manifest(ddir)
+    resolve(cfg, manifest)
+    state = restore_selected(str(w), Program(cfg).abstract_sharded_state())[0]
+    stats = state.model_state["stats"]
+    f = {}
+    for split in ("train_clips", "test_clips"):
+        n = manifest["splits"][split]["records"]
+        f[split] = np.asarray(vshnn.lmed_cf(pipeline.read_records(ddir, split, list(range(n)),
+                                                                  ("clip_landmarks",))["clip_landmarks"]))
+    np.testing.assert_allclose(stats["lmed_min"], f["train_clips"].min(0), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(stats["lmed_max"], f["train_clips"].max(0), rtol=1e-5, atol=1e-6)
+    assert not np.allclose(stats["lmed_max"], np.maximum(f["train_clips"].max(0), f["test_clips"].max(0)))
+    report = json.loads((w / "eval.json").read_text())
+    assert report["mean_class_accuracy"] > 1 / 7 + 0.15, report["mean_class_accuracy"]

@@ -12,11 +12,18 @@ enters every gate (Eq. 3-6); B, h_0 = v (Eq. 9-10); C, the input is [x_n, v] (Eq
 Its last hidden state goes through dropout - Dense - ReLU - Dense(K). The time loop is a
 `jax.lax.scan`, so compile time does not grow with N. One `fergate train` runs both stages
 (`config.data.features_from`).
+
+Part 2 (sections 3.4, 4): the frame substitution (FS) module between the appearance features
+and the SARNN; LMED-CF, a clip's landmark statistics (34 pair distances: max, mean, std over
+frames, and the inter-frame correlations), read by an MLP (`variant=lmedcf` alone); and its
+fusion with the video model (`vshnn.fusion`): IC (Eq. 16), WS (Eq. 17), LRMF (Liu et al.
+2018) and LRMAF (Eq. 18-21). All of it is in the graph, batched, and costs next to nothing.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections.abc import Sequence
 
 import flax.linen as nn
@@ -26,14 +33,21 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from fergate import plots
 from fergate.data import pipeline
-from fergate.models import cross_entropy, masked_mean, num_classes_from_data
+from fergate.data.landmarks import LEFT_EYE, LMED_PAIRS, RIGHT_EYE
+from fergate.errors import UserError
+from fergate.models import Results, cross_entropy, masked_mean, num_classes_from_data
 from fergate.models.layers import ConvEncoder
 
 #: Table 2's rows: the 3D CNN alone, the frame CNN with a plain RNN (CNN-LSTM / CNN-GRU),
-#: and VSHNN = C3D + CNN-SALSTM / CNN-SAGRU with connection A, B or C; `frames` is stage 1.
+#: and VSHNN = C3D + CNN-SALSTM / CNN-SAGRU with connection A, B or C; `frames` is stage 1;
+#: `lmedcf` the landmark model alone (Table 9's LMED-CF MLP).
 VARIANTS = ("frames", "c3d", "cnn_lstm", "cnn_gru",
-            *(f"c3d_sa{cell}_{t}" for cell in ("lstm", "gru") for t in "abc"))
+            *(f"c3d_sa{cell}_{t}" for cell in ("lstm", "gru") for t in "abc"), "lmedcf")
+#: `vshnn.fusion` of the video model with LMED-CF (section 4.2): "" none, intermediate
+#: concatenation, weighted summation, low-rank fusion, low-rank attention fusion
+FUSIONS = ("", "ic", "ws", "lrmf", "lrmaf")
 #: the record field `fergate features` writes: (T, F) appearance features per clip
 FEATURES_FIELD = "clip_features"
 #: the input a head-only model reads v from (`fergate bench` of the SARNN against PyTorch)
@@ -42,7 +56,7 @@ SCENE_FIELD = "scene"
 
 def parse_variant(variant: str) -> tuple[bool, str | None, str | None]:
     """(uses the 3D CNN, RNN cell or None, connection or None) of a variant name."""
-    if variant in ("frames", "c3d"):
+    if variant in ("frames", "c3d", "lmedcf"):
         return variant == "c3d", None, None
     if variant.startswith("cnn_"):
         return False, variant.removeprefix("cnn_"), None
@@ -267,6 +281,110 @@ class SARNN(nn.Module):
         return nn.Dense(self.num_classes, dtype=self.dtype, name="head1")(y).astype(jnp.float32), h
 
 
+# ----------------------------------------------------------------------------- FS and LMED-CF
+def _mm(a: jax.Array, b: jax.Array) -> jax.Array:
+    # full f32 products: a TPU's default bf16 passes would reorder close correlations
+    return jnp.matmul(a, b, precision=jax.lax.Precision.HIGHEST)
+
+
+def frame_correlation(x: jax.Array) -> jax.Array:
+    """R of Eq. 1-2 (..., N, N) from per-frame vectors x (..., N, D): Y = X X^T, r_jk the
+    Pearson correlation between columns j and k of Y over its rows. A constant column (all
+    frames alike) correlates 0 with every column."""
+    x = x.astype(jnp.float32)
+    y = _mm(x, jnp.swapaxes(x, -1, -2))
+    yc = y - y.mean(-2, keepdims=True)
+    s = _mm(jnp.swapaxes(yc, -1, -2), yc)  # N s_jk
+    d = jnp.sqrt(jnp.diagonal(s, axis1=-2, axis2=-1))
+    den = d[..., :, None] * d[..., None, :]
+    return jnp.where(den > 0, s / jnp.where(den > 0, den, 1.0), 0.0)
+
+
+def frame_substitution(x: jax.Array, k: int) -> tuple[jax.Array, jax.Array]:
+    """The FS module (3.4) on appearance features x (B, N, D): the frames with the K lowest
+    row means of R take the features of the K highest, the lowest the highest's, the second
+    lowest the second highest's, and so on. Returns X' (same shape) and which frames were
+    replaced (B, N), for the report."""
+    n = x.shape[-2]
+    if not 0 < 2 * k <= n:
+        raise ValueError(f"frame substitution of K={k} frames needs 0 < 2K <= N={n}")
+    means = jax.lax.stop_gradient(frame_correlation(x).mean(-1))
+    _, top = jax.lax.top_k(means, k)  # U+, highest first
+    _, bottom = jax.lax.top_k(-means, k)  # U-, lowest first
+    source = jax.vmap(lambda lo, hi: jnp.arange(n).at[lo].set(hi))(bottom, top)
+    return jnp.take_along_axis(x, source[..., None], -2), (source != jnp.arange(n)).astype(jnp.float32)
+
+
+def lmed_cf_width(frames: int) -> int:
+    """LMED-CF's length: 3 statistics of the 34 distances + N(N - 1) / 2 correlations (222 at 16)."""
+    return 3 * len(LMED_PAIRS) + frames * (frames - 1) // 2
+
+
+def lmed_cf(landmarks: jax.Array) -> jax.Array:
+    """LMED-CF (4.1, Fig. 6) of clips' landmarks (B, N, 68, 2 or 3): per frame the 34
+    `LMED_PAIRS` distances over the inter-ocular distance (l_n); their max, mean and std over
+    the frames (LMED, 102); and the upper triangle (no diagonal) of R computed from L L^T as
+    in Eq. 1-2 (CF, N(N - 1) / 2). 3D landmarks give 3D distances. Unscaled: the model scales
+    it to [-1, 1] with the training split's range (`statistics`)."""
+    lm = landmarks.astype(jnp.float32)
+    pairs = np.asarray(LMED_PAIRS)
+    d = jnp.linalg.norm(lm[..., pairs[:, 0], :] - lm[..., pairs[:, 1], :], axis=-1)  # (B, N, 34)
+    iod = jnp.linalg.norm(lm[..., LEFT_EYE, :].mean(-2) - lm[..., RIGHT_EYE, :].mean(-2), axis=-1)
+    l_ = d / jnp.maximum(iod, 1e-6)[..., None]
+    upper = np.triu_indices(l_.shape[-2], 1)
+    return jnp.concatenate([l_.max(-2), l_.mean(-2), l_.std(-2), frame_correlation(l_)[..., upper[0], upper[1]]],
+                           -1)
+
+
+class LandmarkMLP(nn.Module):
+    """LMED-CF's network (5.2.4, Table A1): (Dense - BN - ReLU) blocks, 2 for lab data and 3
+    in the wild, then Dense(K). Returns the last block's output l' (the IC fusion's landmark
+    feature) and the scores q."""
+
+    num_classes: int
+    blocks: Sequence[int] = (256, 256)
+    dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, f: jax.Array, train: bool) -> tuple[jax.Array, jax.Array]:
+        h = f.astype(self.dtype)
+        for i, width in enumerate(self.blocks):
+            h = nn.Dense(width, dtype=self.dtype, name=f"fc{i}")(h)
+            h = nn.relu(nn.BatchNorm(use_running_average=not train, dtype=self.dtype, name=f"bn{i}")(h))
+        return h, nn.Dense(self.num_classes, dtype=self.dtype, name="classifier")(h).astype(jnp.float32)
+
+
+class LowRankFusion(nn.Module):
+    """LRMF (Liu et al. 2018) of modality vectors z_m: each with 1 appended, then
+    o = sum_i lambda_i prod_m (W_m^(i) [z_m, 1]) + b, the rank-r factorisation of a full
+    bilinear map of [z_vid, 1] (x) [z_lmk, 1] (Eq. 20). With `attention`, LRMAF: each
+    [z_m, 1] is first scaled by its own sigmoid self-attention a_m = sigmoid(FC([z_m, 1]))
+    (Eq. 18-19). Eq. 21 as printed sums the rank inside each modality's factor, which is not
+    the factorisation of Eq. 20; the sum over i is outside the product here, as in Liu et
+    al.'s code. Returns the output and the attention vectors {modality: (B, d_m + 1)}."""
+
+    out: int
+    rank: int = 4
+    attention: bool = True
+    modalities: Sequence[str] = ("video", "landmark")
+    dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, *zs: jax.Array) -> tuple[jax.Array, dict]:
+        fused, attn = jnp.ones((), jnp.float32), {}
+        for name, z in zip(self.modalities, zs, strict=True):
+            z = jnp.concatenate([z.astype(jnp.float32), jnp.ones((*z.shape[:-1], 1), jnp.float32)], -1)
+            if self.attention:
+                attn[name] = nn.sigmoid(nn.Dense(z.shape[-1], name=f"{name}_attention")(z))
+                z = attn[name] * z
+            factor = self.param(f"{name}_factor", nn.initializers.variance_scaling(
+                1.0, "fan_avg", "normal", in_axis=-2, out_axis=-1, batch_axis=(0,)), (self.rank, z.shape[-1], self.out))
+            fused = fused * jnp.einsum("bd,rdo->rbo", z, factor)
+        weights = self.param("rank_weights", nn.initializers.normal(1.0 / np.sqrt(self.rank)), (self.rank,))
+        bias = self.param("bias", nn.initializers.zeros, (self.out,))
+        return jnp.einsum("r,rbo->bo", weights, fused) + bias, attn
+
+
 # ----------------------------------------------------------------------------- the family's module
 class VSHNN(nn.Module):
     variant: str = "c3d_sagru_b"
@@ -285,7 +403,23 @@ class VSHNN(nn.Module):
     head: int = 256
     dropout: float = 0.5
     head_only: bool = False  #: v read from the `scene` input, no 3D CNN nor its auxiliary classifier (benchmarks)
+    fs_k: int = 0  #: frames substituted by the FS module (the paper: 3 of 16); 0: no FS
+    fusion: str = ""  #: with LMED-CF: "" (none), "ic", "ws", "lrmf", "lrmaf"
+    ws_alpha: float = 0.5  #: alpha of Eq. 17 (the paper: 0.6 AFEW, 0.5 CK+ / MMI)
+    fusion_rank: int = 4  #: gamma of Eq. 20
+    lmed_blocks: Sequence[int] = (256, 256)  #: LMED-CF MLP widths (2 blocks lab data, 3 in the wild)
+    branch_weight: float = 1.0  #: late fusions: each branch's own cross-entropy also trains it, this weighted
     dtype: jnp.dtype = jnp.float32
+
+    def landmarks(self, clip_landmarks: jax.Array, train: bool) -> tuple[jax.Array, jax.Array]:
+        """The landmark branch: LMED-CF mapped to [-1, 1] by the training split's range (the
+        "stats" collection; sown as intermediates "lmed_cf"), through its MLP: (l', q)."""
+        f = lmed_cf(clip_landmarks)
+        lo = self.variable("stats", "lmed_min", jnp.zeros, f.shape[-1:], jnp.float32).value
+        hi = self.variable("stats", "lmed_max", jnp.ones, f.shape[-1:], jnp.float32).value
+        f = 2.0 * (f - lo) / jnp.maximum(hi - lo, 1e-6) - 1.0
+        self.sow("intermediates", "lmed_cf", f)
+        return LandmarkMLP(self.num_classes, tuple(self.lmed_blocks), self.dtype, name="lmed_mlp")(f, train)
 
     @nn.compact
     def __call__(self, batch: dict, train: bool = False) -> dict:
@@ -298,9 +432,13 @@ class VSHNN(nn.Module):
             frame_logits = logits.reshape(b, t, -1)
             return {"logits": frame_logits.mean(1), "frame_logits": frame_logits,
                     "features": feats.reshape(b, t, -1)}
+        if self.variant == "lmedcf":
+            return {"logits": self.landmarks(batch["clip_landmarks"], train)[1]}
         uses_c3d, cell, connection = parse_variant(self.variant)
-        out: dict = {}
-        v = None
+        out: dict = {"introspect": {}}
+        l_feat = q = v = None
+        if self.fusion:
+            l_feat, q = self.landmarks(batch["clip_landmarks"], train)
         if uses_c3d:
             if self.head_only:
                 v = batch[SCENE_FIELD].astype(self.dtype)
@@ -313,10 +451,29 @@ class VSHNN(nn.Module):
                 out["aux_logits"] = AuxClassifier(self.aux_hidden, self.num_classes, self.dropout, self.dtype,
                                                   name="aux")(v, train)
         if cell is None:  # the 3D CNN alone: its main classifier on v
-            out["logits"] = nn.Dense(self.num_classes, dtype=self.dtype, name="classifier")(v).astype(jnp.float32)
+            p = nn.Dense(self.num_classes, dtype=self.dtype, name="classifier")(v).astype(jnp.float32)
         else:
-            out["logits"], _ = SARNN(self.num_classes, cell, connection, self.hidden, self.head, self.dropout,
-                                     self.dtype, name="sarnn")(batch[FEATURES_FIELD], v, train)
+            x = batch[FEATURES_FIELD]
+            if self.fs_k:
+                x, out["introspect"]["substituted"] = frame_substitution(x, self.fs_k)
+            if self.fusion == "ic":  # Eq. 16: v' = [BN(v), l'] is the SARNN's scene input
+                v = jnp.concatenate([nn.BatchNorm(use_running_average=not train, dtype=self.dtype,
+                                                  name="ic_bn")(v), l_feat.astype(self.dtype)], -1)
+            p, _ = SARNN(self.num_classes, cell, connection, self.hidden, self.head, self.dropout,
+                         self.dtype, name="sarnn")(x, v, train)
+        if self.fusion in ("", "ic"):
+            out["logits"] = p
+        else:  # late fusions of the two score vectors; each branch also learns from its own loss
+            out["branch_logits"] = {"video": p, "landmark": q}
+            if self.fusion == "ws":  # Eq. 17 on the softmax scores; its log is what the loss and argmax read
+                mix = self.ws_alpha * jax.nn.softmax(p) + (1.0 - self.ws_alpha) * jax.nn.softmax(q)
+                out["logits"] = jnp.log(jnp.maximum(mix, 1e-30))
+            else:
+                out["logits"], attn = LowRankFusion(self.num_classes, self.fusion_rank, self.fusion == "lrmaf",
+                                                    name="fusion")(p, q)
+                out["introspect"].update({f"{m}_attention": a for m, a in attn.items()})
+        if not out["introspect"]:
+            del out["introspect"]
         return out
 
 
@@ -331,10 +488,35 @@ def train_frames(config) -> int:
     return config.input.get("train_frames", config.input.frames)
 
 
+def uses_landmarks(config) -> bool:
+    """Whether the model reads the clips' landmarks (LMED-CF alone or fused)."""
+    return config.variant == "lmedcf" or bool(config.vshnn.get("fusion", ""))
+
+
 def resolve(config, manifest: dict | None) -> None:
-    """The classes from the data; with `freeze_convs`, the 3D CNN's convolutions are also
-    left out of the optimizer (no weight decay, no Adam state), not only of the gradient."""
+    """The classes from the data; FS and fusion checked against the variant; with
+    `freeze_convs`, the 3D CNN's convolutions are also left out of the optimizer (no weight
+    decay, no Adam state), not only of the gradient."""
     num_classes_from_data(config, "vshnn", 7)
+    v, variant = config.vshnn, config.variant
+    uses_c3d, cell, connection = parse_variant(variant)
+    fusion = v.get("fusion", "")
+    if fusion not in FUSIONS:
+        raise UserError(f"config vshnn.fusion={fusion!r}: expected one of {', '.join(f for f in FUSIONS if f)} "
+                        "or empty (none)")
+    if fusion and variant in ("frames", "lmedcf"):
+        raise UserError(f"config vshnn.fusion={fusion}: fuses LMED-CF with a video model, not variant={variant}")
+    if fusion == "ic" and not (uses_c3d and cell):
+        raise UserError(f"config vshnn.fusion=ic concatenates v with the landmark feature as the SARNN's scene input: "
+                        f"it needs a C3D + SARNN variant (c3d_sa*), not {variant}")
+    if not 0.0 <= v.get("ws_alpha", 0.5) <= 1.0:
+        raise UserError(f"config vshnn.ws_alpha={v.ws_alpha}: must be in [0, 1]")
+    if v.get("fs_k", 0):
+        if cell is None:
+            raise UserError(f"config vshnn.fs_k={v.fs_k}: frame substitution acts on the appearance features an RNN "
+                            f"reads; variant={variant} has none")
+        if not 0 < 2 * v.fs_k <= config.input.frames:
+            raise UserError(f"config vshnn.fs_k={v.fs_k}: needs 0 < 2 fs_k <= input.frames={config.input.frames}")
     if config.vshnn.freeze_convs and "c3d_convs" not in config.optim.frozen:
         config.optim.frozen = (*config.optim.frozen, "c3d_convs")
 
@@ -354,7 +536,28 @@ def inputs(config) -> dict:
         spec[SCENE_FIELD] = ((v.scene,), np.float32)
     if cell is not None:
         spec[FEATURES_FIELD] = ((t, v.frame_fc[-1]), np.float32)
+    if uses_landmarks(config):  # 68 x 2, or 68 x 3 with 3D landmarks
+        spec["clip_landmarks"] = ((t, 68, config.input.get("landmark_dims", 2)), np.float32)
     return spec
+
+
+def statistics(config, batches) -> dict:
+    """LMED-CF's range over the training split, per dimension: the model scales it to [-1, 1]
+    with these (4.1), so no held-out clip informs the scaling."""
+    if not uses_landmarks(config):
+        return {}
+    f = jax.jit(lmed_cf)
+    lo = hi = None
+    for b in batches:
+        keep = b["mask"] > 0
+        if not keep.any():
+            continue
+        x = np.asarray(f(b["clip_landmarks"][keep]))
+        lo = x.min(0) if lo is None else np.minimum(lo, x.min(0))
+        hi = x.max(0) if hi is None else np.maximum(hi, x.max(0))
+    if lo is None:
+        raise UserError(f"the {config.data.train_split} split has no clips to measure LMED-CF's range on")
+    return {"lmed_min": lo.astype(np.float32), "lmed_max": hi.astype(np.float32)}
 
 
 @dataclasses.dataclass
@@ -376,7 +579,7 @@ def transforms(config, train: bool) -> list:
     (a horizontal flip; stage 1 also a rotation and brightness / contrast, as the paper's
     DenseNet training, 5.2.1; the 3D CNN's only augmentation is the flip, 5.2.2); then frames
     resized to the input size (and made grey) when the records differ."""
-    if "clip" not in inputs(config):
+    if "clip" not in inputs(config):  # LMED-CF alone: distances need no resizing, and no augmentation (Table A1)
         return []
     d, s = config.data, config.input.clip_size
     return ([SampleFrames(train_frames(config))] if config.variant == "frames" else []) + \
@@ -388,7 +591,9 @@ def transforms(config, train: bool) -> list:
 
 def loss(config, outputs: dict, batch: dict) -> tuple[jax.Array, dict]:
     """Stage 1: cross-entropy of every frame against its clip's label. Stage 2 (Eq. 15): the
-    main cross-entropy plus lambda times the auxiliary classifier's."""
+    main cross-entropy plus lambda times the auxiliary classifier's; with a late fusion, plus
+    `branch_weight` times each branch's own (the paper fuses networks trained each on its
+    own)."""
     if "frame_logits" in outputs:
         fl = outputs["frame_logits"]
         labels = jnp.broadcast_to(batch["label"][:, None], fl.shape[:2])
@@ -400,4 +605,37 @@ def loss(config, outputs: dict, batch: dict) -> tuple[jax.Array, dict]:
                           batch["mask"])
         total = total + config.vshnn.aux_weight * aux
         metrics["aux_ce"] = aux
+    for name, logits in outputs.get("branch_logits", {}).items():
+        ce = masked_mean(optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"]), batch["mask"])
+        total = total + config.vshnn.branch_weight * ce
+        metrics[f"{name}_ce"] = ce
     return total, metrics
+
+
+def reports(results: Results, outdir: str) -> dict:
+    """What the fusion and FS do per class: LRMAF's mean self-attention on each modality's
+    score vector (Eq. 18), WS's fixed weights, and the share of clips whose frame n the FS
+    module replaced."""
+    intro, v, out = results.introspect, results.config.vshnn, {}
+    name = f"{results.config.model}/{results.config.variant}"
+    if "video_attention" in intro:
+        cols = [f"{m}: {c}" for m in ("video", "landmark") for c in (*results.classes, "1")]
+        means = {c: np.concatenate([results.class_means("video_attention")[c],
+                                    results.class_means("landmark_attention")[c]]) for c in
+                 results.class_means("video_attention")}
+        plots.class_table(means, cols, f"{name} LRMAF: mean sigmoid self-attention on each modality's scores "
+                          "(Eq. 18), per true class", os.path.join(outdir, "fusion_attention.png"),
+                          "attention a (0: score suppressed, 1: kept)",
+                          xlabel="score vector entry ([scores, 1] of each modality)")
+        half = len(cols) // 2
+        out["fusion_attention"] = {c: {"video": float(m[:half].mean()), "landmark": float(m[half:].mean())}
+                                   for c, m in means.items()}
+    if v.get("fusion", "") == "ws":
+        out["fusion_weights"] = {"video": v.ws_alpha, "landmark": 1.0 - v.ws_alpha}
+    if "substituted" in intro:
+        means = results.class_means("substituted")
+        plots.class_table(means, [str(i + 1) for i in range(len(next(iter(means.values()))))],
+                          f"{name}: frames the FS module replaced, per true class (3.4)",
+                          os.path.join(outdir, "frame_substitution.png"), "share of clips with frame n replaced",
+                          xlabel="frame n of the clip")
+    return out
