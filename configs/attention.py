@@ -16,6 +16,11 @@ Adam shrinks the pooled features to nothing before the head can tell the classes
 the loss stays at ln 7 for hundreds of steps (the paper trains for 10,000 epochs). One
 command trains the baseline into W/pretrain/baseline first; `from_baseline=False` trains
 from scratch; `--config.optim.frozen= --config.optim.lr_scale=features=0.1` fine-tunes the trunk.
+
+    context=0.6: faces at 0.6 of the template's size in the same crop, the scene around them
+    kept (`fergate prep --face_scale 0.6`): the paper's fully-convolutional model learns on
+    unaligned faces with background (RaFD-POSE, 4.4), where aligned crops hold little to
+    attend away from
 """
 
 import os
@@ -27,10 +32,12 @@ from . import common
 
 
 def get_config(arg=None):
-    arg = parse_arg(arg, variant="attention", smoke=False, from_baseline=True)
+    arg = parse_arg(arg, variant="attention", smoke=False, from_baseline=True, context=1.0)
     c = common.base("attention", choice(arg.variant, VARIANTS, "attention variant"))
     c.data.prep_options = dict(size=2800, face_size="125x160", color=False, illumination="diffusion",
                                patches=False, identity=False)
+    if arg.context != 1:  # the cache key of the default set stays as it was
+        c.data.prep_options["face_scale"] = arg.context
     c.data.flip = True
     c.input.batch_size = 32
     c.input.record_size = (160, 125)  # (height, width) the records are brought to
@@ -47,5 +54,6 @@ def get_config(arg=None):
         c.optim.lr = c.optim.end_lr = 1e-2
     c.pretrain.inherit = ("data", "input", "attention.trunk", "train.dtype", "train.eval_every")
     here = os.path.abspath(__file__)
-    c.pretrain.configs = {"baseline": f"{here}:variant=baseline,smoke={arg.smoke}"} if pooled else {}
+    c.pretrain.configs = {"baseline": f"{here}:variant=baseline,smoke={arg.smoke},context={arg.context}"} if pooled \
+        else {}
     return common.smoke(c) if arg.smoke else c

@@ -146,16 +146,35 @@ def landmarks(img: np.ndarray, rect) -> np.ndarray:
     return np.array([(p.x, p.y) for p in shape.parts()], np.float32)
 
 
+def soft_box_mask(shape: tuple[int, int], boxes: list, softness: float = 0.25) -> np.ndarray:
+    """(H, W) weights: 1 inside any (left, top, right, bottom) box, falling off outside as a
+    Gaussian of the distance to the nearest box, sigma = `softness` x the box's side: the
+    attention paper's soft face boxes (4.4), which keep a face's surroundings in view."""
+    ys, xs = np.mgrid[: shape[0], : shape[1]].astype(np.float32)
+    mask = np.zeros(shape, np.float32)
+    for left, top, right, bottom in boxes:
+        dx = np.maximum(np.maximum(left - xs, xs - right), 0)
+        dy = np.maximum(np.maximum(top - ys, ys - bottom), 0)
+        sigma = softness * max((right - left + bottom - top) / 2, 1)
+        mask = np.maximum(mask, np.exp(-(dx * dx + dy * dy) / (2 * sigma * sigma)))
+    return mask
+
+
 def apply_affine(m: np.ndarray, pts: np.ndarray) -> np.ndarray:
     return (pts @ m[:, :2].T + m[:, 2]).astype(np.float32)
 
 
-def alignment(lm: np.ndarray, size: int | tuple[int, int], align: str = "eyes_mouth") -> np.ndarray:
+def alignment(lm: np.ndarray, size: int | tuple[int, int], align: str = "eyes_mouth",
+              scale: float = 1.0) -> np.ndarray:
     """2x3 matrix taking image pixels to a crop where the eye centres and the mouth centre
     land on `TEMPLATE` (`align="eyes_mouth"`), or the eyes' midpoint and the upper lip on
     `TEMPLATE_EYES_LIP` ("eyes_lip"): a `size` x `size` square, or (width, height): the
     square of side width centred in it, the extra height split above and below (a 125 x 160
-    crop keeps more forehead and chin, as the attention paper's faces)."""
+    crop keeps more forehead and chin, as the attention paper's faces). `scale` < 1 shrinks
+    the template about the crop's centre: the face smaller, more background around it (the
+    attention paper's unaligned faces, which its fully-convolutional model learns from)."""
+    if not 0 < scale <= 4:
+        raise ValueError(f"face scale {scale}: expected a number in (0, 4]")
     w, h = (size, size) if isinstance(size, int) else size
     left, right = eye_centres(lm)
     if align == "eyes_lip":
@@ -164,6 +183,7 @@ def alignment(lm: np.ndarray, size: int | tuple[int, int], align: str = "eyes_mo
         src, template = np.stack([left, right, lm[MOUTH].mean(0)]), TEMPLATE
     else:
         raise ValueError(f"alignment {align!r}: one of {', '.join(ALIGNMENTS)}")
+    template = (template - 0.5) * scale + 0.5
     tform = SimilarityTransform.from_estimate(src, template * w + np.float32([0, (h - w) / 2]))
     if not tform:  # skimage's FailedEstimation: coincident points
         raise SkipItem("degenerate_face", str(tform))
@@ -246,6 +266,7 @@ class FaceOptions:
     upsample: int = 0  #: HOG detector upsampling
     min_iod: float = 8.0  #: faces with a smaller iod (source pixels) are degenerate
     align: str = "eyes_mouth"  #: the alignment template (`ALIGNMENTS`, see `alignment`)
+    face_scale: float = 1.0  #: the template shrunk about the crop's centre: < 1 keeps more of the scene around the face
 
 
 def process_face(img: np.ndarray, opts: FaceOptions = FaceOptions(), rect=None) -> dict:
@@ -254,7 +275,7 @@ def process_face(img: np.ndarray, opts: FaceOptions = FaceOptions(), rect=None) 
     lm = landmarks(img, rect)
     if not np.isfinite(lm).all() or iod(lm) < opts.min_iod:
         raise SkipItem("degenerate_face", f"iod {iod(lm):.1f} px")
-    m = alignment(lm, opts.face_size, opts.align)
+    m = alignment(lm, opts.face_size, opts.align, opts.face_scale)
     shape = (opts.face_size, opts.face_size) if isinstance(opts.face_size, int) else tuple(opts.face_size)
     face = warp(img, m, shape)
     if not opts.color:

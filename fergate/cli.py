@@ -30,10 +30,12 @@ def setup_logging(lead: bool = True) -> None:
 def _prep(a: argparse.Namespace) -> None:
     from data_prep import face, prep
 
+    if not 0 < a.face_scale <= 4:
+        raise UserError(f"--face_scale {a.face_scale}: expected a number in (0, 4] (1: the template's size)")
     opts = prep.PrepOptions(
         face=face.FaceOptions(face_size=_face_size(a.face_size), color=not a.grey, patch_size=a.patch_size,
                               patches=not a.no_patches, identity=not a.no_identity, upsample=a.upsample,
-                              illumination=a.illumination, align=a.align),
+                              illumination=a.illumination, align=a.align, face_scale=a.face_scale),
         clip_size=a.clip_size, compress=a.compress, records_per_file=a.records_per_file, test_fraction=a.test_fraction,
         frames=a.frames, max_gap=a.max_gap, min_faces=a.min_faces, max_frames=a.max_frames)
     reader_options = {}
@@ -174,7 +176,8 @@ def _attend(a: argparse.Namespace) -> int:
             prep = json.load(f).get("options", {}).get("face", prep)
     size = F.parse_size(prep.get("face_size", 96))
     width = size if isinstance(size, int) else size[0]
-    train_iod = float(np.linalg.norm(F.TEMPLATE[1] - F.TEMPLATE[0])) * width  # faces' iod in the training crops
+    # faces' iod in the training crops
+    train_iod = float(np.linalg.norm(F.TEMPLATE[1] - F.TEMPLATE[0])) * width * float(prep.get("face_scale", 1.0))
     out = a.out or os.path.join(a.workdir, "attend")
     os.makedirs(out, exist_ok=True)
     failed = 0
@@ -203,20 +206,27 @@ def _attend(a: argparse.Namespace) -> int:
             heat /= heat.sum()
             y, x = np.unravel_index(int(np.argmax(heat)), heat.shape)
             faces = [{"box": list(map(int, bx)), "mass": float(heat[bx[1]:bx[3], bx[0]:bx[2]].sum())} for bx in boxes]
-            if a.faces and boxes:  # the map masked by the face boxes
-                mask = np.zeros_like(heat)
-                for left, top, right, bottom in boxes:
-                    mask[max(0, top):bottom, max(0, left):right] = 1
-                heat = heat * mask / max(float((heat * mask).sum()), 1e-12)
+
+            def in_face(px, py, boxes=boxes):
+                return any(left <= px < right and top <= py < bottom for left, top, right, bottom in boxes)
+
+            row = {"image": path, "scale": scale, "peak": [int(x), int(y)], "peak_in_face": in_face(x, y),
+                   "faces": faces}
+            if a.faces and boxes:  # 4.4: soft face boxes suppress the background's false positives
+                heat = heat * F.soft_box_mask(heat.shape, boxes)
+                heat /= max(float(heat.sum()), 1e-12)
+                my, mx = np.unravel_index(int(np.argmax(heat)), heat.shape)
+                row.update(masked_peak=[int(mx), int(my)], masked_peak_in_face=in_face(mx, my))
             stem = os.path.splitext(os.path.basename(path))[0]
-            png = plots.overlay(img, heat, boxes, f"{cfg.model}/{cfg.variant} attention, step {step}: {stem}",
-                                os.path.join(out, f"{stem}_attention.png"), "attention weight per pixel")
-            inside = any(f["box"][0] <= x < f["box"][2] and f["box"][1] <= y < f["box"][3] for f in faces)
-            row = {"image": path, "png": png, "scale": scale, "peak": [int(x), int(y)], "faces": faces,
-                   "peak_in_face": inside}
+            shown = " x soft face boxes" if a.faces and boxes else ""
+            row["png"] = plots.overlay(img, heat, boxes, f"{cfg.model}/{cfg.variant}: attention{shown}, step {step}, "
+                                       f"{stem}", os.path.join(out, f"{stem}_attention.png"),
+                                       "attention weight per pixel")
             log.write(json.dumps(row) + "\n")
-            print(f"[attend] {path}: peak at ({x}, {y})"
-                  f"{', in a face box' if row['peak_in_face'] else ''}; {len(faces)} faces -> {png}")
+            print(f"[attend] {path}: peak at ({x}, {y}){', in a face box' if row['peak_in_face'] else ''}"
+                  + (f"; with the soft face boxes at {tuple(row['masked_peak'])}"
+                     f"{', in a face box' if row['masked_peak_in_face'] else ''}" if "masked_peak" in row else "")
+                  + f"; {len(faces)} faces -> {row['png']}")
     return 2 if failed else 0
 
 
@@ -271,6 +281,8 @@ def parser() -> argparse.ArgumentParser:
     q.add_argument("--align", default="eyes_mouth", choices=("eyes_mouth", "eyes_lip"),
                    help="alignment template: eye centres + mouth centre, or the eyes' midpoint + the upper lip "
                         "(the micro-emotion network's)")
+    q.add_argument("--face_scale", type=float, default=1.0,
+                   help="the face's size in the crop against the template's: 0.6 keeps background around it")
     q.add_argument("--grey", action="store_true", help="store grey faces (default RGB)")
     q.add_argument("--patch_size", type=int, default=30)
     q.add_argument("--no_patches", action="store_true")
@@ -314,8 +326,8 @@ def parser() -> argparse.ArgumentParser:
     q = sub.add_parser("attend", help="a trained model's attention over whole images of any size (group photos)")
     q.add_argument("--workdir", required=True)
     q.add_argument("images", nargs="+", metavar="IMAGE")
-    q.add_argument("--faces", action="store_true", help="detect the faces: scale them to the training size, mask "
-                   "the map by their boxes")
+    q.add_argument("--faces", action="store_true", help="detect the faces: scale them to the training size, and "
+                   "weigh the map by soft face boxes (the paper's suppression of background false positives)")
     q.add_argument("--scale", type=float, default=None, help="resize the images by this factor first")
     q.add_argument("--out", default=None, help="output directory (default: W/attend)")
     _add_jax_args(q)

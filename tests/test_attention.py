@@ -139,6 +139,18 @@ def test_the_fully_convolutional_mode_over_a_group_photo(trained, tmp_path):
     assert len(row["faces"]) >= 2, row  # detected, and the map measured inside each box
     assert all(0 <= f["mass"] <= 1 for f in row["faces"]) and sum(f["mass"] for f in row["faces"]) <= 1 + 1e-5
     assert os.path.exists(row["png"])
+    # the raw map's peak is reported, in a box or not (the paper: false positives in the background);
+    # weighed by the soft face boxes, as the paper suppresses them, its peak is on a face
+    assert isinstance(row["peak_in_face"], bool) and row["masked_peak_in_face"], row
+
+
+def test_soft_face_boxes_keep_the_boxes_and_fade_outside():
+    from data_prep import face as F
+
+    m = F.soft_box_mask((100, 200), [(20, 30, 60, 70), (150, 10, 190, 50)])
+    assert m[30:71, 20:61].min() == 1 and m[10:51, 150:191].min() == 1
+    row = m[50, 60:150]  # from the first box's right edge towards the second box
+    assert (np.diff(row[:40]) < 0).all() and row[20] < 0.2 and m[99, 100] < 1e-3
 
 
 def test_lr_scale_slows_one_subtree_and_names_a_wrong_one():

@@ -47,6 +47,13 @@ def test_alignment_puts_eyes_and_mouth_on_the_template(faces):
         np.testing.assert_allclose((le + re) / 2, F.TEMPLATE[:2].mean(0) * 96, atol=4.0)
         assert 0.28 * 96 < L.iod(a) < 0.45 * 96
         assert (a > 0).all() and (a < 96).all()  # the whole face is in the crop, jaw and chin included
+        # face_scale 0.6: the same face at 0.6 of the size about the crop's centre, the scene around it
+        b = F.apply_affine(F.alignment(lm, (125, 160), scale=0.6), lm)
+        full = F.apply_affine(F.alignment(lm, (125, 160)), lm)
+        centre = np.float32([62.5, 80])
+        np.testing.assert_allclose(b - centre, 0.6 * (full - centre), atol=1e-3)
+    with pytest.raises(ValueError, match="face scale"):
+        F.alignment(lm, 96, scale=0)
 
 
 def test_record_fields_and_patch_stack(faces):
