@@ -158,6 +158,8 @@ def run(dataset: str, source: str | None, out: str, opts: PrepOptions = PrepOpti
         raise UserError(f"--illumination {opts.face.illumination!r}: none or diffusion")
     if opts.face.align not in F.ALIGNMENTS:
         raise UserError(f"--align {opts.face.align!r}: one of {', '.join(F.ALIGNMENTS)}")
+    if not 0 < opts.face.face_scale <= 4:
+        raise UserError(f"--face_scale {opts.face.face_scale}: expected a number in (0, 4] (1: the template's size)")
     if opts.face.illumination != "none" and opts.face.color:
         raise UserError("--illumination diffusion normalises grey faces: add --grey")
     for name in ("frames", "min_faces", "max_frames", "clip_size"):

@@ -30,8 +30,6 @@ def setup_logging(lead: bool = True) -> None:
 def _prep(a: argparse.Namespace) -> None:
     from data_prep import face, prep
 
-    if not 0 < a.face_scale <= 4:
-        raise UserError(f"--face_scale {a.face_scale}: expected a number in (0, 4] (1: the template's size)")
     opts = prep.PrepOptions(
         face=face.FaceOptions(face_size=_face_size(a.face_size), color=not a.grey, patch_size=a.patch_size,
                               patches=not a.no_patches, identity=not a.no_identity, upsample=a.upsample,

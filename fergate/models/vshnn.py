@@ -499,7 +499,7 @@ def resolve(config, manifest: dict | None) -> None:
     decay, no Adam state), not only of the gradient."""
     num_classes_from_data(config, "vshnn", 7)
     v, variant = config.vshnn, config.variant
-    uses_c3d, cell, connection = parse_variant(variant)
+    uses_c3d, cell, _ = parse_variant(variant)
     fusion = v.get("fusion", "")
     if fusion not in FUSIONS:
         raise UserError(f"config vshnn.fusion={fusion!r}: expected one of {', '.join(f for f in FUSIONS if f)} "
@@ -620,9 +620,8 @@ def reports(results: Results, outdir: str) -> dict:
     name = f"{results.config.model}/{results.config.variant}"
     if "video_attention" in intro:
         cols = [f"{m}: {c}" for m in ("video", "landmark") for c in (*results.classes, "1")]
-        means = {c: np.concatenate([results.class_means("video_attention")[c],
-                                    results.class_means("landmark_attention")[c]]) for c in
-                 results.class_means("video_attention")}
+        video, landmark = results.class_means("video_attention"), results.class_means("landmark_attention")
+        means = {c: np.concatenate([video[c], landmark[c]]) for c in video}
         plots.class_table(means, cols, f"{name} LRMAF: mean sigmoid self-attention on each modality's scores "
                           "(Eq. 18), per true class", os.path.join(outdir, "fusion_attention.png"),
                           "attention a (0: score suppressed, 1: kept)",
