@@ -7,6 +7,7 @@ file and a re-run skips every file already complete (see fergate.data.shards).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import fcntl
 import logging
@@ -17,6 +18,7 @@ import time
 from collections import Counter, defaultdict
 
 import numpy as np
+import threadpoolctl
 
 from data_prep import datasets, video
 from data_prep import face as F
@@ -73,31 +75,37 @@ def carry_boxes(rects: list, max_gap: int) -> list:
     return out
 
 
-def clip_record(frames: list[np.ndarray], opts: PrepOptions) -> dict:
-    """Per-frame detection, gaps bridged by `carry_boxes` (frames beyond a gap dropped),
-    landmarks and alignment of every kept frame, then both resampled in time to T
-    (`video.resample`): T x S x S x C frames and T x 68 x 2 landmarks from a clip of any length."""
+def clip_record(frames: list[np.ndarray | F.FaceInput], opts: PrepOptions) -> dict:
+    """Per-frame face boxes (the dataset's where a frame has them, else detected, gaps bridged
+    by `carry_boxes`, frames beyond a gap dropped), landmarks and alignment of every kept
+    frame, then both resampled in time to T (`video.resample`): T x S x S x C frames and
+    T x 68 x 2 landmarks from a clip of any length. `box_source` is the dataset's when every
+    kept frame came with its landmarks or box, else detected."""
+    inputs = [F.as_input(f) for f in frames]
     rects = []
-    for img in frames:
+    for f in inputs:
+        rect = F.given_box(f)
         try:
-            rects.append(F.detect(img, opts.face.upsample))
+            rects.append(F.detect(f.image, opts.face.upsample) if rect is None else rect)
         except F.SkipItem:
             rects.append(None)
     if all(r is None for r in rects):
         raise F.SkipItem("no_face", "in any frame of the clip")
-    kept = [(img, r) for img, r in zip(frames, carry_boxes(rects, opts.max_gap)) if r is not None]
+    kept = [(f, r) for f, r in zip(inputs, carry_boxes(rects, opts.max_gap)) if r is not None]
     if len(kept) < min(opts.min_faces, len(frames)):
         raise F.SkipItem("too_few_faces", f"{len(kept)} of {len(frames)} frames have a face "
                          f"(min_faces {opts.min_faces}, max_gap {opts.max_gap})")
     clip, lms = [], []
-    for img, rect in kept:
-        lm = F.landmarks(img, rect)
+    for f, rect in kept:
+        lm = np.asarray(f.landmarks, np.float32) if f.landmarks is not None else F.landmarks(f.image, rect)
         m = F.alignment(lm, opts.clip_size, opts.face.align)
-        face = F.warp(img, m, (opts.clip_size, opts.clip_size))
+        face = F.warp(f.image, m, (opts.clip_size, opts.clip_size))
         clip.append(face if opts.face.color else face.mean(-1, keepdims=True).astype(np.uint8))
         lms.append(F.apply_affine(m, lm))
+    given = all(f.box is not None or f.landmarks is not None for f, _ in kept)
     return {"clip": video.resample(np.stack(clip), opts.frames),
-            "clip_landmarks": video.resample(np.stack(lms), opts.frames)}
+            "clip_landmarks": video.resample(np.stack(lms), opts.frames),
+            "box_source": F.DATASET if given else F.DETECTED}
 
 
 def process_item(item: datasets.Item) -> tuple[bytes | None, str | None]:
@@ -120,17 +128,22 @@ def process_item(item: datasets.Item) -> tuple[bytes | None, str | None]:
     return schema.encode(rec, compress=opts.compress), None
 
 
+#: a held-out subject's items move from each split to its test split
+HELD_OUT = {"train": "test", "train_clips": "test_clips"}
+
+
 def hold_out(items: list[datasets.Item], fraction: float, seed: int = 0) -> list[datasets.Item]:
     """A source with no test split gets a subject-independent one: `fraction` of the
-    training subjects (at least one, never all; drawn with `seed`) move to `test`."""
-    subjects = sorted({it.subject for it in items if it.split == "train" and it.kind != "bad"})
+    training subjects (at least one, never all; drawn with `seed`) move to `test`, their
+    clips to `test_clips` (`HELD_OUT`)."""
+    subjects = sorted({it.subject for it in items if it.split in HELD_OUT and it.kind != "bad"})
     if fraction <= 0 or any(it.split.startswith("test") and it.kind != "bad" for it in items) or len(subjects) < 2:
         return items
     n = min(len(subjects) - 1, max(1, round(fraction * len(subjects))))
     test = set(np.random.default_rng(seed).permutation(subjects)[:n].tolist())
     log.info(f"[prep] the source has no test split: {n} of its {len(subjects)} subjects ({fraction:.0%}, "
              "--test_fraction) are held out as `test`")
-    return [dataclasses.replace(it, split="test") if it.split == "train" and it.subject in test else it
+    return [dataclasses.replace(it, split=HELD_OUT[it.split]) if it.split in HELD_OUT and it.subject in test else it
             for it in items]
 
 
@@ -149,7 +162,8 @@ def plan(items: list[datasets.Item], records_per_file: int, num_shards: int) -> 
 def run(dataset: str, source: str | None, out: str, opts: PrepOptions = PrepOptions(),
         reader_options: dict | None = None, workers: int | None = None, shard_index: int = 0,
         num_shards: int = 1) -> dict:
-    """Prepares a dataset into `out`; returns the manifest."""
+    """Prepares a dataset into `out`; returns the manifest, which holds what the reader's
+    optional `manifest_extras()` adds (LFW's pairs) besides the splits."""
     if not 0 <= shard_index < num_shards:
         raise UserError(f"--shard_index {shard_index} must be in [0, --num_shards {num_shards})")
     if not 0 <= opts.test_fraction < 1:
@@ -196,6 +210,9 @@ def run(dataset: str, source: str | None, out: str, opts: PrepOptions = PrepOpti
     else:
         _init_worker(*init)
         results = map(process_item, flat)
+    # in this process, one BLAS thread as in the workers: the face pipeline's small linear
+    # algebra only loses to threads that spin, and loses 100x when another job holds the cores
+    blas = threadpoolctl.threadpool_limits(1) if pool is None else contextlib.nullcontext()
     t0, done, counts, last_log = time.time(), 0, Counter(), 0.0
     try:
         for split, f, its in todo:
@@ -217,13 +234,15 @@ def run(dataset: str, source: str | None, out: str, opts: PrepOptions = PrepOpti
                         f"{counts['skipped']} skipped")
             w.close()
     finally:
+        blas.__exit__(None, None, None)
         if pool is not None:
             pool.terminate()
     info = {"dataset": dataset, "source": source, "classes": list(rdr.classes),
             "options": {**dataclasses.asdict(opts), "reader": reader_options},
             "detector": f"dlib HOG frontal detector (upsample {opts.face.upsample}, largest face)",
             "landmark_model": f"dlib {F.LANDMARK_MODEL} (face-recognition-models)",
-            "identity_model": f"dlib {F.IDENTITY_MODEL}" if opts.face.identity else None}
+            "identity_model": f"dlib {F.IDENTITY_MODEL}" if opts.face.identity else None,
+            **(rdr.manifest_extras() if hasattr(rdr, "manifest_extras") else {})}
     manifest = shards.write_manifest(out, {s: len(fl) for s, fl in files.items()}, info)
     if manifest["complete"] and "train" in manifest["splits"]:
         contact_sheet(out, "train", list(rdr.classes), os.path.join(out, "contact_sheet.png"))

@@ -67,11 +67,17 @@ def natural_key(name: str) -> list:
     return [int(s) if s.isdigit() else s.lower() for s in re.split(r"(\d+)", name)]
 
 
+def frame_names(path: str) -> list[str]:
+    """The frame images of a folder (CK+ / BU-4DFE / MMI style sequences) in natural name order."""
+    if not os.path.isdir(path):
+        return []
+    return sorted((f for f in os.listdir(path) if f.lower().endswith(F.IMAGE_EXTS)), key=natural_key)
+
+
 def read_frame_folder(path: str, max_frames: int = MAX_FRAMES) -> list[np.ndarray]:
     """RGB frames of an image sequence (a folder of frame images in natural name order), at
     most `max_frames` evenly spaced; only those are read. An unreadable frame skips the clip."""
-    names = sorted((f for f in os.listdir(path) if f.lower().endswith(F.IMAGE_EXTS)), key=natural_key) \
-        if os.path.isdir(path) else []
+    names = frame_names(path)
     if not names:
         raise F.SkipItem("unreadable_video", f"{path}: no frame images")
     return [F.load_image(os.path.join(path, names[j])) for j in even_indices(len(names), max_frames)]

@@ -27,6 +27,12 @@ def setup_logging(lead: bool = True) -> None:
         logger.propagate = False
 
 
+#: the `prep` flags each dataset's reader takes (`data_prep.datasets`); another dataset's is refused
+READER_FLAGS = {"sample": ("size", "clips", "seed", "test_subjects", "compound"),
+                "ckplus": ("apex_frames", "neutral_frames", "contempt", "sequences"), "affectnet": ("contempt",),
+                "rafdb": ("original",), "expw": ("min_confidence",), "bu4dfe": ("apex_frames",), "lfw": ("pairs",)}
+
+
 def _prep(a: argparse.Namespace) -> None:
     from data_prep import face, prep
 
@@ -36,10 +42,12 @@ def _prep(a: argparse.Namespace) -> None:
                               illumination=a.illumination, align=a.align, face_scale=a.face_scale),
         clip_size=a.clip_size, compress=a.compress, records_per_file=a.records_per_file, test_fraction=a.test_fraction,
         frames=a.frames, max_gap=a.max_gap, min_faces=a.min_faces, max_frames=a.max_frames)
-    reader_options = {}
-    if a.dataset == "sample":
-        reader_options = {"size": a.size, "clips": a.clips, "seed": a.seed,
-                          "test_subjects": a.test_subjects, "compound": a.compound}
+    mine = READER_FLAGS.get(a.dataset, ())
+    for flag in sorted({f for fl in READER_FLAGS.values() for f in fl} - set(mine) - set(READER_FLAGS["sample"])):
+        if getattr(a, flag) is not None:
+            owners = " or ".join(d for d, fl in READER_FLAGS.items() if flag in fl)
+            raise UserError(f"--{flag} is an option of --dataset {owners}, not {a.dataset}")
+    reader_options = {k: getattr(a, k) for k in mine if getattr(a, k) is not None}
     prep.run(a.dataset, a.source, a.out, opts, reader_options, a.workers, a.shard_index, a.num_shards)
 
 
@@ -89,6 +97,21 @@ def _train(a: argparse.Namespace, overrides: list[str]) -> None:
     trainer.train(cfg, a.workdir)
 
 
+def _cv(a: argparse.Namespace, overrides: list[str]) -> None:
+    from fergate.train import cv
+
+    if a.aggregate:
+        if a.fold is not None:
+            raise UserError("--aggregate reads every fold's workdir: drop --fold")
+        setup_logging()
+        cv.aggregate(a.workdir, a.folds)
+        return
+    cfg = cv.fold_config(a.config, overrides, a.fold or 0, a.folds)
+    _jax_setup(a)
+    _builtin_data(cfg)
+    cv.run(a.config, overrides, a.workdir, a.folds, a.fold)
+
+
 def _eval(a: argparse.Namespace) -> None:
     import os
 
@@ -97,6 +120,18 @@ def _eval(a: argparse.Namespace) -> None:
     cfg = config_lib.load_workdir(a.workdir)
     _jax_setup(a)
     from fergate.train import program
+
+    if a.pairs:
+        from fergate.train import pairs
+
+        _builtin_data(cfg)
+        rep = pairs.evaluate_pairs(a.workdir, a.pairs, a.out or a.workdir)
+        for name, r in rep["representations"].items():
+            print(f"[eval] {name}: pair accuracy {r['pair_accuracy']:.4f} +- {r['pair_accuracy_std']:.4f}, "
+                  f"IoU of the same / different distance distributions {r['iou']:.3f}")
+        print(f"[eval] {rep['pairs']} pairs ({rep['pairs_dropped']} dropped: a photo without a record) -> "
+              f"{os.path.join(a.out or a.workdir, 'pairs.json')}, pairs.png")
+        return
 
     stage = cfg.data.get("features_from", "")
     if not (stage and program.features_ready(program.features_dir(a.workdir, stage))):  # else the copy suffices
@@ -120,8 +155,9 @@ def _eval(a: argparse.Namespace) -> None:
     if selected:
         print(f"[eval] the selected checkpoint: step {step} ({selected['split']} {selected['metric']} "
               f"{selected['value']:.3f}; train.select)")
-    split = a.split or cfg.data.eval_split
-    results = evaluate.evaluate(prog, state, ddir, split, list(cfg.data.classes))
+    held = program.plan(cfg, ddir, manifest).eval if not a.split else program.Portion(a.split)
+    results = evaluate.evaluate(prog, state, ddir, held.split, list(cfg.data.classes), records=held.records)
+    split = held.name
     results.metrics.update(step=step, split=split, **({"selected": selected} if selected else {}))
     out = a.out or a.workdir
     if jax.process_index() != 0:
@@ -262,10 +298,12 @@ def parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     q = sub.add_parser("prep", help="face pipeline -> ArrayRecord shards + manifest.json")
-    q.add_argument("source", nargs="?", help="dataset root (folder of photos for --dataset sample)")
+    q.add_argument("source", nargs="?", help="dataset root (folder of photos for --dataset sample, the .csv file "
+                   "for csv)")
     q.add_argument("--dataset", required=True,
-                   help="sample | folder | icv_mefed | afew | video_folder | digits_rotated | digits_rotated_scaled | "
-                        "fashion_rotated | dsprites")
+                   help="sample | folder | csv | ckplus | rafdb | affectnet | fer2013 | sfew | expw | afew | bu4dfe | "
+                        "mmi | lfw | icv_mefed | video_folder | digits_rotated | digits_rotated_scaled | "
+                        "fashion_rotated | dsprites (the layouts: README, Datasets)")
     q.add_argument("--out", required=True, help="output directory")
     q.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
     q.add_argument("--shard_index", type=int, default=0, help="this machine's index")
@@ -287,7 +325,7 @@ def parser() -> argparse.ArgumentParser:
     q.add_argument("--no_identity", action="store_true", help="skip the 128-d dlib embedding")
     q.add_argument("--upsample", type=int, default=0, help="HOG detector upsampling")
     q.add_argument("--compress", action="store_true", help="store images as PNG (smaller, slower to read)")
-    g = q.add_argument_group("clips (afew, video_folder, the sample set's clips)")
+    g = q.add_argument_group("clips (afew, video_folder, ckplus, bu4dfe, mmi, the sample set's clips)")
     g.add_argument("--clip_size", type=int, default=64, help="side of the aligned clip frames")
     g.add_argument("--frames", type=int, default=16, help="T: every clip is resampled to T frames")
     g.add_argument("--max_frames", type=int, default=64,
@@ -303,6 +341,28 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--compound", action="store_true",
                    help="the 50 compound classes of iCV-MEFED (two expressions blended) instead of the 7 basic ones")
+    g = q.add_argument_group("CK+ (ckplus)", "--apex_frames is bu4dfe's too, --contempt affectnet's")
+    g.add_argument("--apex_frames", type=int, default=None, metavar="K",
+                   help="ckplus: the last K frames of a sequence, labelled with its emotion (default 3); bu4dfe: the "
+                        "middle K frames of each sequence also as images (default 0: clips only)")
+    g.add_argument("--neutral_frames", type=int, default=None, metavar="N",
+                   help="ckplus: the first N frames of a sequence as neutral (default 3; 0: none)")
+    g.add_argument("--no_sequences", dest="sequences", action="store_const", const=False, default=None,
+                   help="ckplus: images only (by default every labelled sequence is also a clip, in train_clips)")
+    g.add_argument("--contempt", dest="contempt", action="store_const", const=True, default=None,
+                   help="keep contempt: ckplus keeps it by default (8 classes), affectnet drops it (7)")
+    g.add_argument("--no_contempt", dest="contempt", action="store_const", const=False, help="drop contempt")
+    g = q.add_argument_group("RAF-DB (rafdb)")
+    g.add_argument("--original", action="store_const", const=True, default=None,
+                   help="the original photos (basic/Image/original, in basic/Annotation/boundingbox's boxes) instead "
+                        "of the aligned 100 x 100 faces")
+    g = q.add_argument_group("ExpW (expw)")
+    g.add_argument("--min_confidence", type=float, default=None,
+                   help="skip faces whose box confidence is under this, counted as low_confidence (the papers: 60; "
+                        "default 0: keep all)")
+    g = q.add_argument_group("LFW (lfw)")
+    g.add_argument("--pairs", default=None, metavar="FILE",
+                   help="the pairs file in ROOT (default pairs.txt, else pairsDevTest.txt)")
     q.set_defaults(func=_prep)
 
     q = sub.add_parser("train", help="train a config; resumes from the newest checkpoint in --workdir",
@@ -312,10 +372,25 @@ def parser() -> argparse.ArgumentParser:
     _add_jax_args(q)
     q.set_defaults(func=_train, overrides=True)
 
+    q = sub.add_parser("cv", help="subject-independent k-fold cross-validation: train every fold (or --fold i), "
+                       "then mean and spread of the accuracy and the summed confusion matrix",
+                       epilog="Overrides: --config.key=value, applied to every fold. Folds as separate jobs: "
+                       "`fergate cv ... --fold i` on each machine, then `fergate cv ... --aggregate`.")
+    q.add_argument("--config", required=True, help="configs/X.py[:arg=value,...]")
+    q.add_argument("--workdir", required=True, help="fold i trains in WORKDIR/fold-i; cv.json goes here")
+    q.add_argument("--folds", type=int, default=10, help="k (the manifest's class-balanced folds for 10)")
+    q.add_argument("--fold", type=int, default=None, help="train this fold only (a separate job)")
+    q.add_argument("--aggregate", action="store_true", help="only aggregate the finished folds")
+    _add_jax_args(q)
+    q.set_defaults(func=_cv, overrides=True)
+
     q = sub.add_parser("eval", help="evaluate the newest checkpoint of a workdir")
     q.add_argument("--workdir", required=True)
     q.add_argument("--split", default=None, help="default: the config's data.eval_split")
     q.add_argument("--out", default=None, help="report directory (default: the workdir)")
+    q.add_argument("--pairs", default=None, metavar="DATA",
+                   help="instead: same / different-person pairs of a verification set (fergate prep --dataset lfw): "
+                        "distance distributions and pair accuracy of the model's representations (THIN, Fig. 9)")
     q.add_argument("--compare", nargs="+", default=None, metavar="WORKDIR",
                    help="evaluated runs of the same family to draw beside this one (THIN: |cos|, Fig. 8)")
     _add_jax_args(q)

@@ -137,11 +137,26 @@ def load_workdir(workdir: str) -> ml_collections.ConfigDict:
     if not os.path.exists(path):
         raise UserError(f"{path} missing: {workdir} is not a fergate training workdir")
     with open(path) as f:
-        return ml_collections.ConfigDict(_tuples(json.load(f)))
+        cfg = ml_collections.ConfigDict(_tuples(json.load(f)))
+    for section, keys in ADDED_KEYS.items():
+        for k, v in keys.items():
+            if section in cfg and k not in cfg[section]:
+                cfg[section][k] = v
+    return cfg
+
+
+#: config keys added after workdirs were first written, with the values that mean what such
+#: a workdir did (so that `fergate eval` and friends read older workdirs)
+ADDED_KEYS = {"data": {"fold": -1, "folds": 10, "label_map": (), "mix": (), "weight": 1.0}}
 
 
 def to_json(cfg: ml_collections.ConfigDict) -> str:
     return json.dumps(cfg.to_dict(), sort_keys=True, indent=1, default=str)
+
+
+#: keys every earlier stage takes from its config: a stage trained on another fold's held-out
+#: subjects would leak them into the later stage's evaluation
+FOLD_KEYS = ("data.fold", "data.folds")
 
 
 def pretrain_stages(config: ml_collections.ConfigDict) -> dict[str, ml_collections.ConfigDict]:
@@ -153,7 +168,7 @@ def pretrain_stages(config: ml_collections.ConfigDict) -> dict[str, ml_collectio
     for name, spec in sorted(pre.get("configs", {}).items()):
         stage = load(spec)
         with stage.unlocked():
-            for key in pre.get("inherit", ()):
+            for key in (*pre.get("inherit", ()), *FOLD_KEYS):
                 *path, field = key.split(".")
                 dst, src = stage, config
                 for k in path:

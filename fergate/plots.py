@@ -140,6 +140,26 @@ def distributions(histograms: dict[str, dict], xlabel: str, title: str, path: st
     return _save(fig, path)
 
 
+def pair_distances(reps: dict[str, dict], title: str, path: str) -> str:
+    """One panel per representation: the distance distributions of same-person (red) and
+    different-person (green) pairs, as THIN's Fig. 9, with their overlap (IoU) and the pair
+    accuracy of the best threshold."""
+    plt = _plt()
+    fig, axes = plt.subplots(1, len(reps), figsize=(4.2 * len(reps), 3.6), squeeze=False)
+    for ax, (name, r) in zip(axes[0], reps.items()):
+        for key, colour, label in (("same", "tab:red", "same person"), ("different", "tab:green", "different people")):
+            edges, counts = np.array(r[key]["edges"]), np.array(r[key]["counts"], np.float64)
+            ax.plot((edges[:-1] + edges[1:]) / 2, counts / max(counts.sum(), 1), color=colour, marker=".",
+                    label=f"{label} (mean {r[key]['mean']:.2f})")
+        ax.axvline(r["threshold"], color="grey", linestyle=":", label=f"threshold {r['threshold']:.2f}")
+        ax.set_xlabel("distance of the L2-normalised representations")
+        ax.set_ylabel("fraction of pairs")
+        ax.set_title(f"{name}\nIoU {r['iou']:.2f}, pair accuracy {r['pair_accuracy']:.3f}", fontsize=9)
+        ax.legend(fontsize=7)
+    fig.suptitle(title, fontsize=10, y=1.06)
+    return _save(fig, path)
+
+
 def image_grid(images: np.ndarray, row_labels: Sequence[str], title: str, path: str, xlabel: str = "") -> str:
     """images (rows, cols, H, W, C) uint8 as a grid, one labelled row each."""
     plt = _plt()

@@ -221,6 +221,59 @@ def test_fer_identity_cnn_as_the_exogenous_network(sample_data, tmp_path):
     trainer.train(cfg, str(tmp_path / "fer"))
     pre = json.load(open(tmp_path / "fer" / "pretrain" / "identity" / "eval.json"))
     assert pre["accuracy"] > 3 / len(pre["classes"])  # the CNN learned the training subjects' faces
+    # Table 1 / Fig. 9: same / different-person pairs of an LFW layout, in the model's two
+    # representation spaces and dlib's
+    from data_prep import prep
+
+    root, n_pairs = _lfw_layout(tmp_path / "lfw")
+    prep.run("lfw", str(root), str(tmp_path / "lfw_data"), workers=1)
+    r = subprocess.run([sys.executable, "-m", "fergate", "eval", "--workdir", str(tmp_path / "fer"), "--pairs",
+                        str(tmp_path / "lfw_data"), "--out", str(tmp_path / "pairs")], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-3000:]
+    rep = json.load(open(tmp_path / "pairs" / "pairs.json"))
+    assert rep["pairs"] + rep["pairs_dropped"] == n_pairs and rep["pairs_dropped"] == 1  # the missing photo's pair
+    names = set(rep["representations"])
+    assert names == {"thin/exo_tree_gated: expression", "thin/exo_tree_gated: identity",
+                     "dlib face recognition (records)"}, names
+    for res in rep["representations"].values():
+        assert 0 <= res["iou"] <= 1 and 0 <= res["pair_accuracy"] <= 1
+        assert sum(res["same"]["counts"]) == rep["same"] and sum(res["different"]["counts"]) == rep["different"]
+    dlib = rep["representations"]["dlib face recognition (records)"]
+    assert dlib["pair_accuracy"] >= 0.9 and dlib["iou"] < 0.3  # a face-recognition network tells people apart
+    assert (tmp_path / "pairs" / "pairs.png").exists() and "pair accuracy" in r.stdout
+
+
+def _lfw_layout(root) -> tuple:
+    """LFW's layout from the sample set's people: `lfw/<Name>/<Name>_000k.jpg` (3 expressive
+    photos each) and a View 2 `pairs.txt` of 2 folds, same-person then different-person
+    lines, one naming a photo that is not there. Returns (root, number of pairs)."""
+    from PIL import Image
+
+    from data_prep import face as F
+    from data_prep import sample as S
+
+    people = sorted({n for n, *_ in S.sample_photos()})[:4]
+    sources = {n: (p, i) for n, p, i in S.sample_photos()}
+    rng = np.random.default_rng(0)
+    for name in people:
+        person = name.title().replace(" ", "_")
+        os.makedirs(root / "lfw" / person, exist_ok=True)
+        subject = S.Subject(name, *sources[name])
+        for k, expression in enumerate(("neutral", "happiness", "surprise"), 1):
+            for _ in range(10):  # a draw dlib finds a face in: only the missing photo's pair is to be lost
+                img = S.synthesize(subject, expression, 0.8 * (k > 1), rng)
+                if len(F.models().detector(img, 0)):
+                    break
+            Image.fromarray(img).save(root / "lfw" / person / f"{person}_{k:04d}.jpg")
+    names = [n.title().replace(" ", "_") for n in people]
+    same = [f"{n}\t{a}\t{b}" for n in names for a, b in ((1, 2), (2, 3))]
+    diff = [f"{x}\t{a}\t{y}\t{b}" for i, x in enumerate(names) for y in names[i + 1:] for a, b in ((1, 3),)]
+    diff = (diff * 2)[: len(same)]
+    half = len(same) // 2
+    folds = [same[:half] + diff[:half], same[half:] + diff[half:] + [f"{names[0]}\t1\t{names[-1]}\t9"]]
+    with open(root / "pairs.txt", "w") as f:
+        f.write(f"2\t{half}\n" + "".join(line + "\n" for fold in folds for line in fold))
+    return root, sum(map(len, folds))
 
 
 def test_tensorflow_datasets_sources_without_tensorflow(tmp_path):

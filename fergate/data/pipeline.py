@@ -57,15 +57,45 @@ def read_manifest(data_dir: str) -> dict:
 
 
 def split_files(data_dir: str, split: str) -> list[str]:
-    """The shard files of a split, in order."""
+    """The shard files of a split, in order; `a+b` joins splits a and b (their files in turn)."""
     manifest = read_manifest(data_dir)
-    if split not in manifest["splits"]:
-        raise UserError(f"split {split!r} not in {data_dir}; it has {sorted(manifest['splits'])}")
-    files = sorted(glob.glob(os.path.join(data_dir, f"{split}-*-of-*.array_record")))
-    if len(files) != manifest["splits"][split]["files"]:
-        raise UserError(f"{data_dir}: found {len(files)} {split} shards, manifest says "
-                        f"{manifest['splits'][split]['files']}")
+    files = []
+    for part in split_parts(manifest, split, data_dir):
+        found = sorted(glob.glob(os.path.join(data_dir, f"{part}-*-of-*.array_record")))
+        if len(found) != manifest["splits"][part]["files"]:
+            raise UserError(f"{data_dir}: found {len(found)} {part} shards, manifest says "
+                            f"{manifest['splits'][part]['files']}")
+        files += found
     return files
+
+
+def split_parts(manifest: dict, split: str, data_dir: str = "the data") -> list[str]:
+    """The splits `split` names (`a+b`: a and b), each checked to be in the manifest."""
+    parts = list(dict.fromkeys(p for p in split.split("+") if p))
+    for part in parts or [split]:
+        if part not in manifest["splits"]:
+            raise UserError(f"split {part!r} not in {data_dir}; it has {', '.join(sorted(manifest['splits']))}")
+    return parts
+
+
+def training_split(manifest: dict, data: Any) -> str:
+    """The split a run draws its training records from, for a config's `data` section:
+    `data.train_split`, or for a cross-validation fold (`data.fold` >= 0) the training and
+    held-out splits joined (`a+b`, those the manifest has)."""
+    if data.fold < 0:
+        return data.train_split
+    return "+".join(s for s in dict.fromkeys((data.train_split, data.eval_split)) if s in manifest["splits"])
+
+
+def split_entry(manifest: dict, split: str) -> dict:
+    """The manifest's entry of a split (`a+b`: its parts' records, files and per-class counts
+    summed, their subjects joined)."""
+    entries = [manifest["splits"][p] for p in split_parts(manifest, split)]
+    if len(entries) == 1:
+        return entries[0]
+    return {"records": sum(e["records"] for e in entries), "files": sum(e["files"] for e in entries),
+            "per_class": {c: sum(e["per_class"].get(c, 0) for e in entries) for c in manifest["classes"]},
+            "subjects": sorted({s for e in entries for s in e["subjects"]})}
 
 
 def split_labels(files: Sequence[str]) -> np.ndarray:
@@ -127,23 +157,38 @@ class EpochSampler(Sequence):
 
     Train: each epoch is a seeded permutation; with `balance`, per-epoch rejection
     resampling first draws the same number of records from every class (majority classes
-    down-sampled without replacement, minority classes over-sampled), as MoDuL trains.
+    down-sampled without replacement, minority classes over-sampled), as MoDuL trains. With
+    `groups` (a group id per record: the dataset it comes from) and their `weights`, an
+    epoch draws each group's share of records in proportion to its weight the same way
+    (mixed datasets); with both, each class of a group gets an equal part of its group's share.
     Eval (`shuffle=False, num_epochs=1`): records in order, padded with invalid entries to a
     multiple of `pad_to` so every process gets the same number of full batches. `records`
     restricts the stream to those record indices (`labels` are theirs).
     """
 
     def __init__(self, labels: np.ndarray, seed: int = 0, shuffle: bool = True, balance: bool = False,
-                 num_epochs: int | None = None, pad_to: int = 1, records: np.ndarray | None = None):
+                 num_epochs: int | None = None, pad_to: int = 1, records: np.ndarray | None = None,
+                 groups: np.ndarray | None = None, weights: Sequence[float] | None = None):
         self.labels, self.seed, self.shuffle, self.balance = np.asarray(labels), seed, shuffle, balance
         self.records = None if records is None else np.asarray(records, np.int64)
         n = len(self.labels)
         if n == 0:
             raise UserError("the split has no records")
-        if balance:
-            present = np.unique(self.labels)
-            self.per_class = int(round(n / len(present)))
-            self.epoch_len = self.per_class * len(present)
+        self.draws: list[tuple[np.ndarray, int]] = []  # (the records of a stratum, how many an epoch draws)
+        if balance or groups is not None:
+            groups = np.zeros(n, np.int64) if groups is None else np.asarray(groups, np.int64)
+            weights = np.ones(groups.max() + 1) if weights is None else np.asarray(weights, np.float64)
+            present = np.unique(groups)
+            total = weights[present].sum()
+            for g in present:
+                members = np.flatnonzero(groups == g)
+                strata = [members[self.labels[members] == c] for c in np.unique(self.labels[members])] \
+                    if balance else [members]
+                for idx in strata:
+                    self.draws.append((idx, int(round(n * weights[g] / total / len(strata)))))
+            self.epoch_len = sum(k for _, k in self.draws)
+            if self.epoch_len == 0:
+                raise UserError("the data's weights draw no records")
         else:
             self.epoch_len = n
         self.num_epochs = num_epochs
@@ -154,14 +199,14 @@ class EpochSampler(Sequence):
     def epoch(self, e: int) -> np.ndarray:
         if e not in self._cache:
             rng = np.random.default_rng([self.seed, e])
-            if self.balance:
+            if self.draws:
                 parts = []
-                for c in np.unique(self.labels):
-                    idx = rng.permutation(np.flatnonzero(self.labels == c))
-                    if len(idx) >= self.per_class:
-                        parts.append(idx[: self.per_class])
+                for members, k in self.draws:
+                    idx = rng.permutation(members)
+                    if len(idx) >= k:
+                        parts.append(idx[:k])
                     else:
-                        parts.append(np.concatenate([idx, rng.choice(idx, self.per_class - len(idx))]))
+                        parts.append(np.concatenate([idx, rng.choice(idx, k - len(idx))]))
                 order = np.concatenate(parts)
                 order = rng.permutation(order) if self.shuffle else np.sort(order)
             else:
@@ -185,14 +230,16 @@ class EpochSampler(Sequence):
 class Load(grain.transforms.Map):
     """(record index, valid) -> decoded record with the requested fields, `label` as int32
     (read from `label_field`, through `label_map` for string labels such as the subject;
-    an unmapped value gets mask 0), a `mask` (0 for padding) and, with `with_index`, the
+    or `labels[index]` when given: classes mapped onto another list; an unmapped value or a
+    negative one gets mask 0), a `mask` (0 for padding) and, with `with_index`, the
     record's `index` in the split (for evaluation reports). The field
     `SUBJECT_MEAN_LANDMARKS` is derived: the mean landmarks of the record's subject in these
     `files` (`subject_mean_landmarks`)."""
 
     def __init__(self, files: Sequence[str], fields: Sequence[str], label_field: str = "label",
-                 label_map: dict | None = None, with_index: bool = False):
+                 label_map: dict | None = None, with_index: bool = False, labels: np.ndarray | None = None):
         self.files, self.label_field, self.label_map = list(files), label_field, label_map
+        self.labels = None if labels is None else np.asarray(labels, np.int32)
         self.with_index = with_index
         self.derive = SUBJECT_MEAN_LANDMARKS in fields
         self.fields = tuple(dict.fromkeys([*(f for f in fields if f != SUBJECT_MEAN_LANDMARKS), label_field,
@@ -211,10 +258,10 @@ class Load(grain.transforms.Map):
             rec[SUBJECT_MEAN_LANDMARKS] = subject_mean_landmarks(self.files)[rec["subject"]]
         out = {k: np.int32(v) if isinstance(v, int) else v for k, v in rec.items()
                if k not in STRING_FIELDS and k != self.label_field}
-        label = rec[self.label_field]
+        label = rec[self.label_field] if self.labels is None else int(self.labels[index])
         if self.label_map is not None:
             label = self.label_map.get(label, -1)
-            valid = valid and label >= 0
+        valid = valid and label >= 0
         out["label"] = np.int32(max(label, 0))
         if "iod" in out:
             out["iod"] = np.float32(out["iod"])
@@ -481,12 +528,24 @@ def face_transforms(size: int, grey: bool, flip: bool = False, brightness_contra
 
 
 # ----------------------------------------------------------------------------- pipeline
+@dataclasses.dataclass(frozen=True)
+class Mix:
+    """Another prepared dataset's split drawn into training (`make_dataset(mix=...)`)."""
+
+    data_dir: str
+    split: str
+    weight: float  #: its share of training draws, against the main split's weight
+    relabel: tuple[int, ...]  #: its class index -> the training classes' index (-1: dropped)
+    records: np.ndarray | None = None  #: its records to draw from (None: all)
+
+
 def make_dataset(data_dir: str, split: str, fields: Sequence[str], batch_size: int, *, seed: int = 0,
                  train: bool = True, keep: Sequence[str] | None = None, balance: bool = False,
                  transforms: Sequence = (), process_index: int = 0,
                  process_count: int = 1, num_epochs: int | None = None, workers: int = 0, read_threads: int = 4,
                  label_field: str = "label", label_map: dict | None = None,
-                 records: np.ndarray | None = None) -> grain.IterDataset:
+                 records: np.ndarray | None = None, labels: np.ndarray | None = None,
+                 mix: Sequence[Mix] = (), weight: float = 1.0) -> grain.IterDataset:
     """Per-process batches (dicts of numpy arrays, leading axis `batch_size`) of a split.
 
     Train: shuffled (and class-balanced with `balance`), repeated forever unless
@@ -495,20 +554,36 @@ def make_dataset(data_dir: str, split: str, fields: Sequence[str], batch_size: i
     random ones (`grain.transforms.RandomMap`, augmentations) in training only. Process p
     of P reads elements p, p + P, ... of the global stream, so the P per-process batches
     form one global batch. With `keep`, batches hold those fields (plus label, mask, index)
-    and no others; with `records`, only those record indices of the split are read.
+    and no others; with `records`, only those record indices of the split are read; with
+    `labels` (one per record of the split; -1: dropped), those are the labels. `mix`: other
+    datasets' records drawn alongside, each in proportion to its weight against `weight`
+    (the split's own; `EpochSampler`), their labels mapped onto this split's classes.
     """
     from absl import flags
 
     if not flags.FLAGS.is_parsed():
         flags.FLAGS.mark_as_parsed()  # grain reads absl flags; fergate does not use absl.app
     files = split_files(data_dir, split)
-    labels = split_labels(files)
-    if records is not None:
-        labels = labels[np.asarray(records, np.int64)]
-    sampler = EpochSampler(labels, seed, shuffle=train, balance=balance and train,
+    table = split_labels(files) if labels is None else np.asarray(labels, np.int64)
+    records = np.arange(len(table)) if records is None else np.asarray(records, np.int64)
+    if train:  # a dropped class takes no place in a batch (evaluation masks it)
+        records = records[table[records] >= 0]
+    groups, weights = np.zeros(len(records), np.int64), [weight]
+    for g, m in enumerate(mix, 1):
+        more = split_files(m.data_dir, m.split)
+        their = np.asarray(m.relabel, np.int64)[split_labels(more)]
+        mine = np.arange(len(their)) if m.records is None else np.asarray(m.records, np.int64)
+        mine = mine[their[mine] >= 0]
+        records = np.concatenate([records, mine + len(table)])
+        groups = np.concatenate([groups, np.full(len(mine), g)])
+        files, table, weights = files + more, np.concatenate([table, their]), weights + [m.weight]
+    override = table if mix or labels is not None else None
+    sampler = EpochSampler(table[records], seed, shuffle=train, balance=balance and train,
                            num_epochs=num_epochs if train else 1,
-                           pad_to=1 if train else batch_size * process_count, records=records)
-    ds = grain.MapDataset.source(sampler).map(Load(files, fields, label_field, label_map, with_index=not train))
+                           pad_to=1 if train else batch_size * process_count, records=records,
+                           groups=groups if mix and train else None, weights=weights)
+    ds = grain.MapDataset.source(sampler).map(Load(files, fields, label_field, label_map, with_index=not train,
+                                                   labels=override))
     n_random = 0
     for t in transforms:
         if isinstance(t, grain.transforms.RandomMap):
@@ -530,10 +605,10 @@ def make_dataset(data_dir: str, split: str, fields: Sequence[str], batch_size: i
 
 def read_records(data_dir: str, split: str, indices: Sequence[int], fields: Sequence[str],
                  transforms: Sequence = (), label_field: str = "label",
-                 label_map: dict | None = None) -> dict[str, np.ndarray]:
+                 label_map: dict | None = None, labels: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """Records `indices` of a split as an evaluation batch sees them (the deterministic
     `transforms` applied), stacked field by field."""
-    load = Load(split_files(data_dir, split), fields, label_field, label_map)
+    load = Load(split_files(data_dir, split), fields, label_field, label_map, labels=labels)
     maps = [t for t in transforms if not isinstance(t, grain.transforms.RandomMap)]
     recs = []
     for i in indices:
@@ -545,4 +620,4 @@ def read_records(data_dir: str, split: str, indices: Sequence[int], fields: Sequ
 
 
 def num_records(data_dir: str, split: str) -> int:
-    return read_manifest(data_dir)["splits"][split]["records"]
+    return split_entry(read_manifest(data_dir), split)["records"]

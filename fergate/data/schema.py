@@ -47,7 +47,11 @@ FIELDS: dict[str, tuple[str, str | None, tuple | None, str]] = {
     "image": ("array", "uint8", (None, None, None), "a non-face image, H x W x C (synthetic benchmarks)"),
     "rotation_bin": ("int", None, None, "exogenous label: rotation bin (synthetic benchmarks)"),
     "scale_bin": ("int", None, None, "exogenous label: scale bin (synthetic benchmarks)"),
+    "box_source": ("int", None, None, "where the face box came from (`BOX_SOURCES`): 0 dlib's detector, 1 the "
+                   "dataset's annotation, 2 the whole crop (a pre-aligned face the detector missed)"),
 }
+#: `box_source` values, by name (the manifest counts records by these names)
+BOX_SOURCES = ("detected", "dataset", "crop")
 IMAGE_FIELDS = ("face", "clip", "patches", "image")
 
 

@@ -16,6 +16,7 @@ import collections
 import json
 import os
 import time
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -46,12 +47,20 @@ class ShardWriter:
         self.skipped_items: list[tuple[str, str]] = []
         self.landmark_sums: dict[str, np.ndarray] = {}
         self.landmark_counts: collections.Counter = collections.Counter()
+        self.crop_fitted: list[int] = []  #: records whose landmarks were fitted in the whole crop
+        self.box_sources: collections.Counter = collections.Counter()
 
     def write(self, data: bytes, label: int, subject: str) -> None:
         self.writer.write(data)
         self.labels.append(int(label))
         self.subjects.append(subject)
-        if "landmarks" in schema.read_header(data)[1]["fields"]:
+        fields = schema.read_header(data)[1]["fields"]
+        if "box_source" in fields:
+            source = schema.decode(data, ("box_source",))["box_source"]
+            self.box_sources[schema.BOX_SOURCES[source]] += 1
+            if schema.BOX_SOURCES[source] == "crop":
+                self.crop_fitted.append(len(self.labels) - 1)
+        if "landmarks" in fields:
             lm = schema.decode(data, ("landmarks",))["landmarks"].astype(np.float64)
             self.landmark_sums[subject] = self.landmark_sums.get(subject, 0.0) + lm
             self.landmark_counts[subject] += 1
@@ -66,7 +75,8 @@ class ShardWriter:
         stats = {"records": len(self.labels), "labels": self.labels, "subjects": self.subjects,
                  "skipped": dict(self.skipped), "skipped_items": self.skipped_items,
                  "landmark_sums": {k: v.tolist() for k, v in self.landmark_sums.items()},
-                 "landmark_counts": dict(self.landmark_counts)}
+                 "landmark_counts": dict(self.landmark_counts), "crop_fitted": self.crop_fitted,
+                 "box_sources": dict(self.box_sources)}
         path = stats_path(self.out, self.name)
         os.makedirs(os.path.dirname(path), exist_ok=True)
         with open(path + ".tmp", "w") as f:
@@ -79,19 +89,56 @@ def shard_done(out: str, name: str) -> bool:
     return os.path.exists(os.path.join(out, name)) and os.path.exists(stats_path(out, name))
 
 
-def subject_folds(subjects: list[str], k: int = 10) -> dict[str, int]:
-    """Subject-independent k-fold assignment (round-robin over sorted subjects)."""
-    return {s: i % k for i, s in enumerate(sorted(set(subjects)))}
+#: k of the subject-independent folds a manifest records (`fergate cv --folds` may ask for others)
+FOLDS = 10
+
+
+def subject_folds(labels: Sequence[int], subjects: Sequence[str], k: int = FOLDS) -> dict[str, int]:
+    """Subject-independent k-fold assignment, balanced by class where the subjects allow:
+    subjects in decreasing order of their record count (ties by name) each go to the fold
+    where the squared shortfall of every class against its 1/k share shrinks most (ties: the
+    fold with fewest records). Deterministic; every subject of one fold only."""
+    per_subject: dict[str, collections.Counter] = {}
+    for y, s in zip(labels, subjects):
+        per_subject.setdefault(s, collections.Counter())[int(y)] += 1
+    if not per_subject:
+        return {}
+    classes = sorted({c for v in per_subject.values() for c in v})
+    col = {c: i for i, c in enumerate(classes)}
+    counts = np.zeros((len(per_subject), len(classes)))
+    names = sorted(per_subject, key=lambda s: (-sum(per_subject[s].values()), s))
+    for i, s in enumerate(names):
+        for c, n in per_subject[s].items():
+            counts[i, col[c]] = n
+    target = counts.sum(0) / k
+    folds, out = np.zeros((k, len(classes))), {}
+    for i, s in enumerate(names):
+        after = folds + counts[i]
+        # gain of adding here: reduction of sum_c max(target_c - fold_c, 0)^2, scaled per class
+        short_before = np.maximum(target - folds, 0) ** 2 / np.maximum(target, 1)
+        short_after = np.maximum(target - after, 0) ** 2 / np.maximum(target, 1)
+        over = np.maximum(after - target, 0) ** 2 / np.maximum(target, 1)
+        score = (short_before - short_after - over).sum(1)
+        best = max(range(k), key=lambda f: (round(score[f], 9), -folds[f].sum(), -f))
+        folds[best] += counts[i]
+        out[s] = best
+    return dict(sorted(out.items()))
 
 
 def write_manifest(out: str, expected: dict[str, int], info: dict) -> dict:
     """Assembles `manifest.json` from the stats of all finished shards; `complete` says
     whether every expected shard (split -> file count) is there; `folds` assigns the
-    subjects of the written records (skipped items are no subjects) to 10 folds."""
+    subjects of the written records of every split (skipped items are no subjects) to
+    `FOLDS` subject-independent folds balanced by class (`subject_folds`), `fold_counts` the
+    records of each class in each fold; each split's `box_source` counts its records by where
+    their face box came from, `crop_fitted` lists the records (indices in the split) whose
+    landmarks were fitted in the whole pre-aligned crop."""
     classes = info["classes"]
     splits, skipped, missing = {}, collections.Counter(), 0
+    all_labels, all_subjects = [], []
     for split, count in expected.items():
         per_class, subjects, records, split_skipped = collections.Counter(), set(), 0, collections.Counter()
+        crop_fitted, box_sources = [], collections.Counter()
         for i in range(count):
             name = shard_name(split, i, count)
             if not shard_done(out, name):
@@ -99,16 +146,27 @@ def write_manifest(out: str, expected: dict[str, int], info: dict) -> dict:
                 continue
             with open(stats_path(out, name)) as f:
                 st = json.load(f)
+            crop_fitted += [records + j for j in st.get("crop_fitted", [])]
+            box_sources.update(st.get("box_sources", {}))
             records += st["records"]
             per_class.update(classes[c] for c in st["labels"])
             subjects.update(st["subjects"])
             split_skipped.update(st["skipped"])
+            all_labels += st["labels"]
+            all_subjects += st["subjects"]
         skipped.update(split_skipped)
         splits[split] = {"records": records, "files": count,
                          "per_class": {c: per_class.get(c, 0) for c in classes},
                          "subjects": sorted(subjects), "skipped": dict(split_skipped)}
-    folds = subject_folds([s for v in splits.values() for s in v["subjects"]])
+        if box_sources:
+            splits[split]["box_source"] = dict(box_sources)
+            splits[split]["crop_fitted"] = crop_fitted
+    folds = subject_folds(all_labels, all_subjects)
+    fold_counts = [[0] * len(classes) for _ in range(FOLDS)]
+    for y, s in zip(all_labels, all_subjects):
+        fold_counts[folds[s]][y] += 1
     manifest = {"schema_version": SCHEMA_VERSION, **info, "splits": splits, "folds": folds,
+                "fold_counts": fold_counts,
                 "skipped": dict(skipped), "complete": missing == 0, "missing_shards": missing,
                 "written": time.strftime("%Y-%m-%dT%H:%M:%S")}
     tmp = os.path.join(out, "manifest.json.tmp")

@@ -73,10 +73,12 @@ class THIN(nn.Module):
         if self.variant == "exo":  # stage 1: gamma_tau and c_sigma on one exogenous label
             if len(self.exo_names) != 1:
                 raise ValueError("stage 1 (variant exo) trains one exogenous variable at a time")
-            return {"logits": self.exo_classifier(0)(self.exogenous(batch, train)[0])}
+            h = self.exogenous(batch, train)[0]
+            return {"logits": self.exo_classifier(0)(h), "representations": {self.exo_names[0]: h}}
         x = batch[self.image_field].astype(self.dtype) / 255.0
         h_endo = ConvEncoder(self.endo_convs, self.dtype, name="endo")(x, train)
-        out = {"introspect": {}, "losses": {}}
+        # the spaces Fig. 9 / 11 compare on same / different-person pairs (`fergate eval --pairs`)
+        out = {"introspect": {}, "losses": {}, "representations": {"expression": h_endo}}
         if self.variant == "baseline":
             out["logits"] = MLPClassifier(tuple(self.baseline_hidden), self.num_classes, self.dtype,
                                           name="classifier")(h_endo)
@@ -85,6 +87,7 @@ class THIN(nn.Module):
         z = experts(self.members, tuple(self.expert_hidden), self.num_classes, self.dtype, name="experts")(h_endo)
         if self.variant in ("exo_tree_gated", "thin"):  # gamma_tau is frozen
             h_exo = [jax.lax.stop_gradient(h) for h in self.exogenous(batch, False)]
+            out["representations"].update(zip(self.exo_names, h_exo))
         if self.variant == "ensemble":
             g = jnp.full(z.shape[:2], 1.0 / self.members)
         else:
@@ -139,7 +142,8 @@ def resolve(config, manifest: dict | None) -> None:
     synthetic task reports its exogenous bins by number. The classes come from the data
     (stage 1: the exogenous label's)."""
     t = config.thin
-    subjects = len(manifest["splits"][config.data.train_split]["subjects"]) if manifest else BENCH_SUBJECTS
+    subjects = len(pipeline.split_entry(manifest, pipeline.training_split(manifest, config.data))["subjects"]) \
+        if manifest else BENCH_SUBJECTS
     t.exo_classes = tuple(k or subjects for k in t.exo_classes)
     if config.variant == "exo":
         if config.data.label_field not in ("label", "subject"):

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import logging
 import os
 from collections.abc import Callable
 from typing import Any
@@ -25,12 +26,13 @@ import optax
 
 from fergate import models
 from fergate.config import choice
-from fergate.data import pipeline
+from fergate.data import labels, pipeline, shards
 from fergate.data.cache import builtin_dir
 from fergate.errors import UserError
 
 #: metrics `train.select` can pick the best checkpoint by (higher is better)
 SELECT_METRICS = ("accuracy", "mean_class_accuracy")
+log = logging.getLogger(__name__)
 
 
 @flax.struct.dataclass
@@ -132,6 +134,14 @@ def validate(config, workdir: str | None = None) -> None:
                         "steps down every step_every steps: set one of them")
     if not 0 < config.data.val_fraction < 1:
         raise UserError(f"config data.val_fraction={config.data.val_fraction}: must be in (0, 1)")
+    d = config.data
+    if d.fold >= 0 and (d.folds < 2 or d.fold >= d.folds):
+        raise UserError(f"config data.fold={d.fold} of data.folds={d.folds}: expected 0 <= fold < folds, folds >= 2")
+    if d.mix and (d.get("features_from") or d.label_field != "label"):
+        raise UserError("config data.mix draws other datasets' expression labels into training: it does not apply to "
+                        f"a model reading an earlier stage's features or data.label_field={d.label_field}")
+    if d.weight <= 0:
+        raise UserError(f"config data.weight={d.weight}: the main data's share of training draws must be above 0")
     if workdir is not None:
         if os.path.exists(workdir) and not os.path.isdir(workdir):
             raise UserError(f"--workdir {workdir} is a file, not a directory")
@@ -145,28 +155,84 @@ def validate(config, workdir: str | None = None) -> None:
 def resolve(config, manifest: dict | None) -> None:
     """Fills the config fields that depend on the data, before anything is built (None: no
     data, a benchmark): `data.classes` from the manifest (a config that names other classes
-    is refused), then whatever the model family derives (e.g. its number of outputs)."""
+    trains on the data's classes mapped onto them by name, `relabel`; one that cannot be
+    mapped is refused), the datasets `data.mix` draws from are checked, then whatever the
+    model family derives (e.g. its number of outputs)."""
     with config.unlocked():
         if manifest is not None:
-            for split in {config.data.train_split, config.data.eval_split}:
-                if split not in manifest["splits"]:
+            for split in {config.data.train_split, config.data.eval_split} - (
+                    set() if config.data.fold < 0 else {config.data.eval_split}):
+                try:
+                    pipeline.split_parts(manifest, split)
+                except UserError:
                     raise UserError(
                         f"split {split!r} is not in the data (it has {', '.join(sorted(manifest['splits']))}): "
                         "prepare a held-out split with `fergate prep ... --test_fraction 0.2`, or evaluate on "
-                        f"another one with --config.data.eval_split={config.data.train_split}")
+                        f"another one with --config.data.eval_split={config.data.train_split}") from None
             names = class_names(config, manifest)
-            if config.data.classes and names and tuple(config.data.classes) != tuple(names):
-                raise UserError(f"config data.classes={', '.join(config.data.classes)} but the data has "
-                                f"{', '.join(names)}")
             config.data.classes = tuple(config.data.classes or names)
+            relabel(config, manifest)
+            for m in mixed(config, manifest):
+                log.info(f"[data] mixing {m.data_dir} ({m.split}) into training at weight {m.weight:g} "
+                         f"against {config.data.weight:g}")
         models.family(config.model).resolve(config, manifest)
+
+
+def relabel(config, manifest: dict, what: str | None = None) -> tuple[int, ...] | None:
+    """The data's class index -> `data.classes` index (-1: dropped, `data.label_map`
+    FROM=- entries), or None when the data's classes are the config's."""
+    if config.data.label_field != "label":
+        return None
+    mine, theirs = tuple(config.data.classes), tuple(manifest["classes"])
+    if mine == theirs and not config.data.label_map:
+        return None
+    table = tuple(labels.relabel(theirs, mine, labels.parse_mapping(config.data.label_map),
+                                 what or f"the data ({manifest.get('dataset', '?')})"))
+    return None if table == tuple(range(len(theirs))) else table
+
+
+#: prep options two mixed datasets must share: they shape or mean the records' fields
+MIX_OPTIONS = ("face_size", "color", "illumination", "patch_size", "patch_side", "patches", "identity", "align",
+               "face_scale", "clip_size", "frames")
+
+
+def mixed(config, manifest: dict) -> list[pipeline.Mix]:
+    """The datasets `data.mix` ("DIR" or "DIR=WEIGHT" entries) draws into training: their
+    `data.train_split`, labels mapped onto `data.classes`; each is checked to hold records
+    made the same way as the main data's (`MIX_OPTIONS`)."""
+    out = []
+    mine = _prep_options(manifest)
+    for entry in config.data.mix:
+        path, eq, w = str(entry).rpartition("=") if "=" in str(entry) else (str(entry), "", "1")
+        try:
+            weight = float(w)
+        except ValueError:
+            raise UserError(f"config data.mix entry {entry!r}: expected DIR or DIR=WEIGHT") from None
+        if weight < 0 or not path:
+            raise UserError(f"config data.mix entry {entry!r}: expected DIR or DIR=WEIGHT with WEIGHT >= 0")
+        other = pipeline.read_manifest(path)
+        theirs = _prep_options(other)
+        for k in MIX_OPTIONS:
+            if k in mine and k in theirs and mine[k] != theirs[k]:
+                raise UserError(f"config data.mix: {path} was prepared with {k}={theirs[k]}, the main data with "
+                                f"{k}={mine[k]}: prepare both alike (fergate prep --{k} ...)")
+        pipeline.split_parts(other, config.data.train_split, path)
+        table = labels.relabel(other["classes"], config.data.classes, labels.parse_mapping(config.data.label_map),
+                               f"config data.mix: {path} ({other.get('dataset', '?')})")
+        out.append(pipeline.Mix(path, config.data.train_split, weight, tuple(table)))
+    return out
+
+
+def _prep_options(manifest: dict) -> dict:
+    opts = manifest.get("options", {})
+    return {**{k: v for k, v in opts.items() if k != "face"}, **opts.get("face", {})}
 
 
 def label_map(config, manifest: dict | None) -> dict | None:
     """Training on `subject` labels: subject name -> index over the training subjects."""
     if config.data.label_field != "subject" or manifest is None:
         return None
-    return {s: i for i, s in enumerate(manifest["splits"][config.data.train_split]["subjects"])}
+    return {s: i for i, s in enumerate(pipeline.split_entry(manifest, training_split(config, manifest))["subjects"])}
 
 
 def class_names(config, manifest: dict) -> list[str]:
@@ -176,55 +242,114 @@ def class_names(config, manifest: dict) -> list[str]:
     if config.data.label_field == "label":
         return list(manifest["classes"])
     if config.data.label_field == "subject":
-        return list(manifest["splits"][config.data.train_split]["subjects"])
+        return list(pipeline.split_entry(manifest, training_split(config, manifest))["subjects"])
     return []
 
 
+def training_split(config, manifest: dict) -> str:
+    """The split a run draws its training records from (`pipeline.training_split`)."""
+    return pipeline.training_split(manifest, config.data)
+
+
 @dataclasses.dataclass(frozen=True)
-class Validation:
-    """Where validation examples come from (`data.val_split`): a split of the data, or, when
-    the data has none, training subjects held out of training (`data.val_fraction` of them,
-    so that no subject is in both)."""
+class Portion:
+    """Records of a split: all, or `records` (indices in the split)."""
 
     split: str
-    records: np.ndarray | None  #: the split's records to validate on (None: all)
-    train_records: np.ndarray | None  #: the training split's records left to training (None: all)
-    subjects: tuple[str, ...] = ()  #: the training subjects held out
+    records: np.ndarray | None = None
+    name: str = ""  #: how logs and reports call it
+
+    def __post_init__(self):
+        object.__setattr__(self, "name", self.name or self.split)
 
 
-def validation(config, data_dir: str, manifest: dict) -> Validation | None:
-    name = config.data.val_split
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """What a run trains on, validates on (`data.val_split`; None: no validation) and
+    evaluates on: the config's splits, or with `data.fold` = i, fold i of `data.folds`
+    subject-independent folds of the training and held-out splits joined (evaluation) and
+    the other folds (training); validation is then `data.val_fraction` of the training
+    subjects. `held` names the training subjects held out for validation."""
+
+    train: Portion
+    val: Portion | None
+    eval: Portion
+    held: tuple[str, ...] = ()
+
+
+def plan(config, data_dir: str, manifest: dict) -> Plan:
+    d = config.data
+    if d.fold < 0:
+        train, test = Portion(d.train_split), Portion(d.eval_split)
+    else:
+        train, test = cv_fold(config, data_dir, manifest)
+    name = d.val_split
     if not name:
-        return None
-    if name in manifest["splits"]:
-        return Validation(name, None, None)
-    subjects = pipeline.split_subjects(pipeline.split_files(data_dir, config.data.train_split))
-    names = sorted(set(subjects))
+        return Plan(train, None, test)
+    if name in manifest["splits"] and d.fold < 0:
+        return Plan(train, Portion(name), test)
+    subjects = pipeline.split_subjects(pipeline.split_files(data_dir, train.split))
+    pool = np.arange(len(subjects)) if train.records is None else train.records
+    names = sorted(set(subjects[pool]))
     if len(names) < 2:
         raise UserError(f"config data.val_split={name}: the data has no such split, and its {len(names)} training "
                         "subject cannot be split into training and validation subjects (data.val_split='' trains "
                         "without validation)")
-    n = min(len(names) - 1, max(1, round(config.data.val_fraction * len(names))))
+    n = min(len(names) - 1, max(1, round(d.val_fraction * len(names))))
     held = set(np.random.default_rng(0).permutation(names)[:n].tolist())
-    mask = np.isin(subjects, sorted(held))
-    return Validation(config.data.train_split, np.flatnonzero(mask), np.flatnonzero(~mask), tuple(sorted(held)))
+    mask = np.isin(subjects[pool], sorted(held))
+    return Plan(Portion(train.split, pool[~mask], train.name), Portion(train.split, pool[mask], "val"), test,
+                tuple(sorted(held)))
+
+
+def cv_fold(config, data_dir: str, manifest: dict) -> tuple[Portion, Portion]:
+    """(training, held-out) records of fold `data.fold` of `data.folds`: the subjects of the
+    training and held-out splits (those the data has) in the manifest's class-balanced folds
+    (recomputed the same way for another k), the fold's subjects held out."""
+    d, pool = config.data, training_split(config, manifest)
+    files = pipeline.split_files(data_dir, pool)
+    subjects, ys = pipeline.split_subjects(files), pipeline.split_labels(files)
+    folds = manifest.get("folds", {})
+    if len(manifest.get("fold_counts", ())) != d.folds or not set(subjects) <= set(folds):
+        folds = shards.subject_folds(ys, subjects, d.folds)
+    fold = np.array([folds[s] for s in subjects])
+    held = fold == d.fold
+    if not held.any():
+        raise UserError(f"fold {d.fold} of {d.folds} holds no records: {data_dir} has {len(set(subjects))} "
+                        f"subjects in {pool} (fewer folds: --folds)")
+    tag = f"fold {d.fold} of {d.folds}"
+    return Portion(pool, np.flatnonzero(~held), f"{pool} ({tag}: training)"), \
+        Portion(pool, np.flatnonzero(held), f"{pool} ({tag}: held out)")
 
 
 def input_pipeline(config, data_dir: str, split: str, *, train: bool, manifest: dict | None = None,
-                   records: np.ndarray | None = None, all_processes: bool = False) -> grain.IterDataset:
+                   records: np.ndarray | None = None, all_processes: bool = False,
+                   mix: bool = False) -> grain.IterDataset:
     """Batches of `split` (its `records` only, when given) for the config's model: its fields
     and transforms, the training batch size (shuffled, balanced, augmented, repeated) or the
-    evaluation one (one ordered, padded pass). This process's part of each global batch,
-    or with `all_processes` the whole pass in every process."""
+    evaluation one (one ordered, padded pass); its labels mapped onto `data.classes`
+    (`relabel`), and with `mix`, `data.mix`'s datasets drawn alongside. This process's part
+    of each global batch, or with `all_processes` the whole pass in every process."""
     fam = models.family(config.model)
     n = 1 if all_processes else jax.process_count()
     batch = (config.input.batch_size if train else config.eval.batch_size) // n
+    manifest = manifest or pipeline.read_manifest(data_dir)
     return pipeline.make_dataset(
         data_dir, split, fam.record_fields(config), batch, seed=config.seed, train=train,
         keep=tuple(fam.inputs(config)), balance=config.data.balance, transforms=fam.transforms(config, train),
         process_index=0 if all_processes else jax.process_index(), process_count=n,
         workers=config.data.workers if train else 0, label_field=config.data.label_field,
-        label_map=label_map(config, manifest), records=records)
+        label_map=label_map(config, manifest), records=records, labels=split_relabelled(config, data_dir, split,
+                                                                                        manifest),
+        mix=mixed(config, manifest) if mix else (), weight=config.data.weight)
+
+
+def split_relabelled(config, data_dir: str, split: str, manifest: dict) -> np.ndarray | None:
+    """Every record's label of `split` mapped onto `data.classes` (None: no mapping)."""
+    table = relabel(config, manifest)
+    if table is None:
+        return None
+    return np.asarray(table, np.int64)[pipeline.split_labels(pipeline.split_files(data_dir, split))]
 
 
 def record_reader(config, data_dir: str, split: str, manifest: dict | None = None) -> Callable:
@@ -236,7 +361,9 @@ def record_reader(config, data_dir: str, split: str, manifest: dict | None = Non
     def read(indices, fields: tuple[str, ...]) -> dict[str, np.ndarray]:
         load = tuple(dict.fromkeys([*needed, *(f for f in fields if f not in inputs)]))
         recs = pipeline.read_records(data_dir, split, indices, load, transforms, config.data.label_field,
-                                     label_map(config, manifest))
+                                     label_map(config, manifest),
+                                     split_relabelled(config, data_dir, split, manifest or
+                                                      pipeline.read_manifest(data_dir)))
         return {f: recs[f] for f in fields}
 
     return read
@@ -371,7 +498,7 @@ class Program:
     def _predict(self, state: TrainState, batch):
         out, _ = self._apply(state.params, state.model_state, batch, False)
         return {"logits": out["logits"], "introspect": out.get("introspect", {}),
-                **({"features": out["features"]} if "features" in out else {}),
+                **{k: out[k] for k in ("features", "representations") if k in out},
                 **{k: batch[k] for k in ("label", "mask", "index") if k in batch}}
 
     def new_state(self) -> TrainState:

@@ -36,10 +36,10 @@ from fergate.train.program import (
     features_dir,
     global_batch,
     input_pipeline,
+    plan,
     resolve,
     source_dir,
     validate,
-    validation,
 )
 
 log = logging.getLogger(__name__)
@@ -70,13 +70,15 @@ def train(config, workdir: str) -> dict:
         manifest = pipeline.read_manifest(ddir)
     classes = list(config.data.classes)
     prog = Program(config)
-    val = validation(config, ddir, manifest)
-    train_records = val.train_records if val else None
-    it = iter(input_pipeline(config, ddir, config.data.train_split, train=True, manifest=manifest,
-                             records=train_records))
-    if val and val.subjects:
-        log.info(f"[train] validation: {len(val.records)} records of {len(val.subjects)} training subjects held out "
-                 f"of training ({', '.join(val.subjects[:5])}{', ...' if len(val.subjects) > 5 else ''})")
+    data = plan(config, ddir, manifest)
+    it = iter(input_pipeline(config, ddir, data.train.split, train=True, manifest=manifest,
+                             records=data.train.records, mix=True))
+    if data.train.records is not None and config.data.fold >= 0:
+        log.info(f"[train] cross-validation fold {config.data.fold} of {config.data.folds}: "
+                 f"{len(data.train.records)} records train, {len(data.eval.records)} held out")
+    if data.held:
+        log.info(f"[train] validation: {len(data.val.records)} records of {len(data.held)} training subjects held "
+                 f"out of training ({', '.join(data.held[:5])}{', ...' if len(data.held) > 5 else ''})")
 
     # state: the newest checkpoint that restores, else a fresh one with earlier stages loaded
     ckpt = Checkpointer(workdir, keep=c.keep)
@@ -85,12 +87,12 @@ def train(config, workdir: str) -> dict:
         log.info(f"[train] no checkpoint in {ckpt.directory}: starting fresh")
         state, start = load_earlier_stages(prog, prog.new_state(), workdir), 0
         t = time.time()
-        stats = prog.family.statistics(config, input_pipeline(config, ddir, config.data.train_split, train=False,
-                                                              manifest=manifest, records=train_records,
+        stats = prog.family.statistics(config, input_pipeline(config, ddir, data.train.split, train=False,
+                                                              manifest=manifest, records=data.train.records,
                                                               all_processes=True))
         if stats:
             state = prog.with_statistics(state, stats)
-            log.info(f"[train] measured {', '.join(stats)} on the {config.data.train_split} split "
+            log.info(f"[train] measured {', '.join(stats)} on {data.train.name} "
                      f"({time.time() - t:.1f}s)")
         log.info(f"[train] {config.model}/{config.variant}: {prog.n_params():,} parameters, {jax.device_count()} "
                  f"devices ({jax.default_backend()}), global batch {config.input.batch_size}, data {ddir}")
@@ -109,11 +111,11 @@ def train(config, workdir: str) -> dict:
     eval_every = c.eval_every if c.eval_every >= 0 else max(1, c.steps // 10)
     # periodic evaluation: on the validation split when there is one (it may select the
     # checkpoint), else on the held-out split (to watch)
-    watch, watch_records, tag = (val.split, val.records, "val") if val else (config.data.eval_split, None, "eval")
-    selection = Selection(workdir, c.select, f"{watch} ({tag})") if c.select else None
+    watch, tag = (data.val, "val") if data.val else (data.eval, "eval")
+    selection = Selection(workdir, c.select, f"{watch.split} ({tag})") if c.select else None
 
     def evaluate_now(step: int) -> None:
-        m = evaluate.evaluate(prog, state, ddir, watch, classes, records=watch_records).metrics
+        m = evaluate.evaluate(prog, state, ddir, watch.split, classes, records=watch.records).metrics
         writer.write(step, {f"{tag}_{k}": m[k] for k in ("accuracy", "mean_class_accuracy")})
         better = selection is not None and selection.offer(step, state, m)
         log.info(f"[eval] step {step}: {tag} accuracy {m['accuracy']:.3f}, mean class {m['mean_class_accuracy']:.3f}"
@@ -165,7 +167,7 @@ def train(config, workdir: str) -> dict:
                     raise Interrupted(f"{preemption.name} at step {step}: checkpoint saved in {ckpt.directory}; "
                                       "run the same command again to resume", preemption.signum)
                 if eval_every and (step % eval_every == 0 or (step == c.steps and selection)) and \
-                        (step != c.steps or val):  # the held-out split's last evaluation is the final one
+                        (step != c.steps or data.val):  # the held-out split's last evaluation is the final one
                     evaluate_now(step)
     finally:
         profile.close()
@@ -180,14 +182,16 @@ def train(config, workdir: str) -> dict:
         state, evaluated, chosen = restore_selected(workdir, prog.abstract_sharded_state())
         log.info(f"[eval] the selected checkpoint: step {evaluated} ({chosen['split']} {chosen['metric']} "
                  f"{chosen['value']:.3f})")
-    results = evaluate.evaluate(prog, state, ddir, config.data.eval_split, classes)
-    results.metrics.update(step=evaluated, split=config.data.eval_split)
+    results = evaluate.evaluate(prog, state, ddir, data.eval.split, classes, records=data.eval.records)
+    results.metrics.update(step=evaluated, split=data.eval.name)
+    if config.data.fold >= 0:
+        results.metrics.update(fold=config.data.fold, folds=config.data.folds)
     if selection is not None:
         results.metrics["selected"] = selection.best
     writer.write(step, {f"eval_{k}": results.metrics[k] for k in ("accuracy", "mean_class_accuracy")})
     writer.close()
     report = evaluate.write_reports(results, workdir) if jax.process_index() == 0 else results.metrics
-    log.info(f"[eval] {config.data.eval_split}: accuracy {report['accuracy']:.3f}, "
+    log.info(f"[eval] {data.eval.name}: accuracy {report['accuracy']:.3f}, "
              f"mean class accuracy {report['mean_class_accuracy']:.3f} -> {os.path.join(workdir, 'eval.json')}")
     return report
 
