@@ -20,12 +20,12 @@ def base(model: str, variant: str) -> ml_collections.ConfigDict:
     # then reads (VSHNN)
     # val_split: validation for train.select: a split of the data, else val_fraction of the training subjects
     # fold >= 0: cross-validation (`fergate cv`): fold `fold` of `folds` subject-independent folds of
-    # train_split + eval_split is held out, the others train
+    # train_split + eval_split (or the splits `cv_splits` names) is held out, the others train
     # classes: the classes to train on ((): the data's); the data's are mapped onto them by name, label_map
     # "FROM=TO" entries map others ("contempt=-" drops a class)
     # mix: other prepared datasets drawn into training, "DIR" or "DIR=WEIGHT" against `weight` (the main data's)
     c.data = dict(dir="", dataset="sample", prep_options=dict(size=2800), train_split="train", eval_split="test",
-                  val_split="", val_fraction=0.1, fold=-1, folds=10, features_from="", features_field="",
+                  val_split="", val_fraction=0.1, fold=-1, folds=10, cv_splits=(), features_from="", features_field="",
                   label_field="label", classes=(), label_map=(), mix=(), weight=1.0, balance=False, workers=0,
                   # augmentation (faces): flip, rotation by up to `rotate` degrees, photometric
                   flip=False, rotate=0.0, brightness_contrast=False, hue_saturation=False)

@@ -31,7 +31,7 @@ from data_prep import face as F
 from data_prep import sample as S
 from data_prep import synthetic, video
 from fergate.data import compound as compound_labels
-from fergate.data.labels import DATASET_CLASSES
+from fergate.data.labels import DATASET_CLASSES, canonical
 from fergate.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -914,7 +914,7 @@ class LfwReader(LayoutReader):
         head = lines[0][1].split() if lines else []
         if not 1 <= len(head) <= 2 or not all(v.isdigit() for v in head) or int(head[-1]) < 1:
             raise self.error("the first line is not `folds<TAB>n` or `n`", self.pairs_file)
-        per_fold = 2 * int(head[-1])
+        per_fold, folds = 2 * int(head[-1]), int(head[0]) if len(head) == 2 else 1
         pairs, bad, name = [], [], os.path.basename(self.pairs_file)
         for i, (number, line) in enumerate(lines[1:]):
             parts = line.split()
@@ -924,7 +924,8 @@ class LfwReader(LayoutReader):
                 bad.append(bad_item(f"{name}:{number}", "test", self.pairs_file, "malformed_label",
                                     f"{name}:{number}: {line.strip()!r}"))
                 continue
-            pairs.append([self.relpath(*ab[0]), self.relpath(*ab[1]), len(parts) == 3, i // per_fold])
+            pairs.append([self.relpath(*ab[0]), self.relpath(*ab[1]), len(parts) == 3,
+                          min(i // per_fold, folds - 1)])  # lines past the header's count: the last fold
         return pairs, bad
 
     def relpath(self, person: str, number: str) -> str:
@@ -952,10 +953,13 @@ class CsvReader(LayoutReader):
     with or without a header row (one naming `path` and `label` picks the columns by name);
     paths relative to the CSV's folder, or absolute; a label is a class name or a class
     number: with numbers only, the classes are "0" to the largest, else the distinct names
-    sorted. subject defaults to the file's (its `<subject>__` name prefix, or its name), split
-    to `train` (with no `test` rows prep's --test_fraction holds subjects out). A row without
-    a path and label, or with a split that is not a plain word, is skipped as malformed, a
-    missing photo as missing_file."""
+    in canonical spelling (`labels.canonical`: Happy, happy and happiness are one class),
+    sorted. A first row of words naming no file is a header even with other column names
+    (`image,emotion`: the columns are then taken in order). subject defaults to the file's
+    (its `<subject>__` name prefix, or its name), split to `train` (with no `test` rows
+    prep's --test_fraction holds subjects out). A row without a path and label, or with a
+    split that is not a plain word, is skipped as malformed, a missing photo as
+    missing_file."""
 
     name = "csv"
     layout = "SOURCE: a .csv file of rows path,label[,subject,split] (header optional)"
@@ -970,6 +974,11 @@ class CsvReader(LayoutReader):
         named = {"path", "label"} <= set(head)
         col = {f: head.index(f) for f in self.FIELDS if f in head} if named else \
             {f: i for i, f in enumerate(self.FIELDS)}
+        if not named and head and all(re.fullmatch(r"[a-z_ ]+", c) for c in head if c) and not os.path.isfile(
+                os.path.join(os.path.dirname(os.path.abspath(self.source)), rows[0][2][0].strip())):
+            log.info(f"[prep] csv: {self.source}: first row {','.join(head)} taken as a header (columns in order: "
+                     f"{','.join(self.FIELDS)})")
+            named = True
         #: (line number, path, label, subject, split); a malformed row: (line number, None, its text, "", "train")
         self.rows: list[tuple[int, str | None, str, str, str]] = []
         for number, _, row in rows[1 if named else 0:]:
@@ -981,7 +990,8 @@ class CsvReader(LayoutReader):
             path = cell["path"] if os.path.isabs(cell["path"]) else \
                 os.path.join(os.path.dirname(os.path.abspath(self.source)), cell["path"])
             subject = cell.get("subject") or subject_of(os.path.splitext(os.path.basename(path))[0])
-            self.rows.append((number, path, cell["label"], subject, split.lower()))
+            label = cell["label"] if cell["label"].isdigit() else canonical(cell["label"])
+            self.rows.append((number, path, label, subject, split.lower()))
         labels = [r[2] for r in self.rows if r[1]]
         if not labels:
             raise self.error("no row path,label", self.source)

@@ -106,10 +106,44 @@ def _cv(a: argparse.Namespace, overrides: list[str]) -> None:
         setup_logging()
         cv.aggregate(a.workdir, a.folds)
         return
+    if not a.config:
+        raise UserError("--config is needed to train folds (only --aggregate reads the finished folds without it)")
     cfg = cv.fold_config(a.config, overrides, a.fold or 0, a.folds)
     _jax_setup(a)
     _builtin_data(cfg)
     cv.run(a.config, overrides, a.workdir, a.folds, a.fold)
+
+
+def _export(a: argparse.Namespace) -> None:
+    import os
+
+    _jax_setup(a)
+    from fergate import export
+
+    m = export.export(a.workdir, a.out, a.step)
+    print(f"[export] {m['model']} step {m['step']} -> {os.path.abspath(a.out)} ({len(m['classes'])} classes, inputs "
+          f"{', '.join(m['inputs'])}; {m['kind']} model; runs on {', '.join(m['platforms'])})")
+
+
+def _predict(a: argparse.Namespace) -> None:
+    _jax_setup(a)
+    from fergate import export, predict
+
+    if a.batch < 1:
+        raise UserError(f"--batch {a.batch}: at least 1")
+    model = export.load(a.model, a.batch)
+    out = open(a.out, "w") if a.out else sys.stdout
+    try:
+        c = predict.run(model, a.inputs, out, a.workers, a.every, a.window, a.stride, a.annotate, a.heatmaps,
+                        a.pipeline_only)
+    finally:
+        if a.out:
+            out.close()
+    what = "clip windows" if c["kind"] == "clip" else f"faces ({c.get('frames', 0)} from video frames)"
+    print(f"[predict] {c['faces']} {what}, {c['errors']} inputs without a "
+          f"prediction, in {c['seconds']:.1f}s: {c.get('faces_per_sec', 0):.1f}/s"
+          f"{', ' + str(c['steady_faces_per_sec']) + '/s after start-up' if 'steady_faces_per_sec' in c else ''}"
+          f"{' -> ' + a.out if a.out else ''}", file=sys.stderr)
 
 
 def _eval(a: argparse.Namespace) -> None:
@@ -127,7 +161,9 @@ def _eval(a: argparse.Namespace) -> None:
         _builtin_data(cfg)
         rep = pairs.evaluate_pairs(a.workdir, a.pairs, a.out or a.workdir)
         for name, r in rep["representations"].items():
-            print(f"[eval] {name}: pair accuracy {r['pair_accuracy']:.4f} +- {r['pair_accuracy_std']:.4f}, "
+            std = f" +- {r['pair_accuracy_std']:.4f}" if r["pair_accuracy_std"] is not None else \
+                " (one fold: threshold chosen on these pairs)"
+            print(f"[eval] {name}: pair accuracy {r['pair_accuracy']:.4f}{std}, "
                   f"IoU of the same / different distance distributions {r['iou']:.3f}")
         print(f"[eval] {rep['pairs']} pairs ({rep['pairs_dropped']} dropped: a photo without a record) -> "
               f"{os.path.join(a.out or a.workdir, 'pairs.json')}, pairs.png")
@@ -376,8 +412,9 @@ def parser() -> argparse.ArgumentParser:
                        "then mean and spread of the accuracy and the summed confusion matrix",
                        epilog="Overrides: --config.key=value, applied to every fold. Folds as separate jobs: "
                        "`fergate cv ... --fold i` on each machine, then `fergate cv ... --aggregate`.")
-    q.add_argument("--config", required=True, help="configs/X.py[:arg=value,...]")
-    q.add_argument("--workdir", required=True, help="fold i trains in WORKDIR/fold-i; cv.json goes here")
+    q.add_argument("--config", default=None, help="configs/X.py[:arg=value,...] (not needed with --aggregate)")
+    q.add_argument("--workdir", required=True, help="fold i trains in WORKDIR/fold-NN (fold-03: fold 3); cv.json "
+                   "goes here")
     q.add_argument("--folds", type=int, default=10, help="k (the manifest's class-balanced folds for 10)")
     q.add_argument("--fold", type=int, default=None, help="train this fold only (a separate job)")
     q.add_argument("--aggregate", action="store_true", help="only aggregate the finished folds")
@@ -395,6 +432,32 @@ def parser() -> argparse.ArgumentParser:
                    help="evaluated runs of the same family to draw beside this one (THIN: |cos|, Fig. 8)")
     _add_jax_args(q)
     q.set_defaults(func=_eval)
+
+    q = sub.add_parser("export", help="a trained model as a self-contained directory: parameters, config, classes, "
+                       "preprocessing contract and a serialized inference function (jax.export)")
+    q.add_argument("--workdir", required=True)
+    q.add_argument("--out", required=True, help="a new directory")
+    q.add_argument("--step", type=int, default=None, help="this checkpoint step (default: the selected, else newest)")
+    _add_jax_args(q)
+    q.set_defaults(func=_export)
+
+    q = sub.add_parser("predict", help="an exported model on photos, folders (recursively) and videos: one JSON "
+                       "line per face (or clip window)")
+    q.add_argument("--model", required=True, help="an export (fergate export)")
+    q.add_argument("inputs", nargs="+", metavar="INPUT", help="photos, videos, folders")
+    q.add_argument("--out", default=None, help="JSONL file (default: stdout)")
+    q.add_argument("--annotate", default=None, metavar="DIR", help="write the photos / frames with boxes, "
+                   "landmarks and labels drawn")
+    q.add_argument("--heatmaps", default=None, metavar="DIR", help="write each face's attention map over the "
+                   "model's input (models with spatial introspection: the attention CNN)")
+    q.add_argument("--batch", type=int, default=32, help="faces per model call")
+    q.add_argument("--workers", type=int, default=None, help="face pipeline processes (default: all cores)")
+    q.add_argument("--every", type=int, default=1, help="face models on videos: every K-th frame")
+    q.add_argument("--window", type=int, default=None, help="clip models: frames per window (default: T)")
+    q.add_argument("--stride", type=int, default=None, help="clip models: frames between windows (default: T/2)")
+    q.add_argument("--pipeline_only", action="store_true", help="the face pipeline alone, no model (to time it)")
+    _add_jax_args(q)
+    q.set_defaults(func=_predict)
 
     q = sub.add_parser("attend", help="a trained model's attention over whole images of any size (group photos)")
     q.add_argument("--workdir", required=True)

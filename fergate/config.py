@@ -147,7 +147,7 @@ def load_workdir(workdir: str) -> ml_collections.ConfigDict:
 
 #: config keys added after workdirs were first written, with the values that mean what such
 #: a workdir did (so that `fergate eval` and friends read older workdirs)
-ADDED_KEYS = {"data": {"fold": -1, "folds": 10, "label_map": (), "mix": (), "weight": 1.0}}
+ADDED_KEYS = {"data": {"fold": -1, "folds": 10, "cv_splits": (), "label_map": (), "mix": (), "weight": 1.0}}
 
 
 def to_json(cfg: ml_collections.ConfigDict) -> str:
@@ -174,6 +174,9 @@ def pretrain_stages(config: ml_collections.ConfigDict) -> dict[str, ml_collectio
                 for k in path:
                     dst, src = dst[k], src[k]
                 dst[field] = src[field]
+            if config.data.get("fold", -1) >= 0:  # a stage's fold is drawn from its config's pool of splits
+                stage.data.cv_splits = tuple(config.data.get("cv_splits") or
+                                             (config.data.train_split, config.data.eval_split))
             if pre.get("steps"):
                 stage.train.steps = pre.steps
         stages[name] = stage

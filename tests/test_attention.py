@@ -117,6 +117,26 @@ def test_attention_learns_on_the_baselines_convolutions(trained):
     assert (trained / "attention_maps.png").exists()
 
 
+def test_exported_attention_equals_eval_and_predict_draws_heatmaps(trained, photos, tmp_path):
+    """The export predicts the eval step's logits; `fergate predict --heatmaps` draws each
+    face's attention map over the model's input and summarises it in the JSON line."""
+    from PIL import Image
+    from test_export import check_export
+
+    model = check_export(trained, tmp_path / "E", "test")
+    name, img = next(iter(photos.items()))
+    Image.fromarray(img).save(tmp_path / f"{name}.png")
+    r = subprocess.run([sys.executable, "-m", "fergate", "predict", "--model", model.path,
+                        str(tmp_path / f"{name}.png"), "--heatmaps", str(tmp_path / "heat"), "--workers", "1"],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-3000:]
+    line = json.loads(r.stdout.splitlines()[0])
+    maps = [k for k, v in line["introspection"].items()
+            if (len(v["shape"]) if isinstance(v, dict) else np.ndim(v)) == 2]  # small maps whole, big ones summed up
+    assert maps == ["attention"] and abs(np.sum(line["introspection"]["attention"]) - 1) < 1e-3
+    assert sorted(os.listdir(tmp_path / "heat")) == sorted(f"{name}_face0_{k}.png" for k in maps)
+
+
 def test_the_fully_convolutional_mode_over_a_group_photo(trained, tmp_path):
     spec = importlib.util.find_spec("feat")
     group = glob.glob(os.path.join(spec.submodule_search_locations[0], "tests", "data", "multi_face.jpg")) if spec \

@@ -104,6 +104,34 @@ def test_cv_folds_as_separate_jobs_then_aggregate(sample_data, tmp_path):
     assert evals[0]["fold"] == 0 and evals[1]["split"] == "train+test (fold 1 of 3: held out)"
 
 
+def test_cv_stops_on_a_signal_and_refuses_what_would_mislead(sample_data, tmp_path, monkeypatch):
+    """Ctrl-C / SIGTERM in a fold stops the whole run (the fold resumes later), not just the
+    fold; more folds than subjects is said before any training; an eval.json that is not the
+    fold's held-out evaluation is not averaged in."""
+    from fergate.errors import Interrupted
+    from fergate.train import trainer
+
+    spec, over = "configs/modul.py:smoke=True", [f"--config.data.dir={sample_data}"]
+
+    def interrupted(cfg, workdir):
+        raise Interrupted("SIGTERM at step 3: checkpoint saved", 15)
+
+    monkeypatch.setattr(trainer, "train", interrupted)
+    with pytest.raises(Interrupted):
+        cv.run(spec, over, str(tmp_path / "cv"), 2)
+    assert json.load(open(tmp_path / "cv" / "fold-00" / "fold.json"))["status"] == "interrupted"
+    assert not (tmp_path / "cv" / "fold-01").exists()  # the next fold did not start
+    subjects = len(pipeline.split_entry(pipeline.read_manifest(sample_data), "train+test")["subjects"])
+    with pytest.raises(UserError, match=f"has {subjects} subjects in train\\+test, so at most {subjects}"):
+        cv.run(spec, over, str(tmp_path / "cv2"), subjects + 1)
+    out = tmp_path / "cv3" / "fold-00"
+    out.mkdir(parents=True)
+    (out / "fold.json").write_text(json.dumps({"status": "done"}))
+    (out / "eval.json").write_text(json.dumps({"split": "train", "classes": ["a"], "accuracy": 1.0}))
+    with pytest.raises(UserError, match="is not fold 0 of 2's held-out evaluation"):
+        cv.aggregate(str(tmp_path / "cv3"), 2)
+
+
 def test_mixed_groups_are_drawn_by_weight_and_classes_balanced_within():
     ys = np.array([0] * 80 + [1] * 20 + [0] * 10 + [2] * 10)
     groups = np.array([0] * 100 + [1] * 20)
@@ -184,19 +212,25 @@ def test_mixing_maps_each_datasets_labels_onto_the_config_classes(sample_data, r
     shutil.copytree(other, odd)
     json.dump(m2, open(os.path.join(odd, "manifest.json"), "w"))
     cfg = C.load("configs/modul.py:smoke=True", [f"--config.data.dir={sample_data}", f"--config.data.mix=('{odd}',)"])
+    program.resolve(cfg, manifest)  # evaluation needs none of the mixed datasets
     with pytest.raises(UserError, match=r"prepared with face_size=48, the main data with face_size=96"):
-        program.resolve(cfg, manifest)
+        program.mixed(cfg, manifest)
+    cfg = C.load("configs/modul.py:smoke=True", [f"--config.data.dir={sample_data}", f"--config.data.mix=('{other}',)",
+                                                 "--config.data.label_map=('suprise=-',)"])
+    program.resolve(cfg, manifest)
+    with pytest.raises(UserError, match="label_map names suprise, a class of none of the data"):
+        program.mixed(cfg, manifest)
 
 
 def test_training_on_fewer_classes_drops_the_rest_from_training_and_evaluation(sample_data, tmp_path):
     """data.classes naming 6 of the 7 classes with neutral dropped: no neutral record is
     drawn for training, and evaluation counts only the 6 classes' records."""
     six = tuple(c for c in labels.BASIC7 if c != "neutral")
-    cfg = C.load("configs/modul.py:smoke=True", [f"--config.data.dir={sample_data}", f"--config.data.classes={six}",
+    cfg = C.load("configs/modul.py:smoke=True", [f"--config.data.dir={sample_data}",
                                                  "--config.data.label_map=('neutral=-',)"])
     manifest = pipeline.read_manifest(sample_data)
     program.resolve(cfg, manifest)
-    assert cfg.modul.num_classes == 6
+    assert cfg.modul.num_classes == 6 and cfg.data.classes == six  # the dropped class is no output
     ds = program.input_pipeline(cfg, sample_data, "train", train=True, manifest=manifest)
     it = iter(ds)
     got = np.concatenate([next(it)["label"] for _ in range(10)])

@@ -241,6 +241,9 @@ def test_geometry_learns_and_fusion_runs_end_to_end(micro_data, tmp_path):
     assert sorted(ev["top_k"]) == ["1", "2", "3", "4", "5"] and ev["top_k"]["5"] >= ev["top_k"]["1"]
     np.testing.assert_allclose(ev["misclassification_percent"], 100 * (1 - ev["accuracy"]))
     assert os.path.exists(os.path.join(w, "confusion_matrix.png"))
+    from test_export import check_export  # the displacement from the subject's mean face, as in evaluation
+
+    check_export(w, tmp_path / "E", "test")
 
 
 def test_compound_sample_runs_the_50_class_path(tmp_path):

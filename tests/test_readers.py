@@ -503,15 +503,19 @@ def test_csv_of_paths_and_labels(face, tmp_path):
             "images/a.jpg,sad,alice,not a split"]
     _write(root / "labels.csv", "\n".join(rows) + "\n")
     m, recs = _prep("csv", root / "labels.csv", tmp_path / "out")
-    assert m["classes"] == ["happy", "sad"] and m["skipped"] == {"missing_file": 1, "malformed_label": 2}
-    assert sorted((r["subject"], r["label_name"]) for r in recs["train"]) == [("alice", "happy"), ("b", "sad")]
-    assert [(r["subject"], r["label_name"]) for r in recs["test"]] == [("c", "happy")]
+    assert m["classes"] == ["happiness", "sadness"] and m["skipped"] == {"missing_file": 1, "malformed_label": 2}
+    assert sorted((r["subject"], r["label_name"]) for r in recs["train"]) == [("alice", "happiness"), ("b", "sadness")]
+    assert [(r["subject"], r["label_name"]) for r in recs["test"]] == [("c", "happiness")]
     # no header, class numbers, an absolute path
     _write(root / "numbers.csv", f"{a},2\nimages/b.jpg,0\n")
     r = datasets.reader("csv", str(root / "numbers.csv"))
     assert r.classes == ("0", "1", "2")
     assert [(it.label, it.subject, it.split, it.source) for it in r.items()] == [
         (2, "a", "train", a), (0, "b", "train", str(root / "images" / "b.jpg"))]
+    # a header of other column names; one class in three spellings
+    _write(root / "other.csv", "image,emotion\nimages/a.jpg,Happy\nimages/b.jpg,happiness\nimages/c__1.jpg,happy\n")
+    r = datasets.reader("csv", str(root / "other.csv"))
+    assert r.classes == ("happiness",) and len(r.items()) == 3 and all(it.kind == "image" for it in r.items())
 
 
 # -- every reader --------------------------------------------------------------------------------

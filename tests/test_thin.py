@@ -221,6 +221,9 @@ def test_fer_identity_cnn_as_the_exogenous_network(sample_data, tmp_path):
     trainer.train(cfg, str(tmp_path / "fer"))
     pre = json.load(open(tmp_path / "fer" / "pretrain" / "identity" / "eval.json"))
     assert pre["accuracy"] > 3 / len(pre["classes"])  # the CNN learned the training subjects' faces
+    from test_export import check_export
+
+    check_export(tmp_path / "fer", tmp_path / "E", "test")
     # Table 1 / Fig. 9: same / different-person pairs of an LFW layout, in the model's two
     # representation spaces and dlib's
     from data_prep import prep

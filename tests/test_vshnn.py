@@ -253,6 +253,11 @@ def test_two_stages_in_one_command(tmp_path):
     assert manifest["features"]["width"] == 256 and manifest["features"]["field"] == "clip_features"
     report = json.loads((w / "eval.json").read_text())
     assert report["split"] == "test_clips" and 0 <= report["accuracy"] <= 1
+    # exported with its frame CNN as a stage: from the clips alone, the eval step's logits
+    from test_export import check_export
+
+    model = check_export(w, tmp_path / "E", "test_clips", n=8)
+    assert model.kind == "clip" and list(model.stages) == ["frames"]
 
     # the stored features are the frame CNN's output for the stored clip
     from fergate.data import pipeline

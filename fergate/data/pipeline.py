@@ -81,10 +81,12 @@ def split_parts(manifest: dict, split: str, data_dir: str = "the data") -> list[
 def training_split(manifest: dict, data: Any) -> str:
     """The split a run draws its training records from, for a config's `data` section:
     `data.train_split`, or for a cross-validation fold (`data.fold` >= 0) the training and
-    held-out splits joined (`a+b`, those the manifest has)."""
+    held-out splits joined (`a+b`, those the manifest has; `data.cv_splits` when set: an
+    earlier stage takes its later stage's)."""
     if data.fold < 0:
         return data.train_split
-    return "+".join(s for s in dict.fromkeys((data.train_split, data.eval_split)) if s in manifest["splits"])
+    pool = data.get("cv_splits") or (data.train_split, data.eval_split)
+    return "+".join(s for s in dict.fromkeys(pool) if s in manifest["splits"])
 
 
 def split_entry(manifest: dict, split: str) -> dict:
@@ -256,19 +258,25 @@ class Load(grain.transforms.Map):
         rec = schema.decode(self._source[index], self.fields)
         if self.derive:
             rec[SUBJECT_MEAN_LANDMARKS] = subject_mean_landmarks(self.files)[rec["subject"]]
-        out = {k: np.int32(v) if isinstance(v, int) else v for k, v in rec.items()
-               if k not in STRING_FIELDS and k != self.label_field}
+        out = record_for_model({k: v for k, v in rec.items() if k != self.label_field})
         label = rec[self.label_field] if self.labels is None else int(self.labels[index])
         if self.label_map is not None:
             label = self.label_map.get(label, -1)
         valid = valid and label >= 0
         out["label"] = np.int32(max(label, 0))
-        if "iod" in out:
-            out["iod"] = np.float32(out["iod"])
         out["mask"] = np.float32(valid)
         if self.with_index:
             out["index"] = np.int32(index)
         return out
+
+
+def record_for_model(rec: dict) -> dict:
+    """A decoded record's fields as the model's transforms take them: strings dropped, whole
+    numbers as int32, the iod as float32 (for `Load`, and for `fergate predict`'s records)."""
+    out = {k: np.int32(v) if isinstance(v, int) else v for k, v in rec.items() if k not in STRING_FIELDS}
+    if "iod" in out:
+        out["iod"] = np.float32(out["iod"])
+    return out
 
 
 @dataclasses.dataclass

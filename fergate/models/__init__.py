@@ -20,6 +20,10 @@ Required:
 
 Optional (defaults in this module):
 
+    predict_inputs(config) -> {field: (per-example shape, numpy dtype)}
+        The inputs of an evaluation batch, where they differ from the training batch's
+        `inputs` (a frame CNN trained on a few frames of each clip that reads all T in
+        evaluation): the shapes `fergate export` serializes its function for. Default: `inputs`.
     record_fields(config) -> (field, ...)
         The record fields to read, when `transforms` derive inputs from others (e.g. a point
         from the landmarks). Default: the `inputs` fields.
@@ -166,12 +170,15 @@ class Family:
         if missing:
             raise UserError(f"model family {module.__name__} lacks {', '.join(missing)} (see fergate.models)")
         self.build, self.inputs = module.build, module.inputs
-        for name in ("record_fields", "resolve", "statistics", "loss", "transforms", "example_batch", "reports",
-                     "compare", "attend", "stages"):
+        for name in ("predict_inputs", "record_fields", "resolve", "statistics", "loss", "transforms",
+                     "example_batch", "reports", "compare", "attend", "stages"):
             if hasattr(module, name):
                 setattr(self, name, getattr(module, name))
 
     # the defaults of the optional functions
+    def predict_inputs(self, config) -> dict:
+        return self.inputs(config)
+
     def record_fields(self, config) -> tuple[str, ...]:
         return tuple(self.inputs(config))
 

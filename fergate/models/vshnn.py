@@ -290,14 +290,22 @@ def _mm(a: jax.Array, b: jax.Array) -> jax.Array:
 def frame_correlation(x: jax.Array) -> jax.Array:
     """R of Eq. 1-2 (..., N, N) from per-frame vectors x (..., N, D): Y = X X^T, r_jk the
     Pearson correlation between columns j and k of Y over its rows. A constant column (all
-    frames alike) correlates 0 with every column."""
+    frames alike) correlates 0 with every column: one whose spread is under `CONSTANT` of its
+    size, so that float32 rounding left in a constant column (which differs with the batch
+    shape XLA compiles for) is not read as a correlation."""
     x = x.astype(jnp.float32)
     y = _mm(x, jnp.swapaxes(x, -1, -2))
     yc = y - y.mean(-2, keepdims=True)
     s = _mm(jnp.swapaxes(yc, -1, -2), yc)  # N s_jk
-    d = jnp.sqrt(jnp.diagonal(s, axis1=-2, axis2=-1))
-    den = d[..., :, None] * d[..., None, :]
+    d = jnp.sqrt(jnp.maximum(jnp.diagonal(s, axis1=-2, axis2=-1), 0.0))
+    varies = d > CONSTANT * jnp.linalg.norm(y, axis=-2)
+    den = jnp.where(varies[..., :, None] & varies[..., None, :], d[..., :, None] * d[..., None, :], 0.0)
     return jnp.where(den > 0, s / jnp.where(den > 0, den, 1.0), 0.0)
+
+
+#: a column of Y whose spread over the frames is under this fraction of its norm is constant
+#: (float32 keeps ~7 digits; rounding leaves ~1e-7 of a constant column)
+CONSTANT = 1e-5
 
 
 def frame_substitution(x: jax.Array, k: int) -> tuple[jax.Array, jax.Array]:
@@ -538,6 +546,14 @@ def inputs(config) -> dict:
         spec[FEATURES_FIELD] = ((t, v.frame_fc[-1]), np.float32)
     if uses_landmarks(config):  # 68 x 2, or 68 x 3 with 3D landmarks
         spec["clip_landmarks"] = ((t, 68, config.input.get("landmark_dims", 2)), np.float32)
+    return spec
+
+
+def predict_inputs(config) -> dict:
+    """As `inputs`, stage 1 reading all T frames of a clip (its evaluation batches)."""
+    spec = inputs(config)
+    if config.variant == "frames":
+        spec["clip"] = ((config.input.frames, *spec["clip"][0][1:]), np.uint8)
     return spec
 
 

@@ -40,11 +40,18 @@ class Checkpointer:
     def steps(self) -> list[int]:
         return sorted(self.manager.all_steps(), reverse=True)
 
-    def restore(self, abstract_state: Any, iterator: Any | None = None) -> tuple[Any, int] | None:
-        """(state, step) of the newest checkpoint that restores; None when there is none.
-        The iterator, when given, is restored in place."""
+    def restore(self, abstract_state: Any, iterator: Any | None = None,
+                step: int | None = None) -> tuple[Any, int] | None:
+        """(state, step) of the newest checkpoint that restores (or of `step`); None when
+        there is none. The iterator, when given, is restored in place."""
         failures = []
-        for step in self.steps():
+        steps = self.steps()
+        if step is not None:
+            if step not in steps:
+                raise UserError(f"no checkpoint of step {step} in {self.directory} (it has steps "
+                                f"{', '.join(map(str, sorted(steps))) or 'none'})")
+            steps = [step]
+        for step in steps:
             items = {"state": ocp.args.StandardRestore(abstract_state)}
             if iterator is not None:
                 items["data"] = grain.checkpoint.CheckpointRestore(iterator)

@@ -1,7 +1,7 @@
 """`fergate cv`: subject-independent k-fold cross-validation (the protocol of the MoDuL and
 VSHNN papers: 10 folds, no subject in two folds, accuracy as the mean over folds).
 
-Fold i trains the config with `data.fold = i` in `W/fold-i` (the trainer holds that fold's
+Fold i trains the config with `data.fold = i` in `W/fold-NN` (the trainer holds that fold's
 subjects out and evaluates on them, `program.cv_fold`), so a fold is an ordinary training
 run: it resumes when killed, and folds can run as separate jobs on separate machines
 (`--fold i`). The aggregation reads the fold workdirs' `eval.json`: mean and spread of the
@@ -17,11 +17,12 @@ import os
 import time
 import traceback
 
+import jax
 import numpy as np
 
 from fergate import config as config_lib
 from fergate import plots
-from fergate.errors import UserError
+from fergate.errors import Interrupted, UserError
 
 log = logging.getLogger(__name__)
 
@@ -37,27 +38,61 @@ def fold_config(spec: str, overrides: list[str], fold: int, folds: int):
 
 def run_fold(spec: str, overrides: list[str], workdir: str, fold: int, folds: int) -> dict:
     """Trains and evaluates fold `fold` in `fold_dir(workdir, fold)`; its `fold.json` says
-    whether it finished, or the error that stopped it (re-raised)."""
+    whether it finished, was interrupted (it resumes), or the error that stopped it
+    (re-raised). A finished fold that a re-run is refused for stays finished."""
     from fergate.train import program, trainer
 
     cfg = fold_config(spec, overrides, fold, folds)
     out = fold_dir(workdir, fold)
     program.validate(cfg, out)
     os.makedirs(out, exist_ok=True)
+    was_done = _finished(out)
     _status(out, "running")
     try:
         report = trainer.train(cfg, out)
+    except Interrupted:
+        _status(out, "interrupted")
+        raise
     except BaseException as e:
-        _status(out, "failed", f"{type(e).__name__}: {e}")
+        _status(out, "done" if was_done else "failed", "" if was_done else f"{type(e).__name__}: {e}")
         raise
     _status(out, "done")
     return report
 
 
 def _status(out: str, status: str, error: str = "") -> None:
+    if jax.process_index() != 0:  # one writer per fold
+        return
     with open(os.path.join(out, "fold.json.tmp"), "w") as f:
         json.dump({"status": status, "error": error, "time": time.strftime("%Y-%m-%dT%H:%M:%S")}, f)
     os.replace(os.path.join(out, "fold.json.tmp"), os.path.join(out, "fold.json"))
+
+
+def check_folds(cfg, folds: int) -> None:
+    """k folds need at least k subjects in the pooled splits: said before any fold trains."""
+    from fergate.data import pipeline
+    from fergate.train import program
+
+    manifest = pipeline.read_manifest(program.source_dir(cfg))
+    pool = pipeline.training_split(manifest, cfg.data)
+    n = len(pipeline.split_entry(manifest, pool)["subjects"])
+    if folds > n:
+        raise UserError(f"--folds {folds}: the data has {n} subjects in {pool}, so at most {n} subject-independent "
+                        f"folds (--folds {n}: one subject held out at a time)")
+
+
+def _same_config(out: str, cfg) -> list[str]:
+    """The config keys a fold's workdir was trained with that differ from `cfg`'s (resolved
+    against the data, as the trainer saves it)."""
+    from fergate.data import pipeline
+    from fergate.train import program
+    from fergate.train.trainer import RESUMABLE_CHANGES
+
+    program.resolve(cfg, pipeline.read_manifest(program.source_dir(cfg)))
+    with open(os.path.join(out, "config.json")) as f:
+        saved = config_lib.flatten(json.load(f))
+    now = config_lib.flatten(json.loads(config_lib.to_json(cfg)))
+    return [k for k in sorted(set(saved) | set(now)) if saved.get(k) != now.get(k) and k not in RESUMABLE_CHANGES]
 
 
 def run(spec: str, overrides: list[str], workdir: str, folds: int, only: int | None = None) -> dict | None:
@@ -69,16 +104,23 @@ def run(spec: str, overrides: list[str], workdir: str, folds: int, only: int | N
     if only is not None:
         if not 0 <= only < folds:
             raise UserError(f"--fold {only}: expected 0 <= fold < --folds {folds}")
+        check_folds(fold_config(spec, overrides, only, folds), folds)
         run_fold(spec, overrides, workdir, only, folds)
         return aggregate(workdir, folds, partial=True)
-    fold_config(spec, overrides, 0, folds)  # a config mistake fails here, before any fold
+    check_folds(fold_config(spec, overrides, 0, folds), folds)  # a mistake fails here, before any fold
     for i in range(folds):
         if _finished(fold_dir(workdir, i)):
+            differ = _same_config(fold_dir(workdir, i), fold_config(spec, overrides, i, folds))
+            if differ:
+                raise UserError(f"{fold_dir(workdir, i)} was trained with another config (differs in "
+                                f"{', '.join(differ[:6])}): use a new --workdir")
             log.info(f"[cv] fold {i} of {folds}: finished earlier ({fold_dir(workdir, i)})")
             continue
         log.info(f"[cv] fold {i} of {folds} -> {fold_dir(workdir, i)}")
         try:
             run_fold(spec, overrides, workdir, i, folds)
+        except Interrupted:
+            raise  # a signal stops the whole run; re-running resumes this fold
         except UserError as e:
             if i == 0 and not _finished(fold_dir(workdir, 0)):
                 raise  # the config or the data is wrong: every fold would fail alike
@@ -109,9 +151,13 @@ def aggregate(workdir: str, folds: int, partial: bool = False) -> dict | None:
         if _finished(out):
             with open(os.path.join(out, "eval.json")) as f:
                 done[i] = json.load(f)
+            if done[i].get("fold") != i or done[i].get("folds") != folds:
+                raise UserError(f"{out}/eval.json is not fold {i} of {folds}'s held-out evaluation (fold "
+                                f"{done[i].get('fold')} of {done[i].get('folds')}, split {done[i].get('split')}): "
+                                f"re-run `fergate eval --workdir {out}` without --split, or use a new --workdir")
         elif status.get("status") == "failed":
             failed[i] = status.get("error", "")
-        else:
+        else:  # not run, running, or interrupted (a re-run resumes it)
             missing.append(i)
     if partial and (missing or failed):
         waiting = ", ".join(map(str, missing + list(failed)))
@@ -119,12 +165,15 @@ def aggregate(workdir: str, folds: int, partial: bool = False) -> dict | None:
                  "--aggregate` when they are)")
         return None
     if not done:
-        raise UserError(f"no fold of {workdir} has finished (fold-NN/eval.json): run `fergate cv` first")
+        found = sorted(d for d in os.listdir(workdir) if d.startswith("fold-")) if os.path.isdir(workdir) else []
+        raise UserError(f"no fold of {folds} in {workdir} has finished (fold-NN/eval.json)"
+                        f"{': it has ' + ', '.join(found) + ' (another --folds?)' if found else ''}: run `fergate cv` "
+                        "first")
     classes = next(iter(done.values()))["classes"]
     for i, r in done.items():
-        if r.get("folds", folds) != folds or r["classes"] != classes:
-            raise UserError(f"{fold_dir(workdir, i)} was trained as fold {r.get('fold')} of {r.get('folds')} "
-                            f"with classes {', '.join(r['classes'])}: not a fold of this {folds}-fold run")
+        if r["classes"] != classes:
+            raise UserError(f"{fold_dir(workdir, i)} was trained with classes {', '.join(r['classes'])}, "
+                            f"{fold_dir(workdir, min(done))} with {', '.join(classes)}: not folds of one run")
     acc = np.array([done[i]["accuracy"] for i in sorted(done)])
     mca = np.array([done[i]["mean_class_accuracy"] for i in sorted(done)])
     conf = np.sum([np.asarray(done[i]["confusion_matrix"], np.int64) for i in sorted(done)], 0)
@@ -132,7 +181,7 @@ def aggregate(workdir: str, folds: int, partial: bool = False) -> dict | None:
     per_class = {c: (float(conf[k, k] / support[k]) if support[k] else None) for k, c in enumerate(classes)}
 
     def spread(x: np.ndarray) -> dict:
-        return {"mean": float(x.mean()), "std": float(x.std(ddof=1)) if len(x) > 1 else 0.0,
+        return {"mean": float(x.mean()), "std": float(x.std(ddof=1)) if len(x) > 1 else None,
                 "min": float(x.min()), "max": float(x.max())}
 
     report = {
@@ -145,18 +194,24 @@ def aggregate(workdir: str, folds: int, partial: bool = False) -> dict | None:
                    "per_class_accuracy": per_class},
         "confusion_matrix": conf.tolist(), "classes": classes,
     }
+    if jax.process_index() != 0:
+        return report
     os.makedirs(workdir, exist_ok=True)
     with open(os.path.join(workdir, "cv.json"), "w") as f:
         json.dump(report, f, indent=1)
     labels = np.repeat(np.repeat(np.arange(len(classes)), len(classes)), conf.ravel())
     preds = np.repeat(np.tile(np.arange(len(classes)), len(classes)), conf.ravel())
+
+    def pm(key: str) -> str:
+        std = report[key]["std"]
+        return f"{report[key]['mean']:.3f}" + (f" +- {std:.3f}" if std is not None else "")
+
     title = (f"{len(done)} of {folds} subject-independent folds, summed ({int(conf.sum())} examples)\n"
-             f"accuracy {acc.mean():.3f} +- {report['accuracy']['std']:.3f}, mean class accuracy {mca.mean():.3f} +- "
-             f"{report['mean_class_accuracy']['std']:.3f} (mean +- std over folds)")
+             f"accuracy {pm('accuracy')}, mean class accuracy {pm('mean_class_accuracy')} (over folds)")
     plots.confusion_matrix(labels, preds, classes, title, os.path.join(workdir, "confusion_matrix.png"))
     left = [f"{len(failed)} failed ({', '.join(map(str, failed))})"] if failed else []
-    left += [f"{len(missing)} not run ({', '.join(map(str, missing))})"] if missing else []
-    log.info(f"[cv] {len(done)} of {folds} folds: accuracy {acc.mean():.4f} +- {report['accuracy']['std']:.4f}, "
-             f"mean class accuracy {mca.mean():.4f} +- {report['mean_class_accuracy']['std']:.4f}"
+    left += [f"{len(missing)} not finished ({', '.join(map(str, missing))})"] if missing else []
+    log.info(f"[cv] {len(done)} of {folds} folds: accuracy {pm('accuracy')}, mean class accuracy "
+             f"{pm('mean_class_accuracy')}"
              f"{'; ' + ', '.join(left) + ' (not averaged in)' if left else ''} -> {os.path.join(workdir, 'cv.json')}")
     return report

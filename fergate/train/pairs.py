@@ -81,7 +81,10 @@ def verification(d: np.ndarray, same: np.ndarray, fold: np.ndarray) -> dict:
         t = best_threshold(d[fit], same[fit])
         accs.append(float(np.mean((d[fold == f] < t) == same[fold == f])))
         thresholds.append(t)
-    return {"pair_accuracy": float(np.mean(accs)), "pair_accuracy_std": float(np.std(accs)),
+    return {"pair_accuracy": float(np.mean(accs)),
+            "pair_accuracy_std": float(np.std(accs, ddof=1)) if len(accs) > 1 else None,
+            # one fold: the threshold was chosen on the pairs it is scored on (an optimistic figure)
+            "threshold_chosen_on_scored_pairs": len(accs) == 1,
             "threshold": float(np.mean(thresholds)), "iou": float(np.minimum(ps, pd).sum() / np.maximum(ps, pd).sum()),
             "same": {"counts": hs.astype(int).tolist(), "edges": edges.tolist(), "mean": float(d[same].mean())},
             "different": {"counts": hd.astype(int).tolist(), "edges": edges.tolist(), "mean": float(d[~same].mean())}}

@@ -170,11 +170,11 @@ def resolve(config, manifest: dict | None) -> None:
                         "prepare a held-out split with `fergate prep ... --test_fraction 0.2`, or evaluate on "
                         f"another one with --config.data.eval_split={config.data.train_split}") from None
             names = class_names(config, manifest)
+            if config.data.label_field == "label" and not config.data.classes:  # `label_map` FROM=- drops classes
+                drop = {k for k, v in labels.parse_mapping(config.data.label_map).items() if v == labels.DROP}
+                names = [c for c in names if labels.canonical(c) not in drop]
             config.data.classes = tuple(config.data.classes or names)
             relabel(config, manifest)
-            for m in mixed(config, manifest):
-                log.info(f"[data] mixing {m.data_dir} ({m.split}) into training at weight {m.weight:g} "
-                         f"against {config.data.weight:g}")
         models.family(config.model).resolve(config, manifest)
 
 
@@ -202,6 +202,7 @@ def mixed(config, manifest: dict) -> list[pipeline.Mix]:
     made the same way as the main data's (`MIX_OPTIONS`)."""
     out = []
     mine = _prep_options(manifest)
+    known = [manifest["classes"]]
     for entry in config.data.mix:
         path, eq, w = str(entry).rpartition("=") if "=" in str(entry) else (str(entry), "", "1")
         try:
@@ -210,7 +211,11 @@ def mixed(config, manifest: dict) -> list[pipeline.Mix]:
             raise UserError(f"config data.mix entry {entry!r}: expected DIR or DIR=WEIGHT") from None
         if weight < 0 or not path:
             raise UserError(f"config data.mix entry {entry!r}: expected DIR or DIR=WEIGHT with WEIGHT >= 0")
-        other = pipeline.read_manifest(path)
+        try:
+            other = pipeline.read_manifest(path)
+        except UserError as e:
+            raise UserError(f"config data.mix entry {entry!r}: {e}") from None
+        known.append(other["classes"])
         theirs = _prep_options(other)
         for k in MIX_OPTIONS:
             if k in mine and k in theirs and mine[k] != theirs[k]:
@@ -220,6 +225,10 @@ def mixed(config, manifest: dict) -> list[pipeline.Mix]:
         table = labels.relabel(other["classes"], config.data.classes, labels.parse_mapping(config.data.label_map),
                                f"config data.mix: {path} ({other.get('dataset', '?')})")
         out.append(pipeline.Mix(path, config.data.train_split, weight, tuple(table)))
+    unused = set(labels.parse_mapping(config.data.label_map)) - {labels.canonical(c) for cs in known for c in cs}
+    if unused and config.data.label_field == "label":
+        raise UserError(f"config data.label_map names {', '.join(sorted(unused))}, a class of none of the data "
+                        f"(classes: {', '.join(sorted({c for cs in known for c in cs}))})")
     return out
 
 

@@ -23,7 +23,7 @@ import numpy as np
 from jax.experimental import multihost_utils
 
 from fergate import config as config_lib
-from fergate import models, plots
+from fergate import export, models, plots
 from fergate.data import pipeline
 from fergate.errors import Interrupted, UserError
 from fergate.train import evaluate, features, perf
@@ -36,6 +36,7 @@ from fergate.train.program import (
     features_dir,
     global_batch,
     input_pipeline,
+    mixed,
     plan,
     resolve,
     source_dir,
@@ -64,6 +65,9 @@ def train(config, workdir: str) -> dict:
     manifest = pipeline.read_manifest(source_dir(config))
     resolve(config, manifest)
     check_workdir_config(workdir, config)
+    if jax.process_index() == 0:  # how the records were made: what `fergate export` tells predict to repeat
+        with open(os.path.join(workdir, "data.json"), "w") as f:
+            json.dump({k: manifest[k] for k in export.DATA_KEYS if k in manifest}, f, indent=1)
     ddir = data_dir(config)
     if config.data.get("features_from"):
         ddir = write_stage_features(config, workdir)
@@ -71,6 +75,9 @@ def train(config, workdir: str) -> dict:
     classes = list(config.data.classes)
     prog = Program(config)
     data = plan(config, ddir, manifest)
+    for m in mixed(config, manifest):  # checked here, not in `resolve`: evaluation needs none of them
+        log.info(f"[data] mixing {m.data_dir} ({m.split}) into training at weight {m.weight:g} "
+                 f"against {config.data.weight:g}")
     it = iter(input_pipeline(config, ddir, data.train.split, train=True, manifest=manifest,
                              records=data.train.records, mix=True))
     if data.train.records is not None and config.data.fold >= 0:

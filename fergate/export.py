@@ -1,0 +1,322 @@
+"""Trained models that leave the training job: `fergate export` and `fergate.load`.
+
+An export is a directory:
+
+    export.json      what it is: format and versions, model, classes, the inputs the function
+                     reads, the preprocessing contract (face pipeline options, record fields),
+                     earlier stages, and a SHA-256 of the parameters
+    config.json      the resolved training config (for the family's input transforms)
+    params/          the variables (params + statistics such as batch norm's), orbax, no optimizer
+    infer.jax        the inference function serialized with `jax.export`: (variables, batch) ->
+                     probabilities, logits, introspection (and features), any batch size, lowered
+                     for CPU, CUDA and TPU
+    stages/NAME/     an earlier stage whose `features` output is a record field of this model
+                     (VSHNN's frame CNN), exported the same way
+
+The function runs with jax alone (`jax.export.deserialize(open("infer.jax", "rb").read())
+.call(variables, batch)`); `load` adds the face pipeline and the family's input transforms,
+which fergate knows through the family contract (export and predict name no family).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import shutil
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from fergate import config as config_lib
+from fergate import models
+from fergate.data import pipeline
+from fergate.errors import UserError
+
+#: The export layout this fergate writes; it reads this and every older one.
+FORMAT = 1
+MANIFEST = "export.json"
+#: record fields that make a model a clip (video) model
+CLIP_FIELDS = ("clip", "clip_landmarks", "clip_features")
+#: the training data's manifest keys an export keeps: the face pipeline that made its records
+DATA_KEYS = ("dataset", "classes", "options", "detector", "landmark_model", "identity_model")
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("fergate")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def export(workdir: str, out: str, step: int | None = None) -> dict:
+    """Writes the model of `workdir` (the selected checkpoint, else the newest, or `step`)
+    to `out`; returns export.json."""
+    if os.path.exists(out) and (not os.path.isdir(out) or os.listdir(out)):
+        raise UserError(f"--out {out} exists and is not an empty directory: name a new one")
+    tmp = out.rstrip("/") + ".tmp-export"
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        manifest = _export(workdir, tmp, step)
+        if os.path.isdir(out):
+            os.rmdir(out)
+        os.replace(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return manifest
+
+
+def _export(workdir: str, out: str, step: int | None) -> dict:
+    from fergate.train import program
+    from fergate.train.checkpoint import Checkpointer, restore_selected
+
+    cfg = config_lib.load_workdir(workdir)
+    data = training_data(cfg, workdir)
+    prog = program.Program(cfg)
+    if step is None:
+        state, step, _ = restore_selected(workdir, prog.abstract_sharded_state())
+    else:
+        restored = Checkpointer(workdir).restore(prog.abstract_sharded_state(), step=step)
+        state, step = restored
+    variables = jax.device_get({"params": state.params, **state.model_state})
+    fam = models.family(cfg.model)
+    inputs = {k: (tuple(int(d) for d in shape), np.dtype(dtype).name)
+              for k, (shape, dtype) in fam.predict_inputs(cfg).items()}
+    os.makedirs(out, exist_ok=True)
+    stages = {}
+    stage = cfg.data.get("features_from", "")
+    if stage:  # the earlier stage computes a record field this model reads
+        stage_dir = os.path.join(workdir, "pretrain", stage)
+        if not os.path.isdir(stage_dir):
+            raise UserError(f"{workdir} reads features of its stage {stage!r}, but {stage_dir} is not there")
+        sub = _export(stage_dir, os.path.join(out, "stages", stage), None)
+        stages[stage] = {"field": cfg.data.features_field, "path": f"stages/{stage}", "model": sub["model"]}
+
+    def infer(variables, batch):
+        res = prog.module.apply(variables, batch, train=False)
+        got = {"probabilities": jax.nn.softmax(res["logits"].astype(jnp.float32), -1), "logits": res["logits"],
+               "introspect": res.get("introspect", {})}
+        return {**got, **({"features": res["features"]} if "features" in res else {})}
+
+    (b,) = jax.export.symbolic_shape("batch")
+    spec = {k: jax.ShapeDtypeStruct((b, *shape), dtype) for k, (shape, dtype) in inputs.items()}
+    vspec = jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(x), np.asarray(x).dtype), variables)
+    platforms = ("cpu", "cuda", "tpu")
+    try:
+        exported = jax.export.export(jax.jit(infer), platforms=platforms)(vspec, spec)
+    except Exception:  # noqa: BLE001 - an op without a lowering for some platform: this one still works
+        platforms = (jax.default_backend(),)
+        exported = jax.export.export(jax.jit(infer), platforms=platforms)(vspec, spec)
+    with open(os.path.join(out, "infer.jax"), "wb") as f:
+        f.write(exported.serialize())
+    save_variables(os.path.join(out, "params"), variables)
+    with open(os.path.join(out, "config.json"), "w") as f:
+        f.write(config_lib.to_json(cfg))
+    fields = list(fam.record_fields(cfg))
+    manifest = {
+        "format": FORMAT, "fergate": _version(), "jax": jax.__version__, "written": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "model": f"{cfg.model}/{cfg.variant}", "step": int(step), "workdir": os.path.abspath(workdir),
+        "classes": list(cfg.data.classes), "platforms": list(platforms),
+        "inputs": {k: {"shape": list(s), "dtype": d} for k, (s, d) in inputs.items()},
+        "outputs": sorted(jax.eval_shape(infer, vspec, {k: jax.ShapeDtypeStruct((1, *s), d)
+                                                          for k, (s, d) in inputs.items()})),
+        "record_fields": fields, "kind": "clip" if set(fields) & set(CLIP_FIELDS) else "face",
+        "data": data, "stages": stages, "params_sha256": checksum(variables),
+    }
+    with open(os.path.join(out, MANIFEST), "w") as f:
+        json.dump(manifest, f, indent=1)
+    return manifest
+
+
+def training_data(cfg, workdir: str) -> dict:
+    """How the training data's records were made (its manifest's `DATA_KEYS`): the face
+    pipeline a prediction must repeat. From W/data.json (the trainer keeps it), else the
+    training data's manifest."""
+    path = os.path.join(workdir, "data.json")
+    if os.path.exists(path):
+        with open(path) as f:
+            return json.load(f)
+    from fergate.train import program
+
+    try:
+        manifest = pipeline.read_manifest(program.source_dir(cfg))
+    except UserError as e:
+        raise UserError(f"{workdir} keeps no data.json and its training data is not readable ({e}): the face "
+                        "pipeline's options are needed to export it") from None
+    return {k: manifest[k] for k in DATA_KEYS if k in manifest}
+
+
+def checksum(variables: Any) -> str:
+    """SHA-256 over every leaf's path, dtype, shape and bytes, in path order."""
+    h = hashlib.sha256()
+    for path, leaf in sorted(jax.tree_util.tree_leaves_with_path(variables), key=lambda p: jax.tree_util.keystr(p[0])):
+        a = np.ascontiguousarray(np.asarray(leaf))
+        h.update(f"{jax.tree_util.keystr(path)}|{a.dtype}|{a.shape}".encode())
+        h.update(a.tobytes())
+    return h.hexdigest()
+
+
+def save_variables(path: str, variables: Any) -> None:
+    import orbax.checkpoint as ocp
+
+    with ocp.StandardCheckpointer() as ckpt:
+        ckpt.save(os.path.abspath(path), variables)
+
+
+def load_variables(path: str) -> Any:
+    import orbax.checkpoint as ocp
+
+    with ocp.StandardCheckpointer() as ckpt:
+        return ckpt.restore(os.path.abspath(path))
+
+
+# ----------------------------------------------------------------------------- loading
+@dataclasses.dataclass
+class Model:
+    """A loaded export: `predict(images)` for faces in photos, `predict_records(records)` for
+    records as `fergate prep` writes them (or the face pipeline makes them)."""
+
+    path: str
+    manifest: dict
+    config: Any
+    variables: Any
+    function: Any  #: the deserialized `jax.export.Exported`
+    stages: dict[str, tuple[Model, str]]  #: name -> (model, the record field its features fill)
+    batch_size: int = 32
+
+    @property
+    def classes(self) -> list[str]:
+        return list(self.manifest["classes"])
+
+    @property
+    def kind(self) -> str:
+        """"face" (a model of one face) or "clip" (of T frames of a face)."""
+        return self.manifest["kind"]
+
+    def pipeline_fields(self) -> set[str]:
+        """The record fields the face pipeline must make (those the stages fill excluded)."""
+        own = set(self.manifest["record_fields"]) - {f for _, f in self.stages.values()}
+        for m, _ in self.stages.values():
+            own |= m.pipeline_fields()
+        return own - {pipeline.SUBJECT_MEAN_LANDMARKS}
+
+    def transforms(self) -> list:
+        """The family's evaluation transforms (deterministic maps only)."""
+        import grain
+
+        fam = models.family(self.config.model)
+        return [t for t in fam.transforms(self.config, False) if not isinstance(t, grain.transforms.RandomMap)]
+
+    def model_inputs(self, records: Sequence[dict]) -> dict[str, np.ndarray]:
+        """Records -> the stacked inputs of the function (the family's transforms applied)."""
+        maps = self.transforms()
+        fields = list(self.manifest["record_fields"])
+        out = []
+        for rec in records:
+            r = pipeline.record_for_model({k: rec[k] for k in fields if k in rec})
+            missing = [k for k in fields if k not in r]
+            if missing:
+                raise UserError(f"{self.path}: the model reads record fields {', '.join(missing)}, which these "
+                                "records lack")
+            for t in maps:
+                r = t.map(r)
+            out.append(r)
+        return {k: np.stack([np.asarray(r[k], np.dtype(spec["dtype"])) for r in out])
+                for k, spec in self.manifest["inputs"].items()}
+
+    def warm(self) -> None:
+        """Compiles the function (and its stages') for `batch_size` now: `fergate predict` does
+        it while its face pipeline starts, so the first faces do not wait for XLA."""
+        for model, _ in self.stages.values():
+            model.warm()
+        batch = {k: np.zeros((self.batch_size, *v["shape"]), v["dtype"]) for k, v in self.manifest["inputs"].items()}
+        jax.block_until_ready(self.function.call(self.variables, batch))
+
+    def predict_records(self, records: Sequence[dict], stages: bool = True) -> dict[str, Any]:
+        """{"probabilities" (N, K), "logits", "introspect" {name: (N, ...)}, ...} of records
+        (earlier stages fill their fields first, unless `stages` is False: the records hold
+        them), in batches of `batch_size`."""
+        records = [dict(r) for r in records]
+        for model, field in self.stages.values() if stages else ():
+            feats = model.predict_records(records)["features"]
+            for r, f in zip(records, feats):
+                r[field] = f
+        outs = []
+        for i in range(0, len(records), self.batch_size):
+            chunk = records[i: i + self.batch_size]
+            batch = self.model_inputs(chunk)
+            n = len(chunk)
+            if n < self.batch_size:  # one compiled shape: pad the last batch
+                batch = {k: np.concatenate([v, np.repeat(v[-1:], self.batch_size - n, 0)]) for k, v in batch.items()}
+            res = jax.device_get(self.function.call(self.variables, batch))
+            outs.append(jax.tree.map(lambda x, n=n: np.asarray(x)[:n], res))
+        if not outs:
+            return {}
+        return jax.tree.map(lambda *xs: np.concatenate(xs), *outs)
+
+
+    def predict(self, inputs: Sequence) -> list[dict]:
+        """Per face (a face model: `inputs` are photos, as paths or RGB arrays) or per clip (a
+        clip model: each input a video path or a sequence of RGB frames): a dict of the
+        source, the face's box and landmarks in the photo, class probabilities, the label and
+        the model's introspection; an input without a face gives {"source", "error"}."""
+        from data_prep import face as F
+        from data_prep import prep
+        from fergate import predict as P
+
+        P.init_worker(self.manifest["data"], sorted(self.pipeline_fields()))
+        faces, lines = [], []
+        for i, x in enumerate(inputs):
+            source = x if isinstance(x, str) else f"input {i}"
+            try:
+                if self.kind == "clip":
+                    frames = [f for _, f in P.read_frames(x, 0, None)] if isinstance(x, str) else \
+                        [F.to_rgb8(np.asarray(f)) for f in x]
+                    faces.append({"record": prep.clip_record(frames, P._WORKER["opts"]),
+                                  "info": {"source": source}, "group": source, "i": i})
+                    continue
+                img = F.load_image(x) if isinstance(x, str) else F.to_rgb8(np.asarray(x))
+                got = P.faces_in(img)
+            except F.SkipItem as e:
+                lines.append((i, {"source": source, "error": e.reason}))
+                continue
+            if not got:
+                lines.append((i, {"source": source, "error": "no_face"}))
+            faces += [{"record": r, "info": {"source": source, "face": j, **info}, "group": source, "i": i}
+                      for j, (r, info) in enumerate(got)]
+        if faces:
+            got, _ = P.predict_faces(self, faces)
+            lines += [(f["i"], line) for f, line in zip(faces, got)]
+        return [line for _, line in sorted(lines, key=lambda t: t[0])]
+
+
+def load(path: str, batch_size: int = 32) -> Model:
+    """The export in `path` (`fergate export`), ready to predict."""
+    mpath = os.path.join(path, MANIFEST)
+    if os.path.isdir(path) and os.path.exists(os.path.join(path, "config.json")) and not os.path.exists(mpath):
+        raise UserError(f"{path} is a training workdir, not an export: `fergate export --workdir {path} --out E` "
+                        "first, then pass E")
+    if not os.path.exists(mpath):
+        raise UserError(f"{path} is not a fergate export (no {MANIFEST}): make one with `fergate export`")
+    with open(mpath) as f:
+        manifest = json.load(f)
+    fmt = manifest.get("format")
+    if not isinstance(fmt, int) or fmt > FORMAT:
+        raise UserError(f"{path} was written by fergate {manifest.get('fergate', '?')} in export format {fmt}; this "
+                        f"fergate {_version()} reads formats 1 to {FORMAT}: upgrade fergate to load it")
+    config = config_lib.load_workdir(path)
+    with open(os.path.join(path, "infer.jax"), "rb") as f:
+        function = jax.export.deserialize(bytearray(f.read()))
+    variables = load_variables(os.path.join(path, "params"))
+    if checksum(variables) != manifest["params_sha256"]:
+        raise UserError(f"{path}/params do not match the checksum in {MANIFEST}: the export is damaged")
+    stages = {name: (load(os.path.join(path, s["path"]), batch_size), s["field"])
+              for name, s in manifest.get("stages", {}).items()}
+    return Model(path, manifest, config, variables, function, stages, batch_size)

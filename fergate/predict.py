@@ -1,0 +1,357 @@
+"""`fergate predict`: an exported model (`fergate export`) on photos, folders and videos.
+
+Inputs are expanded into work units (a photo; a run of a video's frames for a face model; a
+window of frames for a clip model), each run through the face pipeline `fergate prep`
+used for the model's training data (its options are in the export) in a process pool,
+while this process batches the faces and runs the exported function: the model's cost hides
+behind the face pipeline's. One JSON line per face (or per clip window), and one per input
+that gave none, saying why; a bad input never stops the others.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import multiprocessing as mp
+import os
+import sys
+import time
+from collections.abc import Iterator, Sequence
+
+import numpy as np
+
+from fergate.data import pipeline
+from fergate.errors import UserError
+
+log = logging.getLogger(__name__)
+
+#: frames of a video one work unit of a face model reads
+FRAMES_PER_UNIT = 32
+
+
+@dataclasses.dataclass(frozen=True)
+class Unit:
+    """One piece of work for the face pipeline."""
+
+    kind: str  #: "image", "frames" (a face model on a video) or "window" (a clip model's window)
+    source: str
+    start: int = 0  #: first frame (videos)
+    stop: int | None = None  #: frame after the last (None: the video's end)
+    every: int = 1  #: "frames": every k-th frame
+    group: str = ""  #: the faces one subject's mean landmarks are taken over (a folder, a video)
+
+
+def expand(paths: Sequence[str], kind: str, every: int, window: int, stride: int) -> tuple[list[Unit], list[dict]]:
+    """Work units of `paths` (photos, videos, folders searched recursively), and an error line
+    for each path that gives none."""
+    from data_prep.face import IMAGE_EXTS
+    from data_prep.video import VIDEO_EXTS
+
+    units, errors = [], []
+    for path in paths:
+        if os.path.isdir(path):
+            found = sorted(os.path.join(r, f) for r, _, fs in os.walk(path) for f in fs
+                           if f.lower().endswith(IMAGE_EXTS + VIDEO_EXTS))
+            if not found:
+                errors.append({"source": path, "error": "no photo or video in this folder (or below)"})
+            files = found
+        elif os.path.isfile(path):
+            files = [path]
+        else:
+            errors.append({"source": path, "error": "no such file or folder"})
+            continue
+        for f in files:
+            group = f if f.lower().endswith(VIDEO_EXTS) else os.path.dirname(f)
+            if f.lower().endswith(VIDEO_EXTS):
+                n = frame_count(f)
+                if kind == "clip":
+                    starts = range(0, max(n - window, 0) + 1, stride) if n else [0]
+                    units += [Unit("window", f, s, s + window if n else None, group=group) for s in starts]
+                else:
+                    step = FRAMES_PER_UNIT * every
+                    units += [Unit("frames", f, s, min(s + step, n), every, group) for s in range(0, n, step)] \
+                        if n else [Unit("frames", f, 0, None, every, group)]
+            elif kind == "clip":
+                errors.append({"source": f, "error": "a clip (video) model predicts on videos, not photos"})
+            else:
+                units.append(Unit("image", f, group=group))
+    return units, errors
+
+
+def frame_count(path: str) -> int:
+    """The frame count the container states (0: unknown or unreadable)."""
+    import cv2
+
+    cap = cv2.VideoCapture(path)
+    try:
+        return max(int(cap.get(cv2.CAP_PROP_FRAME_COUNT)), 0) if cap.isOpened() else 0
+    finally:
+        cap.release()
+
+
+def read_frames(path: str, start: int, stop: int | None, every: int = 1) -> list[tuple[int, np.ndarray]]:
+    """(index, RGB frame) of frames start, start + every, ... before `stop` of a video."""
+    import cv2
+
+    from data_prep.face import SkipItem
+
+    cap = cv2.VideoCapture(path)
+    try:
+        if not cap.isOpened():
+            raise SkipItem("unreadable_video", "OpenCV cannot open it (corrupt, or not a video)")
+        if start:
+            cap.set(cv2.CAP_PROP_POS_FRAMES, start)
+        out, i = [], start
+        while (stop is None or i < stop) and cap.grab():
+            if (i - start) % every == 0:
+                ok, frame = cap.retrieve()
+                if ok and frame is not None:
+                    out.append((i, np.ascontiguousarray(frame[..., ::-1])))
+            i += 1
+    finally:
+        cap.release()
+    if not out:
+        raise SkipItem("unreadable_video", f"no frame decodes in [{start}, {stop})")
+    return out
+
+
+# ----------------------------------------------------------------------------- face pipeline
+_WORKER: dict = {}
+
+
+def init_worker(data: dict, fields: Sequence[str]) -> None:
+    """The face pipeline's options, from the export's record of the training data's."""
+    import cv2
+
+    from data_prep import face as F
+    from data_prep import prep
+
+    cv2.setNumThreads(1)
+    opts = data.get("options", {})
+    face = {k: v for k, v in opts.get("face", {}).items() if k in {f.name for f in dataclasses.fields(F.FaceOptions)}}
+    face["face_size"] = F.parse_size(face.get("face_size", 96))
+    face.update(patches="patches" in fields and face.get("patches", True),
+                identity="identity" in fields and face.get("identity", True))
+    prep_fields = {f.name for f in dataclasses.fields(prep.PrepOptions)} - {"face"}
+    _WORKER["opts"] = prep.PrepOptions(face=F.FaceOptions(**face), **{k: v for k, v in opts.items()
+                                                                      if k in prep_fields})
+
+
+def faces_in(img: np.ndarray) -> list[tuple[dict, dict]]:
+    """(record, {"box", "landmarks"} in image pixels) of every face dlib finds in an image."""
+    from data_prep import face as F
+
+    opts = _WORKER["opts"].face
+    if min(img.shape[:2]) < 20:
+        raise F.SkipItem("too_small", f"{img.shape[1]} x {img.shape[0]} pixels")
+    rects = sorted(F.models().detector(img, opts.upsample), key=lambda r: (r.left(), r.top()))
+    out = []
+    for rect in rects:
+        lm = F.landmarks(img, rect)
+        box = (rect.left(), rect.top(), rect.right(), rect.bottom())
+        try:
+            rec = F.process_face(F.FaceInput(img, box=box, landmarks=lm), opts)
+        except F.SkipItem:
+            continue
+        out.append((rec, {"box": [int(v) for v in box], "landmarks": np.round(lm, 1).tolist()}))
+    return out
+
+
+def work(unit: Unit) -> list[dict]:
+    """{"record", "info"} per face (or clip window) of a unit, or one {"info", "error"}."""
+    from data_prep import face as F
+    from data_prep import prep
+
+    base = {"source": unit.source}
+    try:
+        if unit.kind == "image":
+            got = faces_in(F.load_image(unit.source))
+            if not got:
+                return [{"info": base, "error": "no_face"}]
+            return [{"record": r, "info": {**base, "face": i, **info}, "group": unit.group}
+                    for i, (r, info) in enumerate(got)]
+        frames = read_frames(unit.source, unit.start, unit.stop, unit.every)
+        if unit.kind == "window":
+            rec = prep.clip_record([f for _, f in frames], _WORKER["opts"])
+            return [{"record": rec, "info": {**base, "frames": [frames[0][0], frames[-1][0]]}, "group": unit.group}]
+        out = []
+        for index, img in frames:
+            got = faces_in(img)
+            out += [{"record": r, "info": {**base, "frame": index, "face": i, **info}, "group": unit.group}
+                    for i, (r, info) in enumerate(got)]
+        return out or [{"info": {**base, "frames": [frames[0][0], frames[-1][0]]}, "error": "no_face"}]
+    except F.SkipItem as e:
+        return [{"info": base, "error": str(e)}]
+    except Exception as e:  # noqa: BLE001 - a decoder failure must not stop the others
+        return [{"info": base, "error": f"{type(e).__name__}: {e}"}]
+
+
+# ----------------------------------------------------------------------------- model
+def summary(name: str, v: np.ndarray) -> object:
+    """An introspection value for a JSON line: small ones whole, maps as their peak and mean."""
+    v = np.asarray(v, np.float64)
+    if v.size <= 64:
+        return np.round(v, 4).tolist()
+    peak = np.unravel_index(int(np.argmax(v)), v.shape)
+    return {"shape": list(v.shape), "max": round(float(v.max()), 5), "mean": round(float(v.mean()), 5),
+            "argmax": [int(i) for i in peak]}
+
+
+def predict_faces(model, faces: list[dict]) -> tuple[list[dict], dict]:
+    """The JSON lines of faces from `work` (probabilities, label, introspection), and the
+    model's outputs."""
+    records = [f["record"] for f in faces]
+    if pipeline.SUBJECT_MEAN_LANDMARKS in model.manifest["record_fields"]:
+        groups: dict[str, list[np.ndarray]] = {}
+        for f in faces:
+            groups.setdefault(f["group"], []).append(f["record"]["landmarks"])
+        means = {g: np.mean(v, 0).astype(np.float32) for g, v in groups.items()}
+        records = [{**r, pipeline.SUBJECT_MEAN_LANDMARKS: means[f["group"]]} for r, f in zip(records, faces)]
+    res = model.predict_records(records)
+    out = []
+    for i, f in enumerate(faces):
+        p = res["probabilities"][i]
+        out.append({**f["info"], "label": model.classes[int(np.argmax(p))],
+                    "probabilities": {c: round(float(x), 5) for c, x in zip(model.classes, p)},
+                    "introspection": {k: summary(k, v[i]) for k, v in res.get("introspect", {}).items()}})
+    return out, res
+
+
+def run(model, inputs: Sequence[str], out, workers: int | None = None, every: int = 1,
+        window: int | None = None, stride: int | None = None, annotate: str | None = None,
+        heatmaps: str | None = None, pipeline_only: bool = False) -> dict:
+    """Predicts with `model` (a loaded export, `fergate.export.Model`) on `inputs`, writing
+    JSON lines to the file object `out`; returns counts and rates."""
+    batch_size = model.batch_size
+    window = window or int(model.manifest["data"].get("options", {}).get("frames", 16))  # T, as in training
+    stride = stride or max(1, window // 2)
+    if min(every, window, stride, batch_size) < 1:
+        raise UserError("--every, --window, --stride and --batch must be at least 1")
+    units, errors = expand(inputs, model.kind, every, window, stride)
+    for e in errors:
+        out.write(json.dumps(e) + "\n")
+    if not units:
+        return {"faces": 0, "errors": len(errors), "seconds": 0.0, "kind": model.kind}
+    fields = sorted(model.pipeline_fields())
+    init = (model.manifest["data"], fields)
+    workers = workers or os.cpu_count() or 1
+    pool = None
+    if workers > 1 and len(units) > 1:
+        pool = mp.get_context("spawn").Pool(workers, init_worker, init)
+        results: Iterator[list[dict]] = pool.imap(work, units, chunksize=1)
+    else:
+        init_worker(*init)
+        results = map(work, units)
+    if not pipeline_only:
+        model.warm()  # compiles while the pool starts
+    subject_means = pipeline.SUBJECT_MEAN_LANDMARKS in model.manifest["record_fields"]
+    counts = {"faces": 0, "errors": len(errors), "frames": 0, "units": len(units), "kind": model.kind}
+    pending: list[dict] = []
+    t0 = time.time()
+
+    def flush(final: bool = False) -> None:
+        nonlocal pending
+        if not pending or (not final and len(pending) < batch_size):
+            return
+        lines, res = ([{**f["info"]} for f in pending], {}) if pipeline_only else predict_faces(model, pending)
+        for i, (f, line) in enumerate(zip(pending, lines)):
+            out.write(json.dumps(line) + "\n")
+            if annotate and not pipeline_only:
+                draw(f, line, annotate)
+            if heatmaps and not pipeline_only:
+                heat(model, f, line, {k: v[i] for k, v in res.get("introspect", {}).items()}, heatmaps)
+        counts["faces"] += len(pending)
+        pending = []
+
+    try:
+        from tqdm import tqdm
+
+        last_group, t_first, first = None, None, 0
+        for res in tqdm(results, total=len(units), unit="input", disable=None, file=sys.stderr):
+            if t_first is None:  # start-up (the pool, dlib's models) ends with the first result
+                t_first, first = time.time(), sum("error" not in r for r in res)
+            for r in res:
+                if "error" in r:
+                    out.write(json.dumps({**r["info"], "error": r["error"]}) + "\n")
+                    counts["errors"] += 1
+                    continue
+                if subject_means and r["group"] != last_group:
+                    flush(final=True)  # a subject's faces are predicted together (their mean landmarks)
+                last_group = r["group"]
+                pending.append(r)
+                counts["frames"] += "frame" in r["info"]
+                if not subject_means:
+                    flush()
+        flush(final=True)
+    finally:
+        if pool is not None:
+            pool.terminate()
+    end = time.time()
+    counts["seconds"] = round(end - t0, 3)
+    counts["faces_per_sec"] = round(counts["faces"] / max(end - t0, 1e-9), 2)
+    if t_first is not None and end > t_first:  # after start-up: the rate a long input runs at
+        counts["steady_faces_per_sec"] = round((counts["faces"] - first) / (end - t_first), 2)
+    return counts
+
+
+def draw(face: dict, line: dict, outdir: str) -> None:
+    """The source image with the face's box, landmarks and label drawn, into `outdir`."""
+    import cv2
+
+    from data_prep import face as F
+
+    info = face["info"]
+    stem = os.path.splitext(os.path.basename(info["source"]))[0]
+    name = f"{stem}_f{info['frame']:06d}.jpg" if "frame" in info else \
+        f"{stem}_w{info['frames'][0]:06d}.jpg" if "frames" in info else f"{stem}.jpg"  # a frame; a window's first
+    path = os.path.join(outdir, name)
+    os.makedirs(outdir, exist_ok=True)
+    if os.path.exists(path):
+        img = cv2.imread(path)
+    elif "frame" in info or "frames" in info:
+        start = info.get("frame", info.get("frames", [0])[0])
+        img = read_frames(info["source"], start, start + 1)[0][1][..., ::-1].copy()
+    else:
+        img = F.load_image(info["source"])[..., ::-1].copy()
+    if "box" in info:
+        left, top, right, bottom = info["box"]
+        cv2.rectangle(img, (left, top), (right, bottom), (0, 255, 0), 2)
+        for x, y in info["landmarks"]:
+            cv2.circle(img, (int(round(x)), int(round(y))), 1, (0, 255, 255), -1)
+        org = (left, max(12, top - 6))
+    else:
+        org = (6, 18)
+    text = f"{line['label']} {line['probabilities'][line['label']]:.2f}"
+    if "box" not in info and "frames" in info:  # a clip model's window
+        text = f"frames {info['frames'][0]}-{info['frames'][1]}: {text}"
+    cv2.putText(img, text, org, cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 0, 0), 3, cv2.LINE_AA)
+    cv2.putText(img, text, org, cv2.FONT_HERSHEY_SIMPLEX, 0.5, (255, 255, 255), 1, cv2.LINE_AA)
+    cv2.imwrite(path, img)
+
+
+def heat(model, face: dict, line: dict, introspect: dict, outdir: str) -> None:
+    """Each (h, w) introspection map of a face over the model's image input, into `outdir`."""
+    import cv2
+
+    from fergate import plots
+
+    inputs = model.model_inputs([face["record"]])
+    image = next((v[0] for v in inputs.values() if v.ndim == 4 and v.shape[-1] in (1, 3)), None)
+    if image is None:
+        return
+    info = face["info"]
+    stem = os.path.splitext(os.path.basename(info["source"]))[0]
+    tag = f"_f{info['frame']:06d}" if "frame" in info else ""
+    os.makedirs(outdir, exist_ok=True)
+    for name, v in introspect.items():
+        m = np.asarray(v, np.float32)
+        if m.ndim != 2:
+            continue
+        h, w = image.shape[:2]
+        up = cv2.resize(m, (w, h), interpolation=cv2.INTER_LINEAR)
+        plots.overlay(image.squeeze(-1) if image.shape[-1] == 1 else image, up, [],
+                      f"{os.path.basename(info['source'])}{tag} face {info.get('face', 0)}: {line['label']} "
+                      f"{line['probabilities'][line['label']]:.2f}\n{name} over the model's input",
+                      os.path.join(outdir, f"{stem}{tag}_face{info.get('face', 0)}_{name}.png"),
+                      f"{name} (weights of the map)")
