@@ -1,6 +1,5 @@
 """grain pipelines: balancing, determinism and restore, per-process sharding, transforms."""
 
-import time
 from collections import Counter
 
 import numpy as np
@@ -96,15 +95,15 @@ def test_missing_and_foreign_data_dirs_are_clear_errors(tmp_path, sample_data):
         P.split_files(sample_data, "val")
 
 
-def test_pipeline_throughput(sample_data):
-    """Batches of MoDuL's inputs come far faster than a training step takes (~10s of ms)."""
+def test_balanced_batches_of_resized_grey_faces(sample_data):
+    """MoDuL's stream: full batches of 64 x 64 grey faces, every class drawn about equally
+    (its rate is `fergate bench --pipeline`'s to measure, not a test's)."""
     ds = P.make_dataset(sample_data, "train", FIELDS, 16, balance=True, transforms=[P.ResizeFace((64, 64), True)])
     it = iter(ds)
-    next(it)
-    t = time.perf_counter()
-    n = sum(len(next(it)["label"]) for _ in range(40))
-    rate = n / (time.perf_counter() - t)
-    assert rate > 1000, f"{rate:.0f} examples/s"
+    batches = [next(it) for _ in range(20)]
+    assert all(b["face"].shape == (16, 64, 64, 1) and b["face"].dtype == np.uint8 for b in batches)
+    counts = np.bincount(np.concatenate([b["label"] for b in batches]), minlength=7)
+    assert counts.min() > 0.5 * counts.mean(), counts
 
 
 def test_multiprocess_workers_deliver_the_same_batches(sample_data):
