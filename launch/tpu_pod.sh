@@ -2,6 +2,7 @@
 # Run fergate on every worker of a Cloud TPU VM pod slice. jax.distributed finds its peers
 # from the TPU metadata (--distributed); data must be on storage every worker can read
 # (prepare it once with `fergate prep ... --num_shards W --shard_index i` on the workers).
+# Each worker needs ~/fergate/.venv: launch/setup_tpu_pod.sh TPU_NAME ZONE makes it.
 #   launch/tpu_pod.sh TPU_NAME ZONE train --config configs/modul.py --workdir gs://bucket/run \
 #       --config.data.dir=/mnt/data/ckplus
 set -euo pipefail

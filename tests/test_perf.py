@@ -67,3 +67,24 @@ def test_flops_per_example_do_not_depend_on_the_device_count():
 
     one, two = flops(1), flops(2)
     assert one < two < 1.2 * one  # two devices: the same work, plus a second copy of the optimizer update
+
+
+def test_bench_times_the_input_pipeline_and_data_prep_alone(sample_data):
+    """`fergate bench --pipeline` (no model) and `--prep` (the face pipeline with N workers)
+    report their rates in the one-line JSON; rates are for benchmarks, not asserted here."""
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, "-m", "fergate", "bench", "--config", "configs/modul.py", "--pipeline",
+                        "--data", sample_data, "--batch", "8"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-2000:]
+    line = json.loads(r.stdout.strip().splitlines()[-1])
+    assert line["mode"] == "pipeline" and line["batch"] == 8 and line["examples_per_sec"] > 0
+    r = subprocess.run([sys.executable, "-m", "fergate", "bench", "--pipeline", "--config", "configs/modul.py"],
+                       capture_output=True, text=True)
+    assert r.returncode == 2 and "add --data DIR" in r.stderr
+    from fergate.train import bench
+
+    res = bench.prep_bench([1, 2], size=14)
+    assert set(res["faces_per_sec"]) == {"1", "2"} and all(v > 0 for v in res["faces_per_sec"].values())
+    assert res["speedup_of"] == "2 workers over 1"

@@ -84,7 +84,43 @@ def bench(config, batch: int | None = None, steps: int = 20, warmup: int = 3, in
         res["speedup"] = round(statistics.median(runs[1].times) / statistics.median(runs[0].times), 3)
     if data:
         res["input_examples_per_sec"] = round(input_rate(config, data), 1)
+        res["input_over_train"] = round(res["input_examples_per_sec"] / res["examples_per_sec"], 2)
     return res
+
+
+def pipeline_bench(config, data_dir: str, batch: int | None = None, batches: int = 50) -> dict:
+    """The config's training input pipeline alone on a prepared directory (no model): the
+    rate to hold against the step's (`bench(..., data=...)` gives both and their ratio)."""
+    with config.unlocked():
+        if batch is not None:
+            config.input.batch_size = batch
+    resolve(config, pipeline.read_manifest(data_dir))
+    return {"model": f"{config.model}/{config.variant}", "mode": "pipeline", "batch": config.input.batch_size,
+            "examples_per_sec": round(input_rate(config, data_dir, batches), 1), "workers": config.data.workers,
+            "data": data_dir}
+
+
+def prep_bench(workers: list[int], size: int = 280) -> dict:
+    """`fergate prep` of `size` images of the sample set (its synthesis and the face
+    pipeline: detection, landmarks, alignment, patches, identity) with each number of
+    worker processes, into a temporary directory: faces/s and the speed-up of the most
+    workers over the fewest."""
+    import tempfile
+
+    from data_prep import prep
+
+    if not workers or min(workers) < 1 or size < 1:
+        raise UserError(f"--prep_workers {workers} --prep_size {size}: at least one worker count >= 1, size >= 1")
+    rates = {}
+    for n in workers:
+        with tempfile.TemporaryDirectory() as out:
+            t = time.perf_counter()
+            m = prep.run("sample", None, out, prep.PrepOptions(), {"size": size, "clips": 0}, workers=n)
+            rates[n] = sum(v["records"] for v in m["splits"].values()) / (time.perf_counter() - t)
+    lo, hi = min(workers), max(workers)
+    return {"mode": "prep", "dataset": "sample", "images": size, "faces_per_sec": {str(n): round(r, 2)
+                                                                                   for n, r in rates.items()},
+            "speedup": round(rates[hi] / rates[lo], 3), "speedup_of": f"{hi} workers over {lo}"}
 
 
 def input_rate(config, data_dir: str, batches: int = 50) -> float:
