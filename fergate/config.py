@@ -147,7 +147,8 @@ def load_workdir(workdir: str) -> ml_collections.ConfigDict:
 
 #: config keys added after workdirs were first written, with the values that mean what such
 #: a workdir did (so that `fergate eval` and friends read older workdirs)
-ADDED_KEYS = {"data": {"fold": -1, "folds": 10, "cv_splits": (), "label_map": (), "mix": (), "weight": 1.0}}
+ADDED_KEYS = {"data": {"fold": -1, "folds": 10, "cv_splits": (), "label_map": (), "mix": (), "weight": 1.0},
+              "train": {"accumulate": 1}}
 
 
 def to_json(cfg: ml_collections.ConfigDict) -> str:

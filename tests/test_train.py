@@ -41,17 +41,23 @@ def _final_params(workdir):
 
 
 def test_same_loss_curve_on_1_and_4_devices(sample_data, tmp_path):
+    """One device, four, and four with the global batch in 2 accumulated micro-batches
+    (train.accumulate): the same loss curve."""
     curves = []
-    for n in (1, 4):
-        w = tmp_path / f"dev{n}"
+    for n, k in ((1, 1), (4, 1), (4, 2)):
+        w = tmp_path / f"dev{n}_acc{k}"
         r = subprocess.run(_cmd(w, sample_data, "--config.train.steps=20", "--config.train.log_every=2",
-                                f"--cpu_devices={n}"), capture_output=True, text=True)
+                                f"--cpu_devices={n}", f"--config.train.accumulate={k}"), capture_output=True, text=True)
         assert r.returncode == 0, r.stderr[-2000:]
         assert f"{n} devices" in r.stdout
         curves.append(_losses(w))
-    (s1, l1), (s4, l4) = zip(*curves[0]), zip(*curves[1])
-    assert s1 == s4 and len(s1) == 10
+    (s1, l1), (s4, l4), (sa, la) = (zip(*c) for c in curves)
+    assert s1 == s4 == sa and len(s1) == 10
     np.testing.assert_allclose(l1, l4, rtol=2e-4)
+    np.testing.assert_allclose(l1, la, rtol=2e-4)
+    r = subprocess.run(_cmd(tmp_path / "bad", sample_data, "--config.train.accumulate=3"), capture_output=True,
+                       text=True)
+    assert r.returncode == 2 and "must split into 3 micro-batches" in r.stderr
 
 
 def test_two_processes_train_like_one(sample_data, tmp_path):

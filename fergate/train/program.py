@@ -464,6 +464,10 @@ class Program:
         for name, b in (("input.batch_size", config.input.batch_size), ("eval.batch_size", config.eval.batch_size)):
             if b % n or b % jax.process_count():
                 raise UserError(f"config {name}={b} must be a multiple of the {n} devices")
+        k = config.train.get("accumulate", 1)
+        if k < 1 or config.input.batch_size % (k * n):
+            raise UserError(f"config train.accumulate={k}: the global batch input.batch_size={config.input.batch_size} "
+                            f"must split into {k} micro-batches of a multiple of the {n} devices")
         local = self.family.example_batch(config, config.input.batch_size // jax.process_count())
         self.example = global_batch(local, self.batch_sharding)
         self.abstract_state = jax.eval_shape(self._init, jax.random.key(0), self.example)
@@ -488,20 +492,39 @@ class Program:
                                 mutable=mutable)
         return res if mutable else (res, model_state)
 
-    def _train_step(self, state: TrainState, batch):
-        rng = jax.random.fold_in(jax.random.key(self.config.seed), state.step)
+    def _grads(self, params, model_state, batch, rng):
+        """(loss, metrics with accuracy), grads and the new model state of one (micro-)batch."""
 
         def loss_fn(params):
-            out, model_state = self._apply(params, state.model_state, batch, True, rng)
+            out, new_state = self._apply(params, model_state, batch, True, rng)
             loss, metrics = self.family.loss(self.config, out, batch)
-            return loss, (out["logits"], model_state, metrics)
+            return loss, (out["logits"], new_state, metrics)
 
-        (loss, (logits, model_state, metrics)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+        (loss, (logits, model_state, metrics)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+        correct = (jnp.argmax(logits, -1) == batch["label"]) * batch["mask"]
+        return {"loss": loss, **metrics, "accuracy": models.masked_mean(correct, batch["mask"])}, grads, model_state
+
+    def _train_step(self, state: TrainState, batch):
+        rng = jax.random.fold_in(jax.random.key(self.config.seed), state.step)
+        k = self.config.train.get("accumulate", 1)
+        if k == 1:
+            metrics, grads, model_state = self._grads(state.params, state.model_state, batch, rng)
+        else:  # k micro-batches in turn, their gradients averaged: a global batch larger than memory
+            # micro-batch j = rows j, k + j, 2k + j, ...: each device keeps its own rows (no reshuffle)
+            micro = jax.tree.map(lambda x: jnp.swapaxes(x.reshape(x.shape[0] // k, k, *x.shape[1:]), 0, 1), batch)
+
+            def body(carry, mb):
+                total, model_state, j = carry
+                m, g, model_state = self._grads(state.params, model_state, mb, jax.random.fold_in(rng, j))
+                return (jax.tree.map(jnp.add, total, g), model_state, j + 1), m
+
+            zeros = jax.tree.map(jnp.zeros_like, state.params)
+            (total, model_state, _), per = jax.lax.scan(body, (zeros, state.model_state, 0), micro)
+            grads = jax.tree.map(lambda g: g / k, total)
+            metrics = jax.tree.map(jnp.mean, per)
         updates, opt_state = self.tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
-        correct = (jnp.argmax(logits, -1) == batch["label"]) * batch["mask"]
-        metrics = {"loss": loss, **metrics, "accuracy": models.masked_mean(correct, batch["mask"]),
-                   "lr": self.schedule(state.step), "grad_norm": optax.tree.norm(grads)}
+        metrics = {**metrics, "lr": self.schedule(state.step), "grad_norm": optax.tree.norm(grads)}
         return TrainState(state.step + 1, params, opt_state, model_state), metrics
 
     def _predict(self, state: TrainState, batch):
