@@ -268,33 +268,25 @@ class Model:
         source, the face's box and landmarks in the photo, class probabilities, the label and
         the model's introspection; an input without a face gives {"source", "error"}."""
         from data_prep import face as F
-        from data_prep import prep
         from fergate import predict as P
 
         P.init_worker(self.manifest["data"], sorted(self.pipeline_fields()))
-        faces, lines = [], []
+        items = []  # as `fergate predict`'s work units give them, in input order
         for i, x in enumerate(inputs):
-            source = x if isinstance(x, str) else f"input {i}"
+            base = {"source": x if isinstance(x, str) else f"input {i}"}
             try:
                 if self.kind == "clip":
-                    frames = [f for _, f in P.read_frames(x, 0, None)] if isinstance(x, str) else \
-                        [F.to_rgb8(np.asarray(f)) for f in x]
-                    faces.append({"record": prep.clip_record(frames, P._WORKER["opts"]),
-                                  "info": {"source": source}, "group": source, "i": i})
-                    continue
-                img = F.load_image(x) if isinstance(x, str) else F.to_rgb8(np.asarray(x))
-                got = P.faces_in(img)
+                    frames = P.read_frames(x, 0, None) if isinstance(x, str) else \
+                        [(j, F.to_rgb8(np.asarray(f))) for j, f in enumerate(x)]
+                    items.append(P.clip_item(frames, base, base["source"]))
+                else:
+                    img = F.load_image(x) if isinstance(x, str) else F.to_rgb8(np.asarray(x))
+                    items += P.face_items(img, base, base["source"])
             except F.SkipItem as e:
-                lines.append((i, {"source": source, "error": e.reason}))
-                continue
-            if not got:
-                lines.append((i, {"source": source, "error": "no_face"}))
-            faces += [{"record": r, "info": {"source": source, "face": j, **info}, "group": source, "i": i}
-                      for j, (r, info) in enumerate(got)]
-        if faces:
-            got, _ = P.predict_faces(self, faces)
-            lines += [(f["i"], line) for f, line in zip(faces, got)]
-        return [line for _, line in sorted(lines, key=lambda t: t[0])]
+                items.append({"info": base, "error": e.reason})
+        faces = [it for it in items if "error" not in it]
+        lines = iter(P.predict_faces(self, faces)[0] if faces else [])
+        return [{**it["info"], "error": it["error"]} if "error" in it else next(lines) for it in items]
 
 
 def load(path: str, batch_size: int = 32) -> Model:

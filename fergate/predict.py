@@ -158,28 +158,37 @@ def faces_in(img: np.ndarray) -> list[tuple[dict, dict]]:
     return out
 
 
+def face_items(img: np.ndarray, base: dict, group: str) -> list[dict]:
+    """{"record", "info" (`base` + face index, box, landmarks), "group"} per face of an
+    image, or one {"info", "error": "no_face"}."""
+    got = faces_in(img)
+    if not got:
+        return [{"info": base, "error": "no_face"}]
+    return [{"record": r, "info": {**base, "face": i, **info}, "group": group} for i, (r, info) in enumerate(got)]
+
+
+def clip_item(frames: list[tuple[int, np.ndarray]], base: dict, group: str) -> dict:
+    """{"record", "info" (`base` + the first and last frame), "group"} of (index, frame) pairs:
+    one clip record, as `fergate prep` makes them."""
+    from data_prep import prep
+
+    rec = prep.clip_record([f for _, f in frames], _WORKER["opts"])
+    return {"record": rec, "info": {**base, "frames": [frames[0][0], frames[-1][0]]}, "group": group}
+
+
 def work(unit: Unit) -> list[dict]:
     """{"record", "info"} per face (or clip window) of a unit, or one {"info", "error"}."""
     from data_prep import face as F
-    from data_prep import prep
 
     base = {"source": unit.source}
     try:
         if unit.kind == "image":
-            got = faces_in(F.load_image(unit.source))
-            if not got:
-                return [{"info": base, "error": "no_face"}]
-            return [{"record": r, "info": {**base, "face": i, **info}, "group": unit.group}
-                    for i, (r, info) in enumerate(got)]
+            return face_items(F.load_image(unit.source), base, unit.group)
         frames = read_frames(unit.source, unit.start, unit.stop, unit.every)
         if unit.kind == "window":
-            rec = prep.clip_record([f for _, f in frames], _WORKER["opts"])
-            return [{"record": rec, "info": {**base, "frames": [frames[0][0], frames[-1][0]]}, "group": unit.group}]
-        out = []
-        for index, img in frames:
-            got = faces_in(img)
-            out += [{"record": r, "info": {**base, "frame": index, "face": i, **info}, "group": unit.group}
-                    for i, (r, info) in enumerate(got)]
+            return [clip_item(frames, base, unit.group)]
+        out = [it for index, img in frames for it in face_items(img, {**base, "frame": index}, unit.group)
+               if "error" not in it]
         return out or [{"info": {**base, "frames": [frames[0][0], frames[-1][0]]}, "error": "no_face"}]
     except F.SkipItem as e:
         return [{"info": base, "error": str(e)}]

@@ -544,7 +544,6 @@ class Mix:
     split: str
     weight: float  #: its share of training draws, against the main split's weight
     relabel: tuple[int, ...]  #: its class index -> the training classes' index (-1: dropped)
-    records: np.ndarray | None = None  #: its records to draw from (None: all)
 
 
 def make_dataset(data_dir: str, split: str, fields: Sequence[str], batch_size: int, *, seed: int = 0,
@@ -580,8 +579,7 @@ def make_dataset(data_dir: str, split: str, fields: Sequence[str], batch_size: i
     for g, m in enumerate(mix, 1):
         more = split_files(m.data_dir, m.split)
         their = np.asarray(m.relabel, np.int64)[split_labels(more)]
-        mine = np.arange(len(their)) if m.records is None else np.asarray(m.records, np.int64)
-        mine = mine[their[mine] >= 0]
+        mine = np.flatnonzero(their >= 0)
         records = np.concatenate([records, mine + len(table)])
         groups = np.concatenate([groups, np.full(len(mine), g)])
         files, table, weights = files + more, np.concatenate([table, their]), weights + [m.weight]

@@ -54,14 +54,15 @@ class ShardWriter:
         self.writer.write(data)
         self.labels.append(int(label))
         self.subjects.append(subject)
-        fields = schema.read_header(data)[1]["fields"]
-        if "box_source" in fields:
-            source = schema.decode(data, ("box_source",))["box_source"]
-            self.box_sources[schema.BOX_SOURCES[source]] += 1
-            if schema.BOX_SOURCES[source] == "crop":
+        wanted = tuple(f for f in ("box_source", "landmarks") if f in schema.read_header(data)[1]["fields"])
+        rec = schema.decode(data, wanted) if wanted else {}
+        if "box_source" in rec:
+            source = schema.BOX_SOURCES[rec["box_source"]]
+            self.box_sources[source] += 1
+            if source == "crop":
                 self.crop_fitted.append(len(self.labels) - 1)
-        if "landmarks" in fields:
-            lm = schema.decode(data, ("landmarks",))["landmarks"].astype(np.float64)
+        if "landmarks" in rec:
+            lm = rec["landmarks"].astype(np.float64)
             self.landmark_sums[subject] = self.landmark_sums.get(subject, 0.0) + lm
             self.landmark_counts[subject] += 1
 

@@ -40,12 +40,13 @@ def evaluate_pairs(workdir: str, data: str, out: str) -> dict:
         raise UserError(f"{data} has no same / different pairs in its manifest: prepare a verification set with "
                         "`fergate prep ROOT --dataset lfw --out DIR` (ROOT holding lfw/ and pairs.txt)")
     splits = [s for s, v in manifest["splits"].items() if v["records"]]
+    model = trained_model(workdir, manifest)
     reps, sources = {}, []
     for split in splits:
-        got = representations(workdir, data, split, manifest)
+        source, got = representations(model, data, split, manifest)
         for k, v in got.items():
             reps.setdefault(k, []).append(v)
-        sources += record_sources(data, split)
+        sources += source
     reps = {k: np.concatenate(v) for k, v in reps.items()}
     if not reps:
         raise UserError(f"neither the model of {workdir} nor the records of {data} give a representation to compare")
@@ -98,37 +99,38 @@ def best_threshold(d: np.ndarray, same: np.ndarray) -> float:
     return float(cands[int(np.argmax(acc))])
 
 
-def record_sources(data: str, split: str) -> list[str]:
-    """The `source` of every record of a split, in order."""
-    src = grain.sources.ArrayRecordDataSource(pipeline.split_files(data, split))
-    return [schema.decode(src[i], ("source",))["source"] for i in range(len(src))]
-
-
-def representations(workdir: str, data: str, split: str, manifest: dict) -> dict[str, np.ndarray]:
-    """{name: (records, D)} of a split: the model's `representations` and the records' dlib
-    `identity` embedding when they carry one."""
+def trained_model(workdir: str, manifest: dict):
+    """(config, program, state) of the model in `workdir` when it exposes representations,
+    its config set to read the records of the pairs' data (`manifest`) as they are; else None."""
     cfg = config_lib.load_workdir(workdir)
-    trained_on = pipeline.read_manifest(program.data_dir(cfg, workdir))
-    program.resolve(cfg, trained_on)
+    program.resolve(cfg, pipeline.read_manifest(program.data_dir(cfg, workdir)))
     prog = program.Program(cfg)
-    shapes = jax.eval_shape(prog.predict, prog.abstract_state, prog.example)
-    out: dict[str, list] = {}
-    if shapes.get("representations"):
-        state, _, _ = restore_selected(workdir, prog.abstract_sharded_state())
-        with cfg.unlocked():  # the pairs' people are no classes of the model: read the records as they are
-            cfg.data.classes, cfg.data.label_map, cfg.data.fold = tuple(manifest["classes"]), (), -1
-            cfg.data.label_field = "label"
-        n = pipeline.split_entry(manifest, split)["records"]
+    if not jax.eval_shape(prog.predict, prog.abstract_state, prog.example).get("representations"):
+        return None
+    state, _, _ = restore_selected(workdir, prog.abstract_sharded_state())
+    with cfg.unlocked():  # the pairs' people are no classes of the model: read the records as they are
+        cfg.data.classes, cfg.data.label_map, cfg.data.fold = tuple(manifest["classes"]), (), -1
+        cfg.data.label_field = "label"
+    return cfg, prog, state
+
+
+def representations(model, data: str, split: str, manifest: dict) -> tuple[list[str], dict[str, np.ndarray]]:
+    """The `source` of every record of a split, and {name: (records, D)}: the `model`'s
+    (`trained_model`) `representations` and the records' dlib `identity` embedding when they
+    carry one."""
+    src = grain.sources.ArrayRecordDataSource(pipeline.split_files(data, split))
+    fields = ("source", "identity") if "identity" in schema.read_header(src[0])[1]["fields"] else ("source",)
+    recs = [schema.decode(src[i], fields) for i in range(len(src))]
+    out: dict[str, np.ndarray] = {}
+    if model is not None:
+        cfg, prog, state = model
         got = {}
         for local in program.input_pipeline(cfg, data, split, train=False, manifest=manifest, all_processes=True):
             res = jax.device_get(prog.predict(state, program.global_batch(local, prog.batch_sharding)))
             valid = res["mask"] > 0
             for k, v in res["representations"].items():
-                got.setdefault(k, np.zeros((n, v.shape[-1]), np.float32))[res["index"][valid]] = v[valid]
+                got.setdefault(k, np.zeros((len(recs), v.shape[-1]), np.float32))[res["index"][valid]] = v[valid]
         out = {f"{cfg.model}/{cfg.variant}: {k}": v for k, v in got.items()}
-    fields = schema.read_header(grain.sources.ArrayRecordDataSource(pipeline.split_files(data, split))[0])[1]
-    if "identity" in fields["fields"]:
-        src = grain.sources.ArrayRecordDataSource(pipeline.split_files(data, split))
-        out["dlib face recognition (records)"] = np.stack(
-            [schema.decode(src[i], ("identity",))["identity"] for i in range(len(src))])
-    return out
+    if "identity" in fields:
+        out["dlib face recognition (records)"] = np.stack([r["identity"] for r in recs])
+    return [r["source"] for r in recs], out

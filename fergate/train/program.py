@@ -14,7 +14,7 @@ import functools
 import json
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import flax
@@ -160,8 +160,8 @@ def resolve(config, manifest: dict | None) -> None:
     model family derives (e.g. its number of outputs)."""
     with config.unlocked():
         if manifest is not None:
-            for split in {config.data.train_split, config.data.eval_split} - (
-                    set() if config.data.fold < 0 else {config.data.eval_split}):
+            # a cross-validation fold evaluates on its own subjects: the eval split may be missing
+            for split in [config.data.train_split] + ([config.data.eval_split] if config.data.fold < 0 else []):
                 try:
                     pipeline.split_parts(manifest, split)
                 except UserError:
@@ -204,7 +204,7 @@ def mixed(config, manifest: dict) -> list[pipeline.Mix]:
     mine = _prep_options(manifest)
     known = [manifest["classes"]]
     for entry in config.data.mix:
-        path, eq, w = str(entry).rpartition("=") if "=" in str(entry) else (str(entry), "", "1")
+        path, _, w = str(entry).rpartition("=") if "=" in str(entry) else (str(entry), "", "1")
         try:
             weight = float(w)
         except ValueError:
@@ -241,7 +241,7 @@ def label_map(config, manifest: dict | None) -> dict | None:
     """Training on `subject` labels: subject name -> index over the training subjects."""
     if config.data.label_field != "subject" or manifest is None:
         return None
-    return {s: i for i, s in enumerate(pipeline.split_entry(manifest, training_split(config, manifest))["subjects"])}
+    return {s: i for i, s in enumerate(class_names(config, manifest))}
 
 
 def class_names(config, manifest: dict) -> list[str]:
@@ -251,13 +251,8 @@ def class_names(config, manifest: dict) -> list[str]:
     if config.data.label_field == "label":
         return list(manifest["classes"])
     if config.data.label_field == "subject":
-        return list(pipeline.split_entry(manifest, training_split(config, manifest))["subjects"])
+        return list(pipeline.split_entry(manifest, pipeline.training_split(manifest, config.data))["subjects"])
     return []
-
-
-def training_split(config, manifest: dict) -> str:
-    """The split a run draws its training records from (`pipeline.training_split`)."""
-    return pipeline.training_split(manifest, config.data)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -315,7 +310,7 @@ def cv_fold(config, data_dir: str, manifest: dict) -> tuple[Portion, Portion]:
     """(training, held-out) records of fold `data.fold` of `data.folds`: the subjects of the
     training and held-out splits (those the data has) in the manifest's class-balanced folds
     (recomputed the same way for another k), the fold's subjects held out."""
-    d, pool = config.data, training_split(config, manifest)
+    d, pool = config.data, pipeline.training_split(manifest, config.data)
     files = pipeline.split_files(data_dir, pool)
     subjects, ys = pipeline.split_subjects(files), pipeline.split_labels(files)
     folds = manifest.get("folds", {})
@@ -333,11 +328,11 @@ def cv_fold(config, data_dir: str, manifest: dict) -> tuple[Portion, Portion]:
 
 def input_pipeline(config, data_dir: str, split: str, *, train: bool, manifest: dict | None = None,
                    records: np.ndarray | None = None, all_processes: bool = False,
-                   mix: bool = False) -> grain.IterDataset:
+                   mix: Sequence[pipeline.Mix] = ()) -> grain.IterDataset:
     """Batches of `split` (its `records` only, when given) for the config's model: its fields
     and transforms, the training batch size (shuffled, balanced, augmented, repeated) or the
     evaluation one (one ordered, padded pass); its labels mapped onto `data.classes`
-    (`relabel`), and with `mix`, `data.mix`'s datasets drawn alongside. This process's part
+    (`relabel`), and `mix` (`mixed`: `data.mix`'s datasets) drawn alongside. This process's part
     of each global batch, or with `all_processes` the whole pass in every process."""
     fam = models.family(config.model)
     n = 1 if all_processes else jax.process_count()
@@ -350,7 +345,7 @@ def input_pipeline(config, data_dir: str, split: str, *, train: bool, manifest: 
         workers=config.data.workers if train else 0, label_field=config.data.label_field,
         label_map=label_map(config, manifest), records=records, labels=split_relabelled(config, data_dir, split,
                                                                                         manifest),
-        mix=mixed(config, manifest) if mix else (), weight=config.data.weight)
+        mix=mix, weight=config.data.weight)
 
 
 def split_relabelled(config, data_dir: str, split: str, manifest: dict) -> np.ndarray | None:
@@ -366,13 +361,13 @@ def record_reader(config, data_dir: str, split: str, manifest: dict | None = Non
     the model's inputs after the family's transforms, or other record fields as stored."""
     fam = models.family(config.model)
     transforms, inputs, needed = fam.transforms(config, False), fam.inputs(config), fam.record_fields(config)
+    manifest = manifest or pipeline.read_manifest(data_dir)
+    mapped, subjects = split_relabelled(config, data_dir, split, manifest), label_map(config, manifest)
 
     def read(indices, fields: tuple[str, ...]) -> dict[str, np.ndarray]:
         load = tuple(dict.fromkeys([*needed, *(f for f in fields if f not in inputs)]))
         recs = pipeline.read_records(data_dir, split, indices, load, transforms, config.data.label_field,
-                                     label_map(config, manifest),
-                                     split_relabelled(config, data_dir, split, manifest or
-                                                      pipeline.read_manifest(data_dir)))
+                                     subjects, mapped)
         return {f: recs[f] for f in fields}
 
     return read

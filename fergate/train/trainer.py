@@ -75,11 +75,12 @@ def train(config, workdir: str) -> dict:
     classes = list(config.data.classes)
     prog = Program(config)
     data = plan(config, ddir, manifest)
-    for m in mixed(config, manifest):  # checked here, not in `resolve`: evaluation needs none of them
+    mix = mixed(config, manifest)  # checked here, not in `resolve`: evaluation needs none of them
+    for m in mix:
         log.info(f"[data] mixing {m.data_dir} ({m.split}) into training at weight {m.weight:g} "
                  f"against {config.data.weight:g}")
     it = iter(input_pipeline(config, ddir, data.train.split, train=True, manifest=manifest,
-                             records=data.train.records, mix=True))
+                             records=data.train.records, mix=mix))
     if data.train.records is not None and config.data.fold >= 0:
         log.info(f"[train] cross-validation fold {config.data.fold} of {config.data.folds}: "
                  f"{len(data.train.records)} records train, {len(data.eval.records)} held out")
