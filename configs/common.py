@@ -45,6 +45,10 @@ def base(model: str, variant: str) -> ml_collections.ConfigDict:
     c.train = dict(steps=10_000, log_every=50, ckpt_every=1000, keep=3, eval_every=-1, select="", profile_steps=(),
                    dtype="float32", accumulate=1)
     c.eval = dict(batch_size=64, top_k=(1, 2, 3))
+    # a model axis of `model` devices within each process (the rest is the data axis); `rules`:
+    # "REGEX=AXES" entries sharding the parameters (and their optimizer moments) whose path ends in
+    # REGEX, one mesh axis or - per dimension (families list their widest layers)
+    c.mesh = dict(model=1, rules=())
     # earlier stages (trained into W/pretrain/NAME) and parameters loaded from them or other workdirs
     c.init = dict(params_from=(), params=())
     c.pretrain = dict(steps=0, inherit=(), configs={})

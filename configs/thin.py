@@ -105,6 +105,9 @@ def get_config(arg=None):
         dispel_weight=0.005,
         experts_impl=arg.experts,
     )
+    # with --config.mesh.model=M: the experts split over M devices, L / M each (the members axis)
+    c.mesh.rules = ("experts/kernel0=-,model,-", "experts/bias0=model,-", r"experts/kernel[1-9]\d*=model,-,-",
+                    r"experts/bias[1-9]\d*=model,-")
     # FER's expression network from scratch: 3e-4 (the paper fine-tunes a pretrained one at 1e-5)
     c.optim.lr = c.optim.end_lr = 3e-4 if fer and arg.variant != "exo" else 1e-3
     # the paper selects the best model on a validation set taken from the training data (4.3); FER's

@@ -70,6 +70,10 @@ def get_config(arg=None):
         lmed_blocks=(256, 256),  # LMED-CF's (Dense - BN - ReLU) blocks: 2 for lab data, (256, 256, 256) in the wild
         branch_weight=1.0,  # late fusions (ws, lrmf, lrmaf): each branch's own cross-entropy, weighted
     )
+    # with --config.mesh.model=M: the SARNN's gate columns (input, scene, recurrent), its head's rows and
+    # the 3D CNN's scene layer split over M devices
+    c.mesh.rules = ("sarnn/(input|scene)/kernel=-,model", "sarnn/input/bias=model", "sarnn/recurrent_kernel=-,model",
+                    "sarnn/head0/kernel=model,-", "scene/kernel=-,model", "scene/bias=model")
     # Adam from scratch (the paper fine-tunes pretrained nets with SGD); RNN gradients clipped
     # to [-10, 10] (section 5.2.3)
     c.optim.lr, c.optim.end_lr = 1e-3, 0.0

@@ -349,3 +349,34 @@ def test_fer_setup_of_section_4_3():
         out = m.apply(m.init(jax.random.key(0), batch), batch)
         assert out["introspect"]["abs_cos"].shape == (3, 1) and 0 <= float(out["metrics"]["abs_cos"]) <= 1
         assert ("dispel" in out["losses"]) == (variant == "thin")
+
+
+def test_experts_sharded_over_a_model_axis_train_like_one_device(digits, tmp_path):
+    """`mesh.model=2` on 4 emulated devices (2 data x 2 model): the experts' kernels split
+    over the model axis (config's rules), the loss curve of a single device, the sharded
+    checkpoint restored whole by `fergate export` on one device; rules that do not fit are
+    one-line errors."""
+    def run(w, *extra):
+        return subprocess.run([sys.executable, "-m", "fergate", "train", "--config",
+                               "configs/thin.py:task=digits_rotated,variant=ensemble", "--workdir", str(w),
+                               f"--config.data.dir={digits}", "--config.train.steps=12", "--config.train.log_every=2",
+                               "--config.train.ckpt_every=6", *extra], capture_output=True, text=True)
+
+    curves = []
+    for name, extra in (("one", ()), ("sharded", ("--cpu_devices=4", "--config.mesh.model=2"))):
+        r = run(tmp_path / name, *extra)
+        assert r.returncode == 0, r.stderr[-2000:]
+        with open(tmp_path / name / "metrics.jsonl") as f:
+            curves.append([(m["step"], m["loss"]) for m in map(json.loads, f) if "loss" in m])
+    assert "[mesh] {'data': 2, 'model': 2}" in r.stdout and "experts/kernel0 (None, 'model', None)" in r.stdout
+    (s1, l1), (s2, l2) = (zip(*c) for c in curves)
+    assert s1 == s2 and len(s1) == 6
+    np.testing.assert_allclose(l1, l2, rtol=2e-4)
+    r = subprocess.run([sys.executable, "-m", "fergate", "export", "--workdir", str(tmp_path / "sharded"), "--out",
+                        str(tmp_path / "export")], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-2000:]
+    for extra, message in ((("--config.mesh.model=3",), "must divide the 4 devices"),
+                           (("--config.mesh.rules=('experts/kernel0=model',)",), "does not fit"),
+                           (("--config.mesh.rules=('kernel0=-,tensor,-',)",), "is not REGEX=AXES")):
+        r = run(tmp_path / "bad", "--cpu_devices=4", *extra)
+        assert r.returncode == 2 and message in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr

@@ -456,3 +456,39 @@ def test_lmedcf_alone_trains_from_the_training_splits_range(tmp_path):
     assert not np.allclose(stats["lmed_max"], np.maximum(f["train_clips"].max(0), f["test_clips"].max(0)))
     report = json.loads((w / "eval.json").read_text())
     assert report["mean_class_accuracy"] > 1 / 7 + 0.15, report["mean_class_accuracy"]
+
+
+_STEPS = """
+import json, sys
+import jax
+jax.config.update("jax_num_cpu_devices", int(sys.argv[1]))
+import numpy as np
+from fergate import config as C
+from fergate.train.program import Program, global_batch, resolve
+c = C.load(sys.argv[3], [f"--config.mesh.model={sys.argv[2]}", "--config.input.batch_size=8"])
+resolve(c, None)
+p = Program(c)
+state, local = p.new_state(), p.family.example_batch(c, 8)
+local["label"] = np.arange(8, dtype=np.int32) % p.num_classes
+batch, losses = global_batch(local, p.batch_sharding), []
+for _ in range(3):
+    state, m = p.train_step(state, batch)
+    losses.append(float(m["loss"]))
+specs = {k: str(v.spec) for k, v in zip(["input", "recurrent"], [p.state_sharding.params["sarnn"]["input"]["kernel"],
+                                                                 p.state_sharding.params["sarnn"]["recurrent_kernel"]])}
+print(json.dumps({"loss": losses, "specs": specs}))
+"""
+
+
+def test_sarnn_gates_sharded_over_a_model_axis_give_the_one_device_losses():
+    """The SARNN's gate columns, split over a model axis of 4 emulated devices by the config's
+    rules (`mesh.model=4`): the losses of 3 steps are those of one device."""
+    spec = "configs/vshnn.py:variant=c3d_salstm_a,head_only=True,fusion=lrmaf"
+    runs = []
+    for devices, model in ((1, 1), (4, 4)):
+        r = subprocess.run([sys.executable, "-c", _STEPS, str(devices), str(model), spec], capture_output=True,
+                           text=True)
+        assert r.returncode == 0, r.stderr[-2000:]
+        runs.append(json.loads(r.stdout.strip().splitlines()[-1]))
+    assert runs[1]["specs"] == {"input": "P(None, 'model')", "recurrent": "P(None, 'model')"}
+    np.testing.assert_allclose(runs[0]["loss"], runs[1]["loss"], rtol=2e-5)

@@ -62,7 +62,8 @@ class _Timed:
             "flops_per_example": int(flops * jax.process_count() / b) if flops else None,
             "mfu": round(peak.mfu(flops / med), 4) if flops else None,
             "peak_gflops": round(peak.flops / 1e9, 1), "peak_source": peak.source,
-            "backend": jax.default_backend(), "devices": jax.device_count(), "dtype": c.train.dtype,
+            "backend": jax.default_backend(), "devices": jax.device_count(), "mesh": dict(self.prog.mesh.shape),
+            "dtype": c.train.dtype,
         }
 
 

@@ -2,9 +2,11 @@
 the mesh, the data the config names, its input pipeline, and the `Program` (the family's
 module, the optimizer, shardings and the jitted init / train / predict steps).
 
-Parallelism is data-parallel on a mesh whose `data` axis spans every device of every
-process: batches are built per process and assembled into one global array; the train
-state is replicated and donated to the step.
+Parallelism: a mesh of `data` x `model` devices (`config.mesh.model`, 1 by default).
+Batches are built per process and assembled into one global array split over `data`;
+the train state is replicated, except the leaves `config.mesh.rules` shard (the widest
+layers over `model`, or any leaf over `data`), and donated to the step. XLA's SPMD
+partitioner inserts the collectives the sharded layers need.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import functools
 import json
 import logging
 import os
+import re
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -56,9 +59,66 @@ def setup_distributed(coordinator: str | None = None, num_processes: int | None 
         jax.distributed.initialize()
 
 
-def make_mesh() -> jax.sharding.Mesh:
-    """A mesh whose `data` axis spans every device of every process."""
-    return jax.make_mesh((jax.device_count(),), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
+def make_mesh(model: int = 1) -> jax.sharding.Mesh:
+    """A `data` x `model` mesh: `model` devices of one process hold each shard of the
+    sharded layers (the fast interconnect of a host or a TPU slice's neighbours), `data`
+    spans the rest, every process included."""
+    local = jax.local_device_count()
+    if model < 1 or local % model:
+        raise UserError(f"config mesh.model={model}: the model axis must divide the {local} devices of each process "
+                        f"(--config.mesh.model=1 runs without one)")
+    auto = jax.sharding.AxisType.Auto
+    return jax.make_mesh((jax.device_count() // model, model), ("data", "model"), axis_types=(auto, auto))
+
+
+def leaf_name(path) -> str:
+    """A pytree path as "params/sarnn/input/kernel" (dict keys, attributes, indices)."""
+    return "/".join(str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in path)
+
+
+def parse_rules(rules: Sequence[str], mesh: jax.sharding.Mesh) -> list[tuple[re.Pattern, jax.P, str]]:
+    """`config.mesh.rules` entries "REGEX=AXES": a leaf whose path ends in a match of REGEX
+    gets the partition spec AXES, one mesh axis name per array dimension, "-" for none
+    (e.g. "experts/kernel0=-,model,-"). The first matching rule wins."""
+    out = []
+    for rule in rules:
+        pattern, sep, axes = rule.rpartition("=")
+        spec = tuple(None if a in ("-", "") else a for a in axes.split(","))
+        bad = [a for a in spec if a is not None and a not in mesh.axis_names]
+        if not sep or not pattern or bad:
+            raise UserError(f"config mesh.rules: {rule!r} is not REGEX=AXES with AXES among "
+                            f"{', '.join(mesh.axis_names)} or - per dimension (e.g. 'experts/kernel0=-,model,-')")
+        try:
+            out.append((re.compile(f"(^|/)(?:{pattern})$"), jax.P(*spec), rule))
+        except re.error as e:
+            raise UserError(f"config mesh.rules: {rule!r}: {e}") from None
+    return out
+
+
+def state_shardings(mesh: jax.sharding.Mesh, abstract_state, rules: Sequence[str]):
+    """The sharding of every leaf of a train state: the first rule whose pattern the leaf's
+    path ends in (the optimizer's moments follow their parameters, whose paths they end
+    in), else replicated. A rule whose axes do not fit the leaf (rank, a dimension not a
+    multiple of the axis size) is a one-line error naming both."""
+    parsed, sharded = parse_rules(rules, mesh), {}
+
+    def one(path, x):
+        name = leaf_name(path)
+        for pattern, spec, rule in parsed:
+            if pattern.search(name):
+                if len(spec) != x.ndim or any(a and x.shape[i] % mesh.shape[a] for i, a in enumerate(spec)):
+                    raise UserError(f"config mesh.rules: {rule!r} does not fit {name} {tuple(x.shape)} on a mesh of "
+                                    f"{dict(mesh.shape)}")
+                if name.startswith("params/"):
+                    sharded[name.removeprefix("params/")] = spec
+                return jax.NamedSharding(mesh, spec)
+        return jax.NamedSharding(mesh, jax.P())
+
+    shardings = jax.tree_util.tree_map_with_path(one, abstract_state)
+    if rules and mesh.size > 1:
+        log.info(f"[mesh] {dict(mesh.shape)}: {len(sharded)} parameters sharded "
+                 f"({', '.join(f'{k} {tuple(v)}' for k, v in sharded.items()) or 'no rule matches this model'})")
+    return shardings
 
 
 def global_batch(local: dict[str, np.ndarray], sharding) -> dict[str, jax.Array]:
@@ -450,25 +510,26 @@ class Program:
     def __init__(self, config):
         self.config = config
         self.family = models.family(config.model)
-        self.mesh = make_mesh()
+        mesh = config.get("mesh", {})
+        self.mesh = make_mesh(mesh.get("model", 1))
         self.replicated = jax.NamedSharding(self.mesh, jax.P())
         self.batch_sharding = jax.NamedSharding(self.mesh, jax.P("data"))
         self.module = self.family.build(config)
         self.tx, self.schedule = make_optimizer(config)
-        n = jax.device_count()
+        n = self.mesh.shape["data"]  # the batch is split over the data axis
         for name, b in (("input.batch_size", config.input.batch_size), ("eval.batch_size", config.eval.batch_size)):
             if b % n or b % jax.process_count():
-                raise UserError(f"config {name}={b} must be a multiple of the {n} devices")
+                raise UserError(f"config {name}={b} must be a multiple of the {n} devices of the data axis")
         k = config.train.get("accumulate", 1)
         if k < 1 or config.input.batch_size % (k * n):
             raise UserError(f"config train.accumulate={k}: the global batch input.batch_size={config.input.batch_size} "
-                            f"must split into {k} micro-batches of a multiple of the {n} devices")
+                            f"must split into {k} micro-batches of a multiple of the {n} devices of the data axis")
         local = self.family.example_batch(config, config.input.batch_size // jax.process_count())
         self.example = global_batch(local, self.batch_sharding)
         self.abstract_state = jax.eval_shape(self._init, jax.random.key(0), self.example)
         #: the width of the model's logits
         self.num_classes = jax.eval_shape(self._predict, self.abstract_state, self.example)["logits"].shape[-1]
-        self.state_sharding = jax.tree.map(lambda _: self.replicated, self.abstract_state)
+        self.state_sharding = state_shardings(self.mesh, self.abstract_state, mesh.get("rules", ()))
         self.init = jax.jit(self._init, out_shardings=self.state_sharding)
         self.train_step = jax.jit(self._train_step, in_shardings=(self.state_sharding, self.batch_sharding),
                                   out_shardings=(self.state_sharding, self.replicated), donate_argnums=0)

@@ -47,7 +47,8 @@ log = logging.getLogger(__name__)
 
 #: Config keys that may change between a run and its resumption (they leave the state alone).
 RESUMABLE_CHANGES = ("train.steps", "optim.decay_steps", "train.log_every", "train.ckpt_every", "train.eval_every",
-                     "train.keep", "train.profile_steps", "data.workers", "eval.batch_size", "eval.top_k")
+                     "train.keep", "train.profile_steps", "data.workers", "eval.batch_size", "eval.top_k",
+                     "mesh.model", "mesh.rules")  # the layout of the state, not its values: restored onto any
 
 
 class TrainingDiverged(UserError):
@@ -66,6 +67,7 @@ def train(config, workdir: str) -> dict:
     resolve(config, manifest)
     check_workdir_config(workdir, config)
     if jax.process_index() == 0:  # how the records were made: what `fergate export` tells predict to repeat
+        os.makedirs(workdir, exist_ok=True)
         with open(os.path.join(workdir, "data.json"), "w") as f:
             json.dump({k: manifest[k] for k in export.DATA_KEYS if k in manifest}, f, indent=1)
     ddir = data_dir(config)
@@ -74,6 +76,7 @@ def train(config, workdir: str) -> dict:
         manifest = pipeline.read_manifest(ddir)
     classes = list(config.data.classes)
     prog = Program(config)
+    write_workdir_config(workdir, config)  # once the config has built a program: a refused one leaves nothing
     data = plan(config, ddir, manifest)
     mix = mixed(config, manifest)  # checked here, not in `resolve`: evaluation needs none of them
     for m in mix:
@@ -329,11 +332,10 @@ def check_workdir_config(workdir: str, config) -> None:
     learning-rate schedule under it (raising `train.steps` moves the decay horizon unless
     `optim.decay_steps` pins it)."""
     path = os.path.join(workdir, "config.json")
-    text = config_lib.to_json(config)
     if os.path.exists(path):
         with open(path) as f:
             saved = json.load(f)
-        old, new = config_lib.flatten(saved), config_lib.flatten(json.loads(text))
+        old, new = config_lib.flatten(saved), config_lib.flatten(json.loads(config_lib.to_json(config)))
         diff = [k for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k) and k not in RESUMABLE_CHANGES]
         if diff:
             raise UserError(f"workdir {workdir} was written by another config (differs in {', '.join(diff[:6])}); "
@@ -344,10 +346,13 @@ def check_workdir_config(workdir: str, config) -> None:
                             f"{decay_horizon(config)}, so the schedule would jump at the resume; keep it with "
                             f"--config.optim.decay_steps={horizon} (past that step the rate stays at optim.end_lr), "
                             "or use a new --workdir")
+
+
+def write_workdir_config(workdir: str, config) -> None:
     if jax.process_index() == 0:
         os.makedirs(workdir, exist_ok=True)
-        with open(path, "w") as f:
-            f.write(text)
+        with open(os.path.join(workdir, "config.json"), "w") as f:
+            f.write(config_lib.to_json(config))
 
 
 class MetricsWriter:
