@@ -41,9 +41,10 @@ def base(model: str, variant: str) -> ml_collections.ConfigDict:
     # eval_every: held-out evaluation every N steps (-1: ten times a run, 0: only at the end)
     # select: keep the checkpoint with the best validation value of this metric ("": the last)
     # accumulate: the global batch in this many micro-batches, one after another, gradients averaged
-    # (batches larger than memory); dtype: compute dtype (bfloat16 by option)
+    # (batches larger than memory); dtype: compute dtype ("auto": bfloat16 on GPU / TPU, float32 on CPU;
+    # parameters and optimizer state stay float32)
     c.train = dict(steps=10_000, log_every=50, ckpt_every=1000, keep=3, eval_every=-1, select="", profile_steps=(),
-                   dtype="float32", accumulate=1)
+                   dtype="auto", accumulate=1)
     c.eval = dict(batch_size=64, top_k=(1, 2, 3))
     # a model axis of `model` devices within each process (the rest is the data axis); `rules`:
     # "REGEX=AXES" entries sharding the parameters (and their optimizer moments) whose path ends in

@@ -146,6 +146,24 @@ def _predict(a: argparse.Namespace) -> None:
           f"{' -> ' + a.out if a.out else ''}", file=sys.stderr)
 
 
+def _curves(a: argparse.Namespace) -> None:
+    import os
+
+    from fergate import plots
+    from fergate.train.trainer import read_metrics
+
+    labels = a.labels or [os.path.basename(os.path.normpath(w)) for w in a.workdirs]
+    if len(labels) != len(a.workdirs):
+        raise UserError(f"--labels: {len(labels)} labels for {len(a.workdirs)} workdirs")
+    runs = {}
+    for label, w in zip(labels, a.workdirs):
+        try:
+            runs[label] = read_metrics(w)
+        except OSError:
+            raise UserError(f"{w}: no metrics.jsonl (not a training workdir, or it has not logged yet)") from None
+    print(f"[curves] {len(runs)} runs -> {plots.training_curves(runs, a.out, a.title)}")
+
+
 def _eval(a: argparse.Namespace) -> None:
     import os
 
@@ -320,9 +338,16 @@ def _bench(a: argparse.Namespace, overrides: list[str]) -> None:
     from fergate.train import bench
 
     if a.pipeline:
-        if not a.data:
-            raise UserError("--pipeline times the input pipeline of a prepared directory: add --data DIR")
-        print(bench.to_json(bench.pipeline_bench(cfg, a.data, a.batch)))
+        data = a.data
+        if not data:  # the config's own data: the built-in set, prepared on first use
+            if cfg.data.get("features_from"):
+                raise UserError(f"{cfg.model}/{cfg.variant} reads an earlier stage's features: add --data "
+                                f"W/pretrain/{cfg.data.features_from}/features of a trained workdir W")
+            _builtin_data(cfg)
+            from fergate.train import program
+
+            data = program.data_dir(cfg)
+        print(bench.to_json(bench.pipeline_bench(cfg, data, a.batch)))
         return
     print(bench.to_json(bench.bench(cfg, a.batch, a.steps, a.warmup, a.infer, a.data, vs)))
 
@@ -449,6 +474,14 @@ def parser() -> argparse.ArgumentParser:
     _add_jax_args(q)
     q.set_defaults(func=_eval)
 
+    q = sub.add_parser("curves", help="the training curves of several runs in one figure (loss, training and "
+                       "held-out accuracy against the step)")
+    q.add_argument("workdirs", nargs="+", metavar="WORKDIR")
+    q.add_argument("--out", required=True, help="the figure (.png)")
+    q.add_argument("--labels", nargs="+", default=None, help="one per workdir (default: the workdirs' names)")
+    q.add_argument("--title", default="", help="the figure's title")
+    q.set_defaults(func=_curves)
+
     q = sub.add_parser("export", help="a trained model as a self-contained directory: parameters, config, classes, "
                        "preprocessing contract and a serialized inference function (jax.export)")
     q.add_argument("--workdir", required=True)
@@ -504,7 +537,8 @@ def parser() -> argparse.ArgumentParser:
     q.add_argument("--infer", action="store_true")
     q.add_argument("--data", default=None, help="also time the input pipeline on this prepared directory (and "
                    "report its rate over the step's)")
-    q.add_argument("--pipeline", action="store_true", help="only the input pipeline on --data, no model")
+    q.add_argument("--pipeline", action="store_true", help="only the input pipeline, no model: on --data, else "
+                   "on the config's own data (the built-in set, prepared on first use)")
     q.add_argument("--prep", action="store_true", help="only data_prep: faces/s of `fergate prep` on the sample set "
                    "with each of --prep_workers")
     q.add_argument("--prep_workers", default="1,2", help="worker counts for --prep (default 1,2)")

@@ -174,27 +174,35 @@ def image_grid(images: np.ndarray, row_labels: Sequence[str], title: str, path: 
     return _save(fig, path)
 
 
-def training_curves(rows: list[dict], path: str) -> str:
-    """Loss and accuracy against the step: training (mean over each logging interval) and
-    held-out evaluation, from the rows of metrics.jsonl."""
+def training_curves(runs: dict[str, list[dict]], path: str, title: str = "") -> str:
+    """Loss and accuracy against the step of one run or several ({label: rows of
+    metrics.jsonl}, one colour each): training (mean over each logging interval) and
+    held-out evaluation (accuracy solid with dots, mean class accuracy dashed)."""
     plt = _plt()
-    train = [r for r in rows if "loss" in r]
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 3.6))
-    ax_loss.plot([r["step"] for r in train], [r["loss"] for r in train], label="training loss")
+    for i, (label, rows) in enumerate(runs.items()):
+        colour, prefix = f"C{i}", f"{label}: " if label else ""
+        train = [r for r in rows if "loss" in r]
+        ax_loss.plot([r["step"] for r in train], [r["loss"] for r in train], color=colour, label=label or None)
+        ax_acc.plot([r["step"] for r in train], [r["accuracy"] for r in train], color=colour, alpha=0.5,
+                    label=f"{prefix}training batches")
+        for tag, name, marker in (("val", "validation", "s"), ("eval", "held-out split", "o")):
+            held = [r for r in rows if f"{tag}_accuracy" in r]
+            if held:
+                ax_acc.plot([r["step"] for r in held], [r[f"{tag}_accuracy"] for r in held], marker=marker,
+                            color=colour, label=f"{prefix}{name}")
+                ax_acc.plot([r["step"] for r in held], [r[f"{tag}_mean_class_accuracy"] for r in held], marker=".",
+                            linestyle="--", color=colour, label=f"{prefix}{name}, mean class accuracy")
     ax_loss.set_xlabel("step")
-    ax_loss.set_ylabel("loss")
+    ax_loss.set_ylabel("training loss (mean over each logging interval)")
     ax_loss.set_title("training loss", fontsize=10)
-    ax_acc.plot([r["step"] for r in train], [r["accuracy"] for r in train], label="training batches")
-    for tag, name in (("val", "validation"), ("eval", "held-out split")):
-        held = [r for r in rows if f"{tag}_accuracy" in r]
-        if held:
-            line = ax_acc.plot([r["step"] for r in held], [r[f"{tag}_accuracy"] for r in held], marker="o",
-                               label=name)[0]
-            ax_acc.plot([r["step"] for r in held], [r[f"{tag}_mean_class_accuracy"] for r in held], marker=".",
-                        linestyle="--", color=line.get_color(), label=f"{name}, mean class accuracy")
+    if len(runs) > 1:
+        ax_loss.legend(fontsize=7)
     ax_acc.set_xlabel("step")
     ax_acc.set_ylabel("accuracy")
     ax_acc.set_ylim(0, 1)
     ax_acc.set_title("accuracy", fontsize=10)
     ax_acc.legend(fontsize=7)
+    if title:
+        fig.suptitle(title, fontsize=11)
     return _save(fig, path)

@@ -80,9 +80,10 @@ def test_bench_times_the_input_pipeline_and_data_prep_alone(sample_data):
     assert r.returncode == 0, r.stderr[-2000:]
     line = json.loads(r.stdout.strip().splitlines()[-1])
     assert line["mode"] == "pipeline" and line["batch"] == 8 and line["examples_per_sec"] > 0
-    r = subprocess.run([sys.executable, "-m", "fergate", "bench", "--pipeline", "--config", "configs/modul.py"],
-                       capture_output=True, text=True)
-    assert r.returncode == 2 and "add --data DIR" in r.stderr
+    # without --data the config's own data; a stage's features exist only in a trained workdir
+    r = subprocess.run([sys.executable, "-m", "fergate", "bench", "--pipeline", "--config",
+                        "configs/vshnn.py:variant=c3d_sagru_b"], capture_output=True, text=True)
+    assert r.returncode == 2 and "add --data W/pretrain/frames/features" in r.stderr
     from fergate.train import bench
 
     res = bench.prep_bench([1, 2], size=14)

@@ -41,9 +41,13 @@ def test_every_figure_has_a_title_axis_labels_and_labelled_colour_bars(figures):
                         "hist.png")
     plots.image_grid(rng.integers(0, 255, (4, 8, 16, 16, 1), dtype=np.uint8), [f"expert {i}" for i in range(4)],
                      "title", "grid.png")
-    plots.training_curves([{"step": 10, "loss": 2.0, "accuracy": 0.2}, {"step": 20, "eval_accuracy": 0.3,
-                           "eval_mean_class_accuracy": 0.3, "loss": 1.5, "accuracy": 0.4}], "curves.png")
-    assert len(figures) == 8
+    rows = [{"step": 10, "loss": 2.0, "accuracy": 0.2}, {"step": 20, "eval_accuracy": 0.3,
+                                                        "eval_mean_class_accuracy": 0.3, "loss": 1.5, "accuracy": 0.4}]
+    plots.training_curves({"": rows}, "curves.png")
+    plots.training_curves({"float32": rows, "bfloat16": rows}, "compare.png", "title")
+    assert len(figures) == 9
+    loss_ax = figures["compare.png"].axes[0]
+    assert [t.get_text() for t in loss_ax.get_legend().get_texts()] == ["float32", "bfloat16"]
     for name, fig in figures.items():
         titles = [fig._suptitle.get_text()] if fig._suptitle else []
         titles += [ax.get_title() for ax in fig.axes]
@@ -59,3 +63,19 @@ def test_every_figure_has_a_title_axis_labels_and_labelled_colour_bars(figures):
     cm50 = figures["cm50.png"].axes[0]
     assert not [t for t in cm50.texts if t.get_text()] and len(cm50.get_xticklabels()) == 50
     assert len([t for t in figures["cm7.png"].axes[0].texts if t.get_text().endswith("%")]) == 49
+
+
+def test_curves_command_draws_several_runs_and_names_a_missing_one(tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    for name, loss in (("f32", 2.0), ("bf16", 2.1)):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "metrics.jsonl").write_text(json.dumps({"step": 10, "loss": loss, "accuracy": 0.3}) + "\n")
+    cmd = [sys.executable, "-m", "fergate", "curves", str(tmp_path / "f32"), str(tmp_path / "bf16"), "--out",
+           str(tmp_path / "c.png"), "--labels", "float32", "bfloat16"]
+    r = subprocess.run(cmd, capture_output=True, text=True)
+    assert r.returncode == 0 and (tmp_path / "c.png").stat().st_size > 0, r.stderr
+    r = subprocess.run(cmd[:4] + [str(tmp_path / "nowhere")] + cmd[5:8], capture_output=True, text=True)
+    assert r.returncode == 2 and "nowhere: no metrics.jsonl" in r.stderr and len(r.stderr.strip().splitlines()) == 1

@@ -117,6 +117,26 @@ def cross_entropy(config, outputs: dict, batch: dict) -> tuple[jax.Array, dict]:
     return ce + sum(extra.values()), {"ce": ce, **extra, **outputs.get("metrics", {})}
 
 
+#: compute dtype of train.dtype="auto" per backend: bfloat16 where it is the faster (GPU tensor
+#: cores, TPU MXU passes), float32 on CPU (XLA:CPU's bfloat16 step measured 0.66x float32's)
+AUTO_DTYPE = {"gpu": "bfloat16", "cuda": "bfloat16", "rocm": "bfloat16", "tpu": "bfloat16"}
+
+
+def compute_dtype(config) -> jnp.dtype:
+    """The dtype the model computes in (`config.train.dtype`; "auto": `AUTO_DTYPE` of the
+    default backend, else float32). Parameters and optimizer state stay float32."""
+    name = config.train.dtype
+    if name == "auto":
+        name = AUTO_DTYPE.get(jax.default_backend(), "float32")
+    try:
+        dtype = jnp.dtype(name)
+    except TypeError:
+        dtype = None
+    if dtype is None or not jnp.issubdtype(dtype, jnp.floating):
+        raise UserError(f"config train.dtype={name!r}: auto, float32 or bfloat16")
+    return dtype
+
+
 def masked_mean(x: jax.Array, mask: jax.Array) -> jax.Array:
     """Mean of per-example values over the examples with mask 1 (padding has mask 0)."""
     return jnp.sum(x * mask) / jnp.maximum(jnp.sum(mask), 1.0)

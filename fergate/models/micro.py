@@ -32,7 +32,7 @@ import optax
 from fergate.data import compound, pipeline
 from fergate.data.landmarks import MIRROR_68
 from fergate.errors import UserError
-from fergate.models import Results, cross_entropy, masked_mean, num_classes_from_data, random_batch
+from fergate.models import Results, compute_dtype, cross_entropy, masked_mean, num_classes_from_data, random_batch
 
 VARIANTS = ("visual", "geometry", "fusion")
 LOSSES = ("hinge_l2", "cross_entropy")
@@ -160,7 +160,7 @@ def build(config) -> MicroEmotionNet:
     s = config.micro
     return MicroEmotionNet(variant=config.variant, num_classes=s.num_classes, convs=tuple(map(tuple, s.convs)),
                            fc6=s.fc6, fc7=s.fc7, dropout=s.dropout, lrn=tuple(s.lrn), normalize=s.normalize,
-                           dtype=jnp.dtype(config.train.dtype))
+                           dtype=compute_dtype(config))
 
 
 def resolve(config, manifest: dict | None) -> None:

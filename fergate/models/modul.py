@@ -18,7 +18,7 @@ import numpy as np
 
 from fergate import plots
 from fergate.data.landmarks import INTRAFACE_49, pairwise_distances
-from fergate.models import Results, face_transforms, num_classes_from_data, random_batch
+from fergate.models import Results, compute_dtype, face_transforms, num_classes_from_data, random_batch
 from fergate.models.layers import MLP, ConvPool, FaceGates
 
 VARIANTS = {  # name: (distance branch, patch branch, landmark gates, modal gate)
@@ -112,7 +112,7 @@ class MoDuL(nn.Module):
 
 
 def build(config) -> MoDuL:
-    return MoDuL(variant=config.variant, dtype=jnp.dtype(config.train.dtype), **config.modul)
+    return MoDuL(variant=config.variant, dtype=compute_dtype(config), **config.modul)
 
 
 #: classes without data (a benchmark): the 7 basic expressions

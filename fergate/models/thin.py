@@ -24,7 +24,7 @@ import numpy as np
 from fergate import plots
 from fergate.data import pipeline
 from fergate.errors import UserError
-from fergate.models import Results, face_transforms, num_classes_from_data
+from fergate.models import Results, compute_dtype, face_transforms, num_classes_from_data
 from fergate.models.layers import ConvEncoder, Experts, LoopExperts, MLPClassifier, TreeGate
 
 VARIANTS = ("baseline", "ensemble", "tree_gated", "exo_tree_gated", "oracle", "thin", "exo")
@@ -130,7 +130,7 @@ def fixed_projection(h: jax.Array, width: int) -> jax.Array:
 
 
 def build(config) -> THIN:
-    return THIN(variant=config.variant, dtype=jnp.dtype(config.train.dtype), **config.thin)
+    return THIN(variant=config.variant, dtype=compute_dtype(config), **config.thin)
 
 
 #: training subjects and classes assumed when there is no data to count them (`fergate bench`)

@@ -37,7 +37,7 @@ from fergate import plots
 from fergate.data import pipeline
 from fergate.data.landmarks import LEFT_EYE, LMED_PAIRS, RIGHT_EYE
 from fergate.errors import UserError
-from fergate.models import Results, cross_entropy, masked_mean, num_classes_from_data
+from fergate.models import Results, compute_dtype, cross_entropy, masked_mean, num_classes_from_data
 from fergate.models.layers import ConvEncoder
 
 #: Table 2's rows: the 3D CNN alone, the frame CNN with a plain RNN (CNN-LSTM / CNN-GRU),
@@ -487,7 +487,7 @@ class VSHNN(nn.Module):
 
 # ----------------------------------------------------------------------------- the family contract
 def build(config) -> VSHNN:
-    return VSHNN(variant=config.variant, dtype=jnp.dtype(config.train.dtype), **config.vshnn)
+    return VSHNN(variant=config.variant, dtype=compute_dtype(config), **config.vshnn)
 
 
 def train_frames(config) -> int:

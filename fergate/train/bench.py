@@ -14,6 +14,7 @@ import time
 import jax
 import numpy as np
 
+from fergate import models
 from fergate.data import pipeline
 from fergate.errors import UserError
 from fergate.train import perf
@@ -54,7 +55,8 @@ class _Timed:
 
     def report(self) -> dict:
         c, b, flops = self.config, self.config.input.batch_size, self.flops
-        med, peak = statistics.median(self.times), perf.peak(c.train.dtype)
+        dtype = models.compute_dtype(c).name
+        med, peak = statistics.median(self.times), perf.peak(dtype)
         return {
             "model": f"{c.model}/{c.variant}", "mode": "infer" if self.infer else "train",
             "params": self.prog.n_params(), "batch": b, "examples_per_sec": round(b / med, 2),
@@ -63,7 +65,7 @@ class _Timed:
             "mfu": round(peak.mfu(flops / med), 4) if flops else None,
             "peak_gflops": round(peak.flops / 1e9, 1), "peak_source": peak.source,
             "backend": jax.default_backend(), "devices": jax.device_count(), "mesh": dict(self.prog.mesh.shape),
-            "dtype": c.train.dtype,
+            "dtype": dtype,
         }
 
 

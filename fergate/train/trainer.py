@@ -391,7 +391,7 @@ class MetricsWriter:
             self.tb.close()
             self.tb = None
         if self.lead:
-            plots.training_curves(read_metrics(os.path.dirname(self.path)),
+            plots.training_curves({"": read_metrics(os.path.dirname(self.path))},
                                   os.path.join(os.path.dirname(self.path), "curves.png"))
 
 
