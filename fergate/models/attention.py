@@ -33,7 +33,7 @@ import numpy as np
 
 from fergate import plots
 from fergate.data import pipeline
-from fergate.models import Results, num_classes_from_data, random_batch
+from fergate.models import Results, compute_dtype, num_classes_from_data, random_batch
 from fergate.models.layers import max_pool2
 
 VARIANTS = ("baseline", "attention", "symmetric", "gap")
@@ -131,7 +131,7 @@ class AttentionCNN(nn.Module):
 
 
 def build(config) -> AttentionCNN:
-    return AttentionCNN(variant=config.variant, dtype=jnp.dtype(config.train.dtype), **config.attention)
+    return AttentionCNN(variant=config.variant, dtype=compute_dtype(config), **config.attention)
 
 
 #: classes without data (a benchmark): the 7 basic expressions

@@ -116,7 +116,7 @@ def train(config, workdir: str) -> dict:
 
     # compile once; FLOPs for MFU from the compiled step
     compiled = prog.train_step.lower(state, prog.example).compile()
-    flops, peak = perf.compiled_flops(compiled), perf.peak(c.dtype)
+    flops, peak = perf.compiled_flops(compiled), perf.peak(models.compute_dtype(config).name)
     writer = MetricsWriter(workdir, start)
     profile = Profile(c.profile_steps, workdir)
     eval_every = c.eval_every if c.eval_every >= 0 else max(1, c.steps // 10)
