@@ -153,14 +153,17 @@ def _curves(a: argparse.Namespace) -> None:
     from fergate.train.trainer import read_metrics
 
     labels = a.labels or [os.path.basename(os.path.normpath(w)) for w in a.workdirs]
-    if len(labels) != len(a.workdirs):
-        raise UserError(f"--labels: {len(labels)} labels for {len(a.workdirs)} workdirs")
+    if len(set(labels)) < len(labels):  # e.g. a/fold-01 and b/fold-01
+        labels = a.labels or [os.path.normpath(w) for w in a.workdirs]
+    if len(labels) != len(a.workdirs) or len(set(labels)) < len(labels):
+        raise UserError(f"--labels: {len(labels)} labels for {len(a.workdirs)} workdirs, each its own")
     runs = {}
     for label, w in zip(labels, a.workdirs):
         try:
             runs[label] = read_metrics(w)
         except OSError:
             raise UserError(f"{w}: no metrics.jsonl (not a training workdir, or it has not logged yet)") from None
+    os.makedirs(os.path.dirname(os.path.abspath(a.out)), exist_ok=True)
     print(f"[curves] {len(runs)} runs -> {plots.training_curves(runs, a.out, a.title)}")
 
 

@@ -132,7 +132,8 @@ def _tuples(x: Any) -> Any:
 
 def load_workdir(workdir: str) -> ml_collections.ConfigDict:
     """The config a training workdir was written with (its `config.json`; sequences as
-    tuples, as config files write them)."""
+    tuples, as config files write them), without its mesh: the mesh is a layout of the
+    training run, and a workdir is read on any number of devices."""
     path = os.path.join(workdir, "config.json")
     if not os.path.exists(path):
         raise UserError(f"{path} missing: {workdir} is not a fergate training workdir")
@@ -142,6 +143,8 @@ def load_workdir(workdir: str) -> ml_collections.ConfigDict:
         for k, v in keys.items():
             if section in cfg and k not in cfg[section]:
                 cfg[section][k] = v
+    if "mesh" in cfg:  # read to evaluate, export or load from: whole, on whatever devices this process has
+        cfg.mesh.model, cfg.mesh.rules = 1, ()
     return cfg
 
 

@@ -78,9 +78,6 @@ def _export(workdir: str, out: str, step: int | None) -> dict:
     from fergate.train.checkpoint import Checkpointer, restore_selected
 
     cfg = config_lib.load_workdir(workdir)
-    if "mesh" in cfg:  # the parameters are restored whole, whatever mesh trained them
-        with cfg.unlocked():
-            cfg.mesh.model = 1
     data = training_data(cfg, workdir)
     prog = program.Program(cfg)
     if step is None:

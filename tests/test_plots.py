@@ -72,10 +72,11 @@ def test_curves_command_draws_several_runs_and_names_a_missing_one(tmp_path):
 
     for name, loss in (("f32", 2.0), ("bf16", 2.1)):
         (tmp_path / name).mkdir()
-        (tmp_path / name / "metrics.jsonl").write_text(json.dumps({"step": 10, "loss": loss, "accuracy": 0.3}) + "\n")
+        (tmp_path / name / "metrics.jsonl").write_text(json.dumps({"step": 10, "loss": loss, "accuracy": 0.3}) + "\n"
+                                                       + '{"step": 20, "lo')  # a line still being written
     cmd = [sys.executable, "-m", "fergate", "curves", str(tmp_path / "f32"), str(tmp_path / "bf16"), "--out",
-           str(tmp_path / "c.png"), "--labels", "float32", "bfloat16"]
+           str(tmp_path / "new" / "c.png"), "--labels", "float32", "bfloat16"]
     r = subprocess.run(cmd, capture_output=True, text=True)
-    assert r.returncode == 0 and (tmp_path / "c.png").stat().st_size > 0, r.stderr
+    assert r.returncode == 0 and (tmp_path / "new" / "c.png").stat().st_size > 0, r.stderr
     r = subprocess.run(cmd[:4] + [str(tmp_path / "nowhere")] + cmd[5:8], capture_output=True, text=True)
     assert r.returncode == 2 and "nowhere: no metrics.jsonl" in r.stderr and len(r.stderr.strip().splitlines()) == 1

@@ -372,11 +372,14 @@ def test_experts_sharded_over_a_model_axis_train_like_one_device(digits, tmp_pat
     (s1, l1), (s2, l2) = (zip(*c) for c in curves)
     assert s1 == s2 and len(s1) == 6
     np.testing.assert_allclose(l1, l2, rtol=2e-4)
-    r = subprocess.run([sys.executable, "-m", "fergate", "export", "--workdir", str(tmp_path / "sharded"), "--out",
-                        str(tmp_path / "export")], capture_output=True, text=True)
-    assert r.returncode == 0, r.stderr[-2000:]
+    for cmd in (["export", "--out", str(tmp_path / "export")], ["eval"]):  # read whole, on one device
+        r = subprocess.run([sys.executable, "-m", "fergate", *cmd, "--workdir", str(tmp_path / "sharded")],
+                           capture_output=True, text=True)
+        assert r.returncode == 0, r.stderr[-2000:]
     for extra, message in ((("--config.mesh.model=3",), "must divide the 4 devices"),
                            (("--config.mesh.rules=('experts/kernel0=model',)",), "does not fit"),
-                           (("--config.mesh.rules=('kernel0=-,tensor,-',)",), "is not REGEX=AXES")):
+                           (("--config.mesh.rules=('kernel0=-,tensor,-',)",), "is not REGEX=AXES"),
+                           (("--config.mesh.rules=('kernel0=model,model,-',)",), "each axis once"),
+                           (("--config.mesh.rules=('params/experts/kernel0=-,model,-',)",), "within the parameters")):
         r = run(tmp_path / "bad", "--cpu_devices=4", *extra)
         assert r.returncode == 2 and message in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr

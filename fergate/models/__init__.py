@@ -133,7 +133,7 @@ def compute_dtype(config) -> jnp.dtype:
     except TypeError:
         dtype = None
     if dtype is None or not jnp.issubdtype(dtype, jnp.floating):
-        raise UserError(f"config train.dtype={name!r}: auto, float32 or bfloat16")
+        raise UserError(f"config train.dtype={name!r}: auto, float32, bfloat16 or float16")
     return dtype
 
 

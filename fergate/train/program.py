@@ -68,7 +68,11 @@ def make_mesh(model: int = 1) -> jax.sharding.Mesh:
         raise UserError(f"config mesh.model={model}: the model axis must divide the {local} devices of each process "
                         f"(--config.mesh.model=1 runs without one)")
     auto = jax.sharding.AxisType.Auto
-    return jax.make_mesh((jax.device_count() // model, model), ("data", "model"), axis_types=(auto, auto))
+    mesh = jax.make_mesh((jax.device_count() // model, model), ("data", "model"), axis_types=(auto, auto))
+    if any(len({d.process_index for d in row}) > 1 for row in mesh.devices.reshape(-1, model)):
+        raise UserError(f"config mesh.model={model}: this platform's device order puts a model group on several "
+                        "processes; use a model axis within one process's devices")
+    return mesh
 
 
 def leaf_name(path) -> str:
@@ -83,11 +87,16 @@ def parse_rules(rules: Sequence[str], mesh: jax.sharding.Mesh) -> list[tuple[re.
     out = []
     for rule in rules:
         pattern, sep, axes = rule.rpartition("=")
-        spec = tuple(None if a in ("-", "") else a for a in axes.split(","))
-        bad = [a for a in spec if a is not None and a not in mesh.axis_names]
+        pattern, spec = pattern.strip(), tuple(None if a.strip() in ("-", "") else a.strip() for a in axes.split(","))
+        named = [a for a in spec if a is not None]
+        bad = [a for a in named if a not in mesh.axis_names] or len(set(named)) != len(named)
+        if pattern.startswith("params/"):
+            raise UserError(f"config mesh.rules: {rule!r}: name the parameter's path within the parameters "
+                            f"({pattern.removeprefix('params/')!r}), so that its optimizer moments match too")
         if not sep or not pattern or bad:
             raise UserError(f"config mesh.rules: {rule!r} is not REGEX=AXES with AXES among "
-                            f"{', '.join(mesh.axis_names)} or - per dimension (e.g. 'experts/kernel0=-,model,-')")
+                            f"{', '.join(mesh.axis_names)} or - per dimension, each axis once "
+                            "(e.g. 'experts/kernel0=-,model,-')")
         try:
             out.append((re.compile(f"(^|/)(?:{pattern})$"), jax.P(*spec), rule))
         except re.error as e:
@@ -115,9 +124,9 @@ def state_shardings(mesh: jax.sharding.Mesh, abstract_state, rules: Sequence[str
         return jax.NamedSharding(mesh, jax.P())
 
     shardings = jax.tree_util.tree_map_with_path(one, abstract_state)
-    if rules and mesh.size > 1:
+    if any(a and mesh.shape[a] > 1 for spec in sharded.values() for a in spec):
         log.info(f"[mesh] {dict(mesh.shape)}: {len(sharded)} parameters sharded "
-                 f"({', '.join(f'{k} {tuple(v)}' for k, v in sharded.items()) or 'no rule matches this model'})")
+                 f"({', '.join(f'{k} {tuple(v)}' for k, v in sharded.items())})")
     return shardings
 
 
@@ -219,6 +228,8 @@ def resolve(config, manifest: dict | None) -> None:
     mapped is refused), the datasets `data.mix` draws from are checked, then whatever the
     model family derives (e.g. its number of outputs)."""
     with config.unlocked():
+        if config.train.dtype == "auto":  # recorded as what it is on this backend (a resume elsewhere is checked)
+            config.train.dtype = models.compute_dtype(config).name
         if manifest is not None:
             # a cross-validation fold evaluates on its own subjects: the eval split may be missing
             for split in [config.data.train_split] + ([config.data.eval_split] if config.data.fold < 0 else []):
@@ -551,7 +562,11 @@ class Program:
     def _grads(self, params, model_state, batch, rng):
         """(loss, metrics with accuracy), grads and the new model state of one (micro-)batch."""
 
+        frozen = set(self.config.optim.frozen)
+
         def loss_fn(params):
+            if frozen:  # constants to autodiff: a frozen subtree's backward pass is never computed
+                params = {k: jax.lax.stop_gradient(v) if k in frozen else v for k, v in params.items()}
             out, new_state = self._apply(params, model_state, batch, True, rng)
             loss, metrics = self.family.loss(self.config, out, batch)
             return loss, (out["logits"], new_state, metrics)

@@ -36,7 +36,9 @@ from fergate.train.program import (
     features_dir,
     global_batch,
     input_pipeline,
+    make_mesh,
     mixed,
+    parse_rules,
     plan,
     resolve,
     source_dir,
@@ -66,17 +68,16 @@ def train(config, workdir: str) -> dict:
     manifest = pipeline.read_manifest(source_dir(config))
     resolve(config, manifest)
     check_workdir_config(workdir, config)
-    if jax.process_index() == 0:  # how the records were made: what `fergate export` tells predict to repeat
-        os.makedirs(workdir, exist_ok=True)
-        with open(os.path.join(workdir, "data.json"), "w") as f:
-            json.dump({k: manifest[k] for k in export.DATA_KEYS if k in manifest}, f, indent=1)
+    mesh = config.get("mesh", {})  # a mesh this process cannot build is refused before earlier stages run
+    parse_rules(mesh.get("rules", ()), make_mesh(mesh.get("model", 1)))
+    source_manifest = manifest
     ddir = data_dir(config)
     if config.data.get("features_from"):
         ddir = write_stage_features(config, workdir)
         manifest = pipeline.read_manifest(ddir)
     classes = list(config.data.classes)
     prog = Program(config)
-    write_workdir_config(workdir, config)  # once the config has built a program: a refused one leaves nothing
+    write_workdir_config(workdir, config, source_manifest)  # once the config has built a program
     data = plan(config, ddir, manifest)
     mix = mixed(config, manifest)  # checked here, not in `resolve`: evaluation needs none of them
     for m in mix:
@@ -348,11 +349,15 @@ def check_workdir_config(workdir: str, config) -> None:
                             "or use a new --workdir")
 
 
-def write_workdir_config(workdir: str, config) -> None:
+def write_workdir_config(workdir: str, config, manifest: dict) -> None:
+    """W/config.json, and W/data.json: how the records were made, what `fergate export`
+    tells predict to repeat."""
     if jax.process_index() == 0:
         os.makedirs(workdir, exist_ok=True)
         with open(os.path.join(workdir, "config.json"), "w") as f:
             f.write(config_lib.to_json(config))
+        with open(os.path.join(workdir, "data.json"), "w") as f:
+            json.dump({k: manifest[k] for k in export.DATA_KEYS if k in manifest}, f, indent=1)
 
 
 class MetricsWriter:
@@ -396,9 +401,14 @@ class MetricsWriter:
 
 
 def read_metrics(workdir: str) -> list[dict]:
-    """The rows of `W/metrics.jsonl`."""
+    """The rows of `W/metrics.jsonl` (a last line still being written is left out)."""
     with open(os.path.join(workdir, "metrics.jsonl")) as f:
-        return [json.loads(line) for line in f if line.strip()]
+        lines = [line for line in f if line.strip()]
+    rows = [json.loads(line) for line in lines[:-1]]
+    try:
+        return rows + [json.loads(lines[-1])] if lines else rows
+    except json.JSONDecodeError:
+        return rows
 
 
 class Profile:
