@@ -1,7 +1,8 @@
 """`fergate bench`: train / inference step time of any config on its family's example batch.
 
 Compile time is reported apart (`compile_s`); the step time is the median of timed steps
-after warm-up. FLOPs come from the compiled step's XLA cost analysis, MFU from
+after warm-up. FLOPs come from the step's XLA cost analysis (the whole step, before
+partitioning), MFU from
 `fergate.train.perf` (which says what its peak is: `peak_source`).
 """
 
@@ -39,9 +40,10 @@ class _Timed:
         local["label"] = np.random.default_rng(0).integers(0, prog.num_classes, local["label"].shape).astype(np.int32)
         self.batch = global_batch(local, prog.batch_sharding)
         t = time.perf_counter()
-        self.compiled = (prog.predict if infer else prog.train_step).lower(self.state, self.batch).compile()
+        lowered = (prog.predict if infer else prog.train_step).lower(self.state, self.batch)
+        self.compiled = lowered.compile()
         self.compile_s = time.perf_counter() - t
-        self.flops = perf.compiled_flops(self.compiled)
+        self.flops = perf.step_flops(lowered)
 
     def step(self, timed: bool) -> None:
         t = time.perf_counter()

@@ -115,9 +115,10 @@ def train(config, workdir: str) -> dict:
         raise UserError(f"the model has {prog.num_classes} outputs but the data {len(classes)} classes "
                         f"({', '.join(classes[:8])}{', ...' if len(classes) > 8 else ''})")
 
-    # compile once; FLOPs for MFU from the compiled step
-    compiled = prog.train_step.lower(state, prog.example).compile()
-    flops, peak = perf.compiled_flops(compiled), perf.peak(models.compute_dtype(config).name)
+    # compile once; FLOPs for MFU from the whole step (XLA cost analysis before partitioning)
+    lowered = prog.train_step.lower(state, prog.example)
+    compiled = lowered.compile()
+    flops, peak = perf.step_flops(lowered), perf.peak(models.compute_dtype(config).name)
     writer = MetricsWriter(workdir, start)
     profile = Profile(c.profile_steps, workdir)
     eval_every = c.eval_every if c.eval_every >= 0 else max(1, c.steps // 10)
