@@ -75,6 +75,15 @@ def make_mesh(model: int = 1) -> jax.sharding.Mesh:
     return mesh
 
 
+def config_mesh(config) -> tuple[jax.sharding.Mesh, tuple[str, ...]]:
+    """The mesh `config.mesh` asks for and its sharding rules, both checked: a mesh this
+    process cannot build and a malformed rule are one-line errors."""
+    m = config.get("mesh", {})
+    mesh, rules = make_mesh(m.get("model", 1)), tuple(m.get("rules", ()))
+    parse_rules(rules, mesh)
+    return mesh, rules
+
+
 def leaf_name(path) -> str:
     """A pytree path as "params/sarnn/input/kernel" (dict keys, attributes, indices)."""
     return "/".join(str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in path)
@@ -521,8 +530,7 @@ class Program:
     def __init__(self, config):
         self.config = config
         self.family = models.family(config.model)
-        mesh = config.get("mesh", {})
-        self.mesh = make_mesh(mesh.get("model", 1))
+        self.mesh, rules = config_mesh(config)
         self.replicated = jax.NamedSharding(self.mesh, jax.P())
         self.batch_sharding = jax.NamedSharding(self.mesh, jax.P("data"))
         self.module = self.family.build(config)
@@ -540,7 +548,7 @@ class Program:
         self.abstract_state = jax.eval_shape(self._init, jax.random.key(0), self.example)
         #: the width of the model's logits
         self.num_classes = jax.eval_shape(self._predict, self.abstract_state, self.example)["logits"].shape[-1]
-        self.state_sharding = state_shardings(self.mesh, self.abstract_state, mesh.get("rules", ()))
+        self.state_sharding = state_shardings(self.mesh, self.abstract_state, rules)
         self.init = jax.jit(self._init, out_shardings=self.state_sharding)
         self.train_step = jax.jit(self._train_step, in_shardings=(self.state_sharding, self.batch_sharding),
                                   out_shardings=(self.state_sharding, self.replicated), donate_argnums=0)

@@ -31,14 +31,13 @@ from fergate.train.checkpoint import Checkpointer, Selection, restore_selected
 from fergate.train.program import (
     Program,
     TrainState,
+    config_mesh,
     data_dir,
     decay_horizon,
     features_dir,
     global_batch,
     input_pipeline,
-    make_mesh,
     mixed,
-    parse_rules,
     plan,
     resolve,
     source_dir,
@@ -68,8 +67,7 @@ def train(config, workdir: str) -> dict:
     manifest = pipeline.read_manifest(source_dir(config))
     resolve(config, manifest)
     check_workdir_config(workdir, config)
-    mesh = config.get("mesh", {})  # a mesh this process cannot build is refused before earlier stages run
-    parse_rules(mesh.get("rules", ()), make_mesh(mesh.get("model", 1)))
+    config_mesh(config)  # a mesh this process cannot build is refused before earlier stages run
     source_manifest = manifest
     ddir = data_dir(config)
     if config.data.get("features_from"):
