@@ -163,6 +163,13 @@ def soft_box_mask(shape: tuple[int, int], boxes: list, softness: float = 0.25) -
     return mask
 
 
+def soft_box_weighted(heat: np.ndarray, boxes: list) -> np.ndarray:
+    """A map weighed by the soft face boxes and renormalised to sum 1 (4.4): a background peak
+    loses to a face's unless it is far above it."""
+    out = heat * soft_box_mask(heat.shape, boxes)
+    return out / max(float(out.sum()), 1e-12)
+
+
 def apply_affine(m: np.ndarray, pts: np.ndarray) -> np.ndarray:
     return (pts @ m[:, :2].T + m[:, 2]).astype(np.float32)
 

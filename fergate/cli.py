@@ -304,8 +304,7 @@ def _attend(a: argparse.Namespace) -> int:
             row = {"image": path, "scale": scale, "peak": [int(x), int(y)], "peak_in_face": in_face(x, y),
                    "faces": faces}
             if a.faces and boxes:  # 4.4: soft face boxes suppress the background's false positives
-                heat = heat * F.soft_box_mask(heat.shape, boxes)
-                heat /= max(float(heat.sum()), 1e-12)
+                heat = F.soft_box_weighted(heat, boxes)
                 my, mx = np.unravel_index(int(np.argmax(heat)), heat.shape)
                 row.update(masked_peak=[int(mx), int(my)], masked_peak_in_face=in_face(mx, my))
             stem = os.path.splitext(os.path.basename(path))[0]

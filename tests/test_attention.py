@@ -133,7 +133,9 @@ def test_exported_attention_equals_eval_and_predict_draws_heatmaps(trained, phot
     line = json.loads(r.stdout.splitlines()[0])
     maps = [k for k, v in line["introspection"].items()
             if (len(v["shape"]) if isinstance(v, dict) else np.ndim(v)) == 2]  # small maps whole, big ones summed up
-    assert maps == ["attention"] and abs(np.sum(line["introspection"]["attention"]) - 1) < 1e-3
+    # predict rounds each of the 9 x 7 weights to 4 decimals: each moves by at most 5e-5
+    weights = np.asarray(line["introspection"]["attention"])
+    assert maps == ["attention"] and abs(weights.sum() - 1) <= weights.size * 5e-5 + 1e-6
     assert sorted(os.listdir(tmp_path / "heat")) == sorted(f"{name}_face0_{k}.png" for k in maps)
 
 
@@ -159,9 +161,29 @@ def test_the_fully_convolutional_mode_over_a_group_photo(trained, tmp_path):
     assert len(row["faces"]) >= 2, row  # detected, and the map measured inside each box
     assert all(0 <= f["mass"] <= 1 for f in row["faces"]) and sum(f["mass"] for f in row["faces"]) <= 1 + 1e-5
     assert os.path.exists(row["png"])
-    # the raw map's peak is reported, in a box or not (the paper: false positives in the background);
-    # weighed by the soft face boxes, as the paper suppresses them, its peak is on a face
-    assert isinstance(row["peak_in_face"], bool) and row["masked_peak_in_face"], row
+    # both peaks are reported, in a box or not: where a 150-step model's peak falls depends on the
+    # CPU's numerics; what the weighting guarantees is tested on a map of known values below
+    boxes = [f["box"] for f in row["faces"]]
+    for key, flag in (("peak", "peak_in_face"), ("masked_peak", "masked_peak_in_face")):
+        x, y = row[key]
+        assert row[flag] == any(b[0] <= x < b[2] and b[1] <= y < b[3] for b in boxes), row
+
+
+def test_soft_face_boxes_move_a_background_peak_onto_the_face():
+    """4.4: a false positive in the background twice as strong as the face's response loses
+    to it once weighed by the soft boxes; the weights keep the map a distribution."""
+    from data_prep import face as F
+
+    heat = np.full((100, 200), 1e-3, np.float32)
+    heat[50, 180] = 2.0  # background, 120 px (12 sigma of a 40 px box) right of the box
+    heat[40, 40] = 1.0  # inside the face box
+    w = F.soft_box_weighted(heat, [(20, 20, 60, 60)])
+    assert np.unravel_index(int(np.argmax(heat)), heat.shape) == (50, 180)
+    assert np.unravel_index(int(np.argmax(w)), w.shape) == (40, 40)
+    np.testing.assert_allclose(w.sum(), 1, rtol=1e-5)
+    mask = F.soft_box_mask(heat.shape, [(20, 20, 60, 60)])
+    np.testing.assert_allclose(w, heat * mask / (heat * mask).sum(), rtol=1e-5)
+    assert mask[40, 40] == 1 and mask[50, 180] < np.exp(-0.5 * (120 / 10) ** 2) * 1.01
 
 
 def test_soft_face_boxes_keep_the_boxes_and_fade_outside():
