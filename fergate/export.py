@@ -35,14 +35,13 @@ import numpy as np
 
 from fergate import config as config_lib
 from fergate import models
+from fergate.data import fields as fields_lib
 from fergate.data import pipeline
 from fergate.errors import UserError
 
 #: The export layout this fergate writes; it reads this and every older one.
 FORMAT = 1
 MANIFEST = "export.json"
-#: record fields that make a model a clip (video) model
-CLIP_FIELDS = ("clip", "clip_landmarks", "clip_features")
 #: the training data's manifest keys an export keeps: the face pipeline that made its records
 DATA_KEYS = ("dataset", "classes", "options", "detector", "landmark_model", "identity_model")
 
@@ -127,7 +126,7 @@ def _export(workdir: str, out: str, step: int | None) -> dict:
         "inputs": {k: {"shape": list(s), "dtype": d} for k, (s, d) in inputs.items()},
         "outputs": sorted(jax.eval_shape(infer, vspec, {k: jax.ShapeDtypeStruct((1, *s), d)
                                                           for k, (s, d) in inputs.items()})),
-        "record_fields": fields, "kind": "clip" if set(fields) & set(CLIP_FIELDS) else "face",
+        "record_fields": fields, "kind": "clip" if any(fields_lib.get(f).temporal for f in fields) else "face",
         "data": data, "stages": stages, "params_sha256": checksum(variables),
     }
     with open(os.path.join(out, MANIFEST), "w") as f:
@@ -205,7 +204,7 @@ class Model:
         own = set(self.manifest["record_fields"]) - {f for _, f in self.stages.values()}
         for m, _ in self.stages.values():
             own |= m.pipeline_fields()
-        return own - {pipeline.SUBJECT_MEAN_LANDMARKS}
+        return own - set(fields_lib.derived(own))
 
     def transforms(self) -> list:
         """The family's evaluation transforms (deterministic maps only)."""
@@ -304,6 +303,7 @@ def load(path: str, batch_size: int = 32) -> Model:
         raise UserError(f"{path} was written by fergate {manifest.get('fergate', '?')} in export format {fmt}; this "
                         f"fergate {_version()} reads formats 1 to {FORMAT}: upgrade fergate to load it")
     config = config_lib.load_workdir(path)
+    models.family(config.model)  # declares the family's own record fields (and how to derive them)
     with open(os.path.join(path, "infer.jax"), "rb") as f:
         function = jax.export.deserialize(bytearray(f.read()))
     variables = load_variables(os.path.join(path, "params"))

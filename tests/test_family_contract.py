@@ -1,6 +1,7 @@
 """The family contract is complete: a family defined in this file, outside fergate, with
-its own squared-hinge loss, its own flip rule for a 2-d point field and its own report
-file, trains, evaluates and benches through the `fergate` command.
+its own squared-hinge loss, its own record field (a 2-d point, with how a flip moves it),
+its own augmentation op and its own report file, trains, evaluates and benches through the
+`fergate` command, touching no fergate file.
 
 This module is at once the family (`config.model = "test_family_contract"`, importable
 with tests/ on PYTHONPATH), its config file (`get_config`) and its test.
@@ -19,8 +20,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from fergate.config import load_module
-from fergate.data import pipeline
-from fergate.models import masked_mean
+from fergate.data import augment, fields, pipeline
+from fergate.models import Family, masked_mean
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
@@ -33,6 +34,7 @@ def get_config(arg=None):
     c.input.batch_size = 8
     c.input.face_size = 16
     c.tiny = dict(num_classes=7, hidden=16)
+    c.data.augment = "flip(1.0)|shift_point(0.25)"  # every training batch flipped, its point shifted
     c.optim.lr = c.optim.end_lr = 3e-3
     c.train.steps = 30
     c.train.log_every = 5
@@ -48,20 +50,23 @@ class Tiny(nn.Module):
     def __call__(self, batch, train=False):
         x = batch["face"].astype(jnp.float32).reshape(batch["face"].shape[0], -1) / 255.0
         h = nn.relu(nn.Dense(self.hidden)(jnp.concatenate([x, batch["point"]], -1)))
-        return {"logits": nn.Dense(self.num_classes)(h), "introspect": {"point_x": batch["point"][:, 0]}}
+        return {"logits": nn.Dense(self.num_classes)(h),
+                "introspect": {"point_x": batch["point"][:, 0], "point_y": batch["point"][:, 1]}}
 
 
-def build(config):
-    return Tiny(**config.tiny)
+@augment.register
+@dataclasses.dataclass
+class ShiftPoint(augment.Op):
+    """This family's own augmentation op: the point moved down by `dy` (in [-1, 1] units)."""
 
+    name = "shift_point"
+    dy: float = 0.25
 
-def inputs(config):
-    s = config.input.face_size
-    return {"face": ((s, s, 1), np.uint8), "point": ((2,), np.float32)}
+    def draw(self, rng):
+        return self.dy
 
-
-def record_fields(config):
-    return ("face", "landmarks")  # `point` is made from the landmarks by `transforms`
+    def apply(self, rec, dy):
+        return {**rec, "point": rec["point"] + np.float32([0, dy])} if "point" in rec else rec
 
 
 @dataclasses.dataclass
@@ -73,29 +78,38 @@ class AddPoint(grain.transforms.Map):
         return {**rec, "point": (rec["landmarks"][POINT] / np.float32([w - 1, h - 1]) * 2 - 1).astype(np.float32)}
 
 
-def flip_point(x, rec):
-    """This family's own flip rule: a point in centred coordinates has its x negated."""
-    return x * np.float32([-1, 1])
+class FAMILY(Family):
+    name, section = "test_family_contract", "tiny"
+    augmentation_ops = ("flip", "shift_point")
+    # its own field: a point in centred coordinates, whose x a flip negates (no landmark permutation)
+    fields = (fields.Field("point", fields.OFFSETS, doc="landmark POINT in [-1, 1] face coordinates"),)
 
+    def build(self, config):
+        return Tiny(**config.tiny)
 
-def transforms(config, train):
-    # always flipped in training, so the training batches' point x has the other sign
-    return [AddPoint(), pipeline.RandomFlip({"face": pipeline.flip_image, "point": flip_point}, p=1.0),
-            pipeline.ResizeFace((config.input.face_size,) * 2, grey=True)]
+    def inputs(self, config):
+        s = config.input.face_size
+        return {"face": ((s, s, 1), np.uint8), "point": ((2,), np.float32)}
 
+    def record_fields(self, config):
+        return ("face", "landmarks")  # `point` is made from the landmarks by `preprocess`
 
-def loss(config, outputs, batch):
-    """Squared one-vs-all hinge: sum_k max(0, 1 - y_k z_k)^2, y_k = +1 for the label, else -1."""
-    y = 2 * jax.nn.one_hot(batch["label"], outputs["logits"].shape[-1]) - 1
-    hinge = masked_mean(jnp.sum(jnp.maximum(0.0, 1 - y * outputs["logits"]) ** 2, -1), batch["mask"])
-    return hinge, {"hinge": hinge, "point_x": masked_mean(batch["point"][:, 0], batch["mask"])}
+    def preprocess(self, config, train):
+        return [AddPoint()], [pipeline.ResizeFace((config.input.face_size,) * 2, grey=True)]
 
+    def loss(self, config, outputs, batch):
+        """Squared one-vs-all hinge: sum_k max(0, 1 - y_k z_k)^2, y_k = +1 for the label, else -1."""
+        y = 2 * jax.nn.one_hot(batch["label"], outputs["logits"].shape[-1]) - 1
+        hinge = masked_mean(jnp.sum(jnp.maximum(0.0, 1 - y * outputs["logits"]) ** 2, -1), batch["mask"])
+        return hinge, {"hinge": hinge, "point_x": masked_mean(batch["point"][:, 0], batch["mask"]),
+                       "point_y": masked_mean(batch["point"][:, 1], batch["mask"])}
 
-def reports(results, outdir):
-    x = results.introspect["point_x"]
-    with open(os.path.join(outdir, "tiny_report.json"), "w") as f:
-        json.dump({"mean_point_x": float(x.mean()), "examples": len(x)}, f)
-    return {"tiny_mean_point_x": float(x.mean())}
+    def reports(self, results, outdir):
+        x = results.introspect["point_x"]
+        with open(os.path.join(outdir, "tiny_report.json"), "w") as f:
+            json.dump({"mean_point_x": float(x.mean()), "mean_point_y": float(results.introspect["point_y"].mean()),
+                       "examples": len(x)}, f)
+        return {"tiny_mean_point_x": float(x.mean())}
 
 
 # ----------------------------------------------------------------------------- the test
@@ -115,8 +129,10 @@ def test_a_family_outside_fergate_trains_evaluates_and_benches(sample_data, tmp_
     report = json.load(open(w / "tiny_report.json"))  # its own report, on the test split
     ev = json.load(open(w / "eval.json"))
     assert report["examples"] == ev["examples"] and ev["tiny_mean_point_x"] == report["mean_point_x"]
-    # its own flip rule ran in training (every batch flipped) and not in evaluation
+    # its field's flip rule and its own op ran in training (every batch flipped and shifted), not in evaluation
     assert report["mean_point_x"] < -0.2 and all(r["point_x"] > 0.2 for r in rows)
+    # aligned faces put the eye corner at one height: training's points sit `shift_point(0.25)` lower
+    np.testing.assert_allclose(np.mean([r["point_y"] for r in rows]), report["mean_point_y"] + 0.25, atol=0.03)
 
     _fergate("eval", "--workdir", str(w), "--split", "train", "--out", str(tmp_path / "ev"))
     assert json.load(open(tmp_path / "ev" / "tiny_report.json"))["examples"] == \

@@ -134,7 +134,7 @@ def test_displacement_subtracts_the_same_subjects_mean_in_the_same_split(tmp_pat
     assert sidecar["landmark_counts"] == {"ann": 1, "bob": 1}
     np.testing.assert_allclose(sidecar["landmark_sums"]["bob"], landmarks["train", "bob", 50], rtol=1e-6)
     cfg = C.load("configs/micro.py:variant=geometry")
-    fields, maps = micro.record_fields(cfg), micro.transforms(cfg, False)
+    fields, maps = micro.record_fields(cfg), models.family("micro").transforms(cfg, False)
 
     def displacement(split, i):
         return pipeline.read_records(str(tmp_path), split, [i], fields, maps)["displacement"][0]
@@ -236,7 +236,7 @@ def test_geometry_learns_and_fusion_runs_end_to_end(micro_data, tmp_path):
     w = str(tmp_path / "fusion")
     _fergate("train", "--config", "configs/micro.py:variant=fusion,loss=cross_entropy", "--workdir", w,
              f"--config.data.dir={micro_data}", "--config.train.steps=4", "--config.input.face_size=64",
-             "--config.input.batch_size=8", "--config.train.eval_every=0", "--config.data.flip=True")
+             "--config.input.batch_size=8", "--config.train.eval_every=0", "--config.data.augment=flip")
     ev = json.loads(open(os.path.join(w, "eval.json")).read())
     assert sorted(ev["top_k"]) == ["1", "2", "3", "4", "5"] and ev["top_k"]["5"] >= ev["top_k"]["1"]
     np.testing.assert_allclose(ev["misclassification_percent"], 100 * (1 - ev["accuracy"]))

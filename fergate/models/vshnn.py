@@ -37,7 +37,7 @@ from fergate import plots
 from fergate.data import pipeline
 from fergate.data.landmarks import LEFT_EYE, LMED_PAIRS, RIGHT_EYE
 from fergate.errors import UserError
-from fergate.models import Results, compute_dtype, cross_entropy, masked_mean, num_classes_from_data
+from fergate.models import Family, Results, compute_dtype, cross_entropy, masked_mean, num_classes_from_data
 from fergate.models.layers import ConvEncoder
 
 #: Table 2's rows: the 3D CNN alone, the frame CNN with a plain RNN (CNN-LSTM / CNN-GRU),
@@ -590,18 +590,19 @@ class SampleFrames(grain.transforms.RandomMap):
         return dict(rec, clip=rec["clip"][np.sort(rng.choice(t, self.k, replace=self.k > t))])
 
 
-def transforms(config, train: bool) -> list:
-    """Clips, in training: stage 1's frame sampling, the augmentations `config.data` asks for
-    (a horizontal flip; stage 1 also a rotation and brightness / contrast, as the paper's
-    DenseNet training, 5.2.1; the 3D CNN's only augmentation is the flip, 5.2.2); then frames
+def augmentations(config) -> tuple[str, ...]:
+    """Clips take a flip (5.2.2: the 3D CNN's only augmentation) and, for stage 1, a rotation
+    and brightness / contrast (5.2.1: the frame CNN's); landmark distances take none (Table A1)."""
+    return ("flip", "rotate", "brightness_contrast") if "clip" in inputs(config) else ()
+
+
+def preprocess(config, train: bool) -> tuple[list, list]:
+    """Clips: stage 1's frame sampling first (training); after the augmentations, frames
     resized to the input size (and made grey) when the records differ."""
-    if "clip" not in inputs(config):  # LMED-CF alone: distances need no resizing, and no augmentation (Table A1)
-        return []
-    d, s = config.data, config.input.clip_size
-    return ([SampleFrames(train_frames(config))] if config.variant == "frames" else []) + \
-        ([pipeline.RandomFlip(pipeline.FACE_FLIP)] if d.flip else []) + \
-        ([pipeline.RandomRotate({"clip": "clip_landmarks"}, (), d.rotate)] if d.rotate else []) + \
-        ([pipeline.BrightnessContrast(("clip",))] if d.brightness_contrast else []) + \
+    if "clip" not in inputs(config):  # LMED-CF alone: distances need no resizing
+        return [], []
+    s = config.input.clip_size
+    return [SampleFrames(train_frames(config))] if config.variant == "frames" else [], \
         [pipeline.ResizeClip((s, s), grey=config.input.channels == 1)]
 
 
@@ -654,3 +655,11 @@ def reports(results: Results, outdir: str) -> dict:
                           os.path.join(outdir, "frame_substitution.png"), "share of clips with frame n replaced",
                           xlabel="frame n of the clip")
     return out
+
+
+class FAMILY(Family):
+    name, section = "vshnn", "vshnn"
+    build, resolve, inputs = staticmethod(build), staticmethod(resolve), staticmethod(inputs)
+    predict_inputs, statistics, augmentations = staticmethod(predict_inputs), staticmethod(statistics), \
+        staticmethod(augmentations)
+    preprocess, loss, reports = staticmethod(preprocess), staticmethod(loss), staticmethod(reports)

@@ -220,6 +220,7 @@ def validate(config, workdir: str | None = None) -> None:
                         f"a model reading an earlier stage's features or data.label_field={d.label_field}")
     if d.weight <= 0:
         raise UserError(f"config data.weight={d.weight}: the main data's share of training draws must be above 0")
+    models.family(config.model).check(config)  # its augmentation ops
     if workdir is not None:
         if os.path.exists(workdir) and not os.path.isdir(workdir):
             raise UserError(f"--workdir {workdir} is a file, not a directory")
