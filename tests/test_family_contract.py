@@ -172,3 +172,59 @@ def test_auto_compute_dtype_is_bfloat16_on_accelerators_and_float32_on_cpu(monke
         cfg.train.dtype = "bf32"
     with pytest.raises(UserError, match="train.dtype=.bf32.: auto"):
         models.compute_dtype(cfg)
+
+
+def test_a_misspelled_hook_or_an_unknown_op_is_an_error_not_a_fallback():
+    import pytest
+
+    from fergate import config as C
+    from fergate import models
+    from fergate.errors import UserError
+
+    with pytest.raises(TypeError, match="'transfroms' is not a hook.*did you mean 'preprocess'"):
+        type("Typo", (Family,), {"transfroms": lambda self, config, train: []})
+    with pytest.raises(UserError, match="unknown augmentation 'flop'.*known: .*flip"):
+        augment.parse("flip|flop")
+    with pytest.raises(UserError, match=r"'rotate\(ten\)'"):
+        augment.parse("rotate(ten)")
+    cfg = C.load("configs/micro.py", ["--config.data.augment=flip|rotate(10)"])
+    with pytest.raises(UserError, match="rotate does not apply to micro/fusion .it takes flip, brightness_contrast"):
+        models.family("micro").check(cfg)
+
+
+def test_a_workdir_written_with_the_legacy_augmentation_keys_reads_as_data_augment(tmp_path):
+    """Workdirs trained before `data.augment` keep meaning what they meant (same ops, same order)."""
+    from fergate import config as C
+
+    cfg = C.load("configs/thin.py:task=fer")
+    raw = cfg.to_dict()
+    assert raw["data"].pop("augment") == "flip|rotate(10)|brightness_contrast|hue_saturation"
+    raw["data"].update(flip=True, rotate=10.0, brightness_contrast=True, hue_saturation=True)
+    (tmp_path / "config.json").write_text(json.dumps(raw))
+    old = C.load_workdir(str(tmp_path))
+    assert [type(op).__name__ for op in augment.parse(old.data.augment)] == \
+        ["Flip", "Rotate", "BrightnessContrast", "HueSaturation"] and "flip" not in old.data
+    assert augment.parse(old.data.augment)[1].degrees == 10.0
+
+
+def test_a_flip_moves_every_field_by_its_kind():
+    """One flip for every family: images mirrored, points mirrored and re-indexed (the left
+    eye's corner becomes the right's), offsets negated, a field of the test's own kind too."""
+    from fergate.data.landmarks import MIRROR_68
+
+    rng = np.random.default_rng(0)
+    face = rng.integers(0, 255, (20, 30, 3), np.uint8)
+    lm = rng.uniform(0, 29, (68, 2)).astype(np.float32)
+    rec = {"face": face, "landmarks": lm, "iod": np.float32(9), "point": np.float32([0.3, -0.2]),
+           "clip": rng.integers(0, 255, (2, 8, 10, 1), np.uint8)}
+    out = augment.Flip(p=1.0).apply(rec, True)
+    np.testing.assert_array_equal(out["face"], face[:, ::-1])
+    np.testing.assert_allclose(out["landmarks"][45], [29 - lm[36, 0], lm[36, 1]])
+    np.testing.assert_allclose(out["landmarks"], np.stack([29 - lm[MIRROR_68, 0], lm[MIRROR_68, 1]], -1))
+    np.testing.assert_allclose(out["point"], [-0.3, -0.2])
+    np.testing.assert_array_equal(out["clip"], rec["clip"][:, :, ::-1])
+    assert out["iod"] == 9
+    turned = augment.Rotate(90).apply({"face": face, "landmarks": lm}, 90.0)
+    # 90 degrees counter-clockwise about the centre (14.5, 9.5): (x, y) -> (cx + (y - cy), cy - (x - cx))
+    np.testing.assert_allclose(turned["landmarks"], np.stack([14.5 + lm[:, 1] - 9.5, 9.5 - (lm[:, 0] - 14.5)], -1),
+                               atol=1e-4)

@@ -16,6 +16,7 @@ import pytest
 
 from fergate import config as config_lib
 from fergate.models import vshnn
+from fergate.train.program import Program, resolve
 
 CONFIG = os.path.join(os.path.dirname(__file__), "..", "configs", "vshnn.py")
 
@@ -208,20 +209,20 @@ def test_losses_weigh_the_auxiliary_classifier_and_every_frame():
 
 
 def test_frozen_convolutions_get_no_gradient():
-    cfg = config_lib.load(CONFIG + ":variant=c3d_sagru_b,smoke=True")
-    kw = {k: v for k, v in cfg.vshnn.to_dict().items() if k != "num_classes"}
-    kw["freeze_convs"] = True
-    model = vshnn.VSHNN("c3d_sagru_b", 7, **kw)
-    batch = {"clip": jnp.asarray(np.random.default_rng(0).integers(0, 255, (2, 8, 32, 32, 3)), jnp.uint8),
-             "clip_features": jnp.ones((2, 8, 256))}
-    variables = model.init(jax.random.key(0), batch)
-    grads = jax.grad(lambda p: model.apply({**variables, "params": p}, batch)["logits"].sum())(variables["params"])
-    assert all(float(jnp.abs(g).max()) == 0 for g in jax.tree.leaves(grads["c3d_convs"]))
-    assert float(jnp.abs(grads["scene"]["kernel"]).max()) > 0
-    with cfg.unlocked():  # and the optimizer leaves them alone (no weight decay, no Adam state)
-        cfg.vshnn.freeze_convs = True
-        vshnn.resolve(cfg, None)
+    """freeze_convs (3.3): the 3D CNN's convolutions leave the optimizer, and a training step
+    leaves them exactly as they were while the layers above them learn."""
+    cfg = config_lib.load(CONFIG + ":variant=c3d_sagru_b,smoke=True",
+                          ["--config.vshnn.freeze_convs=True", "--config.input.batch_size=2"])
+    resolve(cfg, None)
     assert "c3d_convs" in cfg.optim.frozen
+    prog = Program(cfg)
+    state = prog.new_state()
+    before = jax.tree.map(np.asarray, state.params)
+    state, metrics = prog.train_step(state, prog.example)
+    for a, b in zip(jax.tree.leaves(before["c3d_convs"]), jax.tree.leaves(state.params["c3d_convs"]), strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert np.abs(np.asarray(state.params["scene"]["kernel"]) - before["scene"]["kernel"]).max() > 0
+    assert float(metrics["grad_norm"]) > 0
 
 
 def run(*args, timeout=900):

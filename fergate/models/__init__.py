@@ -181,6 +181,9 @@ CONTRACT = frozenset({
     "build", "inputs", "predict_inputs", "record_fields", "resolve", "statistics", "loss", "preprocess",
     "augmentations", "example_batch", "reports", "compare", "attend", "stages"})
 
+#: hooks of the earlier, module-function contract, and what replaces them
+RENAMED = {"transforms": "'preprocess' (the family's maps before / after config.data.augment's ops)"}
+
 
 class Family:
     """The contract's defaults; a family subclasses it (the module docstring)."""
@@ -195,9 +198,9 @@ class Family:
         super().__init_subclass__(**kwargs)
         for attr in vars(cls):
             if not attr.startswith("_") and attr not in CONTRACT:
-                close = difflib.get_close_matches(attr, CONTRACT, 1)
+                close = [RENAMED.get(c, repr(c)) for c in difflib.get_close_matches(attr, [*CONTRACT, *RENAMED], 1)]
                 raise TypeError(f"model family {cls.__qualname__}: {attr!r} is not a hook of the family contract"
-                                f"{f' (did you mean {close[0]!r}?)' if close else ''}; see fergate.models")
+                                f"{f' (did you mean {close[0]}?)' if close else ''}; see fergate.models")
         for field in cls.fields:
             fields_lib.register(field)
 

@@ -103,8 +103,8 @@ class THIN(nn.Module):
         out["logits"] = jnp.einsum("blk,bl->bk", z.astype(jnp.float32), g)  # mixed in logit space
         if self.variant in ("exo_tree_gated", "thin"):
             # |cos| per exogenous variable, for exo_tree_gated too (Fig. 8's lambda = 0 curve);
-            # only THIN trains on it. c_sigma is frozen by the optimizer, not by stop_gradient:
-            # L_sim must reach F_phi, and nothing trainable stands between them.
+            # only THIN trains on it. c_sigma's parameters are frozen (optim.frozen: constants to
+            # autodiff), its output is not cut off: L_sim must reach F_phi through it.
             cos = []
             for i, h in enumerate(h_exo):
                 c_sigma = self.exo_classifier(i)

@@ -406,7 +406,6 @@ class VSHNN(nn.Module):
     scene: int = 256  #: width of v (the paper: 2048)
     aux_hidden: int = 256
     aux_weight: float = 0.5  #: lambda of Eq. 15
-    freeze_convs: bool = False  #: a pretrained 3D CNN's convolutions kept fixed (section 3.3)
     hidden: int = 256
     head: int = 256
     dropout: float = 0.5
@@ -453,8 +452,6 @@ class VSHNN(nn.Module):
             else:
                 h = C3D(tuple(map(tuple, self.c3d_stages)), tuple(map(tuple, self.c3d_pools)), self.c3d_downsample,
                         self.dtype, name="c3d_convs")(batch["clip"])
-                if self.freeze_convs:  # no gradient through the fixed convolutions: their backward is skipped
-                    h = jax.lax.stop_gradient(h)
                 v = nn.relu(nn.Dense(self.scene, dtype=self.dtype, name="scene")(h))
                 out["aux_logits"] = AuxClassifier(self.aux_hidden, self.num_classes, self.dropout, self.dtype,
                                                   name="aux")(v, train)
@@ -487,7 +484,9 @@ class VSHNN(nn.Module):
 
 # ----------------------------------------------------------------------------- the family contract
 def build(config) -> VSHNN:
-    return VSHNN(variant=config.variant, dtype=compute_dtype(config), **config.vshnn)
+    # freeze_convs acts through optim.frozen (`resolve`): the trainer makes frozen subtrees constants to autodiff
+    return VSHNN(variant=config.variant, dtype=compute_dtype(config),
+                 **{k: v for k, v in config.vshnn.items() if k != "freeze_convs"})
 
 
 def train_frames(config) -> int:
