@@ -1,4 +1,4 @@
-"""The dataset readers of data_prep.datasets, each on a tiny fixture in its dataset's official
+"""The dataset readers of data_prep.readers, each on a tiny fixture in its dataset's official
 on-disk layout (file names, label files, encodings), made from the real face photos every
 install has (scikit-image's astronaut, matplotlib's grace_hopper) and expressions the sample
 generator synthesises on them; pre-aligned datasets get crops aligned by data_prep.face.
@@ -15,8 +15,8 @@ import grain
 import numpy as np
 import pytest
 
-from data_prep import datasets, prep
 from data_prep import face as F
+from data_prep import prep, readers
 from data_prep import sample as S
 from fergate import cli
 from fergate.data import pipeline, schema
@@ -209,9 +209,9 @@ def test_ckplus_apex_and_neutral_frames_and_clips(ckplus_run):
 
 
 def test_ckplus_options(ckplus_root):
-    items = datasets.reader("ckplus", str(ckplus_root), contempt=False, apex_frames=2, neutral_frames=0,
+    items = readers.reader("ckplus", str(ckplus_root), contempt=False, apex_frames=2, neutral_frames=0,
                             sequences=False).items()
-    r = datasets.reader("ckplus", str(ckplus_root), contempt=False)
+    r = readers.reader("ckplus", str(ckplus_root), contempt=False)
     assert r.classes == ("neutral", "anger", "disgust", "fear", "happy", "sadness", "surprise")
     good = [it for it in items if it.kind != "bad"]
     assert sorted((it.key.split("/")[-1], r.classes[it.label]) for it in good) == [
@@ -260,7 +260,7 @@ def test_rafdb_aligned_crops_are_fitted_in_the_crop(rafdb_root, tmp_path):
 
 
 def test_rafdb_original_photos_take_the_given_box(rafdb_root):
-    r = datasets.reader("rafdb", str(rafdb_root / "basic"), original=True)  # ROOT may be basic/ itself
+    r = readers.reader("rafdb", str(rafdb_root / "basic"), original=True)  # ROOT may be basic/ itself
     items = {it.key: it for it in r.items() if it.kind != "bad"}
     assert items["train_00001"].source.endswith(os.path.join("Image", "original", "train_00001.jpg"))
     inp = r.load(items["train_00001"])
@@ -306,7 +306,7 @@ def test_affectnet_uses_the_given_boxes_and_landmarks(affectnet_root, tmp_path):
     assert {s: v["box_source"] for s, v in m["splits"].items()} == {"train": {"dataset": 3}, "test": {"dataset": 2}}
     for r in recs["train"] + recs["test"]:  # the record's box is the CSV's face_x, face_y, face_x + w, face_y + h
         assert tuple(r["box"]) == _box(F.load_image(r["source"]))
-    r = datasets.reader("affectnet", str(affectnet_root), contempt=True)
+    r = readers.reader("affectnet", str(affectnet_root), contempt=True)
     assert r.classes[-1] == "contempt" and sum(it.label == 7 and it.kind == "image" for it in r.items()) == 1
 
 
@@ -484,7 +484,7 @@ def test_lfw_pairs_reach_the_manifest(lfw_root, tmp_path):
         ("lfw/Alice_Smith/Alice_Smith_0001.jpg", "Alice_Smith", "Alice_Smith"),
         ("lfw/Alice_Smith/Alice_Smith_0002.jpg", "Alice_Smith", "Alice_Smith"),
         ("lfw/Bob_Jones/Bob_Jones_0001.jpg", "Bob_Jones", "Bob_Jones")]
-    dev = datasets.reader("lfw", str(lfw_root), pairs="pairsDevTest.txt")
+    dev = readers.reader("lfw", str(lfw_root), pairs="pairsDevTest.txt")
     assert dev.manifest_extras()["pairs"] == [
         ["lfw/Bob_Jones/Bob_Jones_0001.jpg", "lfw/Bob_Jones/Bob_Jones_0002.jpg", True, 0],
         ["lfw/Bob_Jones/Bob_Jones_0002.jpg", "lfw/Alice_Smith/Alice_Smith_0002.jpg", False, 0]]
@@ -508,13 +508,13 @@ def test_csv_of_paths_and_labels(face, tmp_path):
     assert [(r["subject"], r["label_name"]) for r in recs["test"]] == [("c", "happiness")]
     # no header, class numbers, an absolute path
     _write(root / "numbers.csv", f"{a},2\nimages/b.jpg,0\n")
-    r = datasets.reader("csv", str(root / "numbers.csv"))
+    r = readers.reader("csv", str(root / "numbers.csv"))
     assert r.classes == ("0", "1", "2")
     assert [(it.label, it.subject, it.split, it.source) for it in r.items()] == [
         (2, "a", "train", a), (0, "b", "train", str(root / "images" / "b.jpg"))]
     # a header of other column names; one class in three spellings
     _write(root / "other.csv", "image,emotion\nimages/a.jpg,Happy\nimages/b.jpg,happiness\nimages/c__1.jpg,happy\n")
-    r = datasets.reader("csv", str(root / "other.csv"))
+    r = readers.reader("csv", str(root / "other.csv"))
     assert r.classes == ("happiness",) and len(r.items()) == 3 and all(it.kind == "image" for it in r.items())
 
 
@@ -523,7 +523,7 @@ def test_csv_of_paths_and_labels(face, tmp_path):
 
 def test_fixed_label_sets_come_from_labels_py():
     for name in ("rafdb", "fer2013", "sfew", "afew", "expw", "bu4dfe", "mmi", "icv_mefed"):
-        assert datasets.READERS[name].classes == DATASET_CLASSES[name], name
+        assert readers.READERS[name].classes == DATASET_CLASSES[name], name
 
 
 @pytest.mark.parametrize("dataset, make, message", [
@@ -552,7 +552,7 @@ def test_wrong_layouts_are_one_line_user_errors(tmp_path, dataset, make, message
         if not make.endswith("/"):
             path.write_text("a,b\n")
     with pytest.raises(UserError, match=message) as e:
-        datasets.reader(dataset, str(root / "labels" if dataset == "csv" else root)).items()
+        readers.reader(dataset, str(root / "labels" if dataset == "csv" else root)).items()
     assert str(root) in str(e.value) and "expected" in str(e.value) and "\n" not in str(e.value)
 
 
