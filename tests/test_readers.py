@@ -6,6 +6,7 @@ Every fixture goes through `fergate prep` to shards: the counts per split, label
 subjects, `box_source` and the skipped lines and files are read back from the manifest and
 the records."""
 
+import dataclasses
 import json
 import logging
 import os
@@ -560,3 +561,86 @@ def test_a_flag_of_another_dataset_is_refused(rafdb_root, tmp_path, capsys):
     assert _fergate("prep", str(rafdb_root), "--dataset", "rafdb", "--out", str(tmp_path), "--min_confidence",
                     "60") == 2
     assert "--min_confidence is an option of --dataset expw, not rafdb" in capsys.readouterr().err
+
+
+# -- reader options and readers outside data_prep ------------------------------------------------
+
+
+def test_prep_flags_are_generated_from_the_readers_options(capsys):
+    """Every flag-bearing option of every reader is a `fergate prep` flag, with its default in
+    the help; a flag of another dataset's reader is refused (above)."""
+    with pytest.raises(SystemExit):
+        _fergate("prep", "--help")
+    text = " ".join(capsys.readouterr().out.split())  # argparse wraps the lines
+    assert "--apex_frames K ckplus: the last K frames of a sequence, labelled with its emotion (default 3)" in text
+    assert "--size SIZE sample: images (default 2800)" in text and "--pairs FILE" in text
+    for name in readers.READERS:
+        assert name in text  # the --dataset list
+    for name, rdr in readers.READERS.items():
+        for f in dataclasses.fields(rdr.Options):
+            if f.metadata["flag"]:
+                flag = f"--no_{f.name}" if f.default is True else f"--{f.name}"
+                assert flag in text, (name, flag)
+
+
+def test_an_unknown_reader_option_is_a_one_line_error(tmp_path):
+    calls = {"unknown option 'sise' of --dataset sample":
+             lambda: prep.run("sample", None, str(tmp_path / "a"), OPTS, {"size": 7, "sise": 7}, workers=1),
+             "data.prep_options: unknown option 'clip' of --dataset sample":  # a config's misspelling
+             lambda: prep.builtin("sample", {"face_size": 48, "clip": 3})}
+    for start, call in calls.items():
+        with pytest.raises(UserError) as e:
+            call()
+        assert str(e.value).startswith(start) and "(its options: size, clips, " in str(e.value), str(e.value)
+        assert "\n" not in str(e.value)
+    assert not os.path.exists(tmp_path / "a")
+
+
+EXTERNAL = '''
+"""A reader outside data_prep: grey squares of two sizes, as records."""
+from dataclasses import dataclass
+
+import numpy as np
+
+from data_prep.readers import Item, Reader, option
+
+
+@dataclass(frozen=True)
+class SquaresOptions:
+    count: int = option(4, "squares of each size")
+
+
+class SquaresReader(Reader):
+    name = "squares_ext"
+    Options = SquaresOptions
+    classes = ("small", "large")
+
+    def items(self):
+        return [Item(f"{split}{i}", split, i % 2, f"s{i}", "generator", "record")
+                for split in ("train", "test") for i in range(2 * self.options.count)]
+
+    def load_item(self, item):
+        image = np.zeros((16, 16, 1), np.uint8)
+        side = 4 if item.label == 0 else 12
+        image[:side, :side] = 255
+        return {"image": image}
+
+
+READERS = (SquaresReader,)
+'''
+
+
+def test_a_reader_outside_data_prep_is_named_by_its_module(tmp_path, monkeypatch):
+    """`--dataset squares_ext` names an importable module whose READERS holds one reader: it is
+    prepared like a built-in one (its options from prep.run or a config's prep_options)."""
+    (tmp_path / "squares_ext.py").write_text(EXTERNAL)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    m, recs = _prep("squares_ext", "", tmp_path / "out", count=3)
+    assert m["dataset"] == "squares_ext" and m["classes"] == ["small", "large"]
+    assert {s: len(r) for s, r in recs.items()} == {"train": 6, "test": 6}
+    assert sorted(int(r["image"].sum() // 255) for r in recs["train"][:2]) == [16, 144]
+    assert _fergate("prep", "--dataset", "squares_ext", "--out", str(tmp_path / "cli"), "--workers", "1") == 0
+    with pytest.raises(UserError, match="unknown option 'counts' of --dataset squares_ext .its options: count."):
+        readers.reader("squares_ext", None, counts=2)
+    with pytest.raises(UserError, match="unknown dataset 'squares_none'"):
+        readers.reader("squares_none", None)
