@@ -266,7 +266,8 @@ def builtin(dataset: str, options: dict) -> str:
     face = {k: F.parse_size(v) if k == "face_size" else v for k, v in options.items() if k in face_fields}
     prep = {k: v for k, v in options.items() if k in prep_fields}
     reader = {k: v for k, v in options.items() if k not in face_fields | prep_fields}
-    readers.options(dataset, reader, "data.prep_options: ")  # a misspelled key: an error before any work
+    # a misspelled key: a one-line error before anything is prepared
+    readers.options(dataset, reader, "data.prep_options (face, prep or reader options): ")
     manifest = os.path.join(out, "manifest.json")
     if os.path.exists(manifest):
         return out

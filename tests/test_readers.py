@@ -586,7 +586,7 @@ def test_prep_flags_are_generated_from_the_readers_options(capsys):
 def test_an_unknown_reader_option_is_a_one_line_error(tmp_path):
     calls = {"unknown option 'sise' of --dataset sample":
              lambda: prep.run("sample", None, str(tmp_path / "a"), OPTS, {"size": 7, "sise": 7}, workers=1),
-             "data.prep_options: unknown option 'clip' of --dataset sample":  # a config's misspelling
+             "data.prep_options (face, prep or reader options): unknown option 'clip' of --dataset sample":
              lambda: prep.builtin("sample", {"face_size": 48, "clip": 3})}
     for start, call in calls.items():
         with pytest.raises(UserError) as e:

@@ -1,5 +1,6 @@
 """Dataset readers: one module per dataset or group of alike ones (`base` says what a reader
-is), and the registry {`--dataset` name: reader} built from the `READERS` each module lists.
+is), and the registry {`--dataset` name: reader} built from the `READERS` each module of
+this package lists (a new module is found: adding a reader is adding its file).
 
 A reader declares its options once, as the fields of its `Options` dataclass
 (`base.option`: type, default, help); `fergate prep`'s per-dataset flags and its
@@ -16,15 +17,17 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import importlib
+import pkgutil
 import types
 import typing
 from collections.abc import Mapping
 
-from data_prep.readers import folders, icv_mefed, lfw, sample, sequences, synthetic, videos, wild
-from data_prep.readers.base import Item, LayoutReader, NoOptions, Reader, option  # noqa: F401 (the readers' API)
+from data_prep.readers.base import ClipOptions, Item, LayoutReader, NoOptions, Reader, option  # noqa: F401 (API)
 from fergate.errors import UserError
 
-MODULES = (sample, folders, sequences, wild, videos, lfw, icv_mefed, synthetic)
+#: the reader modules of this package, in name order (that of `fergate prep --help`)
+MODULES = tuple(importlib.import_module(f"{__name__}.{name}")
+                for name in sorted(m.name for m in pkgutil.iter_modules(__path__)) if name not in ("base", "layout"))
 READERS: dict[str, type[Reader]] = {r.name: r for m in MODULES for r in m.READERS}
 
 
@@ -55,8 +58,7 @@ def options(dataset: str, values: Mapping, where: str = ""):
     """The `Options` of the dataset's reader made of `values`; a key it does not declare (a
     misspelling) is a one-line UserError naming it and the options there are."""
     known = [f.name for f in _fields(find(dataset))]
-    unknown = sorted(set(values) - set(known))
-    if unknown:
+    if unknown := sorted(set(values) - set(known)):
         raise UserError(f"{where}unknown option{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))} of "
                         f"--dataset {dataset} (its options: {', '.join(known) or 'none'})")
     return getattr(find(dataset), "Options", NoOptions)(**values)
@@ -125,7 +127,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         if not mine:
             continue
         also = [f"--{dest}: also {', '.join(n for n, *_ in flags[dest][1:])}" for dest in mine if len(flags[dest]) > 1]
-        group = parser.add_argument_group(f"{rdr.title or name} ({name})", "; ".join(also) or None)
+        group = parser.add_argument_group(f"{rdr.title} ({name})" if rdr.title else name, "; ".join(also) or None)
         for dest in mine:
             owners = flags[dest]
             kind, metavar = owners[0][2], owners[0][1].metadata.get("metavar")

@@ -7,7 +7,8 @@ import logging
 import os
 import re
 
-from data_prep.readers.base import Item, LayoutReader, Reader, bad_item, class_layout, csv_rows, subject_of
+from data_prep.readers.base import Item, LayoutReader, Reader, bad_item
+from data_prep.readers.layout import class_layout, csv_rows, subject_of
 from fergate.data.labels import canonical
 from fergate.errors import UserError
 

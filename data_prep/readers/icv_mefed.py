@@ -24,7 +24,6 @@ class IcvMefedReader(Reader):
     skipped items, counted in the manifest by reason."""
 
     name = "icv_mefed"
-    title = "iCV-MEFED"
     classes = DATASET_CLASSES["icv_mefed"]
 
     def __init__(self, source: str | None, options):

@@ -6,7 +6,8 @@ import os
 from dataclasses import dataclass
 
 from data_prep import face as F
-from data_prep.readers.base import Item, LayoutReader, bad_item, child, option, text_lines
+from data_prep.readers.base import Item, LayoutReader, bad_item, option
+from data_prep.readers.layout import child, text_lines
 
 
 @dataclass(frozen=True)

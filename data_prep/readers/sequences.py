@@ -13,41 +13,25 @@ import numpy as np
 
 from data_prep import face as F
 from data_prep import video
-from data_prep.readers.base import (
-    Item,
-    LayoutReader,
-    bad_item,
-    child,
-    max_frames_option,
-    option,
-    points,
-    read_numbers,
-    subfolders,
-)
+from data_prep.readers.base import ClipOptions, Item, LayoutReader, bad_item, option
+from data_prep.readers.layout import child, points, read_numbers, subfolders
 from fergate.data.labels import DATASET_CLASSES
 from fergate.errors import UserError
 
 
 @dataclass(frozen=True)
-class CkPlusOptions:
+class CkPlusOptions(ClipOptions):
     apex_frames: int = option(3, "the last K frames of a sequence, labelled with its emotion", metavar="K")
     neutral_frames: int = option(3, "the first N frames of a sequence as neutral (default {default}; 0: none)",
                                  metavar="N")
     contempt: bool = option(True, "drop the contempt sequences (7 classes; default 8)")
     sequences: bool = option(True, "images only (by default every labelled sequence is also a clip, in train_clips)")
-    max_frames: int = max_frames_option()
 
 
 @dataclass(frozen=True)
-class Bu4dfeOptions:
+class Bu4dfeOptions(ClipOptions):
     apex_frames: int = option(0, "the middle K frames of each sequence also as images (default {default}: clips "
                               "only)", metavar="K")
-    max_frames: int = max_frames_option()
-
-
-@dataclass(frozen=True)
-class MmiOptions:
-    max_frames: int = max_frames_option()
 
 
 class CkPlusReader(LayoutReader):
@@ -139,7 +123,6 @@ class Bu4dfeReader(LayoutReader):
     split: prep's --test_fraction holds subjects out."""
 
     name = "bu4dfe"
-    title = "BU-4DFE"
     Options = Bu4dfeOptions
     layout = "ROOT/<F001|M001...>/<Angry|Disgust|Fear|Happy|Sad|Surprise>/<frame images>"
     classes = DATASET_CLASSES["bu4dfe"]
@@ -190,13 +173,12 @@ class MmiReader(LayoutReader):
     subjects out."""
 
     name = "mmi"
-    title = "MMI"
-    Options = MmiOptions
+    Options = ClipOptions
     layout = "ROOT/Sessions/<n>/S001-002.avi with its metadata S001-002.xml (<Metatag Name=\"Emotion\" Value=\"1-6\"/>)"
     classes = DATASET_CLASSES["mmi"]
     SUBJECT = re.compile(r"(S\d+)[-_]", re.IGNORECASE)
 
-    def __init__(self, source: str | None, options: MmiOptions):
+    def __init__(self, source: str | None, options: ClipOptions):
         super().__init__(source, options)
         named = os.path.basename(os.path.normpath(self.source)).lower() == "sessions"
         self.sessions = self.source if named and os.path.isdir(self.source) else self.find("Sessions")

@@ -81,7 +81,6 @@ class RotatedFashionReader(RotatedDigitsReader):
     /usr/share/datasets/fashion-mnist, the default SOURCE) or any folder of its idx files."""
 
     name = "fashion_rotated"
-    title = "rotated Fashion-MNIST"
     classes = ("t-shirt/top", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag",
                "ankle boot")
     default_source = "/usr/share/datasets/fashion-mnist"
@@ -99,7 +98,6 @@ class DSpritesReader(Reader):
     tensorflow-datasets' dsprites, nothing draws them (data_prep.synthetic.sprite)."""
 
     name = "dsprites"
-    title = "dSprites"
     Options = DSpritesOptions
     classes = synthetic.SHAPES
 

@@ -4,20 +4,15 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass
 
 import numpy as np
 
 from data_prep import video
-from data_prep.readers.base import Item, LayoutReader, class_layout, max_frames_option, subfolders, subject_of
+from data_prep.readers.base import ClipOptions, Item, LayoutReader
+from data_prep.readers.layout import class_layout, subfolders, subject_of
 from fergate.data.labels import DATASET_CLASSES
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class VideoOptions:
-    max_frames: int = max_frames_option()
 
 
 class VideoFolderReader(LayoutReader):
@@ -29,11 +24,10 @@ class VideoFolderReader(LayoutReader):
     empty or faceless clip is skipped and counted by reason."""
 
     name = "video_folder"
-    title = "video folders"
-    Options = VideoOptions
+    Options = ClipOptions
     layout = "ROOT/<class>/<video file or folder of frames>, or ROOT/{train,test}/<class>/..."
 
-    def __init__(self, source: str | None, options: VideoOptions):
+    def __init__(self, source: str | None, options: ClipOptions):
         super().__init__(source, options)
         if not os.path.isdir(source):
             raise self.error("ROOT is not a folder", source)
@@ -74,7 +68,6 @@ class AfewReader(VideoFolderReader):
     its own subject; other folders (AFEW's unlabelled Test) are ignored."""
 
     name = "afew"
-    title = "AFEW"
     classes = DATASET_CLASSES["afew"]
     splits = {"train": ("train", "train_afew"), "test": ("val", "val_afew")}
     layout = "ROOT/Train/<Emotion>/*.avi and ROOT/Val/<Emotion>/*.avi, Emotion one of " + ", ".join(classes)

@@ -9,19 +9,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from data_prep import face as F
-from data_prep.readers.base import (
-    Item,
-    LayoutReader,
-    bad_item,
-    child,
-    csv_row_at,
-    csv_rows,
-    numbers,
-    option,
-    points,
-    read_numbers,
-    text_lines,
-)
+from data_prep.readers.base import Item, LayoutReader, bad_item, option
+from data_prep.readers.layout import child, csv_row_at, csv_rows, numbers, points, read_numbers, text_lines
 from fergate.data.labels import DATASET_CLASSES
 
 
@@ -109,7 +98,6 @@ class AffectNetReader(LayoutReader):
     every image is its own subject."""
 
     name = "affectnet"
-    title = "AffectNet"
     Options = AffectNetOptions
     layout = ("ROOT/Manually_Annotated_file_lists/{training,validation}.csv and "
               "ROOT/Manually_Annotated_Images/<subDirectory_filePath>")
@@ -185,7 +173,6 @@ class Fer2013Reader(LayoutReader):
     a record's `source` is `fer2013.csv:<line>`."""
 
     name = "fer2013"
-    title = "FER-2013"
     layout = "ROOT/fer2013.csv (header emotion,pixels,Usage; a row's pixels: 48 x 48 grey levels)"
     classes = DATASET_CLASSES["fer2013"]
     USAGE = {"training": "train", "publictest": "val", "privatetest": "test"}
@@ -237,7 +224,6 @@ class SfewReader(LayoutReader):
     trailing `_<frame number>`: the frames of one film excerpt stay together."""
 
     name = "sfew"
-    title = "SFEW 2.0"
     layout = "ROOT/Train/Train_Aligned_Faces/<Emotion>/*.png and ROOT/Val/Val_Aligned_Faces/<Emotion>/*.png"
     classes = DATASET_CLASSES["sfew"]
     SPLITS = {"train": "Train", "test": "Val"}
