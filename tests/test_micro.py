@@ -164,7 +164,7 @@ def test_reports_count_the_dominant_and_the_complementary_emotion_apart():
     out = micro.reports(res, "")
     assert out["dominant_accuracy"] == pytest.approx(2 / 3) and out["complementary_accuracy"] == pytest.approx(2 / 3)
     assert out["misclassification_percent"] == pytest.approx(100 * 2 / 3)
-    from data_prep.datasets import IcvMefedReader
+    from data_prep.readers.icv_mefed import IcvMefedReader
 
     assert [IcvMefedReader.split_of(n) for n in ("training.txt", "test_labels.txt", "validation.txt",
                                                   "training_validation.txt")] == ["train", "test", "val", "train"]
