@@ -1,10 +1,11 @@
-"""The family contract is complete: a family defined in this file, outside fergate, with
-its own squared-hinge loss, its own record field (a 2-d point, with how a flip moves it),
-its own augmentation op and its own report file, trains, evaluates and benches through the
-`fergate` command, touching no fergate file.
+"""The extension test: from outside fergate, a family (its own squared-hinge loss and report
+file), a record field (a 2-d point, with how a flip moves it), an augmentation op and a
+dataset reader are added, and the `fergate` command prepares data with the reader, trains,
+evaluates, benches, exports and predicts with them, touching no fergate file.
 
 This module is at once the family (`config.model = "test_family_contract"`, importable
-with tests/ on PYTHONPATH), its config file (`get_config`) and its test.
+with tests/ on PYTHONPATH), the reader (`--dataset test_family_contract`), its config file
+(`get_config`) and its test.
 """
 
 import dataclasses
@@ -19,6 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from data_prep import readers
 from fergate.config import load_module
 from fergate.data import augment, fields, pipeline
 from fergate.models import Family, masked_mean
@@ -112,6 +114,39 @@ class FAMILY(Family):
         return {"tiny_mean_point_x": float(x.mean())}
 
 
+# ----------------------------------------------------------------------------- the reader
+@dataclasses.dataclass(frozen=True)
+class NpzOptions:
+    test_subjects: int = readers.option(2, "subjects held out as the test split", flag=False)
+
+
+class NpzReader(readers.Reader):
+    """This test's own dataset: aligned faces, landmarks, labels and subjects in one .npz
+    (SOURCE), taken as records (no face pipeline); the last `test_subjects` subjects held out."""
+
+    name = "test_family_contract"
+    Options = NpzOptions
+
+    def __init__(self, source, options):
+        super().__init__(source, options)
+        with np.load(source) as z:
+            self.data = {k: z[k] for k in z.files}
+        self.classes = tuple(str(c) for c in self.data["classes"])
+
+    def items(self):
+        subjects = sorted(set(self.data["subject"].tolist()))
+        test = set(subjects[-self.options.test_subjects:])
+        return [readers.Item(f"r{i}", "test" if s in test else "train", int(y), str(s), self.source, "record", (i,))
+                for i, (y, s) in enumerate(zip(self.data["label"], self.data["subject"]))]
+
+    def load_item(self, item):
+        i = item.params[0]
+        return {"face": self.data["face"][i], "landmarks": self.data["landmarks"][i], "iod": float(self.data["iod"][i])}
+
+
+READERS = (NpzReader,)
+
+
 # ----------------------------------------------------------------------------- the test
 def _fergate(*args, check=True):
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [HERE, os.environ.get("PYTHONPATH")]))}
@@ -120,20 +155,30 @@ def _fergate(*args, check=True):
     return r
 
 
-def test_a_family_outside_fergate_trains_evaluates_and_benches(sample_data, tmp_path):
-    w = tmp_path / "w"
-    _fergate("train", "--config", __file__, "--workdir", str(w), f"--config.data.dir={sample_data}")
-    rows = [r for r in map(json.loads, open(w / "metrics.jsonl")) if "loss" in r]  # training rows
-    assert all("hinge" in r and "ce" not in r and r["loss"] == r["hinge"] for r in rows)  # its own loss
-    assert np.mean([r["loss"] for r in rows[-2:]]) < np.mean([r["loss"] for r in rows[:2]])
-    report = json.load(open(w / "tiny_report.json"))  # its own report, on the test split
-    ev = json.load(open(w / "eval.json"))
-    assert report["examples"] == ev["examples"] and ev["tiny_mean_point_x"] == report["mean_point_x"]
-    # its field's flip rule and its own op ran in training (every batch flipped and shifted), not in evaluation
-    assert report["mean_point_x"] < -0.2 and all(r["point_x"] > 0.2 for r in rows)
-    # aligned faces put the eye corner at one height: training's points sit `shift_point(0.25)` lower
-    np.testing.assert_allclose(np.mean([r["point_y"] for r in rows]), report["mean_point_y"] + 0.25, atol=0.03)
+def _npz_of(data_dir, path):
+    """The records of a prepared set as the reader's .npz."""
+    import grain
 
+    from fergate.data import schema
+
+    recs = []
+    for split in ("train", "test"):
+        src = grain.sources.ArrayRecordDataSource(pipeline.split_files(data_dir, split))
+        recs += [schema.decode(src[i]) for i in range(len(src))]
+    classes = pipeline.read_manifest(data_dir)["classes"]
+    np.savez(path, classes=np.array(classes), **{k: np.stack([np.asarray(r[k]) for r in recs])
+                                                 for k in ("face", "landmarks", "iod", "label", "subject")})
+
+
+def test_a_family_field_op_and_reader_from_outside_fergate(sample_data, photos, tmp_path):
+    _npz_of(sample_data, tmp_path / "tiny.npz")
+    d = tmp_path / "data"
+    _fergate("prep", str(tmp_path / "tiny.npz"), "--dataset", "test_family_contract", "--out", str(d))
+    manifest = json.load(open(d / "manifest.json"))
+    assert manifest["splits"]["test"]["records"] > 0 and manifest["classes"] == json.load(
+        open(os.path.join(sample_data, "manifest.json")))["classes"]
+    w = tmp_path / "w"
+    _fergate("train", "--config", __file__, "--workdir", str(w), f"--config.data.dir={d}")
     _fergate("eval", "--workdir", str(w), "--split", "train", "--out", str(tmp_path / "ev"))
     assert json.load(open(tmp_path / "ev" / "tiny_report.json"))["examples"] == \
         json.load(open(tmp_path / "ev" / "eval.json"))["examples"]
@@ -144,6 +189,17 @@ def test_a_family_outside_fergate_trains_evaluates_and_benches(sample_data, tmp_
 
     r = _fergate("eval", "--workdir", str(w), "--compare", str(w), check=False)
     assert r.returncode == 2 and "no figures across runs" in r.stderr
+
+    # exported and predicting on a real photo: the face pipeline, then the family's own preprocessing
+    from PIL import Image
+
+    _fergate("export", "--workdir", str(w), "--out", str(tmp_path / "E"))
+    Image.fromarray(photos["astronaut"]).save(tmp_path / "astronaut.png")
+    r = _fergate("predict", "--model", str(tmp_path / "E"), str(tmp_path / "astronaut.png"), "--workers", "1")
+    line = json.loads(r.stdout.splitlines()[0])
+    assert line["label"] in manifest["classes"] and set(line["introspection"]) == {"point_x", "point_y"}
+    # the point the family made from the photo's landmarks: left of centre, as on the training faces
+    assert line["introspection"]["point_x"] < -0.2
 
 
 def test_auto_compute_dtype_is_bfloat16_on_accelerators_and_float32_on_cpu(monkeypatch):
