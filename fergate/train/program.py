@@ -226,9 +226,11 @@ def from_workdir(workdir: str, step: int | None = None, *, data: bool | str = Tr
     the newest. A config.json without keys this fergate reads is a one-line error naming them."""
     config = config_lib.load_workdir(workdir)
     try:
-        plan = DataPlan.build(config, workdir, None if data is True else data) if data is not False else None
-        if plan is None:
+        if data is False:
+            plan = None
             resolve(config, None)
+        else:
+            plan = DataPlan.build(config, workdir, None if data is True else data)
         prog = Program(config)
     except (AttributeError, KeyError) as e:
         older = lacking_keys(config, e)
@@ -257,10 +259,13 @@ def lacking_keys(config, error: BaseException) -> list[str]:
     while isinstance(key, BaseException) and key.args:
         key = key.args[0]
     key = str(key).strip("'\"")
-    if not path.exists():
+    try:
+        current = config_lib.load(str(path)) if path.exists() else None
+    except UserError:
+        current = None
+    if current is None:  # a family without a config file here: nothing to compare with
         return []
-    mine, current = (set(_section_keys(c.to_dict())) for c in (config, config_lib.load(str(path))))
-    missing = sorted(current - mine)
+    missing = sorted(set(_section_keys(current.to_dict())) - set(_section_keys(config.to_dict())))
     return missing if any(k.rpartition(".")[2] == key for k in missing) else []
 
 
