@@ -54,7 +54,7 @@ def _jax_setup(a: argparse.Namespace) -> None:
 
     if getattr(a, "cpu_devices", None):
         jax.config.update("jax_num_cpu_devices", a.cpu_devices)
-    from fergate.train.program import setup_distributed
+    from fergate.train.mesh import setup_distributed
 
     setup_distributed(a.coordinator, a.num_processes, a.process_id, a.distributed)
     setup_logging(jax.process_index() == 0)
@@ -163,7 +163,7 @@ def _eval(a: argparse.Namespace) -> None:
 
     cfg = config_lib.load_workdir(a.workdir)
     _jax_setup(a)
-    from fergate.train import program
+    from fergate.train import data, program
 
     if a.pairs:
         from fergate.train import pairs
@@ -180,29 +180,19 @@ def _eval(a: argparse.Namespace) -> None:
         return
 
     stage = cfg.data.get("features_from", "")
-    if not (stage and program.features_ready(program.features_dir(a.workdir, stage))):  # else the copy suffices
+    if not (stage and data.features_ready(data.features_dir(a.workdir, stage))):  # else the copy suffices
         _builtin_data(cfg)
     import jax
 
-    from fergate.data import pipeline
     from fergate.train import evaluate
-    from fergate.train.checkpoint import restore_selected
 
-    ddir = program.data_dir(cfg, a.workdir)
-    manifest = pipeline.read_manifest(ddir)
-    try:
-        program.resolve(cfg, manifest)
-        prog = program.Program(cfg)
-    except (AttributeError, KeyError) as e:  # a key this fergate reads is not in the saved config
-        key = str(e.args[0] if e.args else e).strip("'\"")
-        raise UserError(f"{a.workdir}/config.json has no {key}: the workdir was written by an older fergate "
-                        "(train it again with this one)") from None
-    state, step, selected = restore_selected(a.workdir, prog.abstract_sharded_state())
+    t = program.from_workdir(a.workdir)  # a config.json this fergate cannot read: one line naming its keys
+    prog, step, selected = t.program, t.step, t.selection
     if selected:
         print(f"[eval] the selected checkpoint: step {step} ({selected['split']} {selected['metric']} "
               f"{selected['value']:.3f}; train.select)")
-    held = program.plan(cfg, ddir, manifest).eval if not a.split else program.Portion(a.split)
-    results = evaluate.evaluate(prog, state, ddir, held.split, list(cfg.data.classes), records=held.records)
+    held = t.data.portions.eval if not a.split else data.Portion(a.split)
+    results = evaluate.evaluate(prog, t.state, t.data, held)
     split = held.name
     results.metrics.update(step=step, split=split, **({"selected": selected} if selected else {}))
     out = a.out or a.workdir
@@ -225,9 +215,9 @@ def _features(a: argparse.Namespace) -> None:
     _jax_setup(a)
     if not a.data:
         _builtin_data(cfg)
-    from fergate.train import features, program
+    from fergate.train import data, features
 
-    features.extract(a.workdir, a.data or program.source_dir(cfg), a.out, a.field)
+    features.extract(a.workdir, a.data or data.source_dir(cfg), a.out, a.field)
 
 
 def _attend(a: argparse.Namespace) -> int:
@@ -245,11 +235,10 @@ def _attend(a: argparse.Namespace) -> int:
     cfg = config_lib.load_workdir(a.workdir)
     _jax_setup(a)
     from fergate.train import program
-    from fergate.train.checkpoint import restore_selected
 
-    prog = program.Program(cfg)
-    state, step, _ = restore_selected(a.workdir, prog.abstract_sharded_state())
-    variables = {"params": state.params, **state.model_state}
+    t = program.from_workdir(a.workdir, data=False)
+    cfg, prog, step = t.config, t.program, t.step
+    variables = {"params": t.state.params, **t.state.model_state}
     prep = dict(cfg.data.prep_options)
     if cfg.data.dir:  # the options the training data was prepared with
         with open(os.path.join(cfg.data.dir, "manifest.json")) as f:
@@ -335,9 +324,9 @@ def _bench(a: argparse.Namespace, overrides: list[str]) -> None:
                 raise UserError(f"{cfg.model}/{cfg.variant} reads an earlier stage's features: add --data "
                                 f"W/pretrain/{cfg.data.features_from}/features of a trained workdir W")
             _builtin_data(cfg)
-            from fergate.train import program
+            from fergate.train.data import data_dir
 
-            data = program.data_dir(cfg)
+            data = data_dir(cfg)
         print(bench.to_json(bench.pipeline_bench(cfg, data, a.batch)))
         return
     print(bench.to_json(bench.bench(cfg, a.batch, a.steps, a.warmup, a.infer, a.data, vs)))

@@ -73,17 +73,11 @@ def export(workdir: str, out: str, step: int | None = None) -> dict:
 
 
 def _export(workdir: str, out: str, step: int | None) -> dict:
-    from fergate.train import program
-    from fergate.train.checkpoint import Checkpointer, restore_selected
+    from fergate.train.program import from_workdir
 
-    cfg = config_lib.load_workdir(workdir)
+    trained = from_workdir(workdir, step, data=False)  # what the records were: `training_data`
+    cfg, prog, state, step = trained.config, trained.program, trained.state, trained.step
     data = training_data(cfg, workdir)
-    prog = program.Program(cfg)
-    if step is None:
-        state, step, _ = restore_selected(workdir, prog.abstract_sharded_state())
-    else:
-        restored = Checkpointer(workdir).restore(prog.abstract_sharded_state(), step=step)
-        state, step = restored
     variables = jax.device_get({"params": state.params, **state.model_state})
     fam = models.family(cfg.model)
     inputs = {k: (tuple(int(d) for d in shape), np.dtype(dtype).name)
@@ -142,10 +136,10 @@ def training_data(cfg, workdir: str) -> dict:
     if os.path.exists(path):
         with open(path) as f:
             return json.load(f)
-    from fergate.train import program
+    from fergate.train.data import source_dir
 
     try:
-        manifest = pipeline.read_manifest(program.source_dir(cfg))
+        manifest = pipeline.read_manifest(source_dir(cfg))
     except UserError as e:
         raise UserError(f"{workdir} keeps no data.json and its training data is not readable ({e}): the face "
                         "pipeline's options are needed to export it") from None

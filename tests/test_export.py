@@ -28,20 +28,14 @@ def check_export(workdir, out, split: str, n: int = 24) -> export.Model:
     features against those the data holds (not the logits through them: frame substitution
     picks frames by rank, which float32 noise in the features may flip). Returns the model."""
     from fergate.train import evaluate, program
-    from fergate.train.checkpoint import restore_selected
 
     workdir = str(workdir)
     export.export(workdir, str(out))
     model = export.load(str(out), batch_size=8)
-    cfg = C.load_workdir(workdir)
-    data = program.data_dir(cfg, workdir)
-    manifest = pipeline.read_manifest(data)
-    program.resolve(cfg, manifest)
-    prog = program.Program(cfg)
-    state = restore_selected(workdir, prog.abstract_sharded_state())[0]
-    res = evaluate.evaluate(prog, state, data, split, list(cfg.data.classes))
+    t = program.from_workdir(workdir)
+    res = evaluate.evaluate(t.program, t.state, t.data, split)
     idx = res.index[:n]
-    files = pipeline.split_files(data, split)
+    files = pipeline.split_files(t.data.dir, split)
     src = grain.sources.ArrayRecordDataSource(files)
     records = [schema.decode(src[int(i)]) for i in idx]
     for name in fields.derived(model.manifest["record_fields"]):  # as the pipeline derives them, over the split

@@ -210,7 +210,8 @@ def test_auto_compute_dtype_is_bfloat16_on_accelerators_and_float32_on_cpu(monke
     from fergate import config as C
     from fergate import models
     from fergate.errors import UserError
-    from fergate.train.program import Program, resolve
+    from fergate.train.data import resolve
+    from fergate.train.program import Program
 
     cfg = C.load("configs/modul.py:smoke=True")
     assert cfg.train.dtype == "auto" and models.compute_dtype(cfg) == jnp.float32

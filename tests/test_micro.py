@@ -18,7 +18,8 @@ from fergate import config as C
 from fergate import models
 from fergate.data import compound, pipeline, schema, shards
 from fergate.models import micro
-from fergate.train.program import make_optimizer, resolve
+from fergate.train.data import resolve
+from fergate.train.optimizer import make_optimizer
 
 
 def test_lrn_matches_caffes_formula():

@@ -263,7 +263,8 @@ def test_two_stages_in_one_command(tmp_path):
     # the stored features are the frame CNN's output for the stored clip
     from fergate.data import pipeline
     from fergate.train.checkpoint import restore_selected
-    from fergate.train.program import Program, resolve
+    from fergate.train.data import resolve
+    from fergate.train.program import Program
 
     rec = pipeline.read_records(str(feats), "test_clips", [0], ("clip", "clip_features"))
     cfg = config_lib.load_workdir(str(w / "pretrain" / "frames"))
@@ -394,7 +395,8 @@ def test_lrmaf_attention_is_in_0_1_and_scales_each_modality_before_the_low_rank_
 
 def _fused(arg: str):
     """A fused model's config, program, fresh state and example batch (v given: no 3D CNN to build)."""
-    from fergate.train.program import Program, resolve
+    from fergate.train.data import resolve
+    from fergate.train.program import Program
     cfg = config_lib.load(f"{CONFIG}:{arg},head_only=True")
     resolve(cfg, None)
     prog = Program(cfg)
@@ -425,7 +427,7 @@ def test_weighted_summation_and_intermediate_concatenation():
 ])
 def test_fusion_and_fs_mistakes_are_one_line_errors(arg, message):
     from fergate.errors import UserError
-    from fergate.train.program import resolve
+    from fergate.train.data import resolve
     with pytest.raises(UserError, match=message):
         resolve(config_lib.load(f"{CONFIG}:{arg}"), None)
 
@@ -439,7 +441,8 @@ def test_lmedcf_alone_trains_from_the_training_splits_range(tmp_path):
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     from fergate.data import pipeline
     from fergate.train.checkpoint import restore_selected
-    from fergate.train.program import Program, data_dir, resolve
+    from fergate.train.data import data_dir, resolve
+    from fergate.train.program import Program
 
     cfg = config_lib.load_workdir(str(w))
     ddir = data_dir(cfg)
@@ -465,7 +468,9 @@ import jax
 jax.config.update("jax_num_cpu_devices", int(sys.argv[1]))
 import numpy as np
 from fergate import config as C
-from fergate.train.program import Program, global_batch, resolve
+from fergate.train.data import resolve
+from fergate.train.mesh import global_batch
+from fergate.train.program import Program
 c = C.load(sys.argv[3], [f"--config.mesh.model={sys.argv[2]}", "--config.input.batch_size=8"])
 resolve(c, None)
 p = Program(c)
