@@ -16,7 +16,8 @@ import pytest
 
 from fergate import config as config_lib
 from fergate.models import vshnn
-from fergate.train.program import Program, resolve
+from fergate.train.data import resolve
+from fergate.train.program import Program
 
 CONFIG = os.path.join(os.path.dirname(__file__), "..", "configs", "vshnn.py")
 
