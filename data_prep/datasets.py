@@ -27,9 +27,10 @@ from xml.etree import ElementTree
 
 import numpy as np
 
-from data_prep import face as F
 from data_prep import sample as S
-from data_prep import synthetic, video
+from data_prep import synthetic
+from fergate import face as F
+from fergate import video
 from fergate.data import compound as compound_labels
 from fergate.data.labels import DATASET_CLASSES, canonical
 from fergate.errors import UserError
