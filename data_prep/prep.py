@@ -20,27 +20,24 @@ from collections import Counter, defaultdict
 import numpy as np
 import threadpoolctl
 
-from data_prep import face as F
-from data_prep import readers, video
+from data_prep import readers
 from data_prep.contact_sheet import contact_sheet
+from fergate import face as F
 from fergate.data import schema, shards
 from fergate.data.cache import builtin_dir, cache_root
 from fergate.errors import UserError
+from fergate.video import ClipOptions, clip_record
 
 log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass(frozen=True)
-class PrepOptions:
-    face: F.FaceOptions = F.FaceOptions()
-    clip_size: int = 64  #: side of the aligned clip frames
+class PrepOptions(ClipOptions):
+    """The face pipeline's options (`ClipOptions`, `face`) and how the records are stored."""
+
     compress: bool = False  #: store images as PNG: ~40% smaller, ~100x slower to decode than raw
     records_per_file: int = 1024
     test_fraction: float = 0.2  #: a source without a test split: this share of its subjects is held out
-    frames: int = 16  #: T: every clip is resampled to T frames (and the sample set generates T)
-    max_gap: int = 8  #: a frame without a face takes the last box this many frames at most, else it is dropped
-    min_faces: int = 4  #: a clip with fewer frames with a (found or carried) face is skipped: too_few_faces
-    max_frames: int = video.MAX_FRAMES  #: frames decoded from one video at most, evenly spaced (bounds memory)
 
 
 _WORKER: dict = {}
@@ -61,53 +58,6 @@ def make_reader(name: str, source: str | None, reader_options: dict, opts: PrepO
     decode bound of the video readers). An option the reader does not declare is a UserError."""
     given = {k: getattr(opts, k) for k in readers.prep_fields(name)}
     return readers.reader(name, source, **{**given, **reader_options})
-
-
-def carry_boxes(rects: list, max_gap: int) -> list:
-    """Each frame's face box, or None for a frame to drop: its own detection, else the last
-    one if at most `max_gap` frames back (before the first detection: the first one, if at
-    most `max_gap` frames ahead). A face lost for longer is likely gone (a cut, a turned
-    head): its landmarks in a stale box would be noise."""
-    found = [i for i, r in enumerate(rects) if r is not None]
-    out, last = [], None
-    for i, r in enumerate(rects):
-        last = i if r is not None else last
-        src = last if last is not None else found[0] if found else None
-        out.append(rects[src] if src is not None and abs(i - src) <= max_gap else None)
-    return out
-
-
-def clip_record(frames: list[np.ndarray | F.FaceInput], opts: PrepOptions) -> dict:
-    """Per-frame face boxes (the dataset's where a frame has them, else detected, gaps bridged
-    by `carry_boxes`, frames beyond a gap dropped), landmarks and alignment of every kept
-    frame, then both resampled in time to T (`video.resample`): T x S x S x C frames and
-    T x 68 x 2 landmarks from a clip of any length. `box_source` is the dataset's when every
-    kept frame came with its landmarks or box, else detected."""
-    inputs = [F.as_input(f) for f in frames]
-    rects = []
-    for f in inputs:
-        rect = F.given_box(f)
-        try:
-            rects.append(F.detect(f.image, opts.face.upsample) if rect is None else rect)
-        except F.SkipItem:
-            rects.append(None)
-    if all(r is None for r in rects):
-        raise F.SkipItem("no_face", "in any frame of the clip")
-    kept = [(f, r) for f, r in zip(inputs, carry_boxes(rects, opts.max_gap)) if r is not None]
-    if len(kept) < min(opts.min_faces, len(frames)):
-        raise F.SkipItem("too_few_faces", f"{len(kept)} of {len(frames)} frames have a face "
-                         f"(min_faces {opts.min_faces}, max_gap {opts.max_gap})")
-    clip, lms = [], []
-    for f, rect in kept:
-        lm = np.asarray(f.landmarks, np.float32) if f.landmarks is not None else F.landmarks(f.image, rect)
-        m = F.alignment(lm, opts.clip_size, opts.face.align)
-        face = F.warp(f.image, m, (opts.clip_size, opts.clip_size))
-        clip.append(face if opts.face.color else face.mean(-1, keepdims=True).astype(np.uint8))
-        lms.append(F.apply_affine(m, lm))
-    given = all(f.box is not None or f.landmarks is not None for f, _ in kept)
-    return {"clip": video.resample(np.stack(clip), opts.frames),
-            "clip_landmarks": video.resample(np.stack(lms), opts.frames),
-            "box_source": F.DATASET if given else F.DETECTED}
 
 
 def process_item(item: readers.Item) -> tuple[bytes | None, str | None]:

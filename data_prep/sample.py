@@ -24,8 +24,8 @@ import numpy as np
 from scipy.interpolate import LinearNDInterpolator
 from scipy.spatial import Delaunay
 
-from data_prep import face as F
-from data_prep.video import VIDEO_EXTS, read_video
+from fergate import face as F
+from fergate.video import VIDEO_EXTS, read_video
 
 #: Class order of the MoDuL paper's tables (Ne, Ha, An, Sa, Fe, Di, Su).
 CLASSES = ("neutral", "happiness", "anger", "sadness", "fear", "disgust", "surprise")

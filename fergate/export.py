@@ -33,6 +33,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+import fergate
 from fergate import config as config_lib
 from fergate import models
 from fergate.data import fields as fields_lib
@@ -44,15 +45,6 @@ FORMAT = 1
 MANIFEST = "export.json"
 #: the training data's manifest keys an export keeps: the face pipeline that made its records
 DATA_KEYS = ("dataset", "classes", "options", "detector", "landmark_model", "identity_model")
-
-
-def _version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("fergate")
-    except PackageNotFoundError:
-        return "unknown"
 
 
 def export(workdir: str, out: str, step: int | None = None) -> dict:
@@ -114,7 +106,8 @@ def _export(workdir: str, out: str, step: int | None) -> dict:
         f.write(config_lib.to_json(cfg))
     fields = list(fam.record_fields(cfg))
     manifest = {
-        "format": FORMAT, "fergate": _version(), "jax": jax.__version__, "written": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "format": FORMAT, "fergate": fergate.version(), "jax": jax.__version__,
+        "written": time.strftime("%Y-%m-%dT%H:%M:%S"),
         "model": f"{cfg.model}/{cfg.variant}", "step": int(step), "workdir": os.path.abspath(workdir),
         "classes": list(cfg.data.classes), "platforms": list(platforms),
         "inputs": {k: {"shape": list(s), "dtype": d} for k, (s, d) in inputs.items()},
@@ -260,7 +253,7 @@ class Model:
         clip model: each input a video path or a sequence of RGB frames): a dict of the
         source, the face's box and landmarks in the photo, class probabilities, the label and
         the model's introspection; an input without a face gives {"source", "error"}."""
-        from data_prep import face as F
+        from fergate import face as F
         from fergate import predict as P
 
         P.init_worker(self.manifest["data"], sorted(self.pipeline_fields()))
@@ -295,7 +288,7 @@ def load(path: str, batch_size: int = 32) -> Model:
     fmt = manifest.get("format")
     if not isinstance(fmt, int) or fmt > FORMAT:
         raise UserError(f"{path} was written by fergate {manifest.get('fergate', '?')} in export format {fmt}; this "
-                        f"fergate {_version()} reads formats 1 to {FORMAT}: upgrade fergate to load it")
+                        f"fergate {fergate.version()} reads formats 1 to {FORMAT}: upgrade fergate to load it")
     config = config_lib.load_workdir(path)
     models.family(config.model)  # declares the family's own record fields (and how to derive them)
     with open(os.path.join(path, "infer.jax"), "rb") as f:

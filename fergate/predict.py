@@ -45,8 +45,8 @@ class Unit:
 def expand(paths: Sequence[str], kind: str, every: int, window: int, stride: int) -> tuple[list[Unit], list[dict]]:
     """Work units of `paths` (photos, videos, folders searched recursively), and an error line
     for each path that gives none."""
-    from data_prep.face import IMAGE_EXTS
-    from data_prep.video import VIDEO_EXTS
+    from fergate.face import IMAGE_EXTS
+    from fergate.video import VIDEO_EXTS
 
     units, errors = [], []
     for path in paths:
@@ -94,7 +94,7 @@ def read_frames(path: str, start: int, stop: int | None, every: int = 1) -> list
     """(index, RGB frame) of frames start, start + every, ... before `stop` of a video."""
     import cv2
 
-    from data_prep.face import SkipItem
+    from fergate.face import SkipItem
 
     cap = cv2.VideoCapture(path)
     try:
@@ -124,8 +124,8 @@ def init_worker(data: dict, fields: Sequence[str]) -> None:
     """The face pipeline's options, from the export's record of the training data's."""
     import cv2
 
-    from data_prep import face as F
-    from data_prep import prep
+    from fergate import face as F
+    from fergate.video import ClipOptions
 
     cv2.setNumThreads(1)
     opts = data.get("options", {})
@@ -133,14 +133,13 @@ def init_worker(data: dict, fields: Sequence[str]) -> None:
     face["face_size"] = F.parse_size(face.get("face_size", 96))
     face.update(patches="patches" in fields and face.get("patches", True),
                 identity="identity" in fields and face.get("identity", True))
-    prep_fields = {f.name for f in dataclasses.fields(prep.PrepOptions)} - {"face"}
-    _WORKER["opts"] = prep.PrepOptions(face=F.FaceOptions(**face), **{k: v for k, v in opts.items()
-                                                                      if k in prep_fields})
+    clip_fields = {f.name for f in dataclasses.fields(ClipOptions)} - {"face"}
+    _WORKER["opts"] = ClipOptions(face=F.FaceOptions(**face), **{k: v for k, v in opts.items() if k in clip_fields})
 
 
 def faces_in(img: np.ndarray) -> list[tuple[dict, dict]]:
     """(record, {"box", "landmarks"} in image pixels) of every face dlib finds in an image."""
-    from data_prep import face as F
+    from fergate import face as F
 
     opts = _WORKER["opts"].face
     if min(img.shape[:2]) < 20:
@@ -170,15 +169,15 @@ def face_items(img: np.ndarray, base: dict, group: str) -> list[dict]:
 def clip_item(frames: list[tuple[int, np.ndarray]], base: dict, group: str) -> dict:
     """{"record", "info" (`base` + the first and last frame), "group"} of (index, frame) pairs:
     one clip record, as `fergate prep` makes them."""
-    from data_prep import prep
+    from fergate.video import clip_record
 
-    rec = prep.clip_record([f for _, f in frames], _WORKER["opts"])
+    rec = clip_record([f for _, f in frames], _WORKER["opts"])
     return {"record": rec, "info": {**base, "frames": [frames[0][0], frames[-1][0]]}, "group": group}
 
 
 def work(unit: Unit) -> list[dict]:
     """{"record", "info"} per face (or clip window) of a unit, or one {"info", "error"}."""
-    from data_prep import face as F
+    from fergate import face as F
 
     base = {"source": unit.source}
     try:
@@ -305,7 +304,7 @@ def draw(face: dict, line: dict, outdir: str) -> None:
     """The source image with the face's box, landmarks and label drawn, into `outdir`."""
     import cv2
 
-    from data_prep import face as F
+    from fergate import face as F
 
     info = face["info"]
     stem = os.path.splitext(os.path.basename(info["source"]))[0]

@@ -91,7 +91,8 @@ def test_random_crops_for_training_and_the_centre_crop_for_evaluation():
 def trained(tmp_path_factory):
     """The attention head trained briefly on a 125 x 160 grey sample set (section 4.1's data),
     on the convolutions of a baseline the same command trains first."""
-    from data_prep import face, prep
+    from data_prep import prep
+    from fergate import face
 
     d = tmp_path_factory.mktemp("attention_data")
     prep.run("sample", None, str(d), prep.PrepOptions(face=face.FaceOptions(
@@ -172,24 +173,24 @@ def test_the_fully_convolutional_mode_over_a_group_photo(trained, tmp_path):
 def test_soft_face_boxes_move_a_background_peak_onto_the_face():
     """4.4: a false positive in the background twice as strong as the face's response loses
     to it once weighed by the soft boxes; the weights keep the map a distribution."""
-    from data_prep import face as F
+    from fergate import attend as A
 
     heat = np.full((100, 200), 1e-3, np.float32)
     heat[50, 180] = 2.0  # background, 120 px (12 sigma of a 40 px box) right of the box
     heat[40, 40] = 1.0  # inside the face box
-    w = F.soft_box_weighted(heat, [(20, 20, 60, 60)])
+    w = A.soft_box_weighted(heat, [(20, 20, 60, 60)])
     assert np.unravel_index(int(np.argmax(heat)), heat.shape) == (50, 180)
     assert np.unravel_index(int(np.argmax(w)), w.shape) == (40, 40)
     np.testing.assert_allclose(w.sum(), 1, rtol=1e-5)
-    mask = F.soft_box_mask(heat.shape, [(20, 20, 60, 60)])
+    mask = A.soft_box_mask(heat.shape, [(20, 20, 60, 60)])
     np.testing.assert_allclose(w, heat * mask / (heat * mask).sum(), rtol=1e-5)
     assert mask[40, 40] == 1 and mask[50, 180] < np.exp(-0.5 * (120 / 10) ** 2) * 1.01
 
 
 def test_soft_face_boxes_keep_the_boxes_and_fade_outside():
-    from data_prep import face as F
+    from fergate import attend as A
 
-    m = F.soft_box_mask((100, 200), [(20, 30, 60, 70), (150, 10, 190, 50)])
+    m = A.soft_box_mask((100, 200), [(20, 30, 60, 70), (150, 10, 190, 50)])
     assert m[30:71, 20:61].min() == 1 and m[10:51, 150:191].min() == 1
     row = m[50, 60:150]  # from the first box's right edge towards the second box
     assert (np.diff(row[:40]) < 0).all() and row[20] < 0.2 and m[99, 100] < 1e-3

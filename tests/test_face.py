@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from data_prep import face as F
 from data_prep import sample as S
+from fergate import face as F
 from fergate.data import landmarks as L
 
 

@@ -218,7 +218,8 @@ def test_icv_mefed_layout_goes_into_shards_with_compound_labels(tmp_path, photos
 @pytest.fixture(scope="module")
 def micro_data(tmp_path_factory):
     """280 sample faces at 224, aligned on the eyes and the upper lip, as the network reads them."""
-    from data_prep import face, prep
+    from data_prep import prep
+    from fergate import face
 
     out = str(tmp_path_factory.mktemp("micro"))
     opts = prep.PrepOptions(face=face.FaceOptions(face_size=224, align="eyes_lip", patches=False, identity=False))

@@ -87,8 +87,8 @@ def test_bench_times_the_input_pipeline_and_data_prep_alone(sample_data):
     r = subprocess.run([sys.executable, "-m", "fergate", "bench", "--pipeline", "--config",
                         "configs/vshnn.py:variant=c3d_sagru_b"], capture_output=True, text=True)
     assert r.returncode == 2 and "add --data W/pretrain/frames/features" in r.stderr
-    from fergate.train import bench
+    from fergate import plugins
 
-    res = bench.prep_bench([1, 2], size=14)
+    res = plugins.prep_bench([1, 2], size=14)  # the offline stage's, through its entry point
     assert set(res["faces_per_sec"]) == {"1", "2"} and all(v > 0 for v in res["faces_per_sec"].values())
     assert res["speedup_of"] == "2 workers over 1"

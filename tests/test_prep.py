@@ -114,3 +114,26 @@ def test_sample_manifest(sample_data):
     assert "shape_predictor_68" in m["landmark_model"]
     clip = _records(sample_data, "train_clips")[0]
     assert clip["clip"].shape == (16, 64, 64, 3) and clip["clip_landmarks"].shape == (16, 68, 2)
+
+
+def test_the_library_reaches_the_offline_stage_only_through_entry_points(monkeypatch):
+    """No module of fergate imports data_prep (the offline stage builds on the library); what
+    fergate needs of it (`fergate prep`, the built-in datasets, `bench --prep`) comes through
+    entry points, and without them it is a one-line error that says how to get them."""
+    import ast
+
+    from fergate import plugins
+    from fergate.errors import UserError
+
+    root = os.path.join(os.path.dirname(__file__), "..", "fergate")
+    for path in glob.glob(os.path.join(root, "**", "*.py"), recursive=True):
+        for node in ast.walk(ast.parse(open(path).read())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            assert not any(n.split(".")[0] == "data_prep" for n in names), path
+    assert [e.module for e in plugins.provided(plugins.COMMANDS)] == ["data_prep.command"]
+    monkeypatch.setattr(plugins, "entry_points", lambda group: [])
+    with pytest.raises(UserError, match="the built-in sample dataset .*no `fergate.builtin_data` entry point"):
+        plugins.prepare_builtin("sample", {})
+    with pytest.raises(UserError, match="no `fergate.prep_bench` entry point"):
+        plugins.prep_bench([1], 1)

@@ -1,7 +1,7 @@
 """The dataset readers of data_prep.readers, each on a tiny fixture in its dataset's official
 on-disk layout (file names, label files, encodings), made from the real face photos every
 install has (scikit-image's astronaut, matplotlib's grace_hopper) and expressions the sample
-generator synthesises on them; pre-aligned datasets get crops aligned by data_prep.face.
+generator synthesises on them; pre-aligned datasets get crops aligned by fergate.face.
 Every fixture goes through `fergate prep` to shards: the counts per split, label names,
 subjects, `box_source` and the skipped lines and files are read back from the manifest and
 the records."""
@@ -16,10 +16,10 @@ import grain
 import numpy as np
 import pytest
 
-from data_prep import face as F
 from data_prep import prep, readers
 from data_prep import sample as S
 from fergate import cli
+from fergate import face as F
 from fergate.data import pipeline, schema
 from fergate.data.labels import DATASET_CLASSES
 from fergate.errors import UserError

@@ -4,8 +4,8 @@ import cv2
 import numpy as np
 import pytest
 
-from data_prep import face as F
 from data_prep import sample as S
+from fergate import face as F
 
 
 def test_action_units_move_landmarks_in_the_face_frame(photos):

@@ -252,8 +252,8 @@ def _lfw_layout(root) -> tuple:
     lines, one naming a photo that is not there. Returns (root, number of pairs)."""
     from PIL import Image
 
-    from data_prep import face as F
     from data_prep import sample as S
+    from fergate import face as F
 
     people = sorted({n for n, *_ in S.sample_photos()})[:4]
     sources = {n: (p, i) for n, p, i in S.sample_photos()}

@@ -182,7 +182,8 @@ def test_eval_command_and_bench_line(sample_data, tmp_path):
 @pytest.fixture(scope="module")
 def learn_data(tmp_path_factory):
     """A sample set big enough to learn from: 200 images per class (no clips, no embeddings)."""
-    from data_prep import face, prep
+    from data_prep import prep
+    from fergate import face
 
     out = str(tmp_path_factory.mktemp("learn"))
     prep.run("sample", None, out, prep.PrepOptions(face=face.FaceOptions(identity=False)),

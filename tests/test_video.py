@@ -10,9 +10,10 @@ import cv2
 import numpy as np
 import pytest
 
-from data_prep import face as F
-from data_prep import prep, readers, video
+from data_prep import prep, readers
 from data_prep import sample as S
+from fergate import face as F
+from fergate import video
 from fergate.data import schema
 from fergate.errors import UserError
 
@@ -74,9 +75,9 @@ def test_resample_is_np_interp_per_pixel_and_coordinate(n, length):
 
 def test_gaps_carry_the_last_box_at_most_max_gap_frames():
     rects = [None, None, None, "a", None, None, "b", None, None, None, None, "c"]
-    assert prep.carry_boxes(rects, 2) == [None, "a", "a", "a", "a", "a", "b", "b", "b", None, None, "c"]
-    assert prep.carry_boxes(rects, 0) == rects
-    assert prep.carry_boxes([None, None], 5) == [None, None]
+    assert video.carry_boxes(rects, 2) == [None, "a", "a", "a", "a", "a", "b", "b", "b", None, None, "c"]
+    assert video.carry_boxes(rects, 0) == rects
+    assert video.carry_boxes([None, None], 5) == [None, None]
 
 
 def test_clip_record_drops_frames_beyond_a_gap_and_skips_too_few_faces(clips):
@@ -84,16 +85,16 @@ def test_clip_record_drops_frames_beyond_a_gap_and_skips_too_few_faces(clips):
     for i in range(2, 8):
         frames[i][:] = 0  # no face in frames 2-7
     # frames 0-1 found, 2-4 carried (max_gap 3), 5-7 dropped, 8-9 found: 7 frames kept
-    rec = prep.clip_record(frames, prep.PrepOptions(clip_size=48, max_gap=3, frames=7))
+    rec = video.clip_record(frames, video.ClipOptions(clip_size=48, max_gap=3, frames=7))
     assert rec["clip"].shape == (7, 48, 48, 3) and rec["clip_landmarks"].shape == (7, 68, 2)
     assert (rec["clip"].reshape(7, -1).max(1) == 0).tolist() == [False, False, True, True, True, False, False]
     # the same kept frames stretched to T = 16
-    assert prep.clip_record(frames, prep.PrepOptions(clip_size=48, max_gap=3))["clip"].shape == (16, 48, 48, 3)
+    assert video.clip_record(frames, video.ClipOptions(clip_size=48, max_gap=3))["clip"].shape == (16, 48, 48, 3)
     with pytest.raises(F.SkipItem) as e:  # 4 found + 1 carried (frame 2) < 6
-        prep.clip_record(frames, prep.PrepOptions(clip_size=48, max_gap=1, min_faces=6))
+        video.clip_record(frames, video.ClipOptions(clip_size=48, max_gap=1, min_faces=6))
     assert e.value.reason == "too_few_faces"
     with pytest.raises(F.SkipItem) as e:
-        prep.clip_record([np.zeros_like(f) for f in frames[:4]], prep.PrepOptions(clip_size=48))
+        video.clip_record([np.zeros_like(f) for f in frames[:4]], video.ClipOptions(clip_size=48))
     assert e.value.reason == "no_face"
 
 

@@ -22,9 +22,9 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from data_prep import face as F
-from data_prep import video
 from data_prep.readers.layout import child
+from fergate import face as F
+from fergate import video
 from fergate.errors import UserError
 
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import logging
 import os
 
-from data_prep import face as F
 from data_prep.readers.base import Item, Reader, bad_item
+from fergate import face as F
 from fergate.data import compound as compound_labels
 from fergate.data.labels import DATASET_CLASSES
 from fergate.errors import UserError

@@ -5,9 +5,9 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from data_prep import face as F
 from data_prep.readers.base import Item, LayoutReader, bad_item, option
 from data_prep.readers.layout import child, text_lines
+from fergate import face as F
 
 
 @dataclass(frozen=True)

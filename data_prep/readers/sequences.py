@@ -11,10 +11,10 @@ from xml.etree import ElementTree
 
 import numpy as np
 
-from data_prep import face as F
-from data_prep import video
 from data_prep.readers.base import ClipOptions, Item, LayoutReader, bad_item, option
 from data_prep.readers.layout import child, points, read_numbers, subfolders
+from fergate import face as F
+from fergate import video
 from fergate.data.labels import DATASET_CLASSES
 from fergate.errors import UserError
 

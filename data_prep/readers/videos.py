@@ -7,9 +7,9 @@ import os
 
 import numpy as np
 
-from data_prep import video
 from data_prep.readers.base import ClipOptions, Item, LayoutReader
 from data_prep.readers.layout import class_layout, subfolders, subject_of
+from fergate import video
 from fergate.data.labels import DATASET_CLASSES
 
 log = logging.getLogger(__name__)
@@ -20,7 +20,7 @@ class VideoFolderReader(LayoutReader):
     when ROOT holds `train/` or `test/`; a clip is a video file (`video.VIDEO_EXTS`) or a
     folder of frame images (CK+ / MMI style, natural name order); other files are ignored.
     Each clip is its own subject unless its name has a `<subject>__` prefix. At most
-    `max_frames` frames of a clip are read, evenly spaced (`data_prep.video`); an unreadable,
+    `max_frames` frames of a clip are read, evenly spaced (`fergate.video`); an unreadable,
     empty or faceless clip is skipped and counted by reason."""
 
     name = "video_folder"

@@ -8,9 +8,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from data_prep import face as F
 from data_prep.readers.base import Item, LayoutReader, bad_item, option
 from data_prep.readers.layout import child, csv_row_at, csv_rows, numbers, points, read_numbers, text_lines
+from fergate import face as F
 from fergate.data.labels import DATASET_CLASSES
 
 

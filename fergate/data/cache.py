@@ -19,6 +19,7 @@ def cache_root() -> str:
 
 def builtin_dir(dataset: str, options: dict) -> str:
     """The directory a built-in dataset prepared with these `fergate prep` options has in the
-    cache (`data_prep.prep.builtin` prepares it; training only reads it)."""
+    cache (the offline stage prepares it, reached through `fergate.plugins.prepare_builtin`;
+    training only reads it)."""
     tag = "-".join(f"{k}{v}" for k, v in sorted(options.items()))
     return os.path.join(cache_root(), f"{dataset}-v{SCHEMA_VERSION}.{RECIPE}" + (f"-{tag}" if tag else ""))

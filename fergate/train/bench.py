@@ -108,29 +108,6 @@ def pipeline_bench(config, data_dir: str, batch: int | None = None, batches: int
             "data": data_dir}
 
 
-def prep_bench(workers: list[int], size: int = 280) -> dict:
-    """`fergate prep` of `size` images of the sample set (its synthesis and the face
-    pipeline: detection, landmarks, alignment, patches, identity) with each number of
-    worker processes, into a temporary directory: faces/s and the speed-up of the most
-    workers over the fewest."""
-    import tempfile
-
-    from data_prep import prep
-
-    if not workers or min(workers) < 1 or size < 1:
-        raise UserError(f"--prep_workers {workers} --prep_size {size}: at least one worker count >= 1, size >= 1")
-    rates = {}
-    for n in workers:
-        with tempfile.TemporaryDirectory() as out:
-            t = time.perf_counter()
-            m = prep.run("sample", None, out, prep.PrepOptions(), {"size": size, "clips": 0}, workers=n)
-            rates[n] = sum(v["records"] for v in m["splits"].values()) / (time.perf_counter() - t)
-    lo, hi = min(workers), max(workers)
-    return {"mode": "prep", "dataset": "sample", "images": size, "faces_per_sec": {str(n): round(r, 2)
-                                                                                   for n, r in rates.items()},
-            "speedup": round(rates[hi] / rates[lo], 3), "speedup_of": f"{hi} workers over {lo}"}
-
-
 def input_rate(data: DataPlan, batches: int = 50) -> float:
     """Examples/s the training input pipeline of `data` delivers (this process)."""
     it = iter(data.input_pipeline(data.config.data.train_split, train=True))

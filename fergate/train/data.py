@@ -62,7 +62,7 @@ def source_dir(config, checked: bool = True) -> str:
     out = config.data.dir or builtin_dir(config.data.dataset, dict(config.data.prep_options))
     if checked and not config.data.dir and not os.path.exists(os.path.join(out, "manifest.json")):
         raise UserError(f"config data.dir is empty and the built-in {config.data.dataset} dataset is not prepared "
-                        f"in {out}: run `fergate train` (it prepares it) or `data_prep.prep.builtin(...)`, or pass "
+                        f"in {out}: run `fergate train` (it prepares it) or `fergate.plugins.prepare_builtin(...)`, or pass "
                         "--config.data.dir=DIR")
     return out
 

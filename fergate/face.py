@@ -1,7 +1,11 @@
 """The face pipeline: load -> dlib HOG detection -> 68 landmarks -> similarity alignment ->
-landmark patch stacks and identity embedding. A dataset's own face box or landmarks replace
-detection (`FaceInput`), and a pre-aligned crop the detector misses is fitted as a whole
-(`fit_in_crop`); each record's `box_source` says which.
+landmark patch stacks and identity embedding. A dataset's own face box or
+landmarks replace detection (`FaceInput`), and a pre-aligned crop the detector misses is
+fitted as a whole (`fit_in_crop`); each record's `box_source` says which.
+
+It lives in the library, not in the offline stage (`data_prep`, which runs it to write
+records), because `fergate predict`, `export.Model.predict` and `fergate attend` run the same
+code on new photos: a model sees the faces it was trained on.
 
 dlib's models come from the `face-recognition-models` package, located through
 `importlib.util.find_spec` because importing it needs `pkg_resources` (gone in setuptools 81).
@@ -20,7 +24,7 @@ import cv2
 import numpy as np
 from skimage.transform import SimilarityTransform
 
-from fergate.data.landmarks import (  # noqa: F401  (re-exported for data_prep users)
+from fergate.data.landmarks import (  # noqa: F401  (re-exported for the pipeline's users)
     INTRAFACE_49,
     LEFT_EYE,
     MIRROR_68,
@@ -147,27 +151,6 @@ def landmarks(img: np.ndarray, rect) -> np.ndarray:
     """68 iBUG landmarks (x, y) float32 for the face in `rect`."""
     shape = models().predictor(img, rect)
     return np.array([(p.x, p.y) for p in shape.parts()], np.float32)
-
-
-def soft_box_mask(shape: tuple[int, int], boxes: list, softness: float = 0.25) -> np.ndarray:
-    """(H, W) weights: 1 inside any (left, top, right, bottom) box, falling off outside as a
-    Gaussian of the distance to the nearest box, sigma = `softness` x the box's side: the
-    attention paper's soft face boxes (4.4), which keep a face's surroundings in view."""
-    ys, xs = np.mgrid[: shape[0], : shape[1]].astype(np.float32)
-    mask = np.zeros(shape, np.float32)
-    for left, top, right, bottom in boxes:
-        dx = np.maximum(np.maximum(left - xs, xs - right), 0)
-        dy = np.maximum(np.maximum(top - ys, ys - bottom), 0)
-        sigma = softness * max((right - left + bottom - top) / 2, 1)
-        mask = np.maximum(mask, np.exp(-(dx * dx + dy * dy) / (2 * sigma * sigma)))
-    return mask
-
-
-def soft_box_weighted(heat: np.ndarray, boxes: list) -> np.ndarray:
-    """A map weighed by the soft face boxes and renormalised to sum 1 (4.4): a background peak
-    loses to a face's unless it is far above it."""
-    out = heat * soft_box_mask(heat.shape, boxes)
-    return out / max(float(out.sum()), 1e-12)
 
 
 def apply_affine(m: np.ndarray, pts: np.ndarray) -> np.ndarray:

@@ -1,0 +1,73 @@
+"""`fergate eval`: a workdir's checkpoint on a held-out split, or its representations on
+verification pairs (`fergate.train.evaluate`, `fergate.train.pairs`)."""
+
+from __future__ import annotations
+
+import argparse
+
+from fergate.commands import add_jax_args, builtin_data, jax_setup
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    q = sub.add_parser("eval", help="evaluate the newest checkpoint of a workdir")
+    q.add_argument("--workdir", required=True)
+    q.add_argument("--split", default=None, help="default: the config's data.eval_split")
+    q.add_argument("--out", default=None, help="report directory (default: the workdir)")
+    q.add_argument("--pairs", default=None, metavar="DATA",
+                   help="instead: same / different-person pairs of a verification set (fergate prep --dataset lfw): "
+                        "distance distributions and pair accuracy of the model's representations (THIN, Fig. 9)")
+    q.add_argument("--compare", nargs="+", default=None, metavar="WORKDIR",
+                   help="evaluated runs of the same family to draw beside this one (THIN: |cos|, Fig. 8)")
+    add_jax_args(q)
+    q.set_defaults(func=run)
+
+
+def run(a: argparse.Namespace) -> None:
+    import os
+
+    from fergate import config as config_lib
+
+    cfg = config_lib.load_workdir(a.workdir)
+    jax_setup(a)
+    from fergate.train import data, program
+
+    if a.pairs:
+        from fergate.train import pairs
+
+        builtin_data(cfg)
+        rep = pairs.evaluate_pairs(a.workdir, a.pairs, a.out or a.workdir)
+        for name, r in rep["representations"].items():
+            std = f" +- {r['pair_accuracy_std']:.4f}" if r["pair_accuracy_std"] is not None else \
+                " (one fold: threshold chosen on these pairs)"
+            print(f"[eval] {name}: pair accuracy {r['pair_accuracy']:.4f}{std}, "
+                  f"IoU of the same / different distance distributions {r['iou']:.3f}")
+        print(f"[eval] {rep['pairs']} pairs ({rep['pairs_dropped']} dropped: a photo without a record) -> "
+              f"{os.path.join(a.out or a.workdir, 'pairs.json')}, pairs.png")
+        return
+
+    stage = cfg.data.get("features_from", "")
+    if not (stage and data.features_ready(data.features_dir(a.workdir, stage))):  # else the copy suffices
+        builtin_data(cfg)
+    import jax
+
+    from fergate.train import evaluate
+
+    t = program.from_workdir(a.workdir)  # a config.json this fergate cannot read: one line naming its keys
+    prog, step, selected = t.program, t.step, t.selection
+    if selected:
+        print(f"[eval] the selected checkpoint: step {step} ({selected['split']} {selected['metric']} "
+              f"{selected['value']:.3f}; train.select)")
+    held = t.data.portions.eval if not a.split else data.Portion(a.split)
+    results = evaluate.evaluate(prog, t.state, t.data, held)
+    split = held.name
+    results.metrics.update(step=step, split=split, **({"selected": selected} if selected else {}))
+    out = a.out or a.workdir
+    if jax.process_index() != 0:
+        return
+    report = evaluate.write_reports(results, out)
+    print(f"[eval] step {step}, {split}: accuracy {report['accuracy']:.4f}, mean class accuracy "
+          f"{report['mean_class_accuracy']:.4f} -> {os.path.join(out, 'eval.json')}")
+    if a.compare:
+        runs = {a.workdir: {**report, "variant": cfg.variant}, **{w: evaluate.read_eval(w) for w in a.compare}}
+        for path in prog.family.compare(runs, out):
+            print(f"[eval] {len(runs)} runs compared -> {path}")

@@ -1,0 +1,50 @@
+"""`fergate predict`: an exported model on photos, folders and videos (`fergate.predict`)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from fergate.commands import add_jax_args, jax_setup
+from fergate.errors import UserError
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    q = sub.add_parser("predict", help="an exported model on photos, folders (recursively) and videos: one JSON "
+                       "line per face (or clip window)")
+    q.add_argument("--model", required=True, help="an export (fergate export)")
+    q.add_argument("inputs", nargs="+", metavar="INPUT", help="photos, videos, folders")
+    q.add_argument("--out", default=None, help="JSONL file (default: stdout)")
+    q.add_argument("--annotate", default=None, metavar="DIR", help="write the photos / frames with boxes, "
+                   "landmarks and labels drawn")
+    q.add_argument("--heatmaps", default=None, metavar="DIR", help="write each face's attention map over the "
+                   "model's input (models with spatial introspection: the attention CNN)")
+    q.add_argument("--batch", type=int, default=32, help="faces per model call")
+    q.add_argument("--workers", type=int, default=None, help="face pipeline processes (default: all cores)")
+    q.add_argument("--every", type=int, default=1, help="face models on videos: every K-th frame")
+    q.add_argument("--window", type=int, default=None, help="clip models: frames per window (default: T)")
+    q.add_argument("--stride", type=int, default=None, help="clip models: frames between windows (default: T/2)")
+    q.add_argument("--pipeline_only", action="store_true", help="the face pipeline alone, no model (to time it)")
+    add_jax_args(q)
+    q.set_defaults(func=run)
+
+
+def run(a: argparse.Namespace) -> None:
+    jax_setup(a)
+    from fergate import export, predict
+
+    if a.batch < 1:
+        raise UserError(f"--batch {a.batch}: at least 1")
+    model = export.load(a.model, a.batch)
+    out = open(a.out, "w") if a.out else sys.stdout
+    try:
+        c = predict.run(model, a.inputs, out, a.workers, a.every, a.window, a.stride, a.annotate, a.heatmaps,
+                        a.pipeline_only)
+    finally:
+        if a.out:
+            out.close()
+    what = "clip windows" if c["kind"] == "clip" else f"faces ({c.get('frames', 0)} from video frames)"
+    print(f"[predict] {c['faces']} {what}, {c['errors']} inputs without a "
+          f"prediction, in {c['seconds']:.1f}s: {c.get('faces_per_sec', 0):.1f}/s"
+          f"{', ' + str(c['steady_faces_per_sec']) + '/s after start-up' if 'steady_faces_per_sec' in c else ''}"
+          f"{' -> ' + a.out if a.out else ''}", file=sys.stderr)

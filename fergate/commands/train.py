@@ -1,0 +1,31 @@
+"""`fergate train`: train a config in a workdir, resuming from its newest checkpoint
+(`fergate.train.trainer`)."""
+
+from __future__ import annotations
+
+import argparse
+
+from fergate.commands import add_jax_args, builtin_data, jax_setup
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    q = sub.add_parser("train", help="train a config; resumes from the newest checkpoint in --workdir",
+                       epilog="Overrides: --config.key=value (e.g. --config.train.steps=200).")
+    q.add_argument("--config", required=True, help="configs/X.py[:arg=value,...]")
+    q.add_argument("--workdir", required=True)
+    add_jax_args(q)
+    q.set_defaults(func=run, overrides=True)
+
+
+def run(a: argparse.Namespace, overrides: list[str]) -> None:
+    from fergate import config as config_lib
+
+    cfg = config_lib.load(a.config, overrides)
+    from fergate.train import program
+
+    program.validate(cfg, a.workdir)  # before data preparation and compilation
+    jax_setup(a)
+    builtin_data(cfg)
+    from fergate.train import trainer
+
+    trainer.train(cfg, a.workdir)
