@@ -27,14 +27,13 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from fergate import models
-from fergate.config import choice
+from fergate import models, options
 from fergate.data import labels, pipeline, shards
 from fergate.data.cache import builtin_dir
 from fergate.errors import UserError
+from fergate.options import SELECT_METRICS as SELECT_METRICS
+from fergate.options import validate as validate  # the config's checks live with its keys
 
-#: metrics `train.select` can pick the best checkpoint by (higher is better)
-SELECT_METRICS = ("accuracy", "mean_class_accuracy")
 log = logging.getLogger(__name__)
 
 
@@ -75,13 +74,10 @@ def make_mesh(model: int = 1) -> jax.sharding.Mesh:
     return mesh
 
 
-def config_mesh(config) -> tuple[jax.sharding.Mesh, tuple[str, ...]]:
+def config_mesh(config) -> tuple[jax.sharding.Mesh, tuple[options.Rule, ...]]:
     """The mesh `config.mesh` asks for and its sharding rules, both checked: a mesh this
-    process cannot build and a malformed rule are one-line errors."""
-    m = config.get("mesh", {})
-    mesh, rules = make_mesh(m.get("model", 1)), tuple(m.get("rules", ()))
-    parse_rules(rules, mesh)
-    return mesh, rules
+    process cannot build and a malformed rule (checked as the config loads) are one-line errors."""
+    return make_mesh(config.mesh.model), options.parsed(config, "mesh.rules")
 
 
 def leaf_name(path) -> str:
@@ -89,31 +85,14 @@ def leaf_name(path) -> str:
     return "/".join(str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in path)
 
 
-def parse_rules(rules: Sequence[str], mesh: jax.sharding.Mesh) -> list[tuple[re.Pattern, jax.P, str]]:
-    """`config.mesh.rules` entries "REGEX=AXES": a leaf whose path ends in a match of REGEX
-    gets the partition spec AXES, one mesh axis name per array dimension, "-" for none
-    (e.g. "experts/kernel0=-,model,-"). The first matching rule wins."""
-    out = []
-    for rule in rules:
-        pattern, sep, axes = rule.rpartition("=")
-        pattern, spec = pattern.strip(), tuple(None if a.strip() in ("-", "") else a.strip() for a in axes.split(","))
-        named = [a for a in spec if a is not None]
-        bad = [a for a in named if a not in mesh.axis_names] or len(set(named)) != len(named)
-        if pattern.startswith("params/"):
-            raise UserError(f"config mesh.rules: {rule!r}: name the parameter's path within the parameters "
-                            f"({pattern.removeprefix('params/')!r}), so that its optimizer moments match too")
-        if not sep or not pattern or bad:
-            raise UserError(f"config mesh.rules: {rule!r} is not REGEX=AXES with AXES among "
-                            f"{', '.join(mesh.axis_names)} or - per dimension, each axis once "
-                            "(e.g. 'experts/kernel0=-,model,-')")
-        try:
-            out.append((re.compile(f"(^|/)(?:{pattern})$"), jax.P(*spec), rule))
-        except re.error as e:
-            raise UserError(f"config mesh.rules: {rule!r}: {e}") from None
-    return out
+def parse_rules(rules: Sequence[options.Rule], mesh: jax.sharding.Mesh) -> list[tuple[re.Pattern, jax.P, str]]:
+    """`config.mesh.rules` (`fergate.options.parse_rule`: "REGEX=AXES") as (pattern, partition
+    spec, entry): a leaf whose path ends in a match of REGEX gets AXES, one mesh axis name per
+    array dimension, "-" for none (e.g. "experts/kernel0=-,model,-"). The first matching rule wins."""
+    return [(re.compile(f"(^|/)(?:{r.pattern})$"), jax.P(*r.axes), r.text) for r in rules]
 
 
-def state_shardings(mesh: jax.sharding.Mesh, abstract_state, rules: Sequence[str]):
+def state_shardings(mesh: jax.sharding.Mesh, abstract_state, rules: Sequence[options.Rule]):
     """The sharding of every leaf of a train state: the first rule whose pattern the leaf's
     path ends in (the optimizer's moments follow their parameters, whose paths they end
     in), else replicated. A rule whose axes do not fit the leaf (rank, a dimension not a
@@ -185,51 +164,6 @@ def source_dir(config) -> str:
     return out
 
 
-def validate(config, workdir: str | None = None) -> None:
-    """Checks of the config and the workdir that need no data: run before preparing data or
-    compiling, so that a mistake costs nothing."""
-    c = config.train
-    for key, value, least in (("train.steps", c.steps, 1), ("input.batch_size", config.input.batch_size, 1),
-                              ("eval.batch_size", config.eval.batch_size, 1), ("train.log_every", c.log_every, 1),
-                              ("train.ckpt_every", c.ckpt_every, 1), ("train.keep", c.keep, 1),
-                              ("train.eval_every", c.eval_every, -1),
-                              ("optim.decay_steps", config.optim.decay_steps, 0),
-                              ("optim.step_every", config.optim.get("step_every", 0), 0),
-                              ("optim.clip_value", config.optim.get("clip_value", 0), 0)):
-        if value < least:
-            raise UserError(f"config {key}={value}: must be at least {least}")
-    if c.profile_steps and (len(c.profile_steps) != 2 or not 1 <= c.profile_steps[0] <= c.profile_steps[1]):
-        raise UserError(f"config train.profile_steps={tuple(c.profile_steps)}: expected A,B with 1 <= A <= B")
-    if c.select:
-        choice(c.select, SELECT_METRICS, "config train.select metric")
-        if not config.data.val_split or not c.eval_every:
-            raise UserError(f"config train.select={c.select} picks the best checkpoint on a validation split: it "
-                            "needs data.val_split (e.g. val) and train.eval_every (not 0)")
-    if config.optim.get("step_every", 0) and not 0 < config.optim.step_factor:
-        raise UserError(f"config optim.step_factor={config.optim.step_factor}: must be above 0")
-    if config.optim.get("step_every", 0) and config.optim.decay_steps:
-        raise UserError("config optim.decay_steps applies to the polynomial decay; with optim.step_every the rate "
-                        "steps down every step_every steps: set one of them")
-    if not 0 < config.data.val_fraction < 1:
-        raise UserError(f"config data.val_fraction={config.data.val_fraction}: must be in (0, 1)")
-    d = config.data
-    if d.fold >= 0 and (d.folds < 2 or d.fold >= d.folds):
-        raise UserError(f"config data.fold={d.fold} of data.folds={d.folds}: expected 0 <= fold < folds, folds >= 2")
-    if d.mix and (d.get("features_from") or d.label_field != "label"):
-        raise UserError("config data.mix draws other datasets' expression labels into training: it does not apply to "
-                        f"a model reading an earlier stage's features or data.label_field={d.label_field}")
-    if d.weight <= 0:
-        raise UserError(f"config data.weight={d.weight}: the main data's share of training draws must be above 0")
-    if workdir is not None:
-        if os.path.exists(workdir) and not os.path.isdir(workdir):
-            raise UserError(f"--workdir {workdir} is a file, not a directory")
-        parent = os.path.abspath(workdir)
-        while not os.path.exists(parent):
-            parent = os.path.dirname(parent)
-        if not os.access(parent, os.W_OK):
-            raise UserError(f"--workdir {workdir}: {parent} is not writable")
-
-
 def resolve(config, manifest: dict | None) -> None:
     """Fills the config fields that depend on the data, before anything is built (None: no
     data, a benchmark): `data.classes` from the manifest (a config that names other classes
@@ -251,7 +185,7 @@ def resolve(config, manifest: dict | None) -> None:
                         f"another one with --config.data.eval_split={config.data.train_split}") from None
             names = class_names(config, manifest)
             if config.data.label_field == "label" and not config.data.classes:  # `label_map` FROM=- drops classes
-                drop = {k for k, v in labels.parse_mapping(config.data.label_map).items() if v == labels.DROP}
+                drop = {k for k, v in options.parsed(config, "data.label_map").items() if v == labels.DROP}
                 names = [c for c in names if labels.canonical(c) not in drop]
             config.data.classes = tuple(config.data.classes or names)
             relabel(config, manifest)
@@ -266,7 +200,7 @@ def relabel(config, manifest: dict, what: str | None = None) -> tuple[int, ...] 
     mine, theirs = tuple(config.data.classes), tuple(manifest["classes"])
     if mine == theirs and not config.data.label_map:
         return None
-    table = tuple(labels.relabel(theirs, mine, labels.parse_mapping(config.data.label_map),
+    table = tuple(labels.relabel(theirs, mine, options.parsed(config, "data.label_map"),
                                  what or f"the data ({manifest.get('dataset', '?')})"))
     return None if table == tuple(range(len(theirs))) else table
 
@@ -283,14 +217,8 @@ def mixed(config, manifest: dict) -> list[pipeline.Mix]:
     out = []
     mine = _prep_options(manifest)
     known = [manifest["classes"]]
-    for entry in config.data.mix:
-        path, _, w = str(entry).rpartition("=") if "=" in str(entry) else (str(entry), "", "1")
-        try:
-            weight = float(w)
-        except ValueError:
-            raise UserError(f"config data.mix entry {entry!r}: expected DIR or DIR=WEIGHT") from None
-        if weight < 0 or not path:
-            raise UserError(f"config data.mix entry {entry!r}: expected DIR or DIR=WEIGHT with WEIGHT >= 0")
+    mapping = options.parsed(config, "data.label_map")
+    for path, weight, entry in options.parsed(config, "data.mix"):
         try:
             other = pipeline.read_manifest(path)
         except UserError as e:
@@ -302,10 +230,10 @@ def mixed(config, manifest: dict) -> list[pipeline.Mix]:
                 raise UserError(f"config data.mix: {path} was prepared with {k}={theirs[k]}, the main data with "
                                 f"{k}={mine[k]}: prepare both alike (fergate prep --{k} ...)")
         pipeline.split_parts(other, config.data.train_split, path)
-        table = labels.relabel(other["classes"], config.data.classes, labels.parse_mapping(config.data.label_map),
+        table = labels.relabel(other["classes"], config.data.classes, mapping,
                                f"config data.mix: {path} ({other.get('dataset', '?')})")
         out.append(pipeline.Mix(path, config.data.train_split, weight, tuple(table)))
-    unused = set(labels.parse_mapping(config.data.label_map)) - {labels.canonical(c) for cs in known for c in cs}
+    unused = set(mapping) - {labels.canonical(c) for cs in known for c in cs}
     if unused and config.data.label_field == "label":
         raise UserError(f"config data.label_map names {', '.join(sorted(unused))}, a class of none of the data "
                         f"(classes: {', '.join(sorted({c for cs in known for c in cs}))})")
@@ -497,13 +425,7 @@ def make_optimizer(config) -> tuple[optax.GradientTransformation, optax.Schedule
         opt = optax.chain(optax.clip_by_global_norm(o.grad_clip), opt)
     if o.get("clip_value", 0.0):  # workdirs written before the option have none
         opt = optax.chain(optax.clip(o.clip_value), opt)
-    scales = {}
-    for entry in o.get("lr_scale", ()):  # workdirs written before the option have none
-        name, _, factor = entry.partition("=")
-        try:
-            scales[name] = float(factor)
-        except ValueError:
-            raise UserError(f"config optim.lr_scale: {entry!r} is not subtree=factor (e.g. features=0.1)") from None
+    scales = dict(options.parsed(config, "optim.lr_scale"))
     if o.frozen or scales:
         def label(k: str) -> str:
             return "frozen" if k in o.frozen else f"scale={scales[k]}" if k in scales else "train"
