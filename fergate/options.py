@@ -82,13 +82,16 @@ class StageSpec(NamedTuple):
     path: str
     arg: str
 
+    def file(self, directory: str | None) -> str:
+        """FILE found in `directory` (the naming config file's), else as written (relative to
+        the working directory, or absolute)."""
+        if directory and not os.path.isabs(self.path) and os.path.isfile(os.path.join(directory, self.path)):
+            return os.path.join(directory, self.path)
+        return self.path
+
     def resolve(self, directory: str | None) -> str:
-        """The `fergate.config.load` spec of the stage: FILE found in `directory` (the naming
-        config's), else as written (relative to the working directory, or absolute)."""
-        path = self.path
-        if directory and not os.path.isabs(path) and os.path.isfile(os.path.join(directory, path)):
-            path = os.path.join(directory, path)
-        return f"{path}:{self.arg}" if self.arg else path
+        """The `fergate.config.load` spec of the stage, its FILE found as `file` finds it."""
+        return f"{self.file(directory)}:{self.arg}" if self.arg else self.file(directory)
 
 
 def parse_rule(entry: str) -> Rule:
@@ -148,7 +151,7 @@ def parse_param_copy(entry: str) -> ParamCopy:
     return ParamCopy(dst.strip(), src.strip() if eq else dst.strip())
 
 
-def parse_stages(configs: Mapping[str, str]) -> dict[str, StageSpec]:
+def parse_stages(configs: Mapping[str, str] | Sequence[tuple[str, str]]) -> dict[str, StageSpec]:
     out = {}
     for name, spec in sorted(dict(configs).items()):
         path, _, arg = str(spec).partition(":")
@@ -324,17 +327,18 @@ def fill_missing(config) -> None:
 
 # ----------------------------------------------------------------------------- reading
 def _frozen(value: Any) -> Any:
-    if isinstance(value, Mapping) or hasattr(value, "items"):
+    """`value` hashable (mappings as sorted pairs), for `parsed`'s cache."""
+    if hasattr(value, "items"):
         return tuple(sorted((k, _frozen(v)) for k, v in value.items()))
     return tuple(map(_frozen, value)) if isinstance(value, (list, tuple)) else value
 
 
 @functools.lru_cache(maxsize=256)
 def _parse(key: str, value: Any) -> Any:
-    return KEYS[key].parse(dict(value) if key == "pretrain.configs" else value)
+    return KEYS[key].parse(value)
 
 
-def value(config, key: str) -> Any:
+def raw(config, key: str) -> Any:
     """The text of `key` in `config`."""
     section, name = key.split(".")
     return config[section][name]
@@ -343,7 +347,7 @@ def value(config, key: str) -> Any:
 def parsed(config, key: str) -> Any:
     """The typed value of a mini-language key (e.g. "optim.lr_scale" -> (Scale, ...)), parsed
     once per distinct text; a bad one is a one-line UserError naming the key."""
-    return _parse(key, _frozen(value(config, key)))
+    return _parse(key, _frozen(raw(config, key)))
 
 
 def set_origin(config, *, directory: str | None = None, workdir: str | None = None) -> None:
@@ -374,13 +378,12 @@ def check_loaded(config) -> None:
             parsed(config, key)
     if not _has(config, "pretrain.configs"):
         return
-    for key in value(config, "pretrain.inherit"):
+    for key in raw(config, "pretrain.inherit"):
         if not _has(config, key):
             raise UserError(f"config pretrain.inherit: {key!r} is no key of this config")
     directory, workdir = origin(config)
     for name, stage in parsed(config, "pretrain.configs").items():
-        path = stage.resolve(directory).partition(":")[0]
-        if workdir is None and not os.path.isfile(path):
+        if workdir is None and not os.path.isfile(stage.file(directory)):
             raise UserError(f"config pretrain.configs.{name}: config file {stage.path} not found "
                             f"(in {directory or os.getcwd()})")
 
@@ -391,7 +394,7 @@ def validate(config, workdir: str | None = None) -> None:
     for key, spec in KEYS.items():
         if _has(config, key):
             if spec.check is not None:
-                spec.check(key, value(config, key))
+                spec.check(key, raw(config, key))
             if spec.parse is not None:
                 parsed(config, key)
     c, o, d = config.train, config.optim, config.data

@@ -67,7 +67,7 @@ def make_mesh(model: int = 1) -> jax.sharding.Mesh:
         raise UserError(f"config mesh.model={model}: the model axis must divide the {local} devices of each process "
                         f"(--config.mesh.model=1 runs without one)")
     auto = jax.sharding.AxisType.Auto
-    mesh = jax.make_mesh((jax.device_count() // model, model), ("data", "model"), axis_types=(auto, auto))
+    mesh = jax.make_mesh((jax.device_count() // model, model), options.MESH_AXES, axis_types=(auto, auto))
     if any(len({d.process_index for d in row}) > 1 for row in mesh.devices.reshape(-1, model)):
         raise UserError(f"config mesh.model={model}: this platform's device order puts a model group on several "
                         "processes; use a model axis within one process's devices")
