@@ -159,15 +159,17 @@ def pretrain_stages(config: ml_collections.ConfigDict) -> dict[str, ml_collectio
     """The earlier stages `config.pretrain.configs` {NAME: "FILE:ARG"} lists, each taking
     this config's values of the keys in `config.pretrain.inherit` (the data, a shared
     network's shape) and `config.pretrain.steps` when set. A config read from a workdir W
-    takes each stage as it was trained, from W/pretrain/NAME (it moves with W)."""
+    has the stages W trained, as they were trained: W/pretrain/NAME's configs (they move with W;
+    a stage W's run did not use, e.g. with `init.params_from` naming another workdir, has none)."""
     if "pretrain" not in config:
         return {}
     directory, workdir = options.origin(config)
     stages = {}
     for name, spec in options.parsed(config, "pretrain.configs").items():
-        trained = workdir and os.path.join(workdir, "pretrain", name)
-        if trained and os.path.exists(os.path.join(trained, "config.json")):
-            stages[name] = load_workdir(trained)
+        if workdir is not None:
+            trained = os.path.join(workdir, "pretrain", name)
+            if os.path.exists(os.path.join(trained, "config.json")):
+                stages[name] = load_workdir(trained)
             continue
         stage = load(spec.resolve(directory))
         with stage.unlocked():
