@@ -53,7 +53,7 @@ def get_config(arg=None):
         c.optim.frozen = ("features",)
         c.optim.lr = c.optim.end_lr = 1e-2
     c.pretrain.inherit = ("data", "input", "attention.trunk", "train.dtype", "train.eval_every")
-    here = os.path.abspath(__file__)
+    here = os.path.basename(__file__)  # relative to this file's directory (fergate.options)
     c.pretrain.configs = {"baseline": f"{here}:variant=baseline,smoke={arg.smoke},context={arg.context}"} if pooled \
         else {}
     return common.smoke(c) if arg.smoke else c

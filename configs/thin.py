@@ -122,7 +122,7 @@ def get_config(arg=None):
     # serves the dispelling loss (and |cos| of exo_tree_gated).
     parts = tuple(f"exo_{part}_{n}" for n in names for part in ("encoder", "classifier")
                   if exo_cnn or part != "encoder")
-    here = os.path.abspath(__file__)
+    here = os.path.basename(__file__)  # relative to this file's directory (fergate.options)
     c.init.params_from = ("pretrain",) if exo_stage else ()
     c.init.params = parts + (("endo=exo_encoder_identity",) if arg.endo_init == "identity" else ())
     c.optim.frozen = parts if exo_stage else ()

@@ -84,7 +84,7 @@ def get_config(arg=None):
     c.eval.batch_size = 16
     c.eval.top_k = (1, 2)
     if cell is not None and not arg.head_only:  # appearance features from stage 1
-        here = os.path.abspath(__file__)
+        here = os.path.basename(__file__)  # relative to this file's directory (fergate.options)
         c.data.features_from, c.data.features_field = "frames", FEATURES_FIELD
         c.pretrain.configs = {"frames": f"{here}:variant=frames,paper={arg.paper},smoke={arg.smoke}"}
         c.pretrain.inherit = ("data.dir", "data.prep_options", "data.train_split", "data.eval_split",

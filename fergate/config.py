@@ -3,7 +3,9 @@
 
 A config file is loaded as a module of a package made of its directory, so the files of
 one directory share code with relative imports (`from . import common`). The returned
-ml_collections.ConfigDict is locked: an unknown key is a UserError naming it.
+ml_collections.ConfigDict is locked: an unknown key is a UserError naming it, and its
+values are checked as they load (`fergate.options`: a malformed `mesh.rules`, `data.mix`,
+... is a one-line error here, not mid-run).
 """
 
 from __future__ import annotations
@@ -20,8 +22,10 @@ from typing import Any
 
 import ml_collections
 
+from fergate import options
 from fergate.data import augment
 from fergate.errors import UserError
+from fergate.options import choice as choice  # where config files import it from
 
 
 def parse_arg(arg: str | None, **defaults: Any) -> ml_collections.ConfigDict:
@@ -35,13 +39,6 @@ def parse_arg(arg: str | None, **defaults: Any) -> ml_collections.ConfigDict:
             raise UserError(f"unknown config argument {key!r}; known: {', '.join(sorted(defaults))}")
         out[key] = _coerce(value.strip(), defaults[key], key)
     return out
-
-
-def choice(value: str, known: Sequence[str], what: str) -> str:
-    """`value` if it is one of `known`, else a UserError listing them."""
-    if value not in known:
-        raise UserError(f"unknown {what} {value!r}; known: {', '.join(known)}")
-    return value
 
 
 def _coerce(text: str, like: Any, key: str) -> Any:
@@ -103,6 +100,8 @@ def load(spec: str, overrides: Sequence[str] = ()) -> ml_collections.ConfigDict:
         if not eq:
             raise UserError(f"override {item!r} must be key=value")
         override(cfg, key, value)
+    options.set_origin(cfg, directory=os.path.dirname(os.path.abspath(path)))
+    options.check_loaded(cfg)
     return cfg
 
 
@@ -141,24 +140,17 @@ def load_workdir(workdir: str) -> ml_collections.ConfigDict:
     with open(path) as f:
         raw = _tuples(json.load(f))
     data = raw.get("data", {})
-    if any(k in data for k in augment.LEGACY_KEYS):  # written before data.augment
+    if any(k in data for k in augment.LEGACY_KEYS):  # written before data.augment: the same ops
         data["augment"] = augment.from_legacy(data)
         for k in augment.LEGACY_KEYS:
             data.pop(k, None)
     cfg = ml_collections.ConfigDict(raw)
-    for section, keys in ADDED_KEYS.items():
-        for k, v in keys.items():
-            if section in cfg and k not in cfg[section]:
-                cfg[section][k] = v
-    if "mesh" in cfg:  # read to evaluate, export or load from: whole, on whatever devices this process has
-        cfg.mesh.model, cfg.mesh.rules = 1, ()
+    options.fill_missing(cfg)  # keys added since it was written, at what such a workdir did
+    # read to evaluate, export or load from: whole, on whatever devices this process has
+    cfg.mesh.model, cfg.mesh.rules = 1, ()
+    options.set_origin(cfg, workdir=workdir)
+    options.check_loaded(cfg)
     return cfg
-
-
-#: config keys added after workdirs were first written, with the values that mean what such
-#: a workdir did (so that `fergate eval` and friends read older workdirs)
-ADDED_KEYS = {"data": {"fold": -1, "folds": 10, "cv_splits": (), "label_map": (), "mix": (), "weight": 1.0},
-              "train": {"accumulate": 1}}
 
 
 def to_json(cfg: ml_collections.ConfigDict) -> str:
@@ -171,24 +163,34 @@ FOLD_KEYS = ("data.fold", "data.folds")
 
 
 def pretrain_stages(config: ml_collections.ConfigDict) -> dict[str, ml_collections.ConfigDict]:
-    """The earlier stages `config.pretrain.configs` {NAME: config spec} lists, each taking
+    """The earlier stages `config.pretrain.configs` {NAME: "FILE:ARG"} lists, each taking
     this config's values of the keys in `config.pretrain.inherit` (the data, a shared
-    network's shape) and `config.pretrain.steps` when set."""
-    pre = config.get("pretrain", {})
+    network's shape) and `config.pretrain.steps` when set. A config read from a workdir W
+    has the stages W trained, as they were trained: W/pretrain/NAME's configs (they move with W;
+    a stage W's run did not use, e.g. with `init.params_from` naming another workdir, has none)."""
+    if "pretrain" not in config:
+        return {}
+    directory, workdir = options.origin(config)
     stages = {}
-    for name, spec in sorted(pre.get("configs", {}).items()):
-        stage = load(spec)
+    for name, spec in options.parsed(config, "pretrain.configs").items():
+        if workdir is not None:
+            trained = os.path.join(workdir, "pretrain", name)
+            if os.path.exists(os.path.join(trained, "config.json")):
+                stages[name] = load_workdir(trained)
+            continue
+        stage = load(spec.resolve(directory))
         with stage.unlocked():
-            for key in (*pre.get("inherit", ()), *FOLD_KEYS):
+            for key in (*config.pretrain.inherit, *FOLD_KEYS):
                 *path, field = key.split(".")
                 dst, src = stage, config
                 for k in path:
+                    if k not in dst:
+                        raise UserError(f"config pretrain.inherit: {key!r} is no key of stage {name}'s config")
                     dst, src = dst[k], src[k]
                 dst[field] = src[field]
-            if config.data.get("fold", -1) >= 0:  # a stage's fold is drawn from its config's pool of splits
-                stage.data.cv_splits = tuple(config.data.get("cv_splits") or
-                                             (config.data.train_split, config.data.eval_split))
-            if pre.get("steps"):
-                stage.train.steps = pre.steps
+            if config.data.fold >= 0:  # a stage's fold is drawn from its config's pool of splits
+                stage.data.cv_splits = tuple(config.data.cv_splits or (config.data.train_split, config.data.eval_split))
+            if config.pretrain.steps:
+                stage.train.steps = config.pretrain.steps
         stages[name] = stage
     return stages

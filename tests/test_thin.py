@@ -90,7 +90,7 @@ def test_exogenous_variable_choice_for_table_3():
     assert (c.thin.exo_fields, c.thin.exo_classes) == (("scale_bin",), (10,))
     assert "variant=exo,exo=scale" in c.pretrain.configs.scale
     assert c.optim.frozen == ("exo_encoder_scale", "exo_classifier_scale")
-    stage1 = C.load(c.pretrain.configs.scale)
+    stage1 = C.pretrain_stages(c)["scale"]
     assert stage1.data.label_field == "scale_bin" and stage1.thin.exo_classes == (10,)
     both = C.load("configs/thin.py:task=digits_rotated_scaled,variant=thin,exo=rotation+scale")
     assert set(both.pretrain.configs) == {"rotation", "scale"} and both.thin.exo_classes == (18, 10)

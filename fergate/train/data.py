@@ -21,7 +21,7 @@ import grain
 import jax
 import numpy as np
 
-from fergate import models
+from fergate import models, options
 from fergate.data import labels, pipeline, shards
 from fergate.data.cache import builtin_dir
 from fergate.errors import UserError
@@ -62,8 +62,8 @@ def source_dir(config, checked: bool = True) -> str:
     out = config.data.dir or builtin_dir(config.data.dataset, dict(config.data.prep_options))
     if checked and not config.data.dir and not os.path.exists(os.path.join(out, "manifest.json")):
         raise UserError(f"config data.dir is empty and the built-in {config.data.dataset} dataset is not prepared "
-                        f"in {out}: run `fergate train` (it prepares it) or `fergate.plugins.prepare_builtin(...)`, or pass "
-                        "--config.data.dir=DIR")
+                        f"in {out}: run `fergate train` (it prepares it) or `fergate.plugins.prepare_builtin(...)`, "
+                        "or pass --config.data.dir=DIR")
     return out
 
 
@@ -89,7 +89,7 @@ def resolve(config, manifest: dict | None) -> None:
                         f"another one with --config.data.eval_split={config.data.train_split}") from None
             names = class_names(config, manifest)
             if config.data.label_field == "label" and not config.data.classes:  # `label_map` FROM=- drops classes
-                drop = {k for k, v in labels.parse_mapping(config.data.label_map).items() if v == labels.DROP}
+                drop = {k for k, v in options.parsed(config, "data.label_map").items() if v == labels.DROP}
                 names = [c for c in names if labels.canonical(c) not in drop]
             config.data.classes = tuple(config.data.classes or names)
             relabel(config, manifest)
@@ -104,7 +104,7 @@ def relabel(config, manifest: dict, what: str | None = None) -> tuple[int, ...] 
     mine, theirs = tuple(config.data.classes), tuple(manifest["classes"])
     if mine == theirs and not config.data.label_map:
         return None
-    table = tuple(labels.relabel(theirs, mine, labels.parse_mapping(config.data.label_map),
+    table = tuple(labels.relabel(theirs, mine, options.parsed(config, "data.label_map"),
                                  what or f"the data ({manifest.get('dataset', '?')})"))
     return None if table == tuple(range(len(theirs))) else table
 
@@ -121,14 +121,8 @@ def mixed(config, manifest: dict) -> list[pipeline.Mix]:
     out = []
     mine = _prep_options(manifest)
     known = [manifest["classes"]]
-    for entry in config.data.mix:
-        path, _, w = str(entry).rpartition("=") if "=" in str(entry) else (str(entry), "", "1")
-        try:
-            weight = float(w)
-        except ValueError:
-            raise UserError(f"config data.mix entry {entry!r}: expected DIR or DIR=WEIGHT") from None
-        if weight < 0 or not path:
-            raise UserError(f"config data.mix entry {entry!r}: expected DIR or DIR=WEIGHT with WEIGHT >= 0")
+    mapping = options.parsed(config, "data.label_map")
+    for path, weight, entry in options.parsed(config, "data.mix"):
         try:
             other = pipeline.read_manifest(path)
         except UserError as e:
@@ -140,10 +134,10 @@ def mixed(config, manifest: dict) -> list[pipeline.Mix]:
                 raise UserError(f"config data.mix: {path} was prepared with {k}={theirs[k]}, the main data with "
                                 f"{k}={mine[k]}: prepare both alike (fergate prep --{k} ...)")
         pipeline.split_parts(other, config.data.train_split, path)
-        table = labels.relabel(other["classes"], config.data.classes, labels.parse_mapping(config.data.label_map),
+        table = labels.relabel(other["classes"], config.data.classes, mapping,
                                f"config data.mix: {path} ({other.get('dataset', '?')})")
         out.append(pipeline.Mix(path, config.data.train_split, weight, tuple(table)))
-    unused = set(labels.parse_mapping(config.data.label_map)) - {labels.canonical(c) for cs in known for c in cs}
+    unused = set(mapping) - {labels.canonical(c) for cs in known for c in cs}
     if unused and config.data.label_field == "label":
         raise UserError(f"config data.label_map names {', '.join(sorted(unused))}, a class of none of the data "
                         f"(classes: {', '.join(sorted({c for cs in known for c in cs}))})")

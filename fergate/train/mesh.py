@@ -17,6 +17,7 @@ from collections.abc import Sequence
 import jax
 import numpy as np
 
+from fergate import options
 from fergate.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -43,20 +44,17 @@ def make_mesh(model: int = 1) -> jax.sharding.Mesh:
         raise UserError(f"config mesh.model={model}: the model axis must divide the {local} devices of each process "
                         f"(--config.mesh.model=1 runs without one)")
     auto = jax.sharding.AxisType.Auto
-    mesh = jax.make_mesh((jax.device_count() // model, model), ("data", "model"), axis_types=(auto, auto))
+    mesh = jax.make_mesh((jax.device_count() // model, model), options.MESH_AXES, axis_types=(auto, auto))
     if any(len({d.process_index for d in row}) > 1 for row in mesh.devices.reshape(-1, model)):
         raise UserError(f"config mesh.model={model}: this platform's device order puts a model group on several "
                         "processes; use a model axis within one process's devices")
     return mesh
 
 
-def config_mesh(config) -> tuple[jax.sharding.Mesh, tuple[str, ...]]:
+def config_mesh(config) -> tuple[jax.sharding.Mesh, tuple[options.Rule, ...]]:
     """The mesh `config.mesh` asks for and its sharding rules, both checked: a mesh this
-    process cannot build and a malformed rule are one-line errors."""
-    m = config.get("mesh", {})
-    mesh, rules = make_mesh(m.get("model", 1)), tuple(m.get("rules", ()))
-    parse_rules(rules, mesh)
-    return mesh, rules
+    process cannot build and a malformed rule (checked as the config loads) are one-line errors."""
+    return make_mesh(config.mesh.model), options.parsed(config, "mesh.rules")
 
 
 def leaf_name(path) -> str:
@@ -64,31 +62,14 @@ def leaf_name(path) -> str:
     return "/".join(str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in path)
 
 
-def parse_rules(rules: Sequence[str], mesh: jax.sharding.Mesh) -> list[tuple[re.Pattern, jax.P, str]]:
-    """`config.mesh.rules` entries "REGEX=AXES": a leaf whose path ends in a match of REGEX
-    gets the partition spec AXES, one mesh axis name per array dimension, "-" for none
-    (e.g. "experts/kernel0=-,model,-"). The first matching rule wins."""
-    out = []
-    for rule in rules:
-        pattern, sep, axes = rule.rpartition("=")
-        pattern, spec = pattern.strip(), tuple(None if a.strip() in ("-", "") else a.strip() for a in axes.split(","))
-        named = [a for a in spec if a is not None]
-        bad = [a for a in named if a not in mesh.axis_names] or len(set(named)) != len(named)
-        if pattern.startswith("params/"):
-            raise UserError(f"config mesh.rules: {rule!r}: name the parameter's path within the parameters "
-                            f"({pattern.removeprefix('params/')!r}), so that its optimizer moments match too")
-        if not sep or not pattern or bad:
-            raise UserError(f"config mesh.rules: {rule!r} is not REGEX=AXES with AXES among "
-                            f"{', '.join(mesh.axis_names)} or - per dimension, each axis once "
-                            "(e.g. 'experts/kernel0=-,model,-')")
-        try:
-            out.append((re.compile(f"(^|/)(?:{pattern})$"), jax.P(*spec), rule))
-        except re.error as e:
-            raise UserError(f"config mesh.rules: {rule!r}: {e}") from None
-    return out
+def parse_rules(rules: Sequence[options.Rule], mesh: jax.sharding.Mesh) -> list[tuple[re.Pattern, jax.P, str]]:
+    """`config.mesh.rules` (`fergate.options.parse_rule`: "REGEX=AXES") as (pattern, partition
+    spec, entry): a leaf whose path ends in a match of REGEX gets AXES, one mesh axis name per
+    array dimension, "-" for none (e.g. "experts/kernel0=-,model,-"). The first matching rule wins."""
+    return [(re.compile(f"(^|/)(?:{r.pattern})$"), jax.P(*r.axes), r.text) for r in rules]
 
 
-def state_shardings(mesh: jax.sharding.Mesh, abstract_state, rules: Sequence[str]):
+def state_shardings(mesh: jax.sharding.Mesh, abstract_state, rules: Sequence[options.Rule]):
     """The sharding of every leaf of a train state: the first rule whose pattern the leaf's
     path ends in (the optimizer's moments follow their parameters, whose paths they end
     in), else replicated. A rule whose axes do not fit the leaf (rank, a dimension not a

@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from fergate import options
 from fergate.errors import UserError
 
 
@@ -55,13 +56,7 @@ def make_optimizer(config) -> tuple[optax.GradientTransformation, optax.Schedule
         opt = optax.chain(optax.clip_by_global_norm(o.grad_clip), opt)
     if o.get("clip_value", 0.0):  # workdirs written before the option have none
         opt = optax.chain(optax.clip(o.clip_value), opt)
-    scales = {}
-    for entry in o.get("lr_scale", ()):  # workdirs written before the option have none
-        name, _, factor = entry.partition("=")
-        try:
-            scales[name] = float(factor)
-        except ValueError:
-            raise UserError(f"config optim.lr_scale: {entry!r} is not subtree=factor (e.g. features=0.1)") from None
+    scales = dict(options.parsed(config, "optim.lr_scale"))
     if o.frozen or scales:
         def label(k: str) -> str:
             return "frozen" if k in o.frozen else f"scale={scales[k]}" if k in scales else "train"

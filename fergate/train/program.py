@@ -10,7 +10,6 @@ replicated except the leaves `config.mesh.rules` shard, and donated to the step.
 from __future__ import annotations
 
 import dataclasses
-import os
 from pathlib import Path
 from typing import Any
 
@@ -21,16 +20,13 @@ import numpy as np
 import optax
 
 from fergate import config as config_lib
-from fergate import models
-from fergate.config import choice
+from fergate import models, options
 from fergate.errors import UserError
+from fergate.options import SELECT_METRICS as SELECT_METRICS  # noqa: E402 (where callers read it)
 from fergate.train.checkpoint import Checkpointer, restore_selected
 from fergate.train.data import DataPlan, resolve
 from fergate.train.mesh import config_mesh, global_batch, state_shardings
 from fergate.train.optimizer import make_optimizer
-
-#: metrics `train.select` can pick the best checkpoint by (higher is better)
-SELECT_METRICS = ("accuracy", "mean_class_accuracy")
 
 
 @flax.struct.dataclass
@@ -42,49 +38,11 @@ class TrainState:
 
 
 def validate(config, workdir: str | None = None) -> None:
-    """Checks of the config and the workdir that need no data: run before preparing data or
-    compiling, so that a mistake costs nothing."""
-    c = config.train
-    for key, value, least in (("train.steps", c.steps, 1), ("input.batch_size", config.input.batch_size, 1),
-                              ("eval.batch_size", config.eval.batch_size, 1), ("train.log_every", c.log_every, 1),
-                              ("train.ckpt_every", c.ckpt_every, 1), ("train.keep", c.keep, 1),
-                              ("train.eval_every", c.eval_every, -1),
-                              ("optim.decay_steps", config.optim.decay_steps, 0),
-                              ("optim.step_every", config.optim.get("step_every", 0), 0),
-                              ("optim.clip_value", config.optim.get("clip_value", 0), 0)):
-        if value < least:
-            raise UserError(f"config {key}={value}: must be at least {least}")
-    if c.profile_steps and (len(c.profile_steps) != 2 or not 1 <= c.profile_steps[0] <= c.profile_steps[1]):
-        raise UserError(f"config train.profile_steps={tuple(c.profile_steps)}: expected A,B with 1 <= A <= B")
-    if c.select:
-        choice(c.select, SELECT_METRICS, "config train.select metric")
-        if not config.data.val_split or not c.eval_every:
-            raise UserError(f"config train.select={c.select} picks the best checkpoint on a validation split: it "
-                            "needs data.val_split (e.g. val) and train.eval_every (not 0)")
-    if config.optim.get("step_every", 0) and not 0 < config.optim.step_factor:
-        raise UserError(f"config optim.step_factor={config.optim.step_factor}: must be above 0")
-    if config.optim.get("step_every", 0) and config.optim.decay_steps:
-        raise UserError("config optim.decay_steps applies to the polynomial decay; with optim.step_every the rate "
-                        "steps down every step_every steps: set one of them")
-    if not 0 < config.data.val_fraction < 1:
-        raise UserError(f"config data.val_fraction={config.data.val_fraction}: must be in (0, 1)")
-    d = config.data
-    if d.fold >= 0 and (d.folds < 2 or d.fold >= d.folds):
-        raise UserError(f"config data.fold={d.fold} of data.folds={d.folds}: expected 0 <= fold < folds, folds >= 2")
-    if d.mix and (d.get("features_from") or d.label_field != "label"):
-        raise UserError("config data.mix draws other datasets' expression labels into training: it does not apply to "
-                        f"a model reading an earlier stage's features or data.label_field={d.label_field}")
-    if d.weight <= 0:
-        raise UserError(f"config data.weight={d.weight}: the main data's share of training draws must be above 0")
-    models.family(config.model).check(config)  # its augmentation ops
-    if workdir is not None:
-        if os.path.exists(workdir) and not os.path.isdir(workdir):
-            raise UserError(f"--workdir {workdir} is a file, not a directory")
-        parent = os.path.abspath(workdir)
-        while not os.path.exists(parent):
-            parent = os.path.dirname(parent)
-        if not os.access(parent, os.W_OK):
-            raise UserError(f"--workdir {workdir}: {parent} is not writable")
+    """Checks of the config and the workdir that need no data, run before preparing data or
+    compiling so that a mistake costs nothing: every key by its spec (`fergate.options`), and
+    the augmentation ops against what the family takes."""
+    options.validate(config, workdir)
+    models.family(config.model).check(config)
 
 
 # ----------------------------------------------------------------------------- program

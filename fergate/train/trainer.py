@@ -23,7 +23,7 @@ import numpy as np
 from jax.experimental import multihost_utils
 
 from fergate import config as config_lib
-from fergate import export, models, plots
+from fergate import export, models, options, plots
 from fergate.errors import Interrupted, UserError
 from fergate.train import evaluate, features, perf
 from fergate.train.checkpoint import Checkpointer, Selection, restore_selected
@@ -35,9 +35,7 @@ from fergate.train.program import Program, TrainState, from_workdir, validate
 log = logging.getLogger(__name__)
 
 #: Config keys that may change between a run and its resumption (they leave the state alone).
-RESUMABLE_CHANGES = ("train.steps", "optim.decay_steps", "train.log_every", "train.ckpt_every", "train.eval_every",
-                     "train.keep", "train.profile_steps", "data.workers", "eval.batch_size", "eval.top_k",
-                     "mesh.model", "mesh.rules")  # the layout of the state, not its values: restored onto any
+RESUMABLE_CHANGES = options.RESUMABLE_CHANGES
 
 
 class TrainingDiverged(UserError):
@@ -257,7 +255,7 @@ def load_earlier_stages(prog: Program, state: TrainState, workdir: str) -> Train
     if not sources:
         return state
     params, model_state = dict(state.params), {k: dict(v) for k, v in state.model_state.items()}
-    pairs = [tuple(e.split("=", 1)) if "=" in e else (e, e) for e in config.init.params]  # (dst, src)
+    pairs = options.parsed(config, "init.params")  # (dst, src)
     loaded: dict[str, str] = {}  # parameter subtree -> the workdir it came from
     for source in sources:
         try:
