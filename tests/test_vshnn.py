@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from fergate import config as config_lib
-from fergate.models import vshnn
+from fergate.models import layers, vshnn
 
 CONFIG = os.path.join(os.path.dirname(__file__), "..", "configs", "vshnn.py")
 
@@ -153,7 +153,7 @@ def test_conv3d_im2col_is_the_3d_convolution():
     x = jax.random.normal(jax.random.key(0), (2, 5, 6, 7, 3))
     k = jax.random.normal(jax.random.key(1), (3, 3, 3, 3, 4))
     want = nn.Conv(4, (3, 3, 3), padding="SAME").apply({"params": {"kernel": k, "bias": jnp.zeros(4)}}, x)
-    np.testing.assert_allclose(vshnn.conv3x3x3_im2col(x, k), want, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(layers.conv3_im2col(x, k), want, rtol=1e-4, atol=1e-4)
 
 
 def test_max_pool3d_matches_reduce_window_and_rounds_up():
