@@ -37,6 +37,7 @@ from fergate import config as config_lib
 from fergate import models
 from fergate.data import pipeline
 from fergate.errors import UserError
+from fergate.files import read_json
 
 #: The export layout this fergate writes; it reads this and every older one.
 FORMAT = 1
@@ -139,10 +140,9 @@ def training_data(cfg, workdir: str) -> dict:
     """How the training data's records were made (its manifest's `DATA_KEYS`): the face
     pipeline a prediction must repeat. From W/data.json (the trainer keeps it), else the
     training data's manifest."""
-    path = os.path.join(workdir, "data.json")
-    if os.path.exists(path):
-        with open(path) as f:
-            return json.load(f)
+    data = read_json(os.path.join(workdir, "data.json"))
+    if data is not None:
+        return data
     from fergate.train import program
 
     try:

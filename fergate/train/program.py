@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 import logging
 import os
 import re
@@ -32,6 +31,7 @@ from fergate.config import choice
 from fergate.data import labels, pipeline, shards
 from fergate.data.cache import builtin_dir
 from fergate.errors import UserError
+from fergate.files import read_json
 
 #: metrics `train.select` can pick the best checkpoint by (higher is better)
 SELECT_METRICS = ("accuracy", "mean_class_accuracy")
@@ -161,11 +161,7 @@ def data_dir(config, workdir: str | None = None) -> str:
 
 def features_ready(out: str) -> bool:
     """Whether `out` holds a complete copy of the data with features."""
-    path = os.path.join(out, "manifest.json")
-    if not os.path.exists(path):
-        return False
-    with open(path) as f:
-        return bool(json.load(f).get("complete"))
+    return bool(read_json(os.path.join(out, "manifest.json"), {}).get("complete"))
 
 
 def features_dir(workdir: str, stage: str) -> str:
