@@ -38,7 +38,7 @@ def get_config(arg=None):
                                patches=False, identity=False)
     if arg.context != 1:  # the cache key of the default set stays as it was
         c.data.prep_options["face_scale"] = arg.context
-    c.data.flip = True
+    c.data.augment = "flip"  # 4.1: random crops (the family's) and mirrors
     c.input.batch_size = 32
     c.input.record_size = (160, 125)  # (height, width) the records are brought to
     c.input.crop = (144, 112)  # (height, width) of the network's input

@@ -27,8 +27,9 @@ def base(model: str, variant: str) -> ml_collections.ConfigDict:
     c.data = dict(dir="", dataset="sample", prep_options=dict(size=2800), train_split="train", eval_split="test",
                   val_split="", val_fraction=0.1, fold=-1, folds=10, cv_splits=(), features_from="", features_field="",
                   label_field="label", classes=(), label_map=(), mix=(), weight=1.0, balance=False, workers=0,
-                  # augmentation (faces): flip, rotation by up to `rotate` degrees, photometric
-                  flip=False, rotate=0.0, brightness_contrast=False, hue_saturation=False)
+                  # augmentation in training: ops separated by "|" (fergate.data.augment), e.g.
+                  # "flip|rotate(10)|brightness_contrast(20, 0.2)|hue_saturation"; each family says which it takes
+                  augment="")
     c.input = dict(batch_size=16)  # the global batch; families add their input shapes
     # decay_steps: the learning rate reaches end_lr there (0: at train.steps)
     # step_every > 0: instead, the rate times step_factor every step_every steps (Caffe's "step" policy;

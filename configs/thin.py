@@ -76,8 +76,7 @@ def get_config(arg=None):
     c.data.eval_split = "train" if (fer and arg.variant == "exo") else "test"
     # augmentation of section 4.3 for faces; class balancing is a per-dataset choice (the paper
     # balances AffectNet only): --config.data.balance=True
-    c.data.flip = c.data.brightness_contrast = c.data.hue_saturation = fer
-    c.data.rotate = 10.0 if fer else 0.0
+    c.data.augment = "flip|rotate(10)|brightness_contrast|hue_saturation" if fer else ""
     c.data.label_field = EXOGENOUS[names[0]][0] if arg.variant == "exo" else "label"
     c.input.batch_size = 16 if fer else 32
     c.input.image_size = task["size"]

@@ -38,9 +38,10 @@ def get_config(arg=None):
     # the sample set's clips only (neutral -> apex, T = 16), split by subject into train_clips / test_clips
     c.data.prep_options = dict(size=0, clips=420, **(dict(clip_size=112) if arg.paper else {}))
     c.data.train_split, c.data.eval_split = "train_clips", "test_clips"
-    c.data.flip = True  # section 5.2.2: the 3D CNN's only augmentation
-    if variant == "frames":  # 5.2.1: the frame CNN also sees rotations (and here brightness / contrast)
-        c.data.rotate, c.data.brightness_contrast = 10.0, True
+    if variant == "frames":  # 5.2.1: the frame CNN sees flips, rotations (and here brightness / contrast)
+        c.data.augment = "flip|rotate(10)|brightness_contrast"
+    elif variant.startswith("c3d") and not arg.head_only:  # 5.2.2: the 3D CNN's only augmentation (clips)
+        c.data.augment = "flip"
     c.input.frames = 16
     c.input.clip_size = 112 if arg.paper else 64
     c.input.channels = 3

@@ -20,8 +20,8 @@ from collections import Counter, defaultdict
 import numpy as np
 import threadpoolctl
 
-from data_prep import datasets, video
 from data_prep import face as F
+from data_prep import readers, video
 from data_prep.contact_sheet import contact_sheet
 from fergate.data import schema, shards
 from fergate.data.cache import builtin_dir, cache_root
@@ -55,10 +55,12 @@ def _init_worker(name: str, source: str | None, reader_options: dict, opts: Prep
     _WORKER["opts"] = opts
 
 
-def make_reader(name: str, source: str | None, reader_options: dict, opts: PrepOptions):
-    """The dataset's reader, told the clip length T (the sample set generates T frames) and the
-    decode bound (the video readers); readers without clips ignore both."""
-    return datasets.reader(name, source, **{"frames": opts.frames, "max_frames": opts.max_frames, **reader_options})
+def make_reader(name: str, source: str | None, reader_options: dict, opts: PrepOptions) -> readers.Reader:
+    """The dataset's reader with `reader_options`, and the options it takes from prep's unless
+    they set them (`readers.prep_fields`: the clip length T the sample set generates, the
+    decode bound of the video readers). An option the reader does not declare is a UserError."""
+    given = {k: getattr(opts, k) for k in readers.prep_fields(name)}
+    return readers.reader(name, source, **{**given, **reader_options})
 
 
 def carry_boxes(rects: list, max_gap: int) -> list:
@@ -108,7 +110,7 @@ def clip_record(frames: list[np.ndarray | F.FaceInput], opts: PrepOptions) -> di
             "box_source": F.DATASET if given else F.DETECTED}
 
 
-def process_item(item: datasets.Item) -> tuple[bytes | None, str | None]:
+def process_item(item: readers.Item) -> tuple[bytes | None, str | None]:
     """(encoded record, None) or (None, skip reason); never raises for a bad item."""
     reader, opts = _WORKER["reader"], _WORKER["opts"]
     try:
@@ -132,7 +134,7 @@ def process_item(item: datasets.Item) -> tuple[bytes | None, str | None]:
 HELD_OUT = {"train": "test", "train_clips": "test_clips"}
 
 
-def hold_out(items: list[datasets.Item], fraction: float, seed: int = 0) -> list[datasets.Item]:
+def hold_out(items: list[readers.Item], fraction: float, seed: int = 0) -> list[readers.Item]:
     """A source with no test split gets a subject-independent one: `fraction` of the
     training subjects (at least one, never all; drawn with `seed`) move to `test`, their
     clips to `test_clips` (`HELD_OUT`)."""
@@ -147,7 +149,7 @@ def hold_out(items: list[datasets.Item], fraction: float, seed: int = 0) -> list
             for it in items]
 
 
-def plan(items: list[datasets.Item], records_per_file: int, num_shards: int) -> dict[str, list[list]]:
+def plan(items: list[readers.Item], records_per_file: int, num_shards: int) -> dict[str, list[list]]:
     """split -> files -> items: M = num_shards * ceil(n / (num_shards * records_per_file))."""
     by_split = defaultdict(list)
     for it in items:
@@ -264,6 +266,8 @@ def builtin(dataset: str, options: dict) -> str:
     face = {k: F.parse_size(v) if k == "face_size" else v for k, v in options.items() if k in face_fields}
     prep = {k: v for k, v in options.items() if k in prep_fields}
     reader = {k: v for k, v in options.items() if k not in face_fields | prep_fields}
+    # a misspelled key: a one-line error before anything is prepared
+    readers.options(dataset, reader, "data.prep_options (face, prep or reader options): ")
     manifest = os.path.join(out, "manifest.json")
     if os.path.exists(manifest):
         return out

@@ -27,14 +27,8 @@ def setup_logging(lead: bool = True) -> None:
         logger.propagate = False
 
 
-#: the `prep` flags each dataset's reader takes (`data_prep.datasets`); another dataset's is refused
-READER_FLAGS = {"sample": ("size", "clips", "seed", "test_subjects", "compound"),
-                "ckplus": ("apex_frames", "neutral_frames", "contempt", "sequences"), "affectnet": ("contempt",),
-                "rafdb": ("original",), "expw": ("min_confidence",), "bu4dfe": ("apex_frames",), "lfw": ("pairs",)}
-
-
 def _prep(a: argparse.Namespace) -> None:
-    from data_prep import face, prep
+    from data_prep import face, prep, readers
 
     opts = prep.PrepOptions(
         face=face.FaceOptions(face_size=_face_size(a.face_size), color=not a.grey, patch_size=a.patch_size,
@@ -42,12 +36,7 @@ def _prep(a: argparse.Namespace) -> None:
                               illumination=a.illumination, align=a.align, face_scale=a.face_scale),
         clip_size=a.clip_size, compress=a.compress, records_per_file=a.records_per_file, test_fraction=a.test_fraction,
         frames=a.frames, max_gap=a.max_gap, min_faces=a.min_faces, max_frames=a.max_frames)
-    mine = READER_FLAGS.get(a.dataset, ())
-    for flag in sorted({f for fl in READER_FLAGS.values() for f in fl} - set(mine) - set(READER_FLAGS["sample"])):
-        if getattr(a, flag) is not None:
-            owners = " or ".join(d for d, fl in READER_FLAGS.items() if flag in fl)
-            raise UserError(f"--{flag} is an option of --dataset {owners}, not {a.dataset}")
-    reader_options = {k: getattr(a, k) for k in mine if getattr(a, k) is not None}
+    reader_options = readers.options_from_args(a.dataset, a)
     prep.run(a.dataset, a.source, a.out, opts, reader_options, a.workers, a.shard_index, a.num_shards)
 
 
@@ -65,7 +54,7 @@ def _jax_setup(a: argparse.Namespace) -> None:
 
     if getattr(a, "cpu_devices", None):
         jax.config.update("jax_num_cpu_devices", a.cpu_devices)
-    from fergate.train.program import setup_distributed
+    from fergate.train.mesh import setup_distributed
 
     setup_distributed(a.coordinator, a.num_processes, a.process_id, a.distributed)
     setup_logging(jax.process_index() == 0)
@@ -174,7 +163,7 @@ def _eval(a: argparse.Namespace) -> None:
 
     cfg = config_lib.load_workdir(a.workdir)
     _jax_setup(a)
-    from fergate.train import program
+    from fergate.train import data, program
 
     if a.pairs:
         from fergate.train import pairs
@@ -191,29 +180,19 @@ def _eval(a: argparse.Namespace) -> None:
         return
 
     stage = cfg.data.get("features_from", "")
-    if not (stage and program.features_ready(program.features_dir(a.workdir, stage))):  # else the copy suffices
+    if not (stage and data.features_ready(data.features_dir(a.workdir, stage))):  # else the copy suffices
         _builtin_data(cfg)
     import jax
 
-    from fergate.data import pipeline
     from fergate.train import evaluate
-    from fergate.train.checkpoint import restore_selected
 
-    ddir = program.data_dir(cfg, a.workdir)
-    manifest = pipeline.read_manifest(ddir)
-    try:
-        program.resolve(cfg, manifest)
-        prog = program.Program(cfg)
-    except (AttributeError, KeyError) as e:  # a key this fergate reads is not in the saved config
-        key = str(e.args[0] if e.args else e).strip("'\"")
-        raise UserError(f"{a.workdir}/config.json has no {key}: the workdir was written by an older fergate "
-                        "(train it again with this one)") from None
-    state, step, selected = restore_selected(a.workdir, prog.abstract_sharded_state())
+    t = program.from_workdir(a.workdir)  # a config.json this fergate cannot read: one line naming its keys
+    prog, step, selected = t.program, t.step, t.selection
     if selected:
         print(f"[eval] the selected checkpoint: step {step} ({selected['split']} {selected['metric']} "
               f"{selected['value']:.3f}; train.select)")
-    held = program.plan(cfg, ddir, manifest).eval if not a.split else program.Portion(a.split)
-    results = evaluate.evaluate(prog, state, ddir, held.split, list(cfg.data.classes), records=held.records)
+    held = t.data.portions.eval if not a.split else data.Portion(a.split)
+    results = evaluate.evaluate(prog, t.state, t.data, held)
     split = held.name
     results.metrics.update(step=step, split=split, **({"selected": selected} if selected else {}))
     out = a.out or a.workdir
@@ -236,9 +215,9 @@ def _features(a: argparse.Namespace) -> None:
     _jax_setup(a)
     if not a.data:
         _builtin_data(cfg)
-    from fergate.train import features, program
+    from fergate.train import data, features
 
-    features.extract(a.workdir, a.data or program.source_dir(cfg), a.out, a.field)
+    features.extract(a.workdir, a.data or data.source_dir(cfg), a.out, a.field)
 
 
 def _attend(a: argparse.Namespace) -> int:
@@ -256,11 +235,10 @@ def _attend(a: argparse.Namespace) -> int:
     cfg = config_lib.load_workdir(a.workdir)
     _jax_setup(a)
     from fergate.train import program
-    from fergate.train.checkpoint import restore_selected
 
-    prog = program.Program(cfg)
-    state, step, _ = restore_selected(a.workdir, prog.abstract_sharded_state())
-    variables = {"params": state.params, **state.model_state}
+    t = program.from_workdir(a.workdir, data=False)
+    cfg, prog, step = t.config, t.program, t.step
+    variables = {"params": t.state.params, **t.state.model_state}
     prep = dict(cfg.data.prep_options)
     if cfg.data.dir:  # the options the training data was prepared with
         with open(os.path.join(cfg.data.dir, "manifest.json")) as f:
@@ -346,9 +324,9 @@ def _bench(a: argparse.Namespace, overrides: list[str]) -> None:
                 raise UserError(f"{cfg.model}/{cfg.variant} reads an earlier stage's features: add --data "
                                 f"W/pretrain/{cfg.data.features_from}/features of a trained workdir W")
             _builtin_data(cfg)
-            from fergate.train import program
+            from fergate.train.data import data_dir
 
-            data = program.data_dir(cfg)
+            data = data_dir(cfg)
         print(bench.to_json(bench.pipeline_bench(cfg, data, a.batch)))
         return
     print(bench.to_json(bench.bench(cfg, a.batch, a.steps, a.warmup, a.infer, a.data, vs)))
@@ -376,13 +354,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"fergate {_version()}")
     sub = p.add_subparsers(dest="command", required=True)
 
+    from data_prep import readers  # the reader flags are generated from the readers' options
+
     q = sub.add_parser("prep", help="face pipeline -> ArrayRecord shards + manifest.json")
     q.add_argument("source", nargs="?", help="dataset root (folder of photos for --dataset sample, the .csv file "
                    "for csv)")
-    q.add_argument("--dataset", required=True,
-                   help="sample | folder | csv | ckplus | rafdb | affectnet | fer2013 | sfew | expw | afew | bu4dfe | "
-                        "mmi | lfw | icv_mefed | video_folder | digits_rotated | digits_rotated_scaled | "
-                        "fashion_rotated | dsprites (the layouts: README, Datasets)")
+    q.add_argument("--dataset", required=True, help=readers.dataset_help())
     q.add_argument("--out", required=True, help="output directory")
     q.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
     q.add_argument("--shard_index", type=int, default=0, help="this machine's index")
@@ -413,35 +390,7 @@ def parser() -> argparse.ArgumentParser:
                    help="a frame without a face takes the last face box for at most this many frames, else is dropped")
     g.add_argument("--min_faces", type=int, default=4,
                    help="skip a clip with fewer frames with a (found or carried) face: too_few_faces")
-    g = q.add_argument_group("sample dataset")
-    g.add_argument("--size", type=int, default=2800, help="images")
-    g.add_argument("--clips", type=int, default=140)
-    g.add_argument("--test_subjects", type=int, default=3, help="held-out subjects")
-    g.add_argument("--seed", type=int, default=0)
-    g.add_argument("--compound", action="store_true",
-                   help="the 50 compound classes of iCV-MEFED (two expressions blended) instead of the 7 basic ones")
-    g = q.add_argument_group("CK+ (ckplus)", "--apex_frames is bu4dfe's too, --contempt affectnet's")
-    g.add_argument("--apex_frames", type=int, default=None, metavar="K",
-                   help="ckplus: the last K frames of a sequence, labelled with its emotion (default 3); bu4dfe: the "
-                        "middle K frames of each sequence also as images (default 0: clips only)")
-    g.add_argument("--neutral_frames", type=int, default=None, metavar="N",
-                   help="ckplus: the first N frames of a sequence as neutral (default 3; 0: none)")
-    g.add_argument("--no_sequences", dest="sequences", action="store_const", const=False, default=None,
-                   help="ckplus: images only (by default every labelled sequence is also a clip, in train_clips)")
-    g.add_argument("--contempt", dest="contempt", action="store_const", const=True, default=None,
-                   help="keep contempt: ckplus keeps it by default (8 classes), affectnet drops it (7)")
-    g.add_argument("--no_contempt", dest="contempt", action="store_const", const=False, help="drop contempt")
-    g = q.add_argument_group("RAF-DB (rafdb)")
-    g.add_argument("--original", action="store_const", const=True, default=None,
-                   help="the original photos (basic/Image/original, in basic/Annotation/boundingbox's boxes) instead "
-                        "of the aligned 100 x 100 faces")
-    g = q.add_argument_group("ExpW (expw)")
-    g.add_argument("--min_confidence", type=float, default=None,
-                   help="skip faces whose box confidence is under this, counted as low_confidence (the papers: 60; "
-                        "default 0: keep all)")
-    g = q.add_argument_group("LFW (lfw)")
-    g.add_argument("--pairs", default=None, metavar="FILE",
-                   help="the pairs file in ROOT (default pairs.txt, else pairsDevTest.txt)")
+    readers.add_arguments(q)
     q.set_defaults(func=_prep)
 
     q = sub.add_parser("train", help="train a config; resumes from the newest checkpoint in --workdir",

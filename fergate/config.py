@@ -20,6 +20,7 @@ from typing import Any
 
 import ml_collections
 
+from fergate.data import augment
 from fergate.errors import UserError
 
 
@@ -138,7 +139,13 @@ def load_workdir(workdir: str) -> ml_collections.ConfigDict:
     if not os.path.exists(path):
         raise UserError(f"{path} missing: {workdir} is not a fergate training workdir")
     with open(path) as f:
-        cfg = ml_collections.ConfigDict(_tuples(json.load(f)))
+        raw = _tuples(json.load(f))
+    data = raw.get("data", {})
+    if any(k in data for k in augment.LEGACY_KEYS):  # written before data.augment
+        data["augment"] = augment.from_legacy(data)
+        for k in augment.LEGACY_KEYS:
+            data.pop(k, None)
+    cfg = ml_collections.ConfigDict(raw)
     for section, keys in ADDED_KEYS.items():
         for k, v in keys.items():
             if section in cfg and k not in cfg[section]:

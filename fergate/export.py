@@ -35,6 +35,7 @@ import numpy as np
 
 from fergate import config as config_lib
 from fergate import models
+from fergate.data import fields as fields_lib
 from fergate.data import pipeline
 from fergate.errors import UserError
 from fergate.files import read_json
@@ -42,8 +43,6 @@ from fergate.files import read_json
 #: The export layout this fergate writes; it reads this and every older one.
 FORMAT = 1
 MANIFEST = "export.json"
-#: record fields that make a model a clip (video) model
-CLIP_FIELDS = ("clip", "clip_landmarks", "clip_features")
 #: the training data's manifest keys an export keeps: the face pipeline that made its records
 DATA_KEYS = ("dataset", "classes", "options", "detector", "landmark_model", "identity_model")
 
@@ -75,17 +74,11 @@ def export(workdir: str, out: str, step: int | None = None) -> dict:
 
 
 def _export(workdir: str, out: str, step: int | None) -> dict:
-    from fergate.train import program
-    from fergate.train.checkpoint import Checkpointer, restore_selected
+    from fergate.train.program import from_workdir
 
-    cfg = config_lib.load_workdir(workdir)
+    trained = from_workdir(workdir, step, data=False)  # what the records were: `training_data`
+    cfg, prog, state, step = trained.config, trained.program, trained.state, trained.step
     data = training_data(cfg, workdir)
-    prog = program.Program(cfg)
-    if step is None:
-        state, step, _ = restore_selected(workdir, prog.abstract_sharded_state())
-    else:
-        restored = Checkpointer(workdir).restore(prog.abstract_sharded_state(), step=step)
-        state, step = restored
     variables = jax.device_get({"params": state.params, **state.model_state})
     fam = models.family(cfg.model)
     inputs = {k: (tuple(int(d) for d in shape), np.dtype(dtype).name)
@@ -128,7 +121,7 @@ def _export(workdir: str, out: str, step: int | None) -> dict:
         "inputs": {k: {"shape": list(s), "dtype": d} for k, (s, d) in inputs.items()},
         "outputs": sorted(jax.eval_shape(infer, vspec, {k: jax.ShapeDtypeStruct((1, *s), d)
                                                           for k, (s, d) in inputs.items()})),
-        "record_fields": fields, "kind": "clip" if set(fields) & set(CLIP_FIELDS) else "face",
+        "record_fields": fields, "kind": "clip" if any(fields_lib.get(f).temporal for f in fields) else "face",
         "data": data, "stages": stages, "params_sha256": checksum(variables),
     }
     with open(os.path.join(out, MANIFEST), "w") as f:
@@ -143,10 +136,10 @@ def training_data(cfg, workdir: str) -> dict:
     data = read_json(os.path.join(workdir, "data.json"))
     if data is not None:
         return data
-    from fergate.train import program
+    from fergate.train.data import source_dir
 
     try:
-        manifest = pipeline.read_manifest(program.source_dir(cfg))
+        manifest = pipeline.read_manifest(source_dir(cfg))
     except UserError as e:
         raise UserError(f"{workdir} keeps no data.json and its training data is not readable ({e}): the face "
                         "pipeline's options are needed to export it") from None
@@ -205,7 +198,7 @@ class Model:
         own = set(self.manifest["record_fields"]) - {f for _, f in self.stages.values()}
         for m, _ in self.stages.values():
             own |= m.pipeline_fields()
-        return own - {pipeline.SUBJECT_MEAN_LANDMARKS}
+        return own - set(fields_lib.derived(own))
 
     def transforms(self) -> list:
         """The family's evaluation transforms (deterministic maps only)."""
@@ -304,6 +297,7 @@ def load(path: str, batch_size: int = 32) -> Model:
         raise UserError(f"{path} was written by fergate {manifest.get('fergate', '?')} in export format {fmt}; this "
                         f"fergate {_version()} reads formats 1 to {FORMAT}: upgrade fergate to load it")
     config = config_lib.load_workdir(path)
+    models.family(config.model)  # declares the family's own record fields (and how to derive them)
     with open(os.path.join(path, "infer.jax"), "rb") as f:
         function = jax.export.deserialize(bytearray(f.read()))
     variables = load_variables(os.path.join(path, "params"))

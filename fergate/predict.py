@@ -21,7 +21,7 @@ from collections.abc import Iterator, Sequence
 
 import numpy as np
 
-from fergate.data import pipeline
+from fergate.data import fields as fields_lib
 from fergate.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -211,12 +211,9 @@ def predict_faces(model, faces: list[dict]) -> tuple[list[dict], dict]:
     """The JSON lines of faces from `work` (probabilities, label, introspection), and the
     model's outputs."""
     records = [f["record"] for f in faces]
-    if pipeline.SUBJECT_MEAN_LANDMARKS in model.manifest["record_fields"]:
-        groups: dict[str, list[np.ndarray]] = {}
-        for f in faces:
-            groups.setdefault(f["group"], []).append(f["record"]["landmarks"])
-        means = {g: np.mean(v, 0).astype(np.float32) for g, v in groups.items()}
-        records = [{**r, pipeline.SUBJECT_MEAN_LANDMARKS: means[f["group"]]} for r, f in zip(records, faces)]
+    for name in fields_lib.derived(model.manifest["record_fields"]):  # e.g. a subject's mean: over its group's faces
+        values = fields_lib.get(name).derive.over_records(records, [f["group"] for f in faces])
+        records = [{**r, name: v} for r, v in zip(records, values)]
     res = model.predict_records(records)
     out = []
     for i, f in enumerate(faces):
@@ -254,7 +251,7 @@ def run(model, inputs: Sequence[str], out, workers: int | None = None, every: in
         results = map(work, units)
     if not pipeline_only:
         model.warm()  # compiles while the pool starts
-    subject_means = pipeline.SUBJECT_MEAN_LANDMARKS in model.manifest["record_fields"]
+    subject_means = bool(fields_lib.derived(model.manifest["record_fields"]))
     counts = {"faces": 0, "errors": len(errors), "frames": 0, "units": len(units), "kind": model.kind}
     pending: list[dict] = []
     t0 = time.time()

@@ -17,7 +17,7 @@ import pytest
 from fergate import config as C
 from fergate import models
 from fergate.models.attention import MEAN_FACE_EXAMPLES, AttentionCNN, attention_weights, scale_input
-from fergate.train.program import resolve
+from fergate.train.data import resolve
 
 
 def _params(variant):
@@ -281,7 +281,7 @@ def test_soft_face_boxes_keep_the_boxes_and_fade_outside():
 
 def test_lr_scale_slows_one_subtree_and_names_a_wrong_one():
     from fergate.errors import UserError
-    from fergate.train.program import make_optimizer
+    from fergate.train.optimizer import make_optimizer
 
     cfg = C.load("configs/attention.py:variant=gap,from_baseline=False",
                  ["--config.optim.lr_scale=features=0.1", "--config.optim.name=sgd", "--config.optim.b1=0"])

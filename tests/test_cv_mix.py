@@ -13,6 +13,7 @@ from fergate import config as C
 from fergate.data import labels, pipeline, shards
 from fergate.errors import UserError
 from fergate.train import cv, program
+from fergate.train.data import DataPlan, resolve
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SMALL = ["--config.modul.dist_hidden=(32, 16)", "--config.modul.patch_convs=(4, 8, 8)",
@@ -58,7 +59,7 @@ def test_manifest_records_folds_and_a_fold_holds_out_its_subjects(sample_data):
     for fold in range(3):
         cfg = C.load("configs/modul.py:smoke=True", [f"--config.data.dir={sample_data}", f"--config.data.fold={fold}",
                                                      "--config.data.folds=3", "--config.data.val_split=val"])
-        p = program.plan(cfg, sample_data, manifest)
+        p = DataPlan.build(cfg, data=sample_data).portions
         assert p.train.split == p.eval.split == pool
         train, val, held = (set(subjects[x.records]) for x in (p.train, p.val, p.eval))
         assert held and train and val and not (train | val) & held and not train & val  # subject-independent
@@ -185,9 +186,7 @@ def test_mixing_maps_each_datasets_labels_onto_the_config_classes(sample_data, r
     other, fer_index = renamed
     cfg = C.load("configs/modul.py:smoke=True",
                  [f"--config.data.dir={sample_data}", f"--config.data.mix=('{other}=3',)"])
-    manifest = pipeline.read_manifest(sample_data)
-    program.resolve(cfg, manifest)
-    (m,) = program.mixed(cfg, manifest)
+    (m,) = DataPlan.build(cfg, data=sample_data).mix
     assert m.weight == 3 and [m.relabel[fer_index[k]] for k in range(7)] == list(range(7))
     # the mixed stream: its records (indices past the main split's) carry their mapped label;
     # the sidecar labels of `renamed` are FER-2013's, the record fields still the sample's
@@ -212,14 +211,14 @@ def test_mixing_maps_each_datasets_labels_onto_the_config_classes(sample_data, r
     shutil.copytree(other, odd)
     json.dump(m2, open(os.path.join(odd, "manifest.json"), "w"))
     cfg = C.load("configs/modul.py:smoke=True", [f"--config.data.dir={sample_data}", f"--config.data.mix=('{odd}',)"])
-    program.resolve(cfg, manifest)  # evaluation needs none of the mixed datasets
+    data = DataPlan.build(cfg, data=sample_data)  # evaluation needs none of the mixed datasets
     with pytest.raises(UserError, match=r"prepared with face_size=48, the main data with face_size=96"):
-        program.mixed(cfg, manifest)
+        _ = data.mix
     cfg = C.load("configs/modul.py:smoke=True", [f"--config.data.dir={sample_data}", f"--config.data.mix=('{other}',)",
                                                  "--config.data.label_map=('suprise=-',)"])
-    program.resolve(cfg, manifest)
+    data = DataPlan.build(cfg, data=sample_data)
     with pytest.raises(UserError, match="label_map names suprise, a class of none of the data"):
-        program.mixed(cfg, manifest)
+        _ = data.mix
 
 
 def test_training_on_fewer_classes_drops_the_rest_from_training_and_evaluation(sample_data, tmp_path):
@@ -228,16 +227,16 @@ def test_training_on_fewer_classes_drops_the_rest_from_training_and_evaluation(s
     six = tuple(c for c in labels.BASIC7 if c != "neutral")
     cfg = C.load("configs/modul.py:smoke=True", [f"--config.data.dir={sample_data}",
                                                  "--config.data.label_map=('neutral=-',)"])
-    manifest = pipeline.read_manifest(sample_data)
-    program.resolve(cfg, manifest)
+    data = DataPlan.build(cfg, data=sample_data)
+    manifest = data.manifest
     assert cfg.modul.num_classes == 6 and cfg.data.classes == six  # the dropped class is no output
-    ds = program.input_pipeline(cfg, sample_data, "train", train=True, manifest=manifest)
+    ds = data.input_pipeline("train", train=True)
     it = iter(ds)
     got = np.concatenate([next(it)["label"] for _ in range(10)])
     assert got.max() == 5 and len(set(got.tolist())) == 6
-    ev = program.input_pipeline(cfg, sample_data, "test", train=False, manifest=manifest)
+    ev = data.input_pipeline("test", train=False)
     masks = np.concatenate([b["mask"] for b in ev])
     assert masks.sum() == manifest["splits"]["test"]["records"] - manifest["splits"]["test"]["per_class"]["neutral"]
     cfg = C.load("configs/modul.py:smoke=True", [f"--config.data.dir={sample_data}", f"--config.data.classes={six}"])
     with pytest.raises(UserError, match="class neutral is not one of"):
-        program.resolve(cfg, manifest)
+        resolve(cfg, manifest)

@@ -13,7 +13,7 @@ import pytest
 
 from fergate import config as C
 from fergate import export
-from fergate.data import pipeline, schema
+from fergate.data import fields, pipeline, schema
 from fergate.errors import UserError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -28,25 +28,19 @@ def check_export(workdir, out, split: str, n: int = 24) -> export.Model:
     features against those the data holds (not the logits through them: frame substitution
     picks frames by rank, which float32 noise in the features may flip). Returns the model."""
     from fergate.train import evaluate, program
-    from fergate.train.checkpoint import restore_selected
 
     workdir = str(workdir)
     export.export(workdir, str(out))
     model = export.load(str(out), batch_size=8)
-    cfg = C.load_workdir(workdir)
-    data = program.data_dir(cfg, workdir)
-    manifest = pipeline.read_manifest(data)
-    program.resolve(cfg, manifest)
-    prog = program.Program(cfg)
-    state = restore_selected(workdir, prog.abstract_sharded_state())[0]
-    res = evaluate.evaluate(prog, state, data, split, list(cfg.data.classes))
+    t = program.from_workdir(workdir)
+    res = evaluate.evaluate(t.program, t.state, t.data, split)
     idx = res.index[:n]
-    files = pipeline.split_files(data, split)
+    files = pipeline.split_files(t.data.dir, split)
     src = grain.sources.ArrayRecordDataSource(files)
     records = [schema.decode(src[int(i)]) for i in idx]
-    if pipeline.SUBJECT_MEAN_LANDMARKS in model.manifest["record_fields"]:
-        means = pipeline.subject_mean_landmarks(files)
-        records = [{**r, pipeline.SUBJECT_MEAN_LANDMARKS: means[r["subject"]]} for r in records]
+    for name in fields.derived(model.manifest["record_fields"]):  # as the pipeline derives them, over the split
+        derive = fields.get(name).derive.over_files(files)
+        records = [{**r, name: derive(r)} for r in records]
     got = model.predict_records(records, stages=False)
     np.testing.assert_allclose(got["logits"], res.logits[: len(idx)], rtol=RTOL, atol=ATOL)
     for stage, field in model.stages.values():  # the exported stage makes the features the data holds

@@ -1,9 +1,11 @@
-"""The family contract is complete: a family defined in this file, outside fergate, with
-its own squared-hinge loss, its own flip rule for a 2-d point field and its own report
-file, trains, evaluates and benches through the `fergate` command.
+"""The extension test: from outside fergate, a family (its own squared-hinge loss and report
+file), a record field (a 2-d point, with how a flip moves it), an augmentation op and a
+dataset reader are added, and the `fergate` command prepares data with the reader, trains,
+evaluates, benches, exports and predicts with them, touching no fergate file.
 
 This module is at once the family (`config.model = "test_family_contract"`, importable
-with tests/ on PYTHONPATH), its config file (`get_config`) and its test.
+with tests/ on PYTHONPATH), the reader (`--dataset test_family_contract`), its config file
+(`get_config`) and its test.
 """
 
 import dataclasses
@@ -18,9 +20,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from data_prep import readers
 from fergate.config import load_module
-from fergate.data import pipeline
-from fergate.models import masked_mean
+from fergate.data import augment, fields, pipeline
+from fergate.models import Family, masked_mean
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
@@ -33,6 +36,7 @@ def get_config(arg=None):
     c.input.batch_size = 8
     c.input.face_size = 16
     c.tiny = dict(num_classes=7, hidden=16)
+    c.data.augment = "flip(1.0)|shift_point(0.25)"  # every training batch flipped, its point shifted
     c.optim.lr = c.optim.end_lr = 3e-3
     c.train.steps = 30
     c.train.log_every = 5
@@ -48,20 +52,23 @@ class Tiny(nn.Module):
     def __call__(self, batch, train=False):
         x = batch["face"].astype(jnp.float32).reshape(batch["face"].shape[0], -1) / 255.0
         h = nn.relu(nn.Dense(self.hidden)(jnp.concatenate([x, batch["point"]], -1)))
-        return {"logits": nn.Dense(self.num_classes)(h), "introspect": {"point_x": batch["point"][:, 0]}}
+        return {"logits": nn.Dense(self.num_classes)(h),
+                "introspect": {"point_x": batch["point"][:, 0], "point_y": batch["point"][:, 1]}}
 
 
-def build(config):
-    return Tiny(**config.tiny)
+@augment.register
+@dataclasses.dataclass
+class ShiftPoint(augment.Op):
+    """This family's own augmentation op: the point moved down by `dy` (in [-1, 1] units)."""
 
+    name = "shift_point"
+    dy: float = 0.25
 
-def inputs(config):
-    s = config.input.face_size
-    return {"face": ((s, s, 1), np.uint8), "point": ((2,), np.float32)}
+    def draw(self, rng):
+        return self.dy
 
-
-def record_fields(config):
-    return ("face", "landmarks")  # `point` is made from the landmarks by `transforms`
+    def apply(self, rec, dy):
+        return {**rec, "point": rec["point"] + np.float32([0, dy])} if "point" in rec else rec
 
 
 @dataclasses.dataclass
@@ -73,29 +80,71 @@ class AddPoint(grain.transforms.Map):
         return {**rec, "point": (rec["landmarks"][POINT] / np.float32([w - 1, h - 1]) * 2 - 1).astype(np.float32)}
 
 
-def flip_point(x, rec):
-    """This family's own flip rule: a point in centred coordinates has its x negated."""
-    return x * np.float32([-1, 1])
+class FAMILY(Family):
+    name, section = "test_family_contract", "tiny"
+    augmentation_ops = ("flip", "shift_point")
+    # its own field: a point in centred coordinates, whose x a flip negates (no landmark permutation)
+    fields = (fields.Field("point", fields.OFFSETS, doc="landmark POINT in [-1, 1] face coordinates"),)
+
+    def build(self, config):
+        return Tiny(**config.tiny)
+
+    def inputs(self, config):
+        s = config.input.face_size
+        return {"face": ((s, s, 1), np.uint8), "point": ((2,), np.float32)}
+
+    def record_fields(self, config):
+        return ("face", "landmarks")  # `point` is made from the landmarks by `preprocess`
+
+    def preprocess(self, config, train):
+        return [AddPoint()], [pipeline.ResizeFace((config.input.face_size,) * 2, grey=True)]
+
+    def loss(self, config, outputs, batch):
+        """Squared one-vs-all hinge: sum_k max(0, 1 - y_k z_k)^2, y_k = +1 for the label, else -1."""
+        y = 2 * jax.nn.one_hot(batch["label"], outputs["logits"].shape[-1]) - 1
+        hinge = masked_mean(jnp.sum(jnp.maximum(0.0, 1 - y * outputs["logits"]) ** 2, -1), batch["mask"])
+        return hinge, {"hinge": hinge, "point_x": masked_mean(batch["point"][:, 0], batch["mask"]),
+                       "point_y": masked_mean(batch["point"][:, 1], batch["mask"])}
+
+    def reports(self, results, outdir):
+        x = results.introspect["point_x"]
+        with open(os.path.join(outdir, "tiny_report.json"), "w") as f:
+            json.dump({"mean_point_x": float(x.mean()), "mean_point_y": float(results.introspect["point_y"].mean()),
+                       "examples": len(x)}, f)
+        return {"tiny_mean_point_x": float(x.mean())}
 
 
-def transforms(config, train):
-    # always flipped in training, so the training batches' point x has the other sign
-    return [AddPoint(), pipeline.RandomFlip({"face": pipeline.flip_image, "point": flip_point}, p=1.0),
-            pipeline.ResizeFace((config.input.face_size,) * 2, grey=True)]
+# ----------------------------------------------------------------------------- the reader
+@dataclasses.dataclass(frozen=True)
+class NpzOptions:
+    test_subjects: int = readers.option(2, "subjects held out as the test split", flag=False)
 
 
-def loss(config, outputs, batch):
-    """Squared one-vs-all hinge: sum_k max(0, 1 - y_k z_k)^2, y_k = +1 for the label, else -1."""
-    y = 2 * jax.nn.one_hot(batch["label"], outputs["logits"].shape[-1]) - 1
-    hinge = masked_mean(jnp.sum(jnp.maximum(0.0, 1 - y * outputs["logits"]) ** 2, -1), batch["mask"])
-    return hinge, {"hinge": hinge, "point_x": masked_mean(batch["point"][:, 0], batch["mask"])}
+class NpzReader(readers.Reader):
+    """This test's own dataset: aligned faces, landmarks, labels and subjects in one .npz
+    (SOURCE), taken as records (no face pipeline); the last `test_subjects` subjects held out."""
+
+    name = "test_family_contract"
+    Options = NpzOptions
+
+    def __init__(self, source, options):
+        super().__init__(source, options)
+        with np.load(source) as z:
+            self.data = {k: z[k] for k in z.files}
+        self.classes = tuple(str(c) for c in self.data["classes"])
+
+    def items(self):
+        subjects = sorted(set(self.data["subject"].tolist()))
+        test = set(subjects[-self.options.test_subjects:])
+        return [readers.Item(f"r{i}", "test" if s in test else "train", int(y), str(s), self.source, "record", (i,))
+                for i, (y, s) in enumerate(zip(self.data["label"], self.data["subject"]))]
+
+    def load_item(self, item):
+        i = item.params[0]
+        return {"face": self.data["face"][i], "landmarks": self.data["landmarks"][i], "iod": float(self.data["iod"][i])}
 
 
-def reports(results, outdir):
-    x = results.introspect["point_x"]
-    with open(os.path.join(outdir, "tiny_report.json"), "w") as f:
-        json.dump({"mean_point_x": float(x.mean()), "examples": len(x)}, f)
-    return {"tiny_mean_point_x": float(x.mean())}
+READERS = (NpzReader,)
 
 
 # ----------------------------------------------------------------------------- the test
@@ -106,18 +155,30 @@ def _fergate(*args, check=True):
     return r
 
 
-def test_a_family_outside_fergate_trains_evaluates_and_benches(sample_data, tmp_path):
-    w = tmp_path / "w"
-    _fergate("train", "--config", __file__, "--workdir", str(w), f"--config.data.dir={sample_data}")
-    rows = [r for r in map(json.loads, open(w / "metrics.jsonl")) if "loss" in r]  # training rows
-    assert all("hinge" in r and "ce" not in r and r["loss"] == r["hinge"] for r in rows)  # its own loss
-    assert np.mean([r["loss"] for r in rows[-2:]]) < np.mean([r["loss"] for r in rows[:2]])
-    report = json.load(open(w / "tiny_report.json"))  # its own report, on the test split
-    ev = json.load(open(w / "eval.json"))
-    assert report["examples"] == ev["examples"] and ev["tiny_mean_point_x"] == report["mean_point_x"]
-    # its own flip rule ran in training (every batch flipped) and not in evaluation
-    assert report["mean_point_x"] < -0.2 and all(r["point_x"] > 0.2 for r in rows)
+def _npz_of(data_dir, path):
+    """The records of a prepared set as the reader's .npz."""
+    import grain
 
+    from fergate.data import schema
+
+    recs = []
+    for split in ("train", "test"):
+        src = grain.sources.ArrayRecordDataSource(pipeline.split_files(data_dir, split))
+        recs += [schema.decode(src[i]) for i in range(len(src))]
+    classes = pipeline.read_manifest(data_dir)["classes"]
+    np.savez(path, classes=np.array(classes), **{k: np.stack([np.asarray(r[k]) for r in recs])
+                                                 for k in ("face", "landmarks", "iod", "label", "subject")})
+
+
+def test_a_family_field_op_and_reader_from_outside_fergate(sample_data, photos, tmp_path):
+    _npz_of(sample_data, tmp_path / "tiny.npz")
+    d = tmp_path / "data"
+    _fergate("prep", str(tmp_path / "tiny.npz"), "--dataset", "test_family_contract", "--out", str(d))
+    manifest = json.load(open(d / "manifest.json"))
+    assert manifest["splits"]["test"]["records"] > 0 and manifest["classes"] == json.load(
+        open(os.path.join(sample_data, "manifest.json")))["classes"]
+    w = tmp_path / "w"
+    _fergate("train", "--config", __file__, "--workdir", str(w), f"--config.data.dir={d}")
     _fergate("eval", "--workdir", str(w), "--split", "train", "--out", str(tmp_path / "ev"))
     assert json.load(open(tmp_path / "ev" / "tiny_report.json"))["examples"] == \
         json.load(open(tmp_path / "ev" / "eval.json"))["examples"]
@@ -129,6 +190,17 @@ def test_a_family_outside_fergate_trains_evaluates_and_benches(sample_data, tmp_
     r = _fergate("eval", "--workdir", str(w), "--compare", str(w), check=False)
     assert r.returncode == 2 and "no figures across runs" in r.stderr
 
+    # exported and predicting on a real photo: the face pipeline, then the family's own preprocessing
+    from PIL import Image
+
+    _fergate("export", "--workdir", str(w), "--out", str(tmp_path / "E"))
+    Image.fromarray(photos["astronaut"]).save(tmp_path / "astronaut.png")
+    r = _fergate("predict", "--model", str(tmp_path / "E"), str(tmp_path / "astronaut.png"), "--workers", "1")
+    line = json.loads(r.stdout.splitlines()[0])
+    assert line["label"] in manifest["classes"] and set(line["introspection"]) == {"point_x", "point_y"}
+    # the point the family made from the photo's landmarks: left of centre, as on the training faces
+    assert line["introspection"]["point_x"] < -0.2
+
 
 def test_auto_compute_dtype_is_bfloat16_on_accelerators_and_float32_on_cpu(monkeypatch):
     """train.dtype="auto" (the default): bfloat16 compute where it is the faster (GPU, TPU),
@@ -138,7 +210,8 @@ def test_auto_compute_dtype_is_bfloat16_on_accelerators_and_float32_on_cpu(monke
     from fergate import config as C
     from fergate import models
     from fergate.errors import UserError
-    from fergate.train.program import Program, resolve
+    from fergate.train.data import resolve
+    from fergate.train.program import Program
 
     cfg = C.load("configs/modul.py:smoke=True")
     assert cfg.train.dtype == "auto" and models.compute_dtype(cfg) == jnp.float32
@@ -156,3 +229,59 @@ def test_auto_compute_dtype_is_bfloat16_on_accelerators_and_float32_on_cpu(monke
         cfg.train.dtype = "bf32"
     with pytest.raises(UserError, match="train.dtype=.bf32.: auto"):
         models.compute_dtype(cfg)
+
+
+def test_a_misspelled_hook_or_an_unknown_op_is_an_error_not_a_fallback():
+    import pytest
+
+    from fergate import config as C
+    from fergate import models
+    from fergate.errors import UserError
+
+    with pytest.raises(TypeError, match="'transfroms' is not a hook.*did you mean 'preprocess'"):
+        type("Typo", (Family,), {"transfroms": lambda self, config, train: []})
+    with pytest.raises(UserError, match="unknown augmentation 'flop'.*known: .*flip"):
+        augment.parse("flip|flop")
+    with pytest.raises(UserError, match=r"'rotate\(ten\)'"):
+        augment.parse("rotate(ten)")
+    cfg = C.load("configs/micro.py", ["--config.data.augment=flip|rotate(10)"])
+    with pytest.raises(UserError, match="rotate does not apply to micro/fusion .it takes flip, brightness_contrast"):
+        models.family("micro").check(cfg)
+
+
+def test_a_workdir_written_with_the_legacy_augmentation_keys_reads_as_data_augment(tmp_path):
+    """Workdirs trained before `data.augment` keep meaning what they meant (same ops, same order)."""
+    from fergate import config as C
+
+    cfg = C.load("configs/thin.py:task=fer")
+    raw = cfg.to_dict()
+    assert raw["data"].pop("augment") == "flip|rotate(10)|brightness_contrast|hue_saturation"
+    raw["data"].update(flip=True, rotate=10.0, brightness_contrast=True, hue_saturation=True)
+    (tmp_path / "config.json").write_text(json.dumps(raw))
+    old = C.load_workdir(str(tmp_path))
+    assert [type(op).__name__ for op in augment.parse(old.data.augment)] == \
+        ["Flip", "Rotate", "BrightnessContrast", "HueSaturation"] and "flip" not in old.data
+    assert augment.parse(old.data.augment)[1].degrees == 10.0
+
+
+def test_a_flip_moves_every_field_by_its_kind():
+    """One flip for every family: images mirrored, points mirrored and re-indexed (the left
+    eye's corner becomes the right's), offsets negated, a field of the test's own kind too."""
+    from fergate.data.landmarks import MIRROR_68
+
+    rng = np.random.default_rng(0)
+    face = rng.integers(0, 255, (20, 30, 3), np.uint8)
+    lm = rng.uniform(0, 29, (68, 2)).astype(np.float32)
+    rec = {"face": face, "landmarks": lm, "iod": np.float32(9), "point": np.float32([0.3, -0.2]),
+           "clip": rng.integers(0, 255, (2, 8, 10, 1), np.uint8)}
+    out = augment.Flip(p=1.0).apply(rec, True)
+    np.testing.assert_array_equal(out["face"], face[:, ::-1])
+    np.testing.assert_allclose(out["landmarks"][45], [29 - lm[36, 0], lm[36, 1]])
+    np.testing.assert_allclose(out["landmarks"], np.stack([29 - lm[MIRROR_68, 0], lm[MIRROR_68, 1]], -1))
+    np.testing.assert_allclose(out["point"], [-0.3, -0.2])
+    np.testing.assert_array_equal(out["clip"], rec["clip"][:, :, ::-1])
+    assert out["iod"] == 9
+    turned = augment.Rotate(90).apply({"face": face, "landmarks": lm}, 90.0)
+    # 90 degrees counter-clockwise about the centre (14.5, 9.5): (x, y) -> (cx + (y - cy), cy - (x - cx))
+    np.testing.assert_allclose(turned["landmarks"], np.stack([14.5 + lm[:, 1] - 9.5, 9.5 - (lm[:, 0] - 14.5)], -1),
+                               atol=1e-4)

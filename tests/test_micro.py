@@ -18,7 +18,8 @@ from fergate import config as C
 from fergate import models
 from fergate.data import compound, pipeline, schema, shards
 from fergate.models import micro
-from fergate.train.program import make_optimizer, resolve
+from fergate.train.data import resolve
+from fergate.train.optimizer import make_optimizer
 
 
 def test_lrn_matches_caffes_formula():
@@ -134,7 +135,7 @@ def test_displacement_subtracts_the_same_subjects_mean_in_the_same_split(tmp_pat
     assert sidecar["landmark_counts"] == {"ann": 1, "bob": 1}
     np.testing.assert_allclose(sidecar["landmark_sums"]["bob"], landmarks["train", "bob", 50], rtol=1e-6)
     cfg = C.load("configs/micro.py:variant=geometry")
-    fields, maps = micro.record_fields(cfg), micro.transforms(cfg, False)
+    fields, maps = micro.record_fields(cfg), models.family("micro").transforms(cfg, False)
 
     def displacement(split, i):
         return pipeline.read_records(str(tmp_path), split, [i], fields, maps)["displacement"][0]
@@ -164,7 +165,7 @@ def test_reports_count_the_dominant_and_the_complementary_emotion_apart():
     out = micro.reports(res, "")
     assert out["dominant_accuracy"] == pytest.approx(2 / 3) and out["complementary_accuracy"] == pytest.approx(2 / 3)
     assert out["misclassification_percent"] == pytest.approx(100 * 2 / 3)
-    from data_prep.datasets import IcvMefedReader
+    from data_prep.readers.icv_mefed import IcvMefedReader
 
     assert [IcvMefedReader.split_of(n) for n in ("training.txt", "test_labels.txt", "validation.txt",
                                                   "training_validation.txt")] == ["train", "test", "val", "train"]
@@ -255,7 +256,7 @@ def test_geometry_learns_and_fusion_runs_end_to_end(micro_data, tmp_path):
     w = str(tmp_path / "fusion")
     _fergate("train", "--config", "configs/micro.py:variant=fusion,loss=cross_entropy", "--workdir", w,
              f"--config.data.dir={micro_data}", "--config.train.steps=4", "--config.input.face_size=64",
-             "--config.input.batch_size=8", "--config.train.eval_every=0", "--config.data.flip=True")
+             "--config.input.batch_size=8", "--config.train.eval_every=0", "--config.data.augment=flip")
     ev = json.loads(open(os.path.join(w, "eval.json")).read())
     conf = np.asarray(ev["confusion_matrix"])  # top-1 is the accuracy, the confusion matrix's trace share
     assert sorted(ev["top_k"]) == ["1", "2", "3", "4", "5"] and conf.sum() == ev["examples"]

@@ -11,7 +11,7 @@ from fergate.data.landmarks import pairwise_distances
 from fergate.errors import UserError
 from fergate.models import modul as M
 from fergate.models.layers import FaceGates, conv3_im2col
-from fergate.train.program import resolve
+from fergate.train.data import resolve
 
 TABLE_IV = {"distances": 1.77, "patches": 2.79, "joint": 5.76, "joint_modal": 5.82, "distances_rw": 3.20,
             "patches_rw": 3.02, "joint_rw": 6.22, "modul": 6.27}

@@ -5,6 +5,7 @@ from collections import Counter
 import numpy as np
 import pytest
 
+from fergate.data import augment
 from fergate.data import pipeline as P
 from fergate.data.landmarks import MIRROR_68
 from fergate.errors import UserError
@@ -34,7 +35,7 @@ def test_eval_pass_is_ordered_complete_and_padded(sample_data):
 
 
 def test_restored_iterator_sees_the_same_batches(sample_data):
-    kw = dict(balance=True, transforms=[P.RandomFlip(P.FACE_FLIP), P.BrightnessContrast(("face", "patches"))], seed=5)
+    kw = dict(balance=True, transforms=augment.parse("flip|brightness_contrast"), seed=5)
     it = iter(P.make_dataset(sample_data, "train", FIELDS, 8, **kw))
     for _ in range(3):
         next(it)
@@ -63,7 +64,7 @@ def test_processes_read_disjoint_parts_of_one_global_stream(sample_data):
 def test_flip_mirrors_landmarks_and_reorders_patches(sample_data):
     rec = next(iter(P.make_dataset(sample_data, "train", FIELDS, 1, train=False)))
     rec = {k: v[0] for k, v in rec.items()}
-    flip = P.RandomFlip(P.FACE_FLIP, p=1.0)
+    flip = augment.Flip(p=1.0)
     f = flip.random_map(rec, np.random.default_rng(0))
     w = rec["face"].shape[1]
     np.testing.assert_allclose(f["landmarks"][36], [w - 1 - rec["landmarks"][45, 0], rec["landmarks"][45, 1]])
@@ -107,7 +108,8 @@ def test_balanced_batches_of_resized_grey_faces(sample_data):
 
 
 def test_multiprocess_workers_deliver_the_same_batches(sample_data):
-    kw = dict(balance=True, seed=3, transforms=P.face_transforms(64, grey=True, flip=True, brightness_contrast=True))
+    ops = augment.parse("flip|brightness_contrast")
+    kw = dict(balance=True, seed=3, transforms=[*ops, P.ResizeFace((64, 64), True)])
     one = iter(P.make_dataset(sample_data, "train", FIELDS, 8, **kw))
     two = iter(P.make_dataset(sample_data, "train", FIELDS, 8, workers=2, **kw))
     for _ in range(6):

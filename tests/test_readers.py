@@ -1,4 +1,4 @@
-"""The dataset readers of data_prep.datasets, each on a tiny fixture in its dataset's official
+"""The dataset readers of data_prep.readers, each on a tiny fixture in its dataset's official
 on-disk layout (file names, label files, encodings), made from the real face photos every
 install has (scikit-image's astronaut, matplotlib's grace_hopper) and expressions the sample
 generator synthesises on them; pre-aligned datasets get crops aligned by data_prep.face.
@@ -6,6 +6,7 @@ Every fixture goes through `fergate prep` to shards: the counts per split, label
 subjects, `box_source` and the skipped lines and files are read back from the manifest and
 the records."""
 
+import dataclasses
 import json
 import logging
 import os
@@ -15,8 +16,8 @@ import grain
 import numpy as np
 import pytest
 
-from data_prep import datasets, prep
 from data_prep import face as F
+from data_prep import prep, readers
 from data_prep import sample as S
 from fergate import cli
 from fergate.data import pipeline, schema
@@ -209,9 +210,9 @@ def test_ckplus_apex_and_neutral_frames_and_clips(ckplus_run):
 
 
 def test_ckplus_options(ckplus_root):
-    items = datasets.reader("ckplus", str(ckplus_root), contempt=False, apex_frames=2, neutral_frames=0,
+    items = readers.reader("ckplus", str(ckplus_root), contempt=False, apex_frames=2, neutral_frames=0,
                             sequences=False).items()
-    r = datasets.reader("ckplus", str(ckplus_root), contempt=False)
+    r = readers.reader("ckplus", str(ckplus_root), contempt=False)
     assert r.classes == ("neutral", "anger", "disgust", "fear", "happy", "sadness", "surprise")
     good = [it for it in items if it.kind != "bad"]
     assert sorted((it.key.split("/")[-1], r.classes[it.label]) for it in good) == [
@@ -260,7 +261,7 @@ def test_rafdb_aligned_crops_are_fitted_in_the_crop(rafdb_root, tmp_path):
 
 
 def test_rafdb_original_photos_take_the_given_box(rafdb_root):
-    r = datasets.reader("rafdb", str(rafdb_root / "basic"), original=True)  # ROOT may be basic/ itself
+    r = readers.reader("rafdb", str(rafdb_root / "basic"), original=True)  # ROOT may be basic/ itself
     items = {it.key: it for it in r.items() if it.kind != "bad"}
     assert items["train_00001"].source.endswith(os.path.join("Image", "original", "train_00001.jpg"))
     inp = r.load(items["train_00001"])
@@ -306,7 +307,7 @@ def test_affectnet_uses_the_given_boxes_and_landmarks(affectnet_root, tmp_path):
     assert {s: v["box_source"] for s, v in m["splits"].items()} == {"train": {"dataset": 3}, "test": {"dataset": 2}}
     for r in recs["train"] + recs["test"]:  # the record's box is the CSV's face_x, face_y, face_x + w, face_y + h
         assert tuple(r["box"]) == _box(F.load_image(r["source"]))
-    r = datasets.reader("affectnet", str(affectnet_root), contempt=True)
+    r = readers.reader("affectnet", str(affectnet_root), contempt=True)
     assert r.classes[-1] == "contempt" and sum(it.label == 7 and it.kind == "image" for it in r.items()) == 1
 
 
@@ -484,7 +485,7 @@ def test_lfw_pairs_reach_the_manifest(lfw_root, tmp_path):
         ("lfw/Alice_Smith/Alice_Smith_0001.jpg", "Alice_Smith", "Alice_Smith"),
         ("lfw/Alice_Smith/Alice_Smith_0002.jpg", "Alice_Smith", "Alice_Smith"),
         ("lfw/Bob_Jones/Bob_Jones_0001.jpg", "Bob_Jones", "Bob_Jones")]
-    dev = datasets.reader("lfw", str(lfw_root), pairs="pairsDevTest.txt")
+    dev = readers.reader("lfw", str(lfw_root), pairs="pairsDevTest.txt")
     assert dev.manifest_extras()["pairs"] == [
         ["lfw/Bob_Jones/Bob_Jones_0001.jpg", "lfw/Bob_Jones/Bob_Jones_0002.jpg", True, 0],
         ["lfw/Bob_Jones/Bob_Jones_0002.jpg", "lfw/Alice_Smith/Alice_Smith_0002.jpg", False, 0]]
@@ -508,13 +509,13 @@ def test_csv_of_paths_and_labels(face, tmp_path):
     assert [(r["subject"], r["label_name"]) for r in recs["test"]] == [("c", "happiness")]
     # no header, class numbers, an absolute path
     _write(root / "numbers.csv", f"{a},2\nimages/b.jpg,0\n")
-    r = datasets.reader("csv", str(root / "numbers.csv"))
+    r = readers.reader("csv", str(root / "numbers.csv"))
     assert r.classes == ("0", "1", "2")
     assert [(it.label, it.subject, it.split, it.source) for it in r.items()] == [
         (2, "a", "train", a), (0, "b", "train", str(root / "images" / "b.jpg"))]
     # a header of other column names; one class in three spellings
     _write(root / "other.csv", "image,emotion\nimages/a.jpg,Happy\nimages/b.jpg,happiness\nimages/c__1.jpg,happy\n")
-    r = datasets.reader("csv", str(root / "other.csv"))
+    r = readers.reader("csv", str(root / "other.csv"))
     assert r.classes == ("happiness",) and len(r.items()) == 3 and all(it.kind == "image" for it in r.items())
 
 
@@ -523,7 +524,7 @@ def test_csv_of_paths_and_labels(face, tmp_path):
 
 def test_fixed_label_sets_come_from_labels_py():
     for name in ("rafdb", "fer2013", "sfew", "afew", "expw", "bu4dfe", "mmi", "icv_mefed"):
-        assert datasets.READERS[name].classes == DATASET_CLASSES[name], name
+        assert readers.READERS[name].classes == DATASET_CLASSES[name], name
 
 
 @pytest.mark.parametrize("dataset, make, message", [
@@ -552,7 +553,7 @@ def test_wrong_layouts_are_one_line_user_errors(tmp_path, dataset, make, message
         if not make.endswith("/"):
             path.write_text("a,b\n")
     with pytest.raises(UserError, match=message) as e:
-        datasets.reader(dataset, str(root / "labels" if dataset == "csv" else root)).items()
+        readers.reader(dataset, str(root / "labels" if dataset == "csv" else root)).items()
     assert str(root) in str(e.value) and "expected" in str(e.value) and "\n" not in str(e.value)
 
 
@@ -560,3 +561,86 @@ def test_a_flag_of_another_dataset_is_refused(rafdb_root, tmp_path, capsys):
     assert _fergate("prep", str(rafdb_root), "--dataset", "rafdb", "--out", str(tmp_path), "--min_confidence",
                     "60") == 2
     assert "--min_confidence is an option of --dataset expw, not rafdb" in capsys.readouterr().err
+
+
+# -- reader options and readers outside data_prep ------------------------------------------------
+
+
+def test_prep_flags_are_generated_from_the_readers_options(capsys):
+    """Every flag-bearing option of every reader is a `fergate prep` flag, with its default in
+    the help; a flag of another dataset's reader is refused (above)."""
+    with pytest.raises(SystemExit):
+        _fergate("prep", "--help")
+    text = " ".join(capsys.readouterr().out.split())  # argparse wraps the lines
+    assert "--apex_frames K ckplus: the last K frames of a sequence, labelled with its emotion (default 3)" in text
+    assert "--size SIZE sample: images (default 2800)" in text and "--pairs FILE" in text
+    for name in readers.READERS:
+        assert name in text  # the --dataset list
+    for name, rdr in readers.READERS.items():
+        for f in dataclasses.fields(rdr.Options):
+            if f.metadata["flag"]:
+                flag = f"--no_{f.name}" if f.default is True else f"--{f.name}"
+                assert flag in text, (name, flag)
+
+
+def test_an_unknown_reader_option_is_a_one_line_error(tmp_path):
+    calls = {"unknown option 'sise' of --dataset sample":
+             lambda: prep.run("sample", None, str(tmp_path / "a"), OPTS, {"size": 7, "sise": 7}, workers=1),
+             "data.prep_options (face, prep or reader options): unknown option 'clip' of --dataset sample":
+             lambda: prep.builtin("sample", {"face_size": 48, "clip": 3})}
+    for start, call in calls.items():
+        with pytest.raises(UserError) as e:
+            call()
+        assert str(e.value).startswith(start) and "(its options: size, clips, " in str(e.value), str(e.value)
+        assert "\n" not in str(e.value)
+    assert not os.path.exists(tmp_path / "a")
+
+
+EXTERNAL = '''
+"""A reader outside data_prep: grey squares of two sizes, as records."""
+from dataclasses import dataclass
+
+import numpy as np
+
+from data_prep.readers import Item, Reader, option
+
+
+@dataclass(frozen=True)
+class SquaresOptions:
+    count: int = option(4, "squares of each size")
+
+
+class SquaresReader(Reader):
+    name = "squares_ext"
+    Options = SquaresOptions
+    classes = ("small", "large")
+
+    def items(self):
+        return [Item(f"{split}{i}", split, i % 2, f"s{i}", "generator", "record")
+                for split in ("train", "test") for i in range(2 * self.options.count)]
+
+    def load_item(self, item):
+        image = np.zeros((16, 16, 1), np.uint8)
+        side = 4 if item.label == 0 else 12
+        image[:side, :side] = 255
+        return {"image": image}
+
+
+READERS = (SquaresReader,)
+'''
+
+
+def test_a_reader_outside_data_prep_is_named_by_its_module(tmp_path, monkeypatch):
+    """`--dataset squares_ext` names an importable module whose READERS holds one reader: it is
+    prepared like a built-in one (its options from prep.run or a config's prep_options)."""
+    (tmp_path / "squares_ext.py").write_text(EXTERNAL)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    m, recs = _prep("squares_ext", "", tmp_path / "out", count=3)
+    assert m["dataset"] == "squares_ext" and m["classes"] == ["small", "large"]
+    assert {s: len(r) for s, r in recs.items()} == {"train": 6, "test": 6}
+    assert sorted(int(r["image"].sum() // 255) for r in recs["train"][:2]) == [16, 144]
+    assert _fergate("prep", "--dataset", "squares_ext", "--out", str(tmp_path / "cli"), "--workers", "1") == 0
+    with pytest.raises(UserError, match="unknown option 'counts' of --dataset squares_ext .its options: count."):
+        readers.reader("squares_ext", None, counts=2)
+    with pytest.raises(UserError, match="unknown dataset 'squares_none'"):
+        readers.reader("squares_none", None)

@@ -18,7 +18,7 @@ import numpy as np
 
 from fergate.config import load_module
 from fergate.data import pipeline
-from fergate.train.program import plan
+from fergate.train.data import portions
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
@@ -82,7 +82,7 @@ def test_validation_subjects_are_held_out_of_training(sample_data):
 
     cfg = C.load(__file__, [f"--config.data.dir={sample_data}"])
     manifest = pipeline.read_manifest(sample_data)
-    p = plan(cfg, sample_data, manifest)
+    p = portions(cfg, sample_data, manifest)
     subjects = pipeline.split_subjects(pipeline.split_files(sample_data, "train"))
     assert p.val.split == p.train.split == "train" and p.held and set(subjects[p.val.records]) == set(p.held)
     assert not set(subjects[p.train.records]) & set(p.held)

@@ -403,7 +403,7 @@ def test_fer_setup_of_section_4_3():
     embedding; the FER baseline head is as large as the ensemble."""
     from fergate import models
     from fergate.models import thin
-    from fergate.train.program import resolve
+    from fergate.train.data import resolve
 
     with pytest.raises(UserError, match="variant=oracle gates on the true exogenous label"):
         C.load("configs/thin.py:task=fer,variant=oracle")

@@ -138,6 +138,19 @@ def test_other_config_corrupt_checkpoint_and_nan_are_clear(sample_data, tmp_path
         assert all(np.isfinite(x).all() for x in jax.tree.leaves(jax.device_get(st.params)))
 
 
+def test_an_older_workdir_is_named_by_the_keys_its_config_lacks(tmp_path):
+    """A config.json without a key this fergate reads: one line naming it; an error about a
+    key the config has is no older workdir's, and passes as it is."""
+    from fergate.train.program import from_workdir, lacking_keys
+
+    saved = json.loads(C.to_json(C.load("configs/modul.py:smoke=True")))
+    del saved["optim"]["b1"]
+    (tmp_path / "config.json").write_text(json.dumps(saved))
+    with pytest.raises(UserError, match=r"config.json has no optim.b1: the workdir was written by an older fergate"):
+        from_workdir(str(tmp_path), data=False)
+    assert lacking_keys(C.load_workdir(str(tmp_path)), KeyError("lr")) == []
+
+
 def test_eval_command_and_bench_line(sample_data, tmp_path):
     w = tmp_path / "w"
     r = subprocess.run(_cmd(w, sample_data, "--config.train.steps=10", "--config.train.profile_steps=3,4"),

@@ -10,8 +10,8 @@ import cv2
 import numpy as np
 import pytest
 
-from data_prep import datasets, prep, video
 from data_prep import face as F
+from data_prep import prep, readers, video
 from data_prep import sample as S
 from fergate.data import schema
 from fergate.errors import UserError
@@ -177,7 +177,7 @@ def test_video_folder_reads_videos_and_frame_folders(clips, tmp_path):
         cv2.imwrite(str(root / "happy" / "alice__seq" / f"frame_{i}.png"), f[..., ::-1])
     os.makedirs(root / "sad")
     _write_video(str(root / "sad" / "bob__take1.mov"), clips["sadness"])
-    items = datasets.reader("video_folder", str(root)).items()
+    items = readers.reader("video_folder", str(root)).items()
     assert [(it.key, it.label, it.subject, it.kind) for it in items] == [
         ("happy/alice__seq", 0, "alice", "clip"), ("sad/bob__take1.mov", 1, "bob", "clip")]
     m = prep.run("video_folder", str(root), str(tmp_path / "out"), prep.PrepOptions(**FAST, frames=12), workers=1)
@@ -196,7 +196,7 @@ def test_wrong_roots_are_one_line_user_errors(tmp_path, dataset, make, message):
     if make is not None:
         os.makedirs(root / make)
     with pytest.raises(UserError, match=message) as e:
-        datasets.reader(dataset, str(root)).items()
+        readers.reader(dataset, str(root)).items()
     assert str(root) in str(e.value) and "ROOT/" in str(e.value) and "\n" not in str(e.value)
 
 

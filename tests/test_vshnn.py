@@ -16,6 +16,8 @@ import pytest
 
 from fergate import config as config_lib
 from fergate.models import layers, vshnn
+from fergate.train.data import resolve
+from fergate.train.program import Program
 
 CONFIG = os.path.join(os.path.dirname(__file__), "..", "configs", "vshnn.py")
 
@@ -208,20 +210,20 @@ def test_losses_weigh_the_auxiliary_classifier_and_every_frame():
 
 
 def test_frozen_convolutions_get_no_gradient():
-    cfg = config_lib.load(CONFIG + ":variant=c3d_sagru_b,smoke=True")
-    kw = {k: v for k, v in cfg.vshnn.to_dict().items() if k != "num_classes"}
-    kw["freeze_convs"] = True
-    model = vshnn.VSHNN("c3d_sagru_b", 7, **kw)
-    batch = {"clip": jnp.asarray(np.random.default_rng(0).integers(0, 255, (2, 8, 32, 32, 3)), jnp.uint8),
-             "clip_features": jnp.ones((2, 8, 256))}
-    variables = model.init(jax.random.key(0), batch)
-    grads = jax.grad(lambda p: model.apply({**variables, "params": p}, batch)["logits"].sum())(variables["params"])
-    assert all(float(jnp.abs(g).max()) == 0 for g in jax.tree.leaves(grads["c3d_convs"]))
-    assert float(jnp.abs(grads["scene"]["kernel"]).max()) > 0
-    with cfg.unlocked():  # and the optimizer leaves them alone (no weight decay, no Adam state)
-        cfg.vshnn.freeze_convs = True
-        vshnn.resolve(cfg, None)
+    """freeze_convs (3.3): the 3D CNN's convolutions leave the optimizer, and a training step
+    leaves them exactly as they were while the layers above them learn."""
+    cfg = config_lib.load(CONFIG + ":variant=c3d_sagru_b,smoke=True",
+                          ["--config.vshnn.freeze_convs=True", "--config.input.batch_size=2"])
+    resolve(cfg, None)
     assert "c3d_convs" in cfg.optim.frozen
+    prog = Program(cfg)
+    state = prog.new_state()
+    before = jax.tree.map(np.asarray, state.params)
+    state, metrics = prog.train_step(state, prog.example)
+    for a, b in zip(jax.tree.leaves(before["c3d_convs"]), jax.tree.leaves(state.params["c3d_convs"]), strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert np.abs(np.asarray(state.params["scene"]["kernel"]) - before["scene"]["kernel"]).max() > 0
+    assert float(metrics["grad_norm"]) > 0
 
 
 def run(*args, timeout=900):
@@ -268,7 +270,8 @@ def test_two_stages_in_one_command(tmp_path):
     # the stored features are the frame CNN's output for the stored clip
     from fergate.data import pipeline
     from fergate.train.checkpoint import restore_selected
-    from fergate.train.program import Program, resolve
+    from fergate.train.data import resolve
+    from fergate.train.program import Program
 
     rec = pipeline.read_records(str(feats), "test_clips", [0], ("clip", "clip_features"))
     cfg = config_lib.load_workdir(str(w / "pretrain" / "frames"))
@@ -399,7 +402,8 @@ def test_lrmaf_attention_is_a_sigmoid_of_the_scores_and_scales_each_modality_bef
 
 def _fused(arg: str):
     """A fused model's config, program, fresh state and example batch (v given: no 3D CNN to build)."""
-    from fergate.train.program import Program, resolve
+    from fergate.train.data import resolve
+    from fergate.train.program import Program
     cfg = config_lib.load(f"{CONFIG}:{arg},head_only=True")
     resolve(cfg, None)
     prog = Program(cfg)
@@ -430,7 +434,7 @@ def test_weighted_summation_and_intermediate_concatenation():
 ])
 def test_fusion_and_fs_mistakes_are_one_line_errors(arg, message):
     from fergate.errors import UserError
-    from fergate.train.program import resolve
+    from fergate.train.data import resolve
     with pytest.raises(UserError, match=message):
         resolve(config_lib.load(f"{CONFIG}:{arg}"), None)
 
@@ -444,7 +448,8 @@ def test_lmedcf_alone_trains_from_the_training_splits_range(tmp_path):
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     from fergate.data import pipeline
     from fergate.train.checkpoint import restore_selected
-    from fergate.train.program import Program, data_dir, resolve
+    from fergate.train.data import data_dir, resolve
+    from fergate.train.program import Program
 
     cfg = config_lib.load_workdir(str(w))
     ddir = data_dir(cfg)
@@ -470,7 +475,9 @@ import jax
 jax.config.update("jax_num_cpu_devices", int(sys.argv[1]))
 import numpy as np
 from fergate import config as C
-from fergate.train.program import Program, global_batch, resolve
+from fergate.train.data import resolve
+from fergate.train.mesh import global_batch
+from fergate.train.program import Program
 c = C.load(sys.argv[3], [f"--config.mesh.model={sys.argv[2]}", "--config.input.batch_size=8"])
 resolve(c, None)
 p = Program(c)

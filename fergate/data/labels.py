@@ -3,7 +3,7 @@ the mapping of one dataset's classes onto another list (training on mixed datase
 
 Class names are the datasets' own words; `canonical` folds the spellings (angry / anger,
 happy / happiness, ...) onto one name per expression, so that two datasets' classes can be
-matched by name. The readers (data_prep.datasets) take their classes from `DATASET_CLASSES`;
+matched by name. The readers (data_prep.readers) take their classes from `DATASET_CLASSES`;
 the index of a name there is the label written into the records.
 """
 

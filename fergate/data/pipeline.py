@@ -7,7 +7,7 @@ Every random choice derives from (seed, epoch) or (seed, element index), so the 
 a pure function of the seed and the iterator's position: the iterator state saved in a
 checkpoint restores exactly the batches an uninterrupted run would have seen. Transforms
 are module-level classes so they pickle to grain's worker processes; which fields they
-touch, and how a flip changes each field, is the model family's choice (`RandomFlip` rules).
+move, and how, is each field's kind (`fergate.data.fields`).
 """
 
 from __future__ import annotations
@@ -17,23 +17,16 @@ import functools
 import glob
 import json
 import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
-import cv2
 import grain
 import numpy as np
 
+from fergate.data import fields as _fields
 from fergate.data import schema
-from fergate.data.landmarks import MIRROR_68, iod
 from fergate.errors import UserError
 from fergate.files import read_json
-
-#: Fields that are strings in a record; they are not batched.
-STRING_FIELDS = ("label_name", "subject", "source")
-#: A field `Load` derives rather than reads: the mean landmarks of the record's subject over
-#: the split being read (the micro-emotion network's landmark displacement subtracts it).
-SUBJECT_MEAN_LANDMARKS = "subject_mean_landmarks"
 
 
 def read_manifest(data_dir: str) -> dict:
@@ -232,30 +225,31 @@ class Load(grain.transforms.Map):
     (read from `label_field`, through `label_map` for string labels such as the subject;
     or `labels[index]` when given: classes mapped onto another list; an unmapped value or a
     negative one gets mask 0), a `mask` (0 for padding) and, with `with_index`, the
-    record's `index` in the split (for evaluation reports). The field
-    `SUBJECT_MEAN_LANDMARKS` is derived: the mean landmarks of the record's subject in these
-    `files` (`subject_mean_landmarks`)."""
+    record's `index` in the split (for evaluation reports). Derived fields
+    (`fields.Field.derive`, e.g. a subject's mean landmarks) are computed over these `files`."""
 
     def __init__(self, files: Sequence[str], fields: Sequence[str], label_field: str = "label",
                  label_map: dict | None = None, with_index: bool = False, labels: np.ndarray | None = None):
         self.files, self.label_field, self.label_map = list(files), label_field, label_map
         self.labels = None if labels is None else np.asarray(labels, np.int32)
         self.with_index = with_index
-        self.derive = SUBJECT_MEAN_LANDMARKS in fields
-        self.fields = tuple(dict.fromkeys([*(f for f in fields if f != SUBJECT_MEAN_LANDMARKS), label_field,
-                                           *(("subject",) if self.derive else ())]))
-        self._source = None
+        #: the declarations themselves (not names): they pickle to grain's workers with their module
+        self.derived = {n: _fields.get(n) for n in _fields.derived(fields)}
+        needs = [k for f in self.derived.values() for k in f.derive.needs]
+        self.fields = tuple(dict.fromkeys([*(f for f in fields if f not in self.derived), label_field, *needs]))
+        self._source, self._derive = None, None
 
     def __getstate__(self):
-        return {**self.__dict__, "_source": None}
+        return {**self.__dict__, "_source": None, "_derive": None}
 
     def map(self, element: tuple[int, bool]) -> dict[str, Any]:
         if self._source is None:
             self._source = grain.sources.ArrayRecordDataSource(self.files)
+            self._derive = {n: f.derive.over_files(self.files) for n, f in self.derived.items()}
         index, valid = element
         rec = schema.decode(self._source[index], self.fields)
-        if self.derive:
-            rec[SUBJECT_MEAN_LANDMARKS] = subject_mean_landmarks(self.files)[rec["subject"]]
+        for name, fn in self._derive.items():
+            rec[name] = fn(rec)
         out = record_for_model({k: v for k, v in rec.items() if k != self.label_field})
         label = rec[self.label_field] if self.labels is None else int(self.labels[index])
         if self.label_map is not None:
@@ -271,7 +265,8 @@ class Load(grain.transforms.Map):
 def record_for_model(rec: dict) -> dict:
     """A decoded record's fields as the model's transforms take them: strings dropped, whole
     numbers as int32, the iod as float32 (for `Load`, and for `fergate predict`'s records)."""
-    out = {k: np.int32(v) if isinstance(v, int) else v for k, v in rec.items() if k not in STRING_FIELDS}
+    strings = _fields.of_kind(_fields.String)
+    out = {k: np.int32(v) if isinstance(v, int) else v for k, v in rec.items() if k not in strings}
     if "iod" in out:
         out["iod"] = np.float32(out["iod"])
     return out
@@ -288,204 +283,37 @@ class Select(grain.transforms.Map):
 
 
 # ----------------------------------------------------------------------------- transforms
-def flip_image(x: np.ndarray, rec: dict) -> np.ndarray:
-    """H x W x C image: mirrored."""
-    return x[:, ::-1]
-
-
-def flip_clip(x: np.ndarray, rec: dict) -> np.ndarray:
-    """T x H x W x C clip: every frame mirrored."""
-    return x[:, :, ::-1]
-
-
-def flip_patches(x: np.ndarray, rec: dict) -> np.ndarray:
-    """N_l x P x P landmark patches: re-ordered by the mirror permutation, each mirrored."""
-    return x[MIRROR_68][:, :, ::-1]
-
-
-@dataclasses.dataclass(frozen=True)
-class MirrorPoints:
-    """(..., N, 2) points (x, y) in the pixels of `image_field`: x -> W - 1 - x, with W
-    that field's size along `width_axis`, and the points re-indexed by `permutation` (the
-    mirror image of the left eye is the right eye)."""
-
-    image_field: str
-    width_axis: int
-    permutation: tuple[int, ...] | None = tuple(MIRROR_68.tolist())
-
-    def __call__(self, x: np.ndarray, rec: dict) -> np.ndarray:
-        if self.image_field not in rec:
-            raise ValueError(f"flipping points needs the width of {self.image_field!r}: read that field too")
-        w = rec[self.image_field].shape[self.width_axis]
-        out = (x[..., list(self.permutation), :] if self.permutation else x).copy()
-        out[..., 0] = w - 1 - out[..., 0]
-        return out
-
-
-#: How a horizontal flip changes each field of a face record (`schema.FIELDS`).
-FACE_FLIP: dict[str, Callable[[np.ndarray, dict], np.ndarray]] = {
-    "face": flip_image, "landmarks": MirrorPoints("face", 1), "patches": flip_patches,
-    "clip": flip_clip, "clip_landmarks": MirrorPoints("clip", 2),
-}
-
-
-@dataclasses.dataclass
-class RandomFlip(grain.transforms.RandomMap):
-    """Horizontal flip with probability p of every field that has a rule: `rules[field](value,
-    record)` -> the flipped value (module-level functions or picklable objects; `record`
-    is the unflipped one, for sizes). A family adds rules for its own fields (e.g. optical
-    flow: mirrored and x negated)."""
-
-    rules: Mapping[str, Callable[[np.ndarray, dict], np.ndarray]]
-    p: float = 0.5
-
-    def random_map(self, rec: dict, rng: np.random.Generator) -> dict:
-        if rng.random() >= self.p:
-            return rec
-        return {k: np.ascontiguousarray(self.rules[k](v, rec)) if k in self.rules else v for k, v in rec.items()}
-
-
-@dataclasses.dataclass
-class BrightnessContrast(grain.transforms.RandomMap):
-    """x -> (x - mean) * c + mean + b on each of `fields` (uint8 images), c in [1-contrast,
-    1+contrast], b in [-brightness, brightness] (grey levels); one draw per example."""
-
-    fields: Sequence[str]
-    brightness: float = 20.0
-    contrast: float = 0.2
-
-    def random_map(self, rec: dict, rng: np.random.Generator) -> dict:
-        c = rng.uniform(1 - self.contrast, 1 + self.contrast)
-        b = rng.uniform(-self.brightness, self.brightness)
-        rec = dict(rec)
-        for k in self.fields:
-            if k in rec:
-                x = rec[k].astype(np.float32)
-                rec[k] = np.clip((x - x.mean()) * c + x.mean() + b, 0, 255).astype(np.uint8)
-        return rec
-
-
-@dataclasses.dataclass
-class RandomRotate(grain.transforms.RandomMap):
-    """In-plane rotation by an angle uniform in [-max_degrees, max_degrees] about the image
-    centre: each image field of `points` (H x W x C, or T x H x W x C frames) with its
-    points field ((T x) N x 2, moved alike), and each of `patch_fields` (N x P x P crops
-    around the points) about its own centre. Borders are replicated."""
-
-    points: Mapping[str, str]  #: image field -> its points field
-    patch_fields: Sequence[str] = ()
-    max_degrees: float = 10.0
-
-    def random_map(self, rec: dict, rng: np.random.Generator) -> dict:
-        angle = rng.uniform(-self.max_degrees, self.max_degrees)
-        rec = dict(rec)
-        for image_field, points_field in self.points.items():
-            if image_field not in rec:
-                continue
-            img = rec[image_field]
-            h, w = img.shape[-3:-1]
-            m = cv2.getRotationMatrix2D(((w - 1) / 2, (h - 1) / 2), angle, 1.0)
-            rec[image_field] = _warp_frames(img, m)
-            if points_field in rec:
-                m32 = m.astype(np.float32)
-                rec[points_field] = rec[points_field] @ m32[:, :2].T + m32[:, 2]
-        for k in self.patch_fields:
-            if k in rec:
-                p = rec[k]  # N x P x P: the patches are frames of one channel
-                m = cv2.getRotationMatrix2D(((p.shape[2] - 1) / 2, (p.shape[1] - 1) / 2), angle, 1.0)
-                rec[k] = _warp_frames(p[..., None], m)[..., 0]
-        return rec
-
-
-def _warp_frames(img: np.ndarray, m: np.ndarray) -> np.ndarray:
-    """H x W x C, or T x H x W x C frame by frame, through the 2 x 3 matrix m."""
-    if img.ndim == 4:
-        return np.stack([_warp_frames(f, m) for f in img])
-    out = cv2.warpAffine(img, m, (img.shape[1], img.shape[0]), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
-    return out.reshape(img.shape)
-
-
-@dataclasses.dataclass
-class HueSaturation(grain.transforms.RandomMap):
-    """RGB images of `fields`: hue shifted by up to +-`hue` degrees, saturation scaled by a
-    factor in [1 - saturation, 1 + saturation]; grey images are left alone."""
-
-    fields: Sequence[str]
-    hue: float = 10.0
-    saturation: float = 0.2
-
-    def random_map(self, rec: dict, rng: np.random.Generator) -> dict:
-        dh = rng.uniform(-self.hue, self.hue) / 2  # OpenCV's 8-bit hue runs 0..179
-        ds = rng.uniform(1 - self.saturation, 1 + self.saturation)
-        rec = dict(rec)
-        for k in self.fields:
-            if k in rec and rec[k].shape[-1] == 3:
-                img = rec[k]
-                hsv = cv2.cvtColor(img.reshape(-1, img.shape[-2], 3), cv2.COLOR_RGB2HSV).astype(np.float32)
-                hsv[..., 0] = (hsv[..., 0] + dh) % 180
-                hsv[..., 1] = np.clip(hsv[..., 1] * ds, 0, 255)
-                rec[k] = cv2.cvtColor(hsv.astype(np.uint8), cv2.COLOR_HSV2RGB).reshape(img.shape)
-        return rec
-
-
+# Augmentations are `fergate.data.augment`'s ops; the deterministic maps below bring records
+# to a model's input. Both move each field as its kind says (`fergate.data.fields`).
 @dataclasses.dataclass
 class ResizeFace(grain.transforms.Map):
     """Resizes the stored image `field` (a face crop by default) to the model's input, the
-    face's landmarks and iod following, and optionally converts it to grey."""
+    points and lengths measured on it following, and optionally converts it to grey."""
 
     size: tuple[int, int]  #: (height, width)
     grey: bool = False
     field: str = "face"
 
     def map(self, rec: dict) -> dict:
-        rec = dict(rec)
-        face = rec[self.field]
-        h, w = face.shape[:2]
-        rec[self.field] = resize_image(face, self.size, self.grey)
-        if (h, w) != tuple(self.size) and "landmarks" in rec and self.field == "face":
-            sx, sy = self.size[1] / w, self.size[0] / h
-            rec["landmarks"] = (rec["landmarks"] * np.float32([sx, sy])).astype(np.float32)
-            if "iod" in rec:
-                rec["iod"] = np.float32(rec["iod"] * sx) if sx == sy else iod(rec["landmarks"])
-        return rec
-
-
-def resize_image(img: np.ndarray, size: tuple[int, int], grey: bool) -> np.ndarray:
-    """H x W x C -> size (height, width) x C' (area interpolation; C' = 1 with `grey`)."""
-    if img.shape[:2] != tuple(size):
-        img = cv2.resize(img, (size[1], size[0]), interpolation=cv2.INTER_AREA).reshape(size[0], size[1], -1)
-    if grey and img.shape[-1] == 3:
-        img = cv2.cvtColor(img, cv2.COLOR_RGB2GRAY)[..., None]
-    return img
+        return _fields.resize(rec, self.field, tuple(self.size), self.grey)
 
 
 @dataclasses.dataclass
-class ResizeClip(grain.transforms.Map):
-    """Every frame of the `clip` resized to the model's input (and made grey), the
-    `clip_landmarks` following."""
+class ResizeClip(ResizeFace):
+    """Every frame of the `clip` resized to the model's input (and made grey), its
+    landmarks following."""
 
-    size: tuple[int, int]  #: (height, width)
-    grey: bool = False
-
-    def map(self, rec: dict) -> dict:
-        clip = rec["clip"]
-        if clip.shape[1:3] == tuple(self.size) and not (self.grey and clip.shape[-1] == 3):
-            return rec
-        rec = dict(rec, clip=np.stack([resize_image(f, self.size, self.grey) for f in clip]))
-        if "clip_landmarks" in rec:
-            scale = np.float32([self.size[1] / clip.shape[2], self.size[0] / clip.shape[1]])
-            rec["clip_landmarks"] = (rec["clip_landmarks"] * scale).astype(np.float32)
-        return rec
+    field: str = "clip"
 
 
 @dataclasses.dataclass
 class Crop(grain.transforms.RandomMap):
-    """A `size` (height, width) crop of each image field of `points` (its points follow) at
-    a random position. As a RandomMap it runs in training only; `CenterCrop` is the
-    evaluation's."""
+    """A `size` (height, width) crop of each image field of `images` (the points on it
+    follow) at a random position. As a RandomMap it runs in training only; `CenterCrop` is
+    the evaluation's."""
 
     size: tuple[int, int]
-    points: Mapping[str, str | None]  #: image field -> its points field (or None)
+    images: Sequence[str] = ("face",)
 
     def offsets(self, shape: tuple[int, ...], rng: np.random.Generator | None) -> tuple[int, int]:
         dy, dx = shape[0] - self.size[0], shape[1] - self.size[1]
@@ -494,14 +322,10 @@ class Crop(grain.transforms.RandomMap):
         return (int(rng.integers(0, dy + 1)), int(rng.integers(0, dx + 1))) if rng is not None else (dy // 2, dx // 2)
 
     def crop(self, rec: dict, rng: np.random.Generator | None) -> dict:
-        rec = dict(rec)
-        for image_field, points_field in self.points.items():
-            if image_field not in rec:
-                continue
-            y, x = self.offsets(rec[image_field].shape, rng)
-            rec[image_field] = np.ascontiguousarray(rec[image_field][y : y + self.size[0], x : x + self.size[1]])
-            if points_field and points_field in rec:
-                rec[points_field] = (rec[points_field] - np.float32([x, y])).astype(np.float32)
+        for image_field in self.images:
+            if image_field in rec:
+                y, x = self.offsets(rec[image_field].shape, rng)
+                rec = _fields.crop(rec, image_field, (y, x, *self.size))
         return rec
 
     def random_map(self, rec: dict, rng: np.random.Generator) -> dict:
@@ -513,24 +337,10 @@ class CenterCrop(grain.transforms.Map):
     """The centre `size` crop of `Crop`, for evaluation."""
 
     size: tuple[int, int]
-    points: Mapping[str, str | None]
+    images: Sequence[str] = ("face",)
 
     def map(self, rec: dict) -> dict:
-        return Crop(self.size, self.points).crop(rec, None)
-
-
-def face_transforms(size: int, grey: bool, flip: bool = False, brightness_contrast: bool = False,
-                    rotate: float = 0.0, hue_saturation: bool = False) -> list:
-    """For models reading face records, in training: a mirror flip of every face field
-    (`FACE_FLIP`), a rotation by up to `rotate` degrees (faces, landmarks, patches, clips),
-    brightness / contrast and hue / saturation of the images; then, always, the face resized
-    to the model's `size` x `size` input (grey or not)."""
-    images = ("face", "patches", "clip")
-    return ([RandomFlip(FACE_FLIP)] if flip else []) + \
-        ([RandomRotate({"face": "landmarks", "clip": "clip_landmarks"}, ("patches",), rotate)] if rotate else []) + \
-        ([BrightnessContrast(images)] if brightness_contrast else []) + \
-        ([HueSaturation(images)] if hue_saturation else []) + \
-        [ResizeFace((size, size), grey=grey)]
+        return Crop(self.size, self.images).crop(rec, None)
 
 
 # ----------------------------------------------------------------------------- pipeline

@@ -1,73 +1,62 @@
 """Model families and the one contract they follow.
 
-A family is a module: `fergate/models/<name>.py`, or any importable module named by
-`config.model` (a family kept outside fergate). The trainer, the evaluator and `fergate
-bench` call only the functions below, through `family(name)`, which fills in the defaults
-of the optional ones. Every function takes the resolved config first.
+A family is a `Family` subclass, exported as `FAMILY` by its module: `fergate/models/<name>.py`,
+or any importable module named by `config.model` (a family kept outside fergate). The
+trainer, the evaluator, `fergate bench` and export call only the hooks below, through
+`family(name)`. Every hook takes the resolved config first. A public attribute of a subclass
+that is not one of them is an error when the class is made (a misspelled hook never falls
+back to the default silently).
+
+Declarations (class attributes):
+
+    name: str                     the family's name (`config.model`)
+    section: str                  the config section of its model (`config.<section>.num_classes`)
+    bench_classes: int            classes when there is no data (a benchmark)
+    fields: tuple[Field, ...]     record fields it reads that fergate does not declare
+                                  (`fergate.data.fields`), registered when the class is made
+    augmentation_ops: tuple[str]  the `config.data.augment` ops it can take (`augmentations`)
 
 Required:
 
     build(config) -> flax.linen.Module
         The model, made from its config section by keyword. `module.apply(variables, batch,
-        train=...)` returns a dict: "logits" (B, K) always; "losses" {name: scalar}, auxiliary
-        loss terms already weighted (added by the default `loss`); "metrics" {name: scalar},
-        logged during training, not optimised; "introspect" {name: (B, ...)}, values the
-        evaluator averages per class and hands to `reports` (gates, attention maps); optionally
-        "features" {(B, ...)}, a representation `fergate features` writes into the records for a
-        later stage to read (`config.data.features_from`).
+        train=...)` returns `Outputs`.
     inputs(config) -> {field: (per-example shape, numpy dtype)}
-        The fields of the batches the model reads, as they are after `transforms`.
+        The fields of the batches the model reads, as they are after its transforms.
 
-Optional (defaults in this module):
+Optional (defaults here):
 
-    predict_inputs(config) -> {field: (per-example shape, numpy dtype)}
-        The inputs of an evaluation batch, where they differ from the training batch's
-        `inputs` (a frame CNN trained on a few frames of each clip that reads all T in
-        evaluation): the shapes `fergate export` serializes its function for. Default: `inputs`.
-    record_fields(config) -> (field, ...)
-        The record fields to read, when `transforms` derive inputs from others (e.g. a point
-        from the landmarks). Default: the `inputs` fields.
-    resolve(config, manifest | None) -> None
-        Fills config fields that depend on the data (e.g. the number of training subjects)
-        before anything is built; the manifest is None when there is no data (a benchmark).
-    statistics(config, batches) -> {name: array}
-        Values measured once on the training split before training starts (e.g. the mean
-        and spread that standardise an input), given all its batches as evaluation sees
-        them; they go into the model's "stats" variable collection (the module declares
-        them) and are checkpointed with the state. Default: none.
-    loss(config, outputs, batch) -> (loss, {name: scalar})
-        Default: softmax cross-entropy over the unmasked examples plus outputs["losses"] (a
-        family's own loss adds those itself); the trainer adds accuracy, lr and grad_norm.
-    transforms(config, train) -> [grain transform]
-        The family's input transforms, in order: `grain.transforms.RandomMap`s (augmentations,
-        training only, seeded per example) and `Map`s. Flip rules per field live in
-        `fergate.data.pipeline.RandomFlip`. Default: none.
-    example_batch(config, n) -> {field: array}
-        A batch of `n` examples with realistic values of the `inputs` shapes, plus "label"
-        and "mask": for initialisation and `fergate bench`. Default: random values by dtype.
-    reports(results, outdir) -> dict
-        The family's figures and introspection, written into `outdir` from an evaluation
-        (`Results`); returns entries to add to eval.json. Default: none.
-    compare(runs, outdir) -> [paths]
-        Figures across several evaluated runs {workdir: eval.json}, for `fergate eval
-        --compare`. Default: none (a UserError).
+    predict_inputs(config)        the inputs of an evaluation batch where they differ from
+                                  `inputs` (a frame CNN reads all T frames): what `fergate
+                                  export` serializes its function for. Default: `inputs`.
+    record_fields(config)         the record fields to read, when transforms derive inputs
+                                  from others. Default: the `inputs` fields.
+    resolve(config, manifest)     fills config fields that depend on the data before anything
+                                  is built (manifest None: no data). Default: the number of
+                                  classes (`num_classes_from_data`).
+    statistics(config, batches)   values measured once on the training split (its batches as
+                                  evaluation sees them) into the "stats" collection.
+    loss(config, outputs, batch)  -> (loss, {name: scalar}). Default: `cross_entropy`.
+    preprocess(config, train)     -> (before, after): the family's deterministic transforms
+                                  (grain `Map`s; a `RandomMap` runs in training only) before and
+                                  after `config.data.augment`'s ops (`transforms` composes them).
+    augmentations(config)         the ops it takes for this config. Default: `augmentation_ops`.
+    example_batch(config, n)      a batch of `n` realistic examples, plus "label" and "mask".
+    reports(results, outdir)      the family's figures from an evaluation (`Results`) -> entries
+                                  for eval.json.
+    compare(runs, outdir)         figures across evaluated runs (`fergate eval --compare`).
     attend(config, module, variables, image) -> (h, w) map
-        The model's spatial attention over a whole image of any size (the fully
-        convolutional mode of `fergate attend`), weights summing to 1. Default: none.
-    stages(config) -> {name: config}
-        Earlier training stages this config needs, each trained into W/pretrain/NAME before
-        it (unless finished) when `config.init.params_from` names "pretrain"; the subtrees
-        `config.init.params` are then loaded from them. Default: the stages listed in
-        `config.pretrain` (`fergate.config.pretrain_stages`).
+                                  spatial attention over a whole image (`fergate attend`).
+    stages(config)                earlier training stages {name: config} (`config.pretrain`).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import importlib
 from collections.abc import Callable
-from types import ModuleType
-from typing import Any
+from typing import Any, ClassVar, TypedDict
 
 import jax
 import jax.numpy as jnp
@@ -75,12 +64,24 @@ import numpy as np
 import optax
 
 from fergate import config as config_lib
-from fergate.data import pipeline
+from fergate.data import augment
+from fergate.data import fields as fields_lib
 from fergate.errors import UserError
 
 #: The families fergate ships (`config.model`); a new fergate/models/<name>.py, or any importable
 #: module following the contract, works too.
 FAMILIES = ("modul", "thin", "attention", "micro", "vshnn")
+
+
+class Outputs(TypedDict, total=False):
+    """What a model's `apply` returns."""
+
+    logits: jax.Array  #: (B, K), always
+    losses: dict  #: {name: scalar} auxiliary loss terms, already weighted (the default loss adds them)
+    metrics: dict  #: {name: scalar} logged during training, not optimised
+    introspect: dict  #: {name: (B, ...)} averaged per class by the evaluator, handed to `reports`
+    features: jax.Array  #: (B, ...) what `fergate features` writes for a later stage (`data.features_from`)
+    representations: dict  #: {name: (B, D)} embeddings `fergate eval --pairs` compares (THIN, Fig. 9)
 
 
 @dataclasses.dataclass
@@ -163,13 +164,6 @@ def num_classes_from_data(config, section: str, without_data: int) -> None:
         sec.num_classes = len(classes)
 
 
-def face_transforms(config, size: int, grey: bool) -> list:
-    """`pipeline.face_transforms` with the augmentations `config.data` asks for."""
-    d = config.data
-    return pipeline.face_transforms(size, grey, flip=d.flip, brightness_contrast=d.brightness_contrast,
-                                    rotate=d.rotate, hue_saturation=d.hue_saturation)
-
-
 def random_batch(inputs: dict, n: int) -> dict[str, np.ndarray]:
     """`n` examples of an `inputs` spec: uint8 images uniform in [0, 255], floats standard
     normal, integers 0; label 0, mask 1."""
@@ -188,21 +182,41 @@ def random_batch(inputs: dict, n: int) -> dict[str, np.ndarray]:
     return batch
 
 
+#: the hooks and declarations of the contract (the module docstring)
+CONTRACT = frozenset({
+    "name", "section", "bench_classes", "fields", "augmentation_ops",
+    "build", "inputs", "predict_inputs", "record_fields", "resolve", "statistics", "loss", "preprocess",
+    "augmentations", "example_batch", "reports", "compare", "attend", "stages"})
+
+#: hooks of the earlier, module-function contract, and what replaces them
+RENAMED = {"transforms": "'preprocess' (the family's maps before / after config.data.augment's ops)"}
+
+
 class Family:
-    """A family module with the contract's defaults filled in."""
+    """The contract's defaults; a family subclasses it (the module docstring)."""
 
-    def __init__(self, module: ModuleType):
-        self.name, self.module = module.__name__.removeprefix("fergate.models."), module
-        missing = [f for f in ("build", "inputs") if not callable(getattr(module, f, None))]
-        if missing:
-            raise UserError(f"model family {module.__name__} lacks {', '.join(missing)} (see fergate.models)")
-        self.build, self.inputs = module.build, module.inputs
-        for name in ("predict_inputs", "record_fields", "resolve", "statistics", "loss", "transforms",
-                     "example_batch", "reports", "compare", "attend", "stages"):
-            if hasattr(module, name):
-                setattr(self, name, getattr(module, name))
+    name: ClassVar[str] = ""
+    section: ClassVar[str] = ""
+    bench_classes: ClassVar[int] = 7
+    fields: ClassVar[tuple[fields_lib.Field, ...]] = ()
+    augmentation_ops: ClassVar[tuple[str, ...]] = ()
 
-    # the defaults of the optional functions
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        for attr in vars(cls):
+            if not attr.startswith("_") and attr not in CONTRACT:
+                close = [RENAMED.get(c, repr(c)) for c in difflib.get_close_matches(attr, [*CONTRACT, *RENAMED], 1)]
+                raise TypeError(f"model family {cls.__qualname__}: {attr!r} is not a hook of the family contract"
+                                f"{f' (did you mean {close[0]}?)' if close else ''}; see fergate.models")
+        for field in cls.fields:
+            fields_lib.register(field)
+
+    def build(self, config):
+        raise NotImplementedError
+
+    def inputs(self, config) -> dict:
+        raise NotImplementedError
+
     def predict_inputs(self, config) -> dict:
         return self.inputs(config)
 
@@ -210,15 +224,19 @@ class Family:
         return tuple(self.inputs(config))
 
     def resolve(self, config, manifest: dict | None) -> None:
-        pass
+        num_classes_from_data(config, self.section, self.bench_classes)
 
     def statistics(self, config, batches) -> dict[str, np.ndarray]:
         return {}
 
-    loss = staticmethod(cross_entropy)
+    def loss(self, config, outputs: Outputs, batch: dict) -> tuple[jax.Array, dict]:
+        return cross_entropy(config, outputs, batch)
 
-    def transforms(self, config, train: bool) -> list:
-        return []
+    def preprocess(self, config, train: bool) -> tuple[list, list]:
+        return [], []
+
+    def augmentations(self, config) -> tuple[str, ...]:
+        return self.augmentation_ops
 
     def example_batch(self, config, n: int) -> dict[str, np.ndarray]:
         return random_batch(self.inputs(config), n)
@@ -232,16 +250,35 @@ class Family:
     def attend(self, config, module, variables: dict, image: np.ndarray) -> np.ndarray:
         raise UserError(f"model family {self.name} has no attention map (fergate attend)")
 
-    stages = staticmethod(config_lib.pretrain_stages)
+    def stages(self, config) -> dict:
+        return config_lib.pretrain_stages(config)
+
+    # composed from the hooks, not overridden
+    def transforms(self, config, train: bool) -> list:
+        """The input transforms of a batch: `preprocess`'s before, in training the config's
+        augmentation ops, then its after."""
+        before, after = self.preprocess(config, train)
+        return [*before, *(augment.for_family(config, self) if train else ()), *after]
+
+    def check(self, config) -> None:
+        """The config's augmentation ops, checked against what this family takes."""
+        augment.for_family(config, self)
 
 
 def family(name: str) -> Family:
-    """The family `config.model` names: fergate/models/<name>.py, else the module `name`."""
-    for module in (f"fergate.models.{name}", name):
+    """The family `config.model` names: fergate/models/<name>.py, else the module `name`;
+    its `FAMILY` class, instantiated."""
+    for module_name in (f"fergate.models.{name}", name):
         try:
-            return Family(importlib.import_module(module))
+            module = importlib.import_module(module_name)
         except ModuleNotFoundError as e:
-            if not (e.name and module.startswith(e.name)):
+            if not (e.name and module_name.startswith(e.name)):
                 raise  # the family exists but imports something missing
+            continue
+        cls = getattr(module, "FAMILY", None)
+        if not (isinstance(cls, type) and issubclass(cls, Family)):
+            raise UserError(f"module {module_name} is not a model family: it defines no FAMILY (a subclass of "
+                            "fergate.models.Family; see its docstring)")
+        return cls()
     raise UserError(f"unknown model family {name!r}; fergate has {', '.join(FAMILIES)}, or name an importable "
                     "module that follows the contract of fergate.models")

@@ -33,7 +33,7 @@ import numpy as np
 
 from fergate import plots
 from fergate.data import pipeline
-from fergate.models import Results, compute_dtype, num_classes_from_data, random_batch
+from fergate.models import Family, Results, compute_dtype, random_batch
 from fergate.models.layers import max_pool2
 
 VARIANTS = ("baseline", "attention", "symmetric", "gap")
@@ -134,34 +134,17 @@ def build(config) -> AttentionCNN:
     return AttentionCNN(variant=config.variant, dtype=compute_dtype(config), **config.attention)
 
 
-#: classes without data (a benchmark): the 7 basic expressions
-BENCH_CLASSES = 7
-
-
-def resolve(config, manifest: dict | None) -> None:
-    num_classes_from_data(config, "attention", BENCH_CLASSES)
-
-
 def inputs(config) -> dict:
     h, w = config.input.crop
     return {"face": ((h, w, 1), np.uint8), "landmarks": ((68, 2), np.float32)}
 
 
-def transforms(config, train: bool) -> list:
+def preprocess(config, train: bool) -> tuple[list, list]:
     """Records of another size or colour are first made `input.record_size` grey faces;
-    training takes random `input.crop` crops and mirrors half of them, evaluation the
-    centre crop (the landmarks follow, for the reports)."""
-    d, size, crop = config.data, tuple(config.input.record_size), tuple(config.input.crop)
-    points = {"face": "landmarks"}
-    out = [pipeline.ResizeFace(size, grey=True)]
-    if not train:
-        return out + [pipeline.CenterCrop(crop, points)]
-    out += [pipeline.Crop(crop, points)]
-    if d.flip:
-        out += [pipeline.RandomFlip({"face": pipeline.flip_image, "landmarks": pipeline.MirrorPoints("face", 1)})]
-    if d.brightness_contrast:
-        out += [pipeline.BrightnessContrast(("face",))]
-    return out
+    training takes random `input.crop` crops (then the augmentations: a mirror, 4.1),
+    evaluation the centre crop (the landmarks follow, for the reports)."""
+    size, crop = tuple(config.input.record_size), tuple(config.input.crop)
+    return [pipeline.ResizeFace(size, grey=True), (pipeline.Crop if train else pipeline.CenterCrop)(crop)], []
 
 
 def example_batch(config, n: int) -> dict:
@@ -212,3 +195,9 @@ def reports(results: Results, outdir: str) -> dict:
                          "face brightness x attention (1 = uniform attention)")
     return {"attention_in_face": {"mass": float(np.mean(mass)), "area": float(np.mean(area)),
                                   "ratio": float(np.mean(mass) / np.mean(area)), "examples": len(mass)}}
+
+
+class FAMILY(Family):
+    name, section, augmentation_ops = "attention", "attention", ("flip", "brightness_contrast")
+    build, inputs, preprocess = staticmethod(build), staticmethod(inputs), staticmethod(preprocess)
+    example_batch, attend, reports = staticmethod(example_batch), staticmethod(attend), staticmethod(reports)

@@ -30,16 +30,10 @@ import numpy as np
 import optax
 
 from fergate.data import compound, pipeline
+from fergate.data import fields as fields_lib
 from fergate.data.landmarks import MIRROR_68
 from fergate.errors import UserError
-from fergate.models import (
-    Results,
-    compute_dtype,
-    masked_cross_entropy,
-    masked_mean,
-    num_classes_from_data,
-    random_batch,
-)
+from fergate.models import Family, Results, compute_dtype, masked_cross_entropy, masked_mean, random_batch
 
 VARIANTS = ("visual", "geometry", "fusion")
 LOSSES = ("hinge_l2", "cross_entropy")
@@ -170,13 +164,6 @@ def build(config) -> MicroEmotionNet:
                            dtype=compute_dtype(config))
 
 
-def resolve(config, manifest: dict | None) -> None:
-    num_classes_from_data(config, "micro", compound.NUM_CLASSES)
-    if config.data.rotate:
-        raise UserError("config data.rotate: the micro-emotion network's landmark displacement is measured "
-                        "against its subject's unrotated mean face; use flip or photometric augmentation")
-
-
 def _visual(config) -> bool:
     return config.variant != "geometry"
 
@@ -193,7 +180,29 @@ def inputs(config) -> dict:
 
 def record_fields(config) -> tuple[str, ...]:
     return (("face",) if _visual(config) else ()) + \
-        (("landmarks", pipeline.SUBJECT_MEAN_LANDMARKS) if _geometric(config) else ())
+        (("landmarks", SUBJECT_MEAN_LANDMARKS) if _geometric(config) else ())
+
+
+#: the mean landmarks of the record's subject over the split being read (Eq. 1), derived by the pipeline
+SUBJECT_MEAN_LANDMARKS = "subject_mean_landmarks"
+
+
+class SubjectMean:
+    """A subject's mean landmarks: over a split's shards (their stats sidecars), or in
+    `fergate predict` over the faces of one photo or video (they stand for one subject)."""
+
+    needs = ("subject", "landmarks")
+
+    def over_files(self, files):
+        means = pipeline.subject_mean_landmarks(files)
+        return lambda rec: means[rec["subject"]]
+
+    def over_records(self, records, groups):
+        members: dict[str, list[np.ndarray]] = {}
+        for r, g in zip(records, groups):
+            members.setdefault(g, []).append(r["landmarks"])
+        means = {g: np.mean(v, 0).astype(np.float32) for g, v in members.items()}
+        return [means[g] for g in groups]
 
 
 @dataclasses.dataclass
@@ -203,32 +212,17 @@ class LandmarkDisplacement(grain.transforms.Map):
 
     def map(self, rec: dict) -> dict:
         rec = dict(rec)
-        rec["displacement"] = (rec.pop("landmarks") - rec.pop(pipeline.SUBJECT_MEAN_LANDMARKS)).astype(np.float32)
+        rec["displacement"] = (rec.pop("landmarks") - rec.pop(SUBJECT_MEAN_LANDMARKS)).astype(np.float32)
         return rec
 
 
-def flip_displacement(x: np.ndarray, rec: dict) -> np.ndarray:
-    """A mirrored face's displacement: points re-indexed by the mirror permutation, x negated."""
-    return x[MIRROR_68] * np.float32([-1, 1])
-
-
-def transforms(config, train: bool) -> list:
-    """The displacement first (before anything moves the landmarks), then in training the
-    flip and photometric augmentations `config.data` asks for, and the face brought to the
-    network's input size."""
-    d, out = config.data, []
-    if _geometric(config):
-        out.append(LandmarkDisplacement())
-    if train and d.flip:
-        out.append(pipeline.RandomFlip({"face": pipeline.flip_image, "displacement": flip_displacement}))
-    if train and d.brightness_contrast:
-        out.append(pipeline.BrightnessContrast(("face",)))
-    if train and d.hue_saturation:
-        out.append(pipeline.HueSaturation(("face",)))
-    if _visual(config):
-        s = config.input.face_size
-        out.append(pipeline.ResizeFace((s, s)))
-    return out
+def preprocess(config, train: bool) -> tuple[list, list]:
+    """The displacement first (before anything moves the landmarks); after the
+    augmentations, the face brought to the network's input size. No rotation: the
+    displacement is measured against the subject's unrotated mean face."""
+    s = config.input.face_size
+    return [LandmarkDisplacement()] if _geometric(config) else [], \
+        [pipeline.ResizeFace((s, s))] if _visual(config) else []
 
 
 def example_batch(config, n: int) -> dict:
@@ -284,3 +278,15 @@ def reports(results: Results, outdir: str) -> dict:
         out["dominant_accuracy"] = float((part(pred, 1) == part(results.labels, 1)).mean())
         out["complementary_accuracy"] = float((part(pred, 0) == part(results.labels, 0)).mean())
     return out
+
+
+class FAMILY(Family):
+    name, section, bench_classes = "micro", "micro", compound.NUM_CLASSES
+    augmentation_ops = ("flip", "brightness_contrast", "hue_saturation")
+    fields = (fields_lib.Field("displacement", fields_lib.OFFSETS, mirror=MIRROR_68, doc="landmarks minus the "
+                               "subject's mean (Eq. 2)"),
+              fields_lib.Field(SUBJECT_MEAN_LANDMARKS, fields_lib.POINTS, on="face", derive=SubjectMean()))
+    build, inputs, record_fields = staticmethod(build), staticmethod(inputs), staticmethod(record_fields)
+    preprocess, example_batch, statistics = staticmethod(preprocess), staticmethod(example_batch), \
+        staticmethod(statistics)
+    loss, reports = staticmethod(loss), staticmethod(reports)

@@ -17,8 +17,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from fergate import plots
+from fergate.data import pipeline
 from fergate.data.landmarks import INTRAFACE_49, pairwise_distances
-from fergate.models import Results, compute_dtype, face_transforms, num_classes_from_data, random_batch
+from fergate.models import Family, Results, compute_dtype, random_batch
 from fergate.models.layers import MLP, ConvPool, FaceGates
 
 VARIANTS = {  # name: (distance branch, patch branch, landmark gates, modal gate)
@@ -115,14 +116,6 @@ def build(config) -> MoDuL:
     return MoDuL(variant=config.variant, dtype=compute_dtype(config), **config.modul)
 
 
-#: classes without data (a benchmark): the 7 basic expressions
-BENCH_CLASSES = 7
-
-
-def resolve(config, manifest: dict | None) -> None:
-    num_classes_from_data(config, "modul", BENCH_CLASSES)
-
-
 def statistics(config, batches) -> dict:
     """The mean and spread of every distance D_ij over the training split (68 x 68: any
     landmark subset reads its part), for `standardize`."""
@@ -144,9 +137,10 @@ def inputs(config) -> dict:
             "face": ((s, s, 1), np.uint8)}
 
 
-def transforms(config, train: bool) -> list:
-    """Optional flip and brightness / contrast, then the grey face the gates read."""
-    return face_transforms(config, config.input.face_size, grey=True)
+def preprocess(config, train: bool) -> tuple[list, list]:
+    """After the augmentations, the grey face the gates read."""
+    s = config.input.face_size
+    return [], [pipeline.ResizeFace((s, s), grey=True)]
 
 
 def example_batch(config, n: int) -> dict:
@@ -186,3 +180,9 @@ def reports(results: Results, outdir: str) -> dict:
                                       os.path.join(outdir, f"{name}.png"),
                                       "mean gate: 0 ignores the landmark, 1 keeps it, 2 doubles it", vmin=0.0, vmax=2.0)
     return {}
+
+
+class FAMILY(Family):
+    name, section, augmentation_ops = "modul", "modul", ("flip", "rotate", "brightness_contrast", "hue_saturation")
+    build, statistics, inputs = staticmethod(build), staticmethod(statistics), staticmethod(inputs)
+    preprocess, example_batch, reports = staticmethod(preprocess), staticmethod(example_batch), staticmethod(reports)

@@ -24,7 +24,7 @@ import numpy as np
 from fergate import plots
 from fergate.data import pipeline
 from fergate.errors import UserError
-from fergate.models import Results, compute_dtype, face_transforms, num_classes_from_data
+from fergate.models import Family, Results, compute_dtype, num_classes_from_data
 from fergate.models.layers import ConvEncoder, Experts, LoopExperts, MLPClassifier, TreeGate
 
 VARIANTS = ("baseline", "ensemble", "tree_gated", "exo_tree_gated", "oracle", "thin", "exo")
@@ -103,8 +103,8 @@ class THIN(nn.Module):
         out["logits"] = jnp.einsum("blk,bl->bk", z.astype(jnp.float32), g)  # mixed in logit space
         if self.variant in ("exo_tree_gated", "thin"):
             # |cos| per exogenous variable, for exo_tree_gated too (Fig. 8's lambda = 0 curve);
-            # only THIN trains on it. c_sigma is frozen by the optimizer, not by stop_gradient:
-            # L_sim must reach F_phi, and nothing trainable stands between them.
+            # only THIN trains on it. c_sigma's parameters are frozen (optim.frozen: constants to
+            # autodiff), its output is not cut off: L_sim must reach F_phi through it.
             cos = []
             for i, h in enumerate(h_exo):
                 c_sigma = self.exo_classifier(i)
@@ -162,13 +162,11 @@ def inputs(config) -> dict:
     return spec
 
 
-def transforms(config, train: bool) -> list:
-    """Faces: the augmentations `config.data` asks for, resized to the input; synthetic
-    images: resized to the input (dSprites' 64 x 64 to the ~200k-parameter size)."""
+def preprocess(config, train: bool) -> tuple[list, list]:
+    """After the augmentations, the image resized to the input (faces; dSprites' 64 x 64 to
+    the ~200k-parameter size)."""
     s = config.input.image_size
-    if config.thin.image_field != "face":
-        return [pipeline.ResizeFace((s, s), grey=config.input.channels == 1, field=config.thin.image_field)]
-    return face_transforms(config, s, grey=config.input.channels == 1)
+    return [], [pipeline.ResizeFace((s, s), grey=config.input.channels == 1, field=config.thin.image_field)]
 
 
 #: inputs shown per expert in Fig. 10
@@ -215,3 +213,9 @@ def compare(runs: dict[str, dict], outdir: str) -> list[str]:
 def _plot_abs_cos(histograms: dict[str, dict], path: str) -> str:
     return plots.distributions(histograms, "|cos| between c_sigma(h_exo) and c_sigma(h_endo)",
                                "THIN: similarity of exogenous and endogenous class scores (Fig. 8)", path)
+
+
+class FAMILY(Family):
+    name, section, augmentation_ops = "thin", "thin", ("flip", "rotate", "brightness_contrast", "hue_saturation")
+    build, resolve, inputs = staticmethod(build), staticmethod(resolve), staticmethod(inputs)
+    preprocess, reports, compare = staticmethod(preprocess), staticmethod(reports), staticmethod(compare)

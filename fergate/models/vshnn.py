@@ -36,7 +36,7 @@ from fergate import plots
 from fergate.data import pipeline
 from fergate.data.landmarks import LEFT_EYE, LMED_PAIRS, RIGHT_EYE
 from fergate.errors import UserError
-from fergate.models import Results, compute_dtype, masked_cross_entropy, num_classes_from_data
+from fergate.models import Family, Results, compute_dtype, masked_cross_entropy, num_classes_from_data
 from fergate.models.layers import ConvEncoder, conv3_im2col
 
 #: Table 2's rows: the 3D CNN alone, the frame CNN with a plain RNN (CNN-LSTM / CNN-GRU),
@@ -394,7 +394,6 @@ class VSHNN(nn.Module):
     scene: int = 256  #: width of v (the paper: 2048)
     aux_hidden: int = 256
     aux_weight: float = 0.5  #: lambda of Eq. 15
-    freeze_convs: bool = False  #: a pretrained 3D CNN's convolutions kept fixed (section 3.3)
     hidden: int = 256
     head: int = 256
     dropout: float = 0.5
@@ -441,8 +440,6 @@ class VSHNN(nn.Module):
             else:
                 h = C3D(tuple(map(tuple, self.c3d_stages)), tuple(map(tuple, self.c3d_pools)), self.c3d_downsample,
                         self.dtype, name="c3d_convs")(batch["clip"])
-                if self.freeze_convs:  # no gradient through the fixed convolutions: their backward is skipped
-                    h = jax.lax.stop_gradient(h)
                 v = nn.relu(nn.Dense(self.scene, dtype=self.dtype, name="scene")(h))
                 out["aux_logits"] = AuxClassifier(self.aux_hidden, self.num_classes, self.dropout, self.dtype,
                                                   name="aux")(v, train)
@@ -475,7 +472,9 @@ class VSHNN(nn.Module):
 
 # ----------------------------------------------------------------------------- the family contract
 def build(config) -> VSHNN:
-    return VSHNN(variant=config.variant, dtype=compute_dtype(config), **config.vshnn)
+    # freeze_convs acts through optim.frozen (`resolve`): the trainer makes frozen subtrees constants to autodiff
+    return VSHNN(variant=config.variant, dtype=compute_dtype(config),
+                 **{k: v for k, v in config.vshnn.items() if k != "freeze_convs"})
 
 
 def train_frames(config) -> int:
@@ -578,18 +577,19 @@ class SampleFrames(grain.transforms.RandomMap):
         return dict(rec, clip=rec["clip"][np.sort(rng.choice(t, self.k, replace=self.k > t))])
 
 
-def transforms(config, train: bool) -> list:
-    """Clips, in training: stage 1's frame sampling, the augmentations `config.data` asks for
-    (a horizontal flip; stage 1 also a rotation and brightness / contrast, as the paper's
-    DenseNet training, 5.2.1; the 3D CNN's only augmentation is the flip, 5.2.2); then frames
+def augmentations(config) -> tuple[str, ...]:
+    """Clips take a flip (5.2.2: the 3D CNN's only augmentation) and, for stage 1, a rotation
+    and brightness / contrast (5.2.1: the frame CNN's); landmark distances take none (Table A1)."""
+    return ("flip", "rotate", "brightness_contrast") if "clip" in inputs(config) else ()
+
+
+def preprocess(config, train: bool) -> tuple[list, list]:
+    """Clips: stage 1's frame sampling first (training); after the augmentations, frames
     resized to the input size (and made grey) when the records differ."""
-    if "clip" not in inputs(config):  # LMED-CF alone: distances need no resizing, and no augmentation (Table A1)
-        return []
-    d, s = config.data, config.input.clip_size
-    return ([SampleFrames(train_frames(config))] if config.variant == "frames" else []) + \
-        ([pipeline.RandomFlip(pipeline.FACE_FLIP)] if d.flip else []) + \
-        ([pipeline.RandomRotate({"clip": "clip_landmarks"}, (), d.rotate)] if d.rotate else []) + \
-        ([pipeline.BrightnessContrast(("clip",))] if d.brightness_contrast else []) + \
+    if "clip" not in inputs(config):  # LMED-CF alone: distances need no resizing
+        return [], []
+    s = config.input.clip_size
+    return [SampleFrames(train_frames(config))] if config.variant == "frames" else [], \
         [pipeline.ResizeClip((s, s), grey=config.input.channels == 1)]
 
 
@@ -641,3 +641,11 @@ def reports(results: Results, outdir: str) -> dict:
                           os.path.join(outdir, "frame_substitution.png"), "share of clips with frame n replaced",
                           xlabel="frame n of the clip")
     return out
+
+
+class FAMILY(Family):
+    name, section = "vshnn", "vshnn"
+    build, resolve, inputs = staticmethod(build), staticmethod(resolve), staticmethod(inputs)
+    predict_inputs, statistics, augmentations = staticmethod(predict_inputs), staticmethod(statistics), \
+        staticmethod(augmentations)
+    preprocess, loss, reports = staticmethod(preprocess), staticmethod(loss), staticmethod(reports)

@@ -16,10 +16,11 @@ import jax
 import numpy as np
 
 from fergate import models
-from fergate.data import pipeline
 from fergate.errors import UserError
 from fergate.train import perf
-from fergate.train.program import Program, global_batch, input_pipeline, resolve
+from fergate.train.data import DataPlan, resolve
+from fergate.train.mesh import global_batch
+from fergate.train.program import Program
 
 
 class _Timed:
@@ -32,7 +33,9 @@ class _Timed:
             with config.unlocked():
                 config.input.batch_size = batch
                 config.eval.batch_size = batch
-        resolve(config, pipeline.read_manifest(data) if data else None)
+        self.data = DataPlan.build(config, data=data) if data else None  # the config resolved against it
+        if self.data is None:
+            resolve(config, None)
         self.config, self.infer, self.times = config, infer, []
         self.prog = prog = Program(config)
         self.state = prog.new_state()
@@ -88,7 +91,7 @@ def bench(config, batch: int | None = None, steps: int = 20, warmup: int = 3, in
         res["vs"] = runs[1].report()
         res["speedup"] = round(statistics.median(runs[1].times) / statistics.median(runs[0].times), 3)
     if data:
-        res["input_examples_per_sec"] = round(input_rate(config, data), 1)
+        res["input_examples_per_sec"] = round(input_rate(runs[0].data), 1)
         res["input_over_train"] = round(res["input_examples_per_sec"] / res["examples_per_sec"], 2)
     return res
 
@@ -99,9 +102,9 @@ def pipeline_bench(config, data_dir: str, batch: int | None = None, batches: int
     with config.unlocked():
         if batch is not None:
             config.input.batch_size = batch
-    resolve(config, pipeline.read_manifest(data_dir))
+    plan = DataPlan.build(config, data=data_dir)
     return {"model": f"{config.model}/{config.variant}", "mode": "pipeline", "batch": config.input.batch_size,
-            "examples_per_sec": round(input_rate(config, data_dir, batches), 1), "workers": config.data.workers,
+            "examples_per_sec": round(input_rate(plan, batches), 1), "workers": config.data.workers,
             "data": data_dir}
 
 
@@ -128,10 +131,9 @@ def prep_bench(workers: list[int], size: int = 280) -> dict:
             "speedup": round(rates[hi] / rates[lo], 3), "speedup_of": f"{hi} workers over {lo}"}
 
 
-def input_rate(config, data_dir: str, batches: int = 50) -> float:
-    """Examples/s the training input pipeline delivers for this config (this process)."""
-    it = iter(input_pipeline(config, data_dir, config.data.train_split, train=True,
-                             manifest=pipeline.read_manifest(data_dir)))
+def input_rate(data: DataPlan, batches: int = 50) -> float:
+    """Examples/s the training input pipeline of `data` delivers (this process)."""
+    it = iter(data.input_pipeline(data.config.data.train_split, train=True))
     next(it)
     t = time.perf_counter()
     n = sum(len(next(it)["label"]) for _ in range(batches))

@@ -2,7 +2,7 @@
 VSHNN papers: 10 folds, no subject in two folds, accuracy as the mean over folds).
 
 Fold i trains the config with `data.fold = i` in `W/fold-NN` (the trainer holds that fold's
-subjects out and evaluates on them, `program.cv_fold`), so a fold is an ordinary training
+subjects out and evaluates on them, `data.cv_fold`), so a fold is an ordinary training
 run: it resumes when killed, and folds can run as separate jobs on separate machines
 (`--fold i`). The aggregation reads the fold workdirs' `eval.json`: mean and spread of the
 accuracy and of the mean per-class accuracy, the confusion matrices summed; a fold that failed
@@ -72,9 +72,9 @@ def _status(out: str, status: str, error: str = "") -> None:
 def check_folds(cfg, folds: int) -> None:
     """k folds need at least k subjects in the pooled splits: said before any fold trains."""
     from fergate.data import pipeline
-    from fergate.train import program
+    from fergate.train.data import source_dir
 
-    manifest = pipeline.read_manifest(program.source_dir(cfg))
+    manifest = pipeline.read_manifest(source_dir(cfg))
     pool = pipeline.training_split(manifest, cfg.data)
     n = len(pipeline.split_entry(manifest, pool)["subjects"])
     if folds > n:
@@ -85,11 +85,10 @@ def check_folds(cfg, folds: int) -> None:
 def _same_config(out: str, cfg) -> list[str]:
     """The config keys a fold's workdir was trained with that differ from `cfg`'s (resolved
     against the data, as the trainer saves it)."""
-    from fergate.data import pipeline
-    from fergate.train import program
+    from fergate.train.data import DataPlan
     from fergate.train.trainer import RESUMABLE_CHANGES
 
-    program.resolve(cfg, pipeline.read_manifest(program.source_dir(cfg)))
+    DataPlan.build(cfg)  # cfg resolved as the trainer resolves it
     with open(os.path.join(out, "config.json")) as f:
         saved = config_lib.flatten(json.load(f))
     now = config_lib.flatten(json.loads(config_lib.to_json(cfg)))

@@ -14,20 +14,20 @@ from sklearn.metrics import balanced_accuracy_score, confusion_matrix, top_k_acc
 
 from fergate import models, plots
 from fergate.config import load_workdir
-from fergate.data import pipeline
 from fergate.errors import UserError
-from fergate.train.program import Program, global_batch, input_pipeline, record_reader
+from fergate.train.data import DataPlan, Portion
+from fergate.train.mesh import global_batch
+from fergate.train.program import Program
 
 
-def evaluate(prog: Program, state, data_dir: str, split: str, classes: list[str],
-             records: np.ndarray | None = None) -> models.Results:
-    """Predictions of `prog` in `state` on every record of `split` (its `records` only, when
-    given), with their metrics."""
+def evaluate(prog: Program, state, data: DataPlan, portion: Portion | str) -> models.Results:
+    """Predictions of `prog` in `state` on `portion` of `data` (a split, or some of its
+    records), with their metrics."""
     config = prog.config
-    manifest = pipeline.read_manifest(data_dir)
+    split = portion if isinstance(portion, str) else portion.split
     out: dict[str, list] = {"logits": [], "label": [], "index": []}
     intro: dict[str, list] = {}
-    for local in input_pipeline(config, data_dir, split, train=False, manifest=manifest, records=records):
+    for local in data.input_pipeline(portion, train=False):
         res = jax.device_get(prog.predict(state, global_batch(local, prog.batch_sharding)))
         valid = res["mask"] > 0
         for k in out:
@@ -36,10 +36,10 @@ def evaluate(prog: Program, state, data_dir: str, split: str, classes: list[str]
             intro.setdefault(name, []).append(np.asarray(v, np.float32)[valid])
     logits, labels = np.concatenate(out["logits"]), np.concatenate(out["label"])
     return models.Results(
-        config=config, classes=list(classes), metrics=classification_metrics(logits, labels, classes,
-                                                                             config.eval.top_k),
+        config=config, classes=list(data.classes), metrics=classification_metrics(logits, labels, data.classes,
+                                                                                  config.eval.top_k),
         labels=labels, logits=logits, introspect={n: np.concatenate(v) for n, v in intro.items()},
-        index=np.concatenate(out["index"]), read=record_reader(config, data_dir, split, manifest))
+        index=np.concatenate(out["index"]), read=data.record_reader(split))
 
 
 def classification_metrics(logits: np.ndarray, labels: np.ndarray, classes: list[str], top_k=(1, 2, 3)) -> dict:

@@ -20,12 +20,12 @@ import grain
 import jax
 import numpy as np
 
-from fergate import config as config_lib
 from fergate.data import pipeline, schema, shards
 from fergate.errors import UserError
 from fergate.files import read_json
-from fergate.train.checkpoint import restore_selected
-from fergate.train.program import Program, global_batch, input_pipeline, resolve
+from fergate.train.data import Portion
+from fergate.train.mesh import global_batch
+from fergate.train.program import from_workdir
 
 log = logging.getLogger(__name__)
 
@@ -43,15 +43,13 @@ def extract(workdir: str, data: str, out: str, field: str, replace_stale: bool =
                         "output as --config.data.dir (with --config.data.features_from='')")
     if os.path.abspath(out) == os.path.abspath(data):
         raise UserError(f"--out {out} is the source data itself: name a new directory")
-    config = config_lib.load_workdir(workdir)
-    manifest = pipeline.read_manifest(data)
-    resolve(config, manifest)
-    prog = Program(config)
+    trained = from_workdir(workdir, data=data)
+    config, prog, state, step, plan = trained.config, trained.program, trained.state, trained.step, trained.data
+    manifest = plan.manifest
     shapes = jax.eval_shape(prog.predict, prog.abstract_state, prog.example)
     if "features" not in shapes:
         raise UserError(f"the {config.model}/{config.variant} model of {workdir} has no features output")
     width = shapes["features"].shape[-1]
-    state, step, _ = restore_selected(workdir, prog.abstract_sharded_state())
     _claim(out, {"workdir": os.path.realpath(workdir), "step": int(step), "field": field,
                  "source_data": os.path.realpath(data)}, replace_stale)
     needed = prog.family.record_fields(config)
@@ -68,8 +66,8 @@ def extract(workdir: str, data: str, out: str, field: str, replace_stale: bool =
                 continue
             first = int(ends[i - 1]) if i else 0
             feats, seen = None, np.zeros(int(ends[i]) - first, bool)
-            for local in input_pipeline(config, data, split, train=False, manifest=manifest,
-                                        records=np.arange(first, int(ends[i])), all_processes=True):
+            for local in plan.input_pipeline(Portion(split, np.arange(first, int(ends[i]))), train=False,
+                                             all_processes=True):
                 res = jax.device_get(prog.predict(state, global_batch(local, prog.batch_sharding)))
                 valid = res["mask"] > 0
                 if feats is None:

@@ -22,12 +22,12 @@ import grain
 import jax
 import numpy as np
 
-from fergate import config as config_lib
 from fergate import plots
 from fergate.data import pipeline, schema
 from fergate.errors import UserError
-from fergate.train import program
-from fergate.train.checkpoint import restore_selected
+from fergate.train.data import DataPlan
+from fergate.train.mesh import global_batch
+from fergate.train.program import from_workdir
 
 BINS = 40
 
@@ -102,12 +102,10 @@ def best_threshold(d: np.ndarray, same: np.ndarray) -> float:
 def trained_model(workdir: str, manifest: dict):
     """(config, program, state) of the model in `workdir` when it exposes representations,
     its config set to read the records of the pairs' data (`manifest`) as they are; else None."""
-    cfg = config_lib.load_workdir(workdir)
-    program.resolve(cfg, pipeline.read_manifest(program.data_dir(cfg, workdir)))
-    prog = program.Program(cfg)
+    trained = from_workdir(workdir)
+    cfg, prog, state = trained.config, trained.program, trained.state
     if not jax.eval_shape(prog.predict, prog.abstract_state, prog.example).get("representations"):
         return None
-    state, _, _ = restore_selected(workdir, prog.abstract_sharded_state())
     with cfg.unlocked():  # the pairs' people are no classes of the model: read the records as they are
         cfg.data.classes, cfg.data.label_map, cfg.data.fold = tuple(manifest["classes"]), (), -1
         cfg.data.label_field = "label"
@@ -125,8 +123,8 @@ def representations(model, data: str, split: str, manifest: dict) -> tuple[list[
     if model is not None:
         cfg, prog, state = model
         got = {}
-        for local in program.input_pipeline(cfg, data, split, train=False, manifest=manifest, all_processes=True):
-            res = jax.device_get(prog.predict(state, program.global_batch(local, prog.batch_sharding)))
+        for local in DataPlan.of(cfg, data, manifest).input_pipeline(split, train=False, all_processes=True):
+            res = jax.device_get(prog.predict(state, global_batch(local, prog.batch_sharding)))
             valid = res["mask"] > 0
             for k, v in res["representations"].items():
                 got.setdefault(k, np.zeros((len(recs), v.shape[-1]), np.float32))[res["index"][valid]] = v[valid]

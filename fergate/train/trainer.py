@@ -4,7 +4,7 @@
       -> loop: step, log, profile, checkpoint, periodic eval -> final evaluation and reports
 
 Everything model-specific comes through the family contract (`fergate.models`); everything
-built from the config through `fergate.train.program`.
+built from the config through `fergate.train.program` and the data plan (`fergate.train.data`).
 """
 
 from __future__ import annotations
@@ -24,26 +24,14 @@ from jax.experimental import multihost_utils
 
 from fergate import config as config_lib
 from fergate import export, models, plots
-from fergate.data import pipeline
 from fergate.errors import Interrupted, UserError
 from fergate.files import read_json
 from fergate.train import evaluate, features, perf
 from fergate.train.checkpoint import Checkpointer, Selection, restore_selected
-from fergate.train.program import (
-    Program,
-    TrainState,
-    config_mesh,
-    data_dir,
-    decay_horizon,
-    features_dir,
-    global_batch,
-    input_pipeline,
-    mixed,
-    plan,
-    resolve,
-    source_dir,
-    validate,
-)
+from fergate.train.data import DataPlan, features_dir, source_dir
+from fergate.train.mesh import config_mesh, global_batch
+from fergate.train.optimizer import decay_horizon
+from fergate.train.program import Program, TrainState, from_workdir, validate
 
 log = logging.getLogger(__name__)
 
@@ -65,31 +53,26 @@ def train(config, workdir: str) -> dict:
     validate(config, workdir)
     # data: the family fills what depends on it before anything is built (a copy with an earlier
     # stage's features has its source's classes and splits: checked before that stage runs)
-    manifest = pipeline.read_manifest(source_dir(config))
-    resolve(config, manifest)
+    data = DataPlan.build(config)
     check_workdir_config(workdir, config)
     config_mesh(config)  # a mesh this process cannot build is refused before earlier stages run
-    source_manifest = manifest
-    ddir = data_dir(config)
+    source_manifest = data.manifest
     if config.data.get("features_from"):
-        ddir = write_stage_features(config, workdir)
-        manifest = pipeline.read_manifest(ddir)
-    classes = list(config.data.classes)
+        data = data.with_features(write_stage_features(config, workdir))
+    classes = list(data.classes)
     prog = Program(config)
     write_workdir_config(workdir, config, source_manifest)  # once the config has built a program
-    data = plan(config, ddir, manifest)
-    mix = mixed(config, manifest)  # checked here, not in `resolve`: evaluation needs none of them
-    for m in mix:
+    parts = data.portions  # what it trains, validates and evaluates on
+    for m in data.mix:  # checked here, not when resolving: evaluation needs none of them
         log.info(f"[data] mixing {m.data_dir} ({m.split}) into training at weight {m.weight:g} "
                  f"against {config.data.weight:g}")
-    it = iter(input_pipeline(config, ddir, data.train.split, train=True, manifest=manifest,
-                             records=data.train.records, mix=mix))
-    if data.train.records is not None and config.data.fold >= 0:
+    it = iter(data.input_pipeline(parts.train, train=True, mix=True))
+    if parts.train.records is not None and config.data.fold >= 0:
         log.info(f"[train] cross-validation fold {config.data.fold} of {config.data.folds}: "
-                 f"{len(data.train.records)} records train, {len(data.eval.records)} held out")
-    if data.held:
-        log.info(f"[train] validation: {len(data.val.records)} records of {len(data.held)} training subjects held "
-                 f"out of training ({', '.join(data.held[:5])}{', ...' if len(data.held) > 5 else ''})")
+                 f"{len(parts.train.records)} records train, {len(parts.eval.records)} held out")
+    if parts.held:
+        log.info(f"[train] validation: {len(parts.val.records)} records of {len(parts.held)} training subjects held "
+                 f"out of training ({', '.join(parts.held[:5])}{', ...' if len(parts.held) > 5 else ''})")
 
     # state: the newest checkpoint that restores, else a fresh one with earlier stages loaded
     ckpt = Checkpointer(workdir, keep=c.keep)
@@ -98,15 +81,13 @@ def train(config, workdir: str) -> dict:
         log.info(f"[train] no checkpoint in {ckpt.directory}: starting fresh")
         state, start = load_earlier_stages(prog, prog.new_state(), workdir), 0
         t = time.time()
-        stats = prog.family.statistics(config, input_pipeline(config, ddir, data.train.split, train=False,
-                                                              manifest=manifest, records=data.train.records,
-                                                              all_processes=True))
+        stats = prog.family.statistics(config, data.input_pipeline(parts.train, train=False, all_processes=True))
         if stats:
             state = prog.with_statistics(state, stats)
-            log.info(f"[train] measured {', '.join(stats)} on {data.train.name} "
+            log.info(f"[train] measured {', '.join(stats)} on {parts.train.name} "
                      f"({time.time() - t:.1f}s)")
         log.info(f"[train] {config.model}/{config.variant}: {prog.n_params():,} parameters, {jax.device_count()} "
-                 f"devices ({jax.default_backend()}), global batch {config.input.batch_size}, data {ddir}")
+                 f"devices ({jax.default_backend()}), global batch {config.input.batch_size}, data {data.dir}")
     else:
         state, start = restored
         log.info(f"[train] resumed from step {start} ({ckpt.directory})")
@@ -123,11 +104,11 @@ def train(config, workdir: str) -> dict:
     eval_every = c.eval_every if c.eval_every >= 0 else max(1, c.steps // 10)
     # periodic evaluation: on the validation split when there is one (it may select the
     # checkpoint), else on the held-out split (to watch)
-    watch, tag = (data.val, "val") if data.val else (data.eval, "eval")
+    watch, tag = (parts.val, "val") if parts.val else (parts.eval, "eval")
     selection = Selection(workdir, c.select, f"{watch.split} ({tag})") if c.select else None
 
     def evaluate_now(step: int) -> None:
-        m = evaluate.evaluate(prog, state, ddir, watch.split, classes, records=watch.records).metrics
+        m = evaluate.evaluate(prog, state, data, watch).metrics
         writer.write(step, {f"{tag}_{k}": m[k] for k in ("accuracy", "mean_class_accuracy")})
         better = selection is not None and selection.offer(step, state, m)
         log.info(f"[eval] step {step}: {tag} accuracy {m['accuracy']:.3f}, mean class {m['mean_class_accuracy']:.3f}"
@@ -179,7 +160,7 @@ def train(config, workdir: str) -> dict:
                     raise Interrupted(f"{preemption.name} at step {step}: checkpoint saved in {ckpt.directory}; "
                                       "run the same command again to resume", preemption.signum)
                 if eval_every and (step % eval_every == 0 or (step == c.steps and selection)) and \
-                        (step != c.steps or data.val):  # the held-out split's last evaluation is the final one
+                        (step != c.steps or parts.val):  # the held-out split's last evaluation is the final one
                     evaluate_now(step)
     finally:
         profile.close()
@@ -194,8 +175,8 @@ def train(config, workdir: str) -> dict:
         state, evaluated, chosen = restore_selected(workdir, prog.abstract_sharded_state())
         log.info(f"[eval] the selected checkpoint: step {evaluated} ({chosen['split']} {chosen['metric']} "
                  f"{chosen['value']:.3f})")
-    results = evaluate.evaluate(prog, state, ddir, data.eval.split, classes, records=data.eval.records)
-    results.metrics.update(step=evaluated, split=data.eval.name)
+    results = evaluate.evaluate(prog, state, data, parts.eval)
+    results.metrics.update(step=evaluated, split=parts.eval.name)
     if config.data.fold >= 0:
         results.metrics.update(fold=config.data.fold, folds=config.data.folds)
     if selection is not None:
@@ -203,7 +184,7 @@ def train(config, workdir: str) -> dict:
     writer.write(step, {f"eval_{k}": results.metrics[k] for k in ("accuracy", "mean_class_accuracy")})
     writer.close()
     report = evaluate.write_reports(results, workdir) if jax.process_index() == 0 else results.metrics
-    log.info(f"[eval] {data.eval.name}: accuracy {report['accuracy']:.3f}, "
+    log.info(f"[eval] {parts.eval.name}: accuracy {report['accuracy']:.3f}, "
              f"mean class accuracy {report['mean_class_accuracy']:.3f} -> {os.path.join(workdir, 'eval.json')}")
     return report
 
@@ -280,11 +261,11 @@ def load_earlier_stages(prog: Program, state: TrainState, workdir: str) -> Train
     pairs = [tuple(e.split("=", 1)) if "=" in e else (e, e) for e in config.init.params]  # (dst, src)
     loaded: dict[str, str] = {}  # parameter subtree -> the workdir it came from
     for source in sources:
-        src = Program(config_lib.load_workdir(source))
-        restored = Checkpointer(source).restore(src.abstract_sharded_state())
-        if restored is None:
-            raise UserError(f"config init.params_from: no checkpoint in {source}")
-        src_params, src_model_state = restored[0].params, restored[0].model_state
+        try:
+            src = from_workdir(source, data=False, selected=False).state
+        except UserError as e:
+            raise UserError(f"config init.params_from: {e}") from None
+        src_params, src_model_state = src.params, src.model_state
         for dst, name in ((d, s) for d, s in pairs if s in src_params and d in params):
             if jax.tree.map(np.shape, src_params[name]) != jax.tree.map(np.shape, params[dst]):
                 raise UserError(f"config init.params: {name} in {source} has other shapes than this model's {dst} "

@@ -1,0 +1,95 @@
+"""The reader of the built-in synthetic sample set (data_prep.sample)."""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+
+import numpy as np
+
+from data_prep import sample as S
+from data_prep.readers.base import Item, Reader, option
+from fergate.data import compound as compound_labels
+from fergate.errors import UserError
+
+
+@dataclass(frozen=True)
+class SampleOptions:
+    size: int = option(2800, "images")
+    clips: int = option(140, "clips")
+    frames: int = option(16, "T: the frames a clip is generated with", from_prep=True)
+    test_subjects: int = option(3, "held-out subjects")
+    seed: int = option(0, "seed of the expressions, intensities and jitter drawn")
+    compound: bool = option(False, "the 50 compound classes of iCV-MEFED (two expressions blended) instead of the 7 "
+                            "basic ones")
+
+
+class SampleReader(Reader):
+    """The built-in synthetic set (data_prep.sample): `size` images and `clips` clips spread
+    evenly over classes and subjects. `test_subjects` subjects form the test split: every
+    k-th of the names in reverse sorted order (k = #subjects // test_subjects), i.e.
+    grace_hopper when only the two photos of scikit-image and matplotlib are there.
+    `compound`: the 50 compound classes of iCV-MEFED (fergate.data.compound) instead of the
+    7 basic expressions, each a blend of two (the dominant stronger)."""
+
+    name = "sample"
+    title = "the built-in sample set"
+    Options = SampleOptions
+
+    def __init__(self, source: str | None, options: SampleOptions):
+        super().__init__(source, options)
+        try:
+            sources = S.sample_photos(source)
+        except FileNotFoundError as e:
+            raise UserError(str(e)) from None
+        if not sources:
+            raise UserError(f"no face photos found{' in ' + source if source else ''} for the sample dataset")
+        self.classes = compound_labels.CLASSES if options.compound else S.CLASSES
+        self.subjects: dict[str, list[tuple[str, int]]] = {}
+        for name, path, index in sources:
+            self.subjects.setdefault(name, []).append((path, index))
+        names = sorted(self.subjects, reverse=True)
+        count = min(options.test_subjects, len(names) - 1)
+        self.test = set(names[:: max(1, len(names) // count)][:count]) if count > 0 else set()
+
+    def _items(self, n: int, kind: str) -> list[Item]:
+        out, names = [], sorted(self.subjects)
+        for i in range(n):
+            label = i % len(self.classes)
+            name = names[(i // len(self.classes)) % len(names)]
+            path, index = self.subjects[name][(i // (len(self.classes) * len(names))) % len(self.subjects[name])]
+            rng = np.random.default_rng([self.options.seed, i, kind == "clip"])
+            intensity = 0.0 if label == 0 else float(rng.uniform(0.6, 1.4))
+            split = ("test" if name in self.test else "train") + ("_clips" if kind == "clip" else "")
+            out.append(Item(f"{kind}{i:07d}", split, label, name, path, kind,
+                            (self.expression(label), intensity, int(rng.integers(2**31)), index)))
+        return out
+
+    def expression(self, label: int) -> str | tuple[str, str]:
+        """The sample generator's expression of a class: its name, or a compound class's
+        (complementary, dominant) pair."""
+        if not self.options.compound:
+            return self.classes[label]
+        pair = compound_labels.compound_pair(label)
+        if pair is None:
+            return "neutral"
+        return tuple(S.COMPOUND_EXPRESSIONS[compound_labels.EMOTIONS[e - 1]] for e in pair)
+
+    def items(self) -> list[Item]:
+        return self._items(self.options.size, "image") + self._items(self.options.clips, "clip")
+
+    @staticmethod
+    @functools.cache
+    def _subject(name: str, path: str, index: int) -> S.Subject:
+        return S.Subject(name, path, index)
+
+    def load_item(self, item: Item):
+        expression, intensity, seed, index = item.params
+        subject = self._subject(item.subject, item.source, index)
+        rng = np.random.default_rng(seed)
+        if item.kind == "clip":
+            return S.clip_frames(subject, expression, intensity, self.options.frames, rng)
+        return S.synthesize(subject, expression, intensity, rng)
+
+
+READERS = (SampleReader,)

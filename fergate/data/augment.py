@@ -1,0 +1,195 @@
+"""Augmentation ops, composed from the config: `config.data.augment` is a string of ops
+separated by "|", each `name` or `name(arg, ...)` (big_vision's preprocessing strings),
+e.g. "flip|rotate(10)|brightness_contrast(20, 0.2)|hue_saturation".
+
+Every op acts on whatever fields a record holds, each as its kind says
+(`fergate.data.fields`): a flip mirrors images, clips and patches and re-indexes points,
+a rotation moves points with their image, photometric ops touch uint8 pixels. So one op
+serves every family, and a family only says which ops it can take
+(`Family.augmentations`); an op it cannot take is a one-line error at config time.
+
+An op draws its random parameters (`draw(rng)`) apart from applying them (`apply(rec,
+params)`), so that the same parameters can be applied elsewhere (on the device, in a jitted
+step) and a resumed run draws the same ones. A new op is a `register`ed `Op` subclass, in
+any module a config imports (a family's, or one of the user's).
+"""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+from collections.abc import Sequence
+from typing import Any, ClassVar
+
+import cv2
+import grain
+import numpy as np
+
+from fergate.data import fields as F
+from fergate.errors import UserError
+
+OPS: dict[str, type[Op]] = {}
+
+
+def register(cls: type[Op]) -> type[Op]:
+    """Makes an `Op` subclass available to `config.data.augment` by its `name`."""
+    OPS[cls.name] = cls
+    return cls
+
+
+@dataclasses.dataclass
+class Op(grain.transforms.RandomMap):
+    """One augmentation: random in training (seeded per example), never in evaluation."""
+
+    name: ClassVar[str]
+
+    def draw(self, rng: np.random.Generator) -> Any:
+        raise NotImplementedError
+
+    def apply(self, rec: dict, params: Any) -> dict:
+        raise NotImplementedError
+
+    def random_map(self, rec: dict, rng: np.random.Generator) -> dict:
+        return self.apply(rec, self.draw(rng))
+
+
+@register
+@dataclasses.dataclass
+class Flip(Op):
+    """Mirror left-right with probability `p`: every field as its kind mirrors it."""
+
+    name: ClassVar[str] = "flip"
+    p: float = 0.5
+
+    def draw(self, rng):
+        return rng.random() < self.p
+
+    def apply(self, rec, flipped):
+        return F.flip(rec) if flipped else rec
+
+
+@register
+@dataclasses.dataclass
+class Rotate(Op):
+    """In-plane rotation by an angle uniform in [-`degrees`, `degrees`] about each image's
+    centre (clips frame by frame, patches each about its own), points following their
+    image; borders replicated."""
+
+    name: ClassVar[str] = "rotate"
+    degrees: float = 10.0
+
+    def draw(self, rng):
+        return rng.uniform(-self.degrees, self.degrees)
+
+    def apply(self, rec, angle):
+        return F.rotate(rec, angle)
+
+
+@register
+@dataclasses.dataclass
+class BrightnessContrast(Op):
+    """x -> (x - mean) * c + mean + b on the uint8 pixels of each photometric field, c in
+    [1 - `contrast`, 1 + `contrast`], b in [-`brightness`, `brightness`] grey levels; one
+    draw per example."""
+
+    name: ClassVar[str] = "brightness_contrast"
+    brightness: float = 20.0
+    contrast: float = 0.2
+
+    def draw(self, rng):
+        c = rng.uniform(1 - self.contrast, 1 + self.contrast)
+        return c, rng.uniform(-self.brightness, self.brightness)
+
+    def apply(self, rec, params):
+        c, b = params
+        rec = dict(rec)
+        for k in _photometric(rec):
+            x = rec[k].astype(np.float32)
+            rec[k] = np.clip((x - x.mean()) * c + x.mean() + b, 0, 255).astype(np.uint8)
+        return rec
+
+
+@register
+@dataclasses.dataclass
+class HueSaturation(Op):
+    """RGB fields: hue shifted by up to +-`hue` degrees, saturation scaled by a factor in
+    [1 - `saturation`, 1 + `saturation`]; grey ones are left alone."""
+
+    name: ClassVar[str] = "hue_saturation"
+    hue: float = 10.0
+    saturation: float = 0.2
+
+    def draw(self, rng):
+        dh = rng.uniform(-self.hue, self.hue) / 2  # OpenCV's 8-bit hue runs 0..179
+        return dh, rng.uniform(1 - self.saturation, 1 + self.saturation)
+
+    def apply(self, rec, params):
+        dh, ds = params
+        rec = dict(rec)
+        for k in _photometric(rec):
+            img = rec[k]
+            if img.shape[-1] != 3:
+                continue
+            hsv = cv2.cvtColor(img.reshape(-1, img.shape[-2], 3), cv2.COLOR_RGB2HSV).astype(np.float32)
+            hsv[..., 0] = (hsv[..., 0] + dh) % 180
+            hsv[..., 1] = np.clip(hsv[..., 1] * ds, 0, 255)
+            rec[k] = cv2.cvtColor(hsv.astype(np.uint8), cv2.COLOR_HSV2RGB).reshape(img.shape)
+        return rec
+
+
+def _photometric(rec: dict) -> list[str]:
+    return [k for k in rec if F.get(k).kind.photometric]
+
+
+def parse(spec: str, what: str = "config data.augment") -> list[Op]:
+    """The ops of an augmentation string, built; an unknown op or a bad argument is a
+    one-line error naming it."""
+    ops = []
+    for part in filter(None, (p.strip() for p in (spec or "").split("|"))):
+        name, paren, rest = part.partition("(")
+        name = name.strip()
+        if name not in OPS:
+            raise UserError(f"{what}: unknown augmentation {name!r} in {spec!r}; known: {', '.join(sorted(OPS))}")
+        args: Sequence = ()
+        if paren:
+            if not rest.endswith(")"):
+                raise UserError(f"{what}: {part!r} is not NAME(ARG, ...)")
+            try:
+                args = ast.literal_eval(f"({rest[:-1]},)") if rest[:-1].strip() else ()
+            except (ValueError, SyntaxError):
+                raise UserError(f"{what}: cannot read the arguments of {part!r}") from None
+        try:
+            op = OPS[name](*args)
+        except TypeError:
+            params = ", ".join(f.name for f in dataclasses.fields(OPS[name]))
+            raise UserError(f"{what}: {part!r}: {name} takes ({params})") from None
+        if any(not isinstance(getattr(op, f.name), (int, float)) for f in dataclasses.fields(op)):
+            raise UserError(f"{what}: {part!r}: the arguments are numbers")
+        ops.append(op)
+    return ops
+
+
+def for_family(config, family) -> list[Op]:
+    """`config.data.augment`'s ops, each one the family takes (`family.augmentations(config)`);
+    another is a one-line error naming it and what the family takes."""
+    ops = parse(config.data.augment)
+    takes = tuple(family.augmentations(config))
+    for op in ops:
+        if op.name not in takes:
+            can = f"it takes {', '.join(takes)}" if takes else "it takes none"
+            raise UserError(f"config data.augment: {op.name} does not apply to {family.name}/{config.variant} ({can})")
+    return ops
+
+
+#: the legacy augmentation keys of `config.data` (workdirs written before `data.augment`)
+LEGACY_KEYS = ("flip", "rotate", "brightness_contrast", "hue_saturation")
+
+
+def from_legacy(data: dict) -> str:
+    """The `data.augment` string meaning what a config's legacy keys meant (in the order
+    the transforms applied them)."""
+    ops = ["flip"] if data.get("flip") else []
+    if data.get("rotate"):
+        ops.append(f"rotate({data['rotate']})")
+    ops += [k for k in ("brightness_contrast", "hue_saturation") if data.get(k)]
+    return "|".join(ops)
