@@ -39,6 +39,7 @@ from fergate import models
 from fergate.data import fields as fields_lib
 from fergate.data import pipeline
 from fergate.errors import UserError
+from fergate.files import read_json
 
 #: The export layout this fergate writes; it reads this and every older one.
 FORMAT = 1
@@ -125,10 +126,9 @@ def training_data(cfg, workdir: str) -> dict:
     """How the training data's records were made (its manifest's `DATA_KEYS`): the face
     pipeline a prediction must repeat. From W/data.json (the trainer keeps it), else the
     training data's manifest."""
-    path = os.path.join(workdir, "data.json")
-    if os.path.exists(path):
-        with open(path) as f:
-            return json.load(f)
+    data = read_json(os.path.join(workdir, "data.json"))
+    if data is not None:
+        return data
     from fergate.train.data import source_dir
 
     try:

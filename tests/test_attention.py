@@ -16,7 +16,7 @@ import pytest
 
 from fergate import config as C
 from fergate import models
-from fergate.models.attention import AttentionCNN, attention_weights
+from fergate.models.attention import MEAN_FACE_EXAMPLES, AttentionCNN, attention_weights, scale_input
 from fergate.train.data import resolve
 
 
@@ -66,6 +66,88 @@ def test_weight_maps_sum_to_one_and_the_symmetric_one_is_its_own_mirror():
     assert whole.shape == (1, 300 // 16, 500 // 16) and abs(whole.sum() - 1) < 1e-4  # any size
 
 
+def numpy_attention(a0: np.ndarray, p: dict, beta: float) -> tuple[np.ndarray, np.ndarray]:
+    """Eq. 2-4 and 1 transcribed: per location (A_1)_k = tanh(sum_l (W_1)_lk (A_0)_l + (b_1)_k),
+    A_2 = tanh(sum_k (W_2)_k (A_1)_k + b_2), B = exp(beta A_2) / sum over all locations of
+    exp(beta A_2), z_i = sum_jk B_jk (A_0)_jki. Returns B (N, H, W) and z (N, C)."""
+    a0 = a0.astype(np.float64)
+    w1, b1 = np.asarray(p["W1"]["kernel"], np.float64), np.asarray(p["W1"]["bias"], np.float64)
+    w2, b2 = np.asarray(p["W2"]["kernel"], np.float64)[:, 0], float(p["W2"]["bias"][0])
+    n, h, w, c = a0.shape
+    b, z = np.empty((n, h, w)), np.zeros((n, c))
+    for e in range(n):
+        a2 = np.empty((h, w))
+        for i in range(h):
+            for j in range(w):
+                a1 = np.tanh(a0[e, i, j] @ w1 + b1)
+                a2[i, j] = np.tanh(a1 @ w2 + b2)
+        b[e] = np.exp(beta * a2) / np.exp(beta * a2).sum()
+        for i in range(h):
+            for j in range(w):
+                z[e] += b[e, i, j] * a0[e, i, j]
+    return b, z
+
+
+def test_scorer_weight_map_and_focused_feature_are_equations_1_to_4():
+    m = AttentionCNN(variant="attention", num_classes=5, beta=2.0)
+    face = np.random.default_rng(0).integers(0, 256, (2, 144, 112, 1), np.uint8)
+    variables = m.init(jax.random.key(0), {"face": face})
+    params = dict(variables["params"])  # the classifier starts at zero: give it weights to check z through it
+    params["classifier"] = {"kernel": jax.random.normal(jax.random.key(1), (128, 5)), "bias": jnp.arange(5.0)}
+    out = m.apply({"params": params}, {"face": face})
+    a0 = np.asarray(m.apply({"params": params}, face, method=lambda mod, x: mod.features(scale_input(x, jnp.float32))))
+    assert a0.shape == (2, 9, 7, 128)
+    b, z = numpy_attention(a0, params["scorer"], beta=2.0)
+    np.testing.assert_allclose(out["introspect"]["attention"], b, rtol=1e-5, atol=1e-7)
+    want = z @ np.asarray(params["classifier"]["kernel"], np.float64) + np.arange(5.0)
+    np.testing.assert_allclose(out["logits"], want, rtol=1e-4, atol=1e-4)
+    # the scorer alone: A_2 of Eq. 3 on given features
+    a2 = np.asarray(m.apply({"params": params}, jnp.asarray(a0), method=lambda mod, x: mod.scorer(x)))
+    np.testing.assert_allclose(np.exp(2.0 * a2) / np.exp(2.0 * a2).sum((1, 2), keepdims=True), b, rtol=1e-5, atol=1e-7)
+
+
+def test_weight_maps_are_equations_4_and_5_on_given_scores():
+    """Eq. 4: B = exp(beta A_2) / sum exp(beta A_2); Eq. 5's numerator exp(beta/2 A_2[i, j] +
+    beta/2 A_2[i, W + 1 - j]), normalised by its own sum (the module's documented reading)."""
+    a2 = np.tanh(np.random.default_rng(1).normal(0, 2, (3, 9, 7)))
+    for beta in (1.0, 3.0):
+        free = np.exp(beta * a2) / np.exp(beta * a2).sum((1, 2), keepdims=True)
+        np.testing.assert_allclose(attention_weights(jnp.asarray(a2, jnp.float32), beta, False), free, rtol=1e-5)
+        num = np.exp(beta / 2 * a2 + beta / 2 * a2[:, :, ::-1])
+        np.testing.assert_allclose(attention_weights(jnp.asarray(a2, jnp.float32), beta, True),
+                                   num / num.sum((1, 2), keepdims=True), rtol=1e-5)
+
+
+def test_attention_in_face_is_the_mass_inside_the_landmark_hull_against_its_area(tmp_path):
+    """reports' measure on maps of known mass: one example's weight all on a cell deep inside
+    its landmarks' hull (mass 1), the other's half on it and half on a cell far outside
+    (mass 0.5); each hull a rectangle of landmarks whose pixel area is known."""
+    h, w = 144, 112  # 9 x 7 cells of 16 x 16 pixels
+    # (row, column); upsampled, a cell's weight stays within 16 px of its centre: (x, y) = (40, 88), (88, 24)
+    inside_cell, outside_cell = (5, 2), (1, 5)
+    b = np.zeros((2, 9, 7), np.float32)
+    b[0][inside_cell] = 1.0
+    b[1][inside_cell] = b[1][outside_cell] = 0.5
+    hulls = [(16, 64, 63, 127), (0, 48, 79, 143)]  # x0, y0, x1, y1: each holds the first cell's spread, not the other's
+    landmarks = np.empty((2, 68, 2), np.float32)
+    for e, (x0, y0, x1, y1) in enumerate(hulls):
+        landmarks[e, :4] = [(x0, y0), (x1, y0), (x1, y1), (x0, y1)]
+        landmarks[e, 4:] = ((x0 + x1) / 2, (y0 + y1) / 2)
+    faces = np.full((2, h, w, 1), 128, np.uint8)
+
+    def read(idx, fields):
+        return {"face": faces[idx], "landmarks": landmarks[idx]}
+
+    res = models.Results(C.load("configs/attention.py"), ["a", "b"], {}, np.array([0, 1]), np.zeros((2, 2)),
+                         {"attention": b}, np.arange(2), read)
+    got = models.family("attention").reports(res, str(tmp_path))["attention_in_face"]
+    area = [(x1 - x0 + 1) * (y1 - y0 + 1) / (h * w) for x0, y0, x1, y1 in hulls]  # the filled hull's pixels
+    assert got["examples"] == 2
+    assert got["mass"] == pytest.approx((1.0 + 0.5) / 2, rel=1e-5)
+    assert got["area"] == pytest.approx(np.mean(area), rel=1e-6)
+    assert got["ratio"] == pytest.approx(0.75 / np.mean(area), rel=1e-5)
+
+
 def test_random_crops_for_training_and_the_centre_crop_for_evaluation():
     cfg = C.load("configs/attention.py")
     fam = models.family("attention")
@@ -113,8 +195,10 @@ def test_attention_learns_on_the_baselines_convolutions(trained):
     print(base["mean_class_accuracy"], ev["mean_class_accuracy"], ev["attention_in_face"])
     assert base["mean_class_accuracy"] > 1 / 7 + 0.1  # held-out subjects
     assert ev["mean_class_accuracy"] > 1 / 7 + 0.03
-    inside = ev["attention_in_face"]  # after 150 steps the map is still near uniform: only its bookkeeping
-    assert 0 < inside["mass"] < 1 and 0 < inside["area"] < 1 and inside["examples"] > 100
+    # the measure is checked on maps of known mass below; here: over which examples, and the ratio
+    inside, support = ev["attention_in_face"], np.asarray(ev["confusion_matrix"]).sum(1)
+    assert inside["examples"] == np.minimum(support, MEAN_FACE_EXAMPLES).sum() > 100
+    assert inside["ratio"] == pytest.approx(inside["mass"] / inside["area"])
     assert (trained / "attention_maps.png").exists()
 
 

@@ -171,6 +171,25 @@ def test_reports_count_the_dominant_and_the_complementary_emotion_apart():
                                                   "training_validation.txt")] == ["train", "test", "val", "train"]
 
 
+def test_accuracy_top_k_and_confusion_matrix_of_logits_written_by_hand():
+    """The evaluator's numbers on 5 examples of 5 classes (class 4 absent) whose true class
+    ranks 1, 2, 1, 4 and 3 in its logits."""
+    from fergate.train.evaluate import classification_metrics
+
+    logits = np.array([[3, 2, 1, 0, -1],  # label 0: rank 1 (predicted 0)
+                       [3, 2, 1, 0, -1],  # label 1: rank 2 (predicted 0)
+                       [0, 1, 3, 2, -1],  # label 2: rank 1 (predicted 2)
+                       [3, 2, 1, 0, -1],  # label 3: rank 4 (predicted 0)
+                       [0, 1, 2, 3, -1]], np.float32)  # label 1: rank 3 (predicted 3)
+    labels = np.array([0, 1, 2, 3, 1])
+    m = classification_metrics(logits, labels, list("abcde"), top_k=(1, 2, 3, 4, 5))
+    assert m["confusion_matrix"] == [[1, 0, 0, 0, 0], [1, 0, 0, 1, 0], [0, 0, 1, 0, 0], [1, 0, 0, 0, 0], [0] * 5]
+    assert m["examples"] == 5 and m["accuracy"] == pytest.approx(2 / 5)
+    assert m["top_k"] == pytest.approx({"1": 2 / 5, "2": 3 / 5, "3": 4 / 5, "4": 1.0, "5": 1.0})
+    assert m["per_class_accuracy"] == {"a": 1.0, "b": 0.0, "c": 1.0, "d": 0.0, "e": None}
+    assert m["mean_class_accuracy"] == pytest.approx(0.5)  # over the 4 classes present
+
+
 def _fergate(*args, env=None, timeout=900):
     proc = subprocess.run([sys.executable, "-m", "fergate", *args], capture_output=True, text=True, timeout=timeout,
                           env={**os.environ, **(env or {})})
@@ -240,7 +259,9 @@ def test_geometry_learns_and_fusion_runs_end_to_end(micro_data, tmp_path):
              f"--config.data.dir={micro_data}", "--config.train.steps=4", "--config.input.face_size=64",
              "--config.input.batch_size=8", "--config.train.eval_every=0", "--config.data.augment=flip")
     ev = json.loads(open(os.path.join(w, "eval.json")).read())
-    assert sorted(ev["top_k"]) == ["1", "2", "3", "4", "5"] and ev["top_k"]["5"] >= ev["top_k"]["1"]
+    conf = np.asarray(ev["confusion_matrix"])  # top-1 is the accuracy, the confusion matrix's trace share
+    assert sorted(ev["top_k"]) == ["1", "2", "3", "4", "5"] and conf.sum() == ev["examples"]
+    assert ev["top_k"]["1"] == ev["accuracy"] == pytest.approx(np.trace(conf) / conf.sum())
     np.testing.assert_allclose(ev["misclassification_percent"], 100 * (1 - ev["accuracy"]))
     assert os.path.exists(os.path.join(w, "confusion_matrix.png"))
     from test_export import check_export  # the displacement from the subject's mean face, as in evaluation
@@ -258,7 +279,14 @@ def test_compound_sample_runs_the_50_class_path(tmp_path):
     _fergate("train", "--config", "configs/micro.py:variant=geometry", "--workdir", w, f"--config.data.dir={out}",
              "--config.train.steps=5", "--config.train.eval_every=0")
     ev = json.loads(open(os.path.join(w, "eval.json")).read())
-    assert len(ev["classes"]) == 50 and 0 <= ev["dominant_accuracy"] <= 1 and "complementary_accuracy" in ev
+    # n = 7 (c - 1) + d (the paper's label transform): from the confusion matrix, the share of the
+    # examples whose predicted class has the true class's dominant d (complementary c); neutral: 0
+    conf = np.asarray(ev["confusion_matrix"])
+    n = np.arange(50)
+    dominant, complementary = np.where(n > 0, (n - 1) % 7 + 1, 0), np.where(n > 0, (n - 1) // 7 + 1, 0)
+    assert len(ev["classes"]) == 50 and conf.shape == (50, 50) and conf.sum() == ev["examples"]
+    for key, part in (("dominant_accuracy", dominant), ("complementary_accuracy", complementary)):
+        assert ev[key] == pytest.approx(conf[part[:, None] == part[None, :]].sum() / conf.sum()), key
     shutil.rmtree(out)
 
 

@@ -10,7 +10,7 @@ from fergate import models
 from fergate.data.landmarks import pairwise_distances
 from fergate.errors import UserError
 from fergate.models import modul as M
-from fergate.models.layers import FaceGates, conv3x3_im2col
+from fergate.models.layers import FaceGates, conv3_im2col
 from fergate.train.data import resolve
 
 TABLE_IV = {"distances": 1.77, "patches": 2.79, "joint": 5.76, "joint_modal": 5.82, "distances_rw": 3.20,
@@ -54,7 +54,7 @@ def test_im2col_convolution_matches_xla_convolution():
     x = jax.random.normal(jax.random.key(0), (2, 9, 7, 3))
     k = jax.random.normal(jax.random.key(1), (3, 3, 3, 5))
     ref = jax.lax.conv_general_dilated(x, k, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))
-    np.testing.assert_allclose(conv3x3_im2col(x, k), ref, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(conv3_im2col(x, k), ref, rtol=1e-5, atol=1e-5)
 
 
 def test_distance_matrix_matches_eq_1_and_has_finite_gradients():

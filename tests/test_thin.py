@@ -37,6 +37,78 @@ def test_tree_gate_is_the_product_along_each_path():
     np.testing.assert_allclose(g.sum(-1), 1, rtol=1e-5)
 
 
+def numpy_tree_gate(h: np.ndarray, w: np.ndarray, b: np.ndarray, depth: int) -> np.ndarray:
+    """Eq. 3-5 transcribed: d_n = sigmoid(w_n . h_g + b_n) for the 2^D - 1 nodes (breadth-first:
+    node n's children are 2n + 1 and 2n + 2); mu_l = prod_n d_n^[l in n's left subtree]
+    (1 - d_n)^[l in n's right subtree]; g = [mu_1 ... mu_L] over the leaves left to right."""
+    d = 1 / (1 + np.exp(-(h.astype(np.float64) @ w + b)))
+    mu = np.ones((len(h), 2**depth))
+    for n in range(2**depth - 1):
+        level = int(np.log2(n + 1))
+        span = 2 ** (depth - level)  # the leaves under node n: [first, first + span)
+        first = (n - (2**level - 1)) * span
+        mu[:, first : first + span // 2] *= d[:, n : n + 1]
+        mu[:, first + span // 2 : first + span] *= 1 - d[:, n : n + 1]
+    return mu
+
+
+def test_tree_gate_module_is_equations_3_to_5_on_given_weights():
+    h = np.random.default_rng(0).normal(size=(5, 11)).astype(np.float32)
+    w = np.random.default_rng(1).normal(size=(11, 7)).astype(np.float32)
+    b = np.random.default_rng(2).normal(size=7).astype(np.float32)
+    g = TreeGate(3).apply({"params": {"nodes": {"kernel": w, "bias": b}}}, h)
+    np.testing.assert_allclose(g, numpy_tree_gate(h, w, b, 3), rtol=1e-5, atol=1e-7)
+
+
+def numpy_mlp_classifier(p: dict, x: np.ndarray) -> np.ndarray:
+    """An `MLPClassifier` (c_sigma, or one expert) in NumPy: Dense - ReLU layers, then Dense."""
+    x = np.asarray(x, np.float64)
+    for i in range(len(p["mlp"])):
+        x = np.maximum(x @ np.asarray(p["mlp"][f"dense{i}"]["kernel"]) + np.asarray(p["mlp"][f"dense{i}"]["bias"]), 0)
+    return x @ np.asarray(p["out"]["kernel"]) + np.asarray(p["out"]["bias"])
+
+
+def numpy_abs_cos(z_exo: np.ndarray, z_endo: np.ndarray) -> np.ndarray:
+    """Eq. 7: L_sim = |z_exo^(exo) . z_exo^(endo)| / (||z_exo^(exo)||_2 ||z_exo^(endo)||_2), per example."""
+    return np.abs((z_exo * z_endo).sum(-1)) / (np.linalg.norm(z_exo, axis=-1) * np.linalg.norm(z_endo, axis=-1))
+
+
+def numpy_experts(p: dict, x: np.ndarray) -> np.ndarray:
+    """Z (B, L, K) of `Experts`' L members from their stacked parameters: member l is Dense -
+    ReLU ... Dense with kernel0[:, l], kernel_i[l]."""
+    h = np.einsum("bf,flh->blh", np.asarray(x, np.float64), np.asarray(p["kernel0"])) + np.asarray(p["bias0"])
+    i = 1
+    while f"kernel{i}" in p:
+        h = np.einsum("blf,lfh->blh", np.maximum(h, 0), np.asarray(p[f"kernel{i}"])) + np.asarray(p[f"bias{i}"])
+        i += 1
+    return h
+
+
+def test_thin_is_equations_2_to_8_on_its_own_representations():
+    """Given the representations the module computed (h_endo, h_exo), the rest of THIN in
+    NumPy from its parameters: the gate g on h_exo (Eq. 3-5), the logits Z g (Eq. 2, 6), |cos|
+    of c_sigma's logits on h_exo and h_endo (Eq. 7) and the dispelling term lambda L_sim (Eq. 8)."""
+    from fergate.models import thin
+
+    cfg = C.load("configs/thin.py:task=digits_rotated,variant=thin")
+    m = thin.build(cfg)
+    batch = {"image": jnp.asarray(np.random.default_rng(0).integers(0, 256, (6, 28, 28, 1)), jnp.uint8)}
+    variables = m.init(jax.random.key(0), batch)
+    out = m.apply(variables, batch)
+    p, reps = variables["params"], out["representations"]
+    h_endo, h_exo = np.asarray(reps["expression"]), np.asarray(reps["rotation"])
+    g = numpy_tree_gate(h_exo, np.asarray(p["gate"]["nodes"]["kernel"]), np.asarray(p["gate"]["nodes"]["bias"]),
+                        cfg.thin.depth)
+    np.testing.assert_allclose(out["introspect"]["gate"], g, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(out["logits"], np.einsum("blk,bl->bk", numpy_experts(p["experts"], h_endo), g),
+                               rtol=1e-4, atol=1e-5)
+    c_sigma = p["exo_classifier_rotation"]
+    cos = numpy_abs_cos(numpy_mlp_classifier(c_sigma, h_exo), numpy_mlp_classifier(c_sigma, h_endo))
+    np.testing.assert_allclose(out["introspect"]["abs_cos"][:, 0], cos, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(out["metrics"]["abs_cos"], cos.mean(), rtol=1e-4)
+    np.testing.assert_allclose(out["losses"]["dispel"], cfg.thin.dispel_weight * cos.mean(), rtol=1e-4)
+
+
 def test_vmapped_experts_equal_members_applied_one_by_one():
     x = jax.random.normal(jax.random.key(0), (4, 20))
     ens = Experts(6, (16, 8), 5)
@@ -116,7 +188,12 @@ def test_two_exogenous_variables_gate_on_the_concatenation():
     assert {"exo_encoder_rotation", "exo_encoder_scale", "exo_classifier_rotation", "exo_classifier_scale"} <= set(p)
     assert p["gate"]["nodes"]["kernel"].shape[0] == 2 * 7 * 7 * 16  # both representations, concatenated
     out = m.apply(variables, batch)
-    assert out["introspect"]["abs_cos"].shape == (5, 2) and 0 <= float(out["losses"]["dispel"]) <= 0.005
+    reps = out["representations"]
+    cos = np.stack([numpy_abs_cos(numpy_mlp_classifier(p[f"exo_classifier_{n}"], reps[n]),
+                                  numpy_mlp_classifier(p[f"exo_classifier_{n}"], reps["expression"]))
+                    for n in ("rotation", "scale")], -1)  # Eq. 7 per variable, with that variable's c_sigma
+    np.testing.assert_allclose(out["introspect"]["abs_cos"], cos, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(out["losses"]["dispel"], cfg.thin.dispel_weight * cos.mean(), rtol=1e-4)
     np.testing.assert_allclose(out["introspect"]["gate"].sum(-1), 1.0, rtol=1e-5)
 
 
@@ -164,8 +241,12 @@ def test_thin_dispelling_loss_is_trained_and_the_exogenous_network_stays_frozen(
     _train("exo", digits, tmp_path / "exo", "--config.train.steps=200")
     _train("thin", digits, tmp_path / "thin", "--config.train.steps=100", "--config.train.log_every=20",
            f"--config.init.params_from={tmp_path / 'exo'}")
-    rows = [json.loads(x) for x in open(tmp_path / "thin" / "metrics.jsonl")]
-    assert all("dispel" in r and 0 <= r["dispel"] <= 0.005 for r in rows if "loss" in r)
+    rows = [r for r in map(json.loads, open(tmp_path / "thin" / "metrics.jsonl")) if "loss" in r]
+    weight = C.load_workdir(str(tmp_path / "thin")).thin.dispel_weight
+    assert rows
+    for r in rows:  # Eq. 8: L = L_sup + lambda L_sim, L_sim the batch's mean |cos| (Eq. 7), logged as abs_cos
+        assert r["dispel"] == pytest.approx(weight * r["abs_cos"], rel=1e-5)
+        assert r["loss"] == pytest.approx(r["ce"] + r["dispel"], rel=1e-5)
 
     def params(w):
         from fergate.train.checkpoint import Checkpointer
@@ -321,6 +402,7 @@ def test_fer_setup_of_section_4_3():
     without training on it, through a fixed projection when c_sigma reads the 128-d dlib
     embedding; the FER baseline head is as large as the ensemble."""
     from fergate import models
+    from fergate.models import thin
     from fergate.train.data import resolve
 
     with pytest.raises(UserError, match="variant=oracle gates on the true exogenous label"):
@@ -346,8 +428,15 @@ def test_fer_setup_of_section_4_3():
         fam = models.family("thin")
         batch = fam.example_batch(c, 3)
         m = fam.build(c)
-        out = m.apply(m.init(jax.random.key(0), batch), batch)
-        assert out["introspect"]["abs_cos"].shape == (3, 1) and 0 <= float(out["metrics"]["abs_cos"]) <= 1
+        variables = m.init(jax.random.key(0), batch)
+        out = m.apply(variables, batch)
+        # Eq. 7 with c_sigma on the embedding and on h_endo in the embedding's width (the fixed projection)
+        h_exo, h_endo = np.asarray(out["representations"]["identity"]), np.asarray(out["representations"]["expression"])
+        c_sigma = variables["params"]["exo_classifier_identity"]
+        cos = numpy_abs_cos(numpy_mlp_classifier(c_sigma, h_exo), numpy_mlp_classifier(
+            c_sigma, np.asarray(thin.fixed_projection(jnp.asarray(h_endo), h_exo.shape[-1]))))
+        np.testing.assert_allclose(out["introspect"]["abs_cos"][:, 0], cos, rtol=1e-4, atol=1e-6)
+        np.testing.assert_allclose(out["metrics"]["abs_cos"], cos.mean(), rtol=1e-4)
         assert ("dispel" in out["losses"]) == (variant == "thin")
 
 

@@ -26,6 +26,7 @@ import numpy as np
 from fergate.data import fields as _fields
 from fergate.data import schema
 from fergate.errors import UserError
+from fergate.files import read_json
 
 
 def read_manifest(data_dir: str) -> dict:
@@ -109,9 +110,9 @@ def _sidecar(files: Sequence[str], key: str, field: str) -> list:
     out = []
     for path in files:
         stats = os.path.join(os.path.dirname(path), ".stats", os.path.basename(path) + ".json")
-        if os.path.exists(stats):
-            with open(stats) as f:
-                out.extend(json.load(f)[key])
+        sidecar = read_json(stats)
+        if sidecar is not None:
+            out.extend(sidecar[key])
         else:
             src = grain.sources.ArrayRecordDataSource([path])
             out.extend(schema.decode(src[i], (field,))[field] for i in range(len(src)))
@@ -131,10 +132,7 @@ def _subject_mean_landmarks(files: tuple[str, ...]) -> dict[str, np.ndarray]:
     counts: dict[str, int] = {}
     for path in files:
         stats = os.path.join(os.path.dirname(path), ".stats", os.path.basename(path) + ".json")
-        st = {}
-        if os.path.exists(stats):
-            with open(stats) as f:
-                st = json.load(f)
+        st = read_json(stats, {})
         if "landmark_counts" in st:
             pairs = [(k, np.asarray(v, np.float64), st["landmark_counts"][k]) for k, v in st["landmark_sums"].items()]
         else:

@@ -109,11 +109,18 @@ class Results:
                 if (self.labels == i).any()}
 
 
+def masked_cross_entropy(logits: jax.Array, labels: jax.Array, mask: jax.Array) -> jax.Array:
+    """Softmax cross-entropy of integer `labels`, computed in float32 and averaged over the
+    examples with mask 1; a leading batch axis of `labels` and `mask`, any axes between
+    (frames) averaged first."""
+    ce = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), labels)
+    return masked_mean(ce.reshape(ce.shape[0], -1).mean(1), mask)
+
+
 def cross_entropy(config, outputs: dict, batch: dict) -> tuple[jax.Array, dict]:
-    """Softmax cross-entropy averaged over the unmasked examples, plus the model's
-    auxiliary `losses`; metrics: "ce" and each auxiliary term."""
-    ce = optax.softmax_cross_entropy_with_integer_labels(outputs["logits"].astype(jnp.float32), batch["label"])
-    ce = masked_mean(ce, batch["mask"])
+    """The default loss: `masked_cross_entropy` of the logits plus the model's auxiliary
+    `losses`; metrics: "ce", each auxiliary term and the model's `metrics`."""
+    ce = masked_cross_entropy(outputs["logits"], batch["label"], batch["mask"])
     extra = outputs.get("losses", {})
     return ce + sum(extra.values()), {"ce": ce, **extra, **outputs.get("metrics", {})}
 

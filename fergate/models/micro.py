@@ -33,7 +33,7 @@ from fergate.data import compound, pipeline
 from fergate.data import fields as fields_lib
 from fergate.data.landmarks import MIRROR_68
 from fergate.errors import UserError
-from fergate.models import Family, Results, compute_dtype, cross_entropy, masked_mean, random_batch
+from fergate.models import Family, Results, compute_dtype, masked_cross_entropy, masked_mean, random_batch
 
 VARIANTS = ("visual", "geometry", "fusion")
 LOSSES = ("hinge_l2", "cross_entropy")
@@ -260,7 +260,8 @@ def squared_hinge(logits: jax.Array, labels: jax.Array) -> jax.Array:
 
 def loss(config, outputs: dict, batch: dict) -> tuple[jax.Array, dict]:
     if config.micro.loss == "cross_entropy":
-        return cross_entropy(config, outputs, batch)
+        ce = masked_cross_entropy(outputs["logits"], batch["label"], batch["mask"])
+        return ce, {"ce": ce}
     hinge = masked_mean(squared_hinge(outputs["logits"].astype(jnp.float32), batch["label"]), batch["mask"])
     return hinge, {"hinge_l2": hinge}
 

@@ -15,6 +15,7 @@ import grain
 import orbax.checkpoint as ocp
 
 from fergate.errors import UserError
+from fergate.files import read_json
 
 log = logging.getLogger(__name__)
 
@@ -105,11 +106,7 @@ class Selection:
 
 def read_selection(workdir: str) -> dict | None:
     """`W/best.json`: the selected step, metric, value and validation split; None if none."""
-    path = os.path.join(workdir, "best.json")
-    if not os.path.exists(path):
-        return None
-    with open(path) as f:
-        return json.load(f)
+    return read_json(os.path.join(workdir, "best.json"))
 
 
 def restore_selected(workdir: str, abstract_state: Any) -> tuple[Any, int, dict | None]:

@@ -23,6 +23,7 @@ import numpy as np
 from fergate import config as config_lib
 from fergate import plots
 from fergate.errors import Interrupted, UserError
+from fergate.files import read_json
 
 log = logging.getLogger(__name__)
 
@@ -130,11 +131,9 @@ def run(spec: str, overrides: list[str], workdir: str, folds: int, only: int | N
 
 
 def _finished(out: str) -> bool:
-    path = os.path.join(out, "fold.json")
-    if not (os.path.exists(path) and os.path.exists(os.path.join(out, "eval.json"))):
+    if not os.path.exists(os.path.join(out, "eval.json")):
         return False
-    with open(path) as f:
-        return json.load(f).get("status") == "done"
+    return read_json(os.path.join(out, "fold.json"), {}).get("status") == "done"
 
 
 def aggregate(workdir: str, folds: int, partial: bool = False) -> dict | None:
@@ -143,10 +142,7 @@ def aggregate(workdir: str, folds: int, partial: bool = False) -> dict | None:
     done, failed, missing = {}, {}, []
     for i in range(folds):
         out = fold_dir(workdir, i)
-        status = {}
-        if os.path.exists(os.path.join(out, "fold.json")):
-            with open(os.path.join(out, "fold.json")) as f:
-                status = json.load(f)
+        status = read_json(os.path.join(out, "fold.json"), {})
         if _finished(out):
             with open(os.path.join(out, "eval.json")) as f:
                 done[i] = json.load(f)

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 import os
 from collections.abc import Callable
 from typing import Any
@@ -25,6 +24,7 @@ from fergate import models, options
 from fergate.data import labels, pipeline, shards
 from fergate.data.cache import builtin_dir
 from fergate.errors import UserError
+from fergate.files import read_json
 
 
 # ----------------------------------------------------------------------------- directories
@@ -44,11 +44,7 @@ def data_dir(config, workdir: str | None = None) -> str:
 
 def features_ready(out: str) -> bool:
     """Whether `out` holds a complete copy of the data with features."""
-    path = os.path.join(out, "manifest.json")
-    if not os.path.exists(path):
-        return False
-    with open(path) as f:
-        return bool(json.load(f).get("complete"))
+    return bool(read_json(os.path.join(out, "manifest.json"), {}).get("complete"))
 
 
 def features_dir(workdir: str, stage: str) -> str:

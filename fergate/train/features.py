@@ -22,6 +22,7 @@ import numpy as np
 
 from fergate.data import pipeline, schema, shards
 from fergate.errors import UserError
+from fergate.files import read_json
 from fergate.train.data import Portion
 from fergate.train.mesh import global_batch
 from fergate.train.program import from_workdir
@@ -92,15 +93,13 @@ def _claim(out: str, owner: dict, replace_stale: bool) -> None:
     """Marks `out` as written by `owner` (checkpoint, field, source), so that shards another
     checkpoint wrote are never mixed with this one's."""
     path = os.path.join(out, ".features.json")
-    if os.path.exists(path):
-        with open(path) as f:
-            previous = json.load(f)
-        if previous != owner:
-            if not replace_stale:
-                raise UserError(f"--out {out} holds features of {previous['workdir']} (step {previous['step']}), not "
-                                f"of {owner['workdir']} (step {owner['step']}): use a new directory or delete it")
-            log.info(f"[features] {out} was written from another checkpoint (step {previous['step']}): redoing it")
-            shutil.rmtree(out)
+    previous = read_json(path)
+    if previous is not None and previous != owner:
+        if not replace_stale:
+            raise UserError(f"--out {out} holds features of {previous['workdir']} (step {previous['step']}), not "
+                            f"of {owner['workdir']} (step {owner['step']}): use a new directory or delete it")
+        log.info(f"[features] {out} was written from another checkpoint (step {previous['step']}): redoing it")
+        shutil.rmtree(out)
     os.makedirs(out, exist_ok=True)
     with open(path, "w") as f:
         json.dump(owner, f)

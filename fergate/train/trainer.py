@@ -25,6 +25,7 @@ from jax.experimental import multihost_utils
 from fergate import config as config_lib
 from fergate import export, models, options, plots
 from fergate.errors import Interrupted, UserError
+from fergate.files import read_json
 from fergate.train import evaluate, features, perf
 from fergate.train.checkpoint import Checkpointer, Selection, restore_selected
 from fergate.train.data import DataPlan, features_dir, source_dir
@@ -310,10 +311,8 @@ def check_workdir_config(workdir: str, config) -> None:
     """A workdir belongs to one config: refuse to resume another's state, or to change the
     learning-rate schedule under it (raising `train.steps` moves the decay horizon unless
     `optim.decay_steps` pins it)."""
-    path = os.path.join(workdir, "config.json")
-    if os.path.exists(path):
-        with open(path) as f:
-            saved = json.load(f)
+    saved = read_json(os.path.join(workdir, "config.json"))
+    if saved is not None:
         old, new = config_lib.flatten(saved), config_lib.flatten(json.loads(config_lib.to_json(config)))
         diff = [k for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k) and k not in RESUMABLE_CHANGES]
         if diff:
