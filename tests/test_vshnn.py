@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from fergate import config as config_lib
-from fergate.models import layers, vshnn
+from fergate.models import backbones, layers, vshnn
 from fergate.train.data import resolve
 from fergate.train.program import Program
 
@@ -160,10 +160,10 @@ def test_conv3d_im2col_is_the_3d_convolution():
 
 def test_max_pool3d_matches_reduce_window_and_rounds_up():
     x = jax.random.normal(jax.random.key(0), (2, 4, 6, 6, 3))
-    np.testing.assert_allclose(vshnn.max_pool3d(x, (2, 2, 2)), nn.max_pool(x, (2, 2, 2), (2, 2, 2)))
-    np.testing.assert_allclose(vshnn.max_pool3d(x, (1, 2, 2)), nn.max_pool(x, (1, 2, 2), (1, 2, 2)))
+    np.testing.assert_allclose(backbones.max_pool3d(x, (2, 2, 2)), nn.max_pool(x, (2, 2, 2), (2, 2, 2)))
+    np.testing.assert_allclose(backbones.max_pool3d(x, (1, 2, 2)), nn.max_pool(x, (1, 2, 2), (1, 2, 2)))
     odd = jax.random.normal(jax.random.key(1), (1, 2, 7, 7, 2))
-    y = vshnn.max_pool3d(odd, (2, 2, 2))
+    y = backbones.max_pool3d(odd, (2, 2, 2))
     assert y.shape == (1, 1, 4, 4, 2)  # C3D's pool5: 7 -> 4
     np.testing.assert_allclose(y[0, 0, 3, 3], odd[0, :, 6, 6].max(0))
 
@@ -182,7 +182,7 @@ def test_paper_sizes():
     kw["aux_hidden"] = 512
     batch = {"clip": jnp.zeros((1, 16, 112, 112, 3), jnp.uint8)}
     assert _n_params(vshnn.VSHNN("c3d", 7, **kw), batch) == 45_503_246
-    assert _n_params(vshnn.DenseNet(), jnp.zeros((1, 224, 224, 3)), False) == 6_953_856
+    assert _n_params(backbones.DenseNet(), jnp.zeros((1, 224, 224, 3)), False) == 6_953_856
     # the paper's frame CNN: DenseNet121-FC on 112 x 112 frames, two FC 4096
     fcnn = vshnn.FrameCNN(7, "densenet121", fc=(4096, 4096))
     assert _n_params(fcnn, jnp.zeros((1, 112, 112, 3), jnp.uint8), False) == \

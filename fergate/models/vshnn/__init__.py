@@ -34,10 +34,19 @@ import numpy as np
 
 from fergate import plots
 from fergate.data import pipeline
-from fergate.data.landmarks import LEFT_EYE, LMED_PAIRS, RIGHT_EYE
 from fergate.errors import UserError
 from fergate.models import Family, Results, compute_dtype, masked_cross_entropy, num_classes_from_data
-from fergate.models.layers import ConvEncoder, conv3_im2col
+from fergate.models.backbones import C3D, DenseNet
+from fergate.models.layers import ConvEncoder
+from fergate.models.vshnn.fusion import (  # noqa: F401 (the family's parts, as vshnn.X)
+    LandmarkMLP,
+    LowRankFusion,
+    frame_correlation,
+    frame_substitution,
+    lmed_cf,
+    lmed_cf_width,
+)
+from fergate.models.vshnn.sarnn import CELL_GATES, SARNN, gru_step, lstm_step  # noqa: F401
 
 #: Table 2's rows: the 3D CNN alone, the frame CNN with a plain RNN (CNN-LSTM / CNN-GRU),
 #: and VSHNN = C3D + CNN-SALSTM / CNN-SAGRU with connection A, B or C; `frames` is stage 1;
@@ -64,39 +73,6 @@ def parse_variant(variant: str) -> tuple[bool, str | None, str | None]:
 
 
 # ----------------------------------------------------------------------------- frame CNN
-class DenseNet(nn.Module):
-    """DenseNet-121 (Huang et al. 2017: growth 32, blocks 6-12-24-16, bottleneck 4 x growth,
-    compression 0.5), BN - ReLU after the last block and no global average pooling: the
-    paper's DenseNet-FC replaces it by two FC layers on the flattened maps."""
-
-    blocks: Sequence[int] = (6, 12, 24, 16)
-    growth: int = 32
-    bottleneck: int = 4
-    stem: int = 64
-    dtype: jnp.dtype = jnp.float32
-
-    @nn.compact
-    def __call__(self, x, train: bool):
-        def bn_relu(y, name):
-            return nn.relu(nn.BatchNorm(use_running_average=not train, dtype=self.dtype, name=name)(y))
-
-        x = nn.Conv(self.stem, (7, 7), 2, padding=3, use_bias=False, dtype=self.dtype, name="conv0")(x)
-        x = nn.max_pool(bn_relu(x, "norm0"), (3, 3), (2, 2), padding=((1, 1), (1, 1)))
-        for b, layers in enumerate(self.blocks):
-            for i in range(layers):
-                y = nn.Conv(self.bottleneck * self.growth, (1, 1), use_bias=False, dtype=self.dtype,
-                            name=f"block{b}_layer{i}_conv1")(bn_relu(x, f"block{b}_layer{i}_norm1"))
-                y = nn.Conv(self.growth, (3, 3), padding=1, use_bias=False, dtype=self.dtype,
-                            name=f"block{b}_layer{i}_conv2")(bn_relu(y, f"block{b}_layer{i}_norm2"))
-                x = jnp.concatenate([x, y], -1)
-            if b < len(self.blocks) - 1:  # transition: halve the channels and the resolution
-                x = nn.Conv(x.shape[-1] // 2, (1, 1), use_bias=False, dtype=self.dtype,
-                            name=f"transition{b}_conv")(bn_relu(x, f"transition{b}_norm"))
-                x = nn.avg_pool(x, (2, 2), (2, 2))
-        x = bn_relu(x, "norm5")
-        return x.reshape(x.shape[0], -1)
-
-
 class FrameCNN(nn.Module):
     """Frames (N, H, W, C) uint8 -> (appearance features (N, F), logits (N, K)): a trunk
     ("small": Conv3x3 - BN - ReLU - MaxPool stages; "densenet121"), then FC - ReLU layers
@@ -127,63 +103,6 @@ class FrameCNN(nn.Module):
 
 
 # ----------------------------------------------------------------------------- 3D CNN
-def max_pool3d(x: jax.Array, window: Sequence[int]) -> jax.Array:
-    """Non-overlapping max pool over (T, H, W) of (B, T, H, W, C), rounding up (the end
-    padded with -inf, as C3D's pool5 pads 7 -> 4): a reshape + max, whose gradient is a
-    cheap mask where reduce_window's select-and-scatter is not."""
-    pads = [(0, 0)] + [(0, -s % k) for s, k in zip(x.shape[1:4], window)] + [(0, 0)]
-    if any(p for _, p in pads):
-        x = jnp.pad(x, pads, constant_values=-jnp.inf)
-    b, t, h, w, c = x.shape
-    (kt, kh, kw) = window
-    return x.reshape(b, t // kt, kt, h // kh, kh, w // kw, kw, c).max(axis=(2, 4, 6))
-
-
-class Conv3D(nn.Module):
-    """A 3x3x3 'same' convolution with bias (kernel DHWIO, as `nn.Conv`'s): by im2col on a CPU
-    when the input has few channels, else XLA's convolution (cuDNN's on a GPU)."""
-
-    features: int
-    dtype: jnp.dtype = jnp.float32
-
-    @nn.compact
-    def __call__(self, x):
-        kernel = self.param("kernel", nn.initializers.lecun_normal(), (3, 3, 3, x.shape[-1], self.features))
-        bias = self.param("bias", nn.initializers.zeros, (self.features,))
-        x, kernel = x.astype(self.dtype), kernel.astype(self.dtype)
-        if x.shape[-1] <= 4 and jax.default_backend() == "cpu":
-            y = conv3_im2col(x, kernel)
-        else:
-            y = jax.lax.conv_general_dilated(x, kernel, (1, 1, 1), "SAME",
-                                             dimension_numbers=("NDHWC", "DHWIO", "NDHWC"))
-        return y + bias.astype(self.dtype)
-
-
-class C3D(nn.Module):
-    """C3D-style 3D CNN (Tran et al. 2015): stages of Conv3x3x3 - ReLU, each followed by a
-    max pool (`pools`: C3D's first keeps time, 1x2x2; the rest 2x2x2), flattened. With
-    `downsample` k > 1 the clip is first average-pooled k x k in space (the CPU default
-    reads 64 x 64 clips at 32 x 32: a 4x cheaper network)."""
-
-    stages: Sequence[Sequence[int]]
-    pools: Sequence[Sequence[int]]
-    downsample: int = 1
-    dtype: jnp.dtype = jnp.float32
-
-    @nn.compact
-    def __call__(self, clip):
-        x = clip.astype(self.dtype) / 127.5 - 1.0
-        if self.downsample > 1:
-            b, t, h, w, c = x.shape
-            k = self.downsample
-            x = x[:, :, : h // k * k, : w // k * k].reshape(b, t, h // k, k, w // k, k, c).mean((3, 5))
-        for s, (widths, pool) in enumerate(zip(self.stages, self.pools)):
-            for i, f in enumerate(widths):
-                x = nn.relu(Conv3D(f, self.dtype, name=f"conv{s}_{i}")(x))
-            x = max_pool3d(x, pool)
-        return x.reshape(x.shape[0], -1)
-
-
 class AuxClassifier(nn.Module):
     """The 3D CNN's auxiliary classifier on v: FC - BN - dropout - ReLU - FC (Fig. 3)."""
 
@@ -198,187 +117,6 @@ class AuxClassifier(nn.Module):
         h = nn.BatchNorm(use_running_average=not train, dtype=self.dtype, name="bn")(h)
         h = nn.relu(nn.Dropout(self.dropout, deterministic=not train)(h))
         return nn.Dense(self.num_classes, dtype=self.dtype, name="fc1")(h).astype(jnp.float32)
-
-
-# ----------------------------------------------------------------------------- SARNN
-#: gates per cell, in the order of the fused kernels' columns (PyTorch's)
-CELL_GATES = {"lstm": ("i", "f", "g", "o"), "gru": ("r", "z", "n")}
-
-
-def lstm_step(carry: tuple[jax.Array, jax.Array], pre: jax.Array,
-              w_h: jax.Array) -> tuple[tuple[jax.Array, jax.Array], jax.Array]:
-    """One LSTM step (Eq. 3-8) from the input terms `pre` = W_x x_n (+ W_v v) + b, all four
-    gates side by side: i, f, o = sigmoid, g = tanh; c = f c + i g; h = o tanh(c)."""
-    h, c = carry
-    i, f, g, o = jnp.split(pre + h @ w_h, 4, -1)
-    c = nn.sigmoid(f) * c + nn.sigmoid(i) * jnp.tanh(g)
-    h = nn.sigmoid(o) * jnp.tanh(c)
-    return (h, c), h
-
-
-def gru_step(h: jax.Array, pre: jax.Array, w_h: jax.Array, b_hn: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """One GRU step (Cho et al. 2014, PyTorch's form): r, z = sigmoid(x-terms + W_h h);
-    n = tanh(x-term + r (W_hn h + b_hn)); h = (1 - z) n + z h. A GRU has no cell state."""
-    xr, xz, xn = jnp.split(pre, 3, -1)
-    hr, hz, hn = jnp.split(h @ w_h, 3, -1)
-    r, z = nn.sigmoid(xr + hr), nn.sigmoid(xz + hz)
-    n = jnp.tanh(xn + r * (hn + b_hn))
-    h = (1.0 - z) * n + z * h
-    return h, h
-
-
-class SARNN(nn.Module):
-    """Scene-aware RNN over appearance features x (B, N, F) with the scene feature v (B, D)
-    (None: a plain RNN, Table 2's CNN-LSTM / CNN-GRU). The input terms of every step
-    (W_x x_n, and W_v v for type A) are one matmul before the loop; the loop is a scan of
-    the recurrent matmul and the gates. Returns the logits and the last hidden state."""
-
-    num_classes: int
-    cell: str = "lstm"
-    connection: str | None = "a"
-    hidden: int = 2048
-    head: int = 1024
-    dropout: float = 0.5
-    dtype: jnp.dtype = jnp.float32
-
-    @nn.compact
-    def __call__(self, x, v, train: bool):
-        gates = len(CELL_GATES[self.cell]) * self.hidden
-        b = x.shape[0]
-        x = x.astype(self.dtype)
-        if self.connection == "c":  # Eq. 11-14: the input is [x_n, v]
-            x = jnp.concatenate([x, jnp.broadcast_to(v[:, None].astype(self.dtype), (*x.shape[:2], v.shape[-1]))],
-                                -1)
-        pre = nn.Dense(gates, dtype=self.dtype, name="input")(x)  # (B, N, G H)
-        if self.connection == "a":  # Eq. 3-6: W_v v in every gate, the same at every step
-            pre = pre + nn.Dense(gates, use_bias=False, dtype=self.dtype, name="scene")(v.astype(self.dtype))[:, None]
-        h0 = jnp.zeros((b, self.hidden), self.dtype)
-        if self.connection == "b":  # Eq. 10: h_0 = v, projected when the widths differ
-            h0 = v.astype(self.dtype) if v.shape[-1] == self.hidden else \
-                nn.Dense(self.hidden, dtype=self.dtype, name="scene_to_h0")(v.astype(self.dtype))
-        w_h = self.param("recurrent_kernel", nn.initializers.orthogonal(), (self.hidden, gates)).astype(self.dtype)
-        if self.cell == "lstm":  # carry (h, c), c_0 = 0
-            _, hs = jax.lax.scan(lambda carry, p: lstm_step(carry, p, w_h), (h0, jnp.zeros_like(h0)),
-                                 pre.swapaxes(0, 1))
-        else:  # carry h
-            b_hn = self.param("recurrent_bias_n", nn.initializers.zeros, (self.hidden,)).astype(self.dtype)
-            _, hs = jax.lax.scan(lambda h, p: gru_step(h, p, w_h, b_hn), h0, pre.swapaxes(0, 1))
-        h = hs[-1]
-        y = nn.Dropout(self.dropout, deterministic=not train)(h)
-        y = nn.relu(nn.Dense(self.head, dtype=self.dtype, name="head0")(y))
-        return nn.Dense(self.num_classes, dtype=self.dtype, name="head1")(y).astype(jnp.float32), h
-
-
-# ----------------------------------------------------------------------------- FS and LMED-CF
-def _mm(a: jax.Array, b: jax.Array) -> jax.Array:
-    # full f32 products: a TPU's default bf16 passes would reorder close correlations
-    return jnp.matmul(a, b, precision=jax.lax.Precision.HIGHEST)
-
-
-def frame_correlation(x: jax.Array) -> jax.Array:
-    """R of Eq. 1-2 (..., N, N) from per-frame vectors x (..., N, D): Y = X X^T, r_jk the
-    Pearson correlation between columns j and k of Y over its rows. A constant column (all
-    frames alike) correlates 0 with every column: one whose spread is under `CONSTANT` of its
-    size, so that float32 rounding left in a constant column (which differs with the batch
-    shape XLA compiles for) is not read as a correlation."""
-    x = x.astype(jnp.float32)
-    y = _mm(x, jnp.swapaxes(x, -1, -2))
-    yc = y - y.mean(-2, keepdims=True)
-    s = _mm(jnp.swapaxes(yc, -1, -2), yc)  # N s_jk
-    d = jnp.sqrt(jnp.maximum(jnp.diagonal(s, axis1=-2, axis2=-1), 0.0))
-    varies = d > CONSTANT * jnp.linalg.norm(y, axis=-2)
-    den = jnp.where(varies[..., :, None] & varies[..., None, :], d[..., :, None] * d[..., None, :], 0.0)
-    return jnp.where(den > 0, s / jnp.where(den > 0, den, 1.0), 0.0)
-
-
-#: a column of Y whose spread over the frames is under this fraction of its norm is constant
-#: (float32 keeps ~7 digits; rounding leaves ~1e-7 of a constant column)
-CONSTANT = 1e-5
-
-
-def frame_substitution(x: jax.Array, k: int) -> tuple[jax.Array, jax.Array]:
-    """The FS module (3.4) on appearance features x (B, N, D): the frames with the K lowest
-    row means of R take the features of the K highest, the lowest the highest's, the second
-    lowest the second highest's, and so on. Returns X' (same shape) and which frames were
-    replaced (B, N), for the report."""
-    n = x.shape[-2]
-    if not 0 < 2 * k <= n:
-        raise ValueError(f"frame substitution of K={k} frames needs 0 < 2K <= N={n}")
-    means = jax.lax.stop_gradient(frame_correlation(x).mean(-1))
-    _, top = jax.lax.top_k(means, k)  # U+, highest first
-    _, bottom = jax.lax.top_k(-means, k)  # U-, lowest first
-    source = jax.vmap(lambda lo, hi: jnp.arange(n).at[lo].set(hi))(bottom, top)
-    return jnp.take_along_axis(x, source[..., None], -2), (source != jnp.arange(n)).astype(jnp.float32)
-
-
-def lmed_cf_width(frames: int) -> int:
-    """LMED-CF's length: 3 statistics of the 34 distances + N(N - 1) / 2 correlations (222 at 16)."""
-    return 3 * len(LMED_PAIRS) + frames * (frames - 1) // 2
-
-
-def lmed_cf(landmarks: jax.Array) -> jax.Array:
-    """LMED-CF (4.1, Fig. 6) of clips' landmarks (B, N, 68, 2 or 3): per frame the 34
-    `LMED_PAIRS` distances over the inter-ocular distance (l_n); their max, mean and std over
-    the frames (LMED, 102); and the upper triangle (no diagonal) of R computed from L L^T as
-    in Eq. 1-2 (CF, N(N - 1) / 2). 3D landmarks give 3D distances. Unscaled: the model scales
-    it to [-1, 1] with the training split's range (`statistics`)."""
-    lm = landmarks.astype(jnp.float32)
-    pairs = np.asarray(LMED_PAIRS)
-    d = jnp.linalg.norm(lm[..., pairs[:, 0], :] - lm[..., pairs[:, 1], :], axis=-1)  # (B, N, 34)
-    iod = jnp.linalg.norm(lm[..., LEFT_EYE, :].mean(-2) - lm[..., RIGHT_EYE, :].mean(-2), axis=-1)
-    l_ = d / jnp.maximum(iod, 1e-6)[..., None]
-    upper = np.triu_indices(l_.shape[-2], 1)
-    return jnp.concatenate([l_.max(-2), l_.mean(-2), l_.std(-2), frame_correlation(l_)[..., upper[0], upper[1]]],
-                           -1)
-
-
-class LandmarkMLP(nn.Module):
-    """LMED-CF's network (5.2.4, Table A1): (Dense - BN - ReLU) blocks, 2 for lab data and 3
-    in the wild, then Dense(K). Returns the last block's output l' (the IC fusion's landmark
-    feature) and the scores q."""
-
-    num_classes: int
-    blocks: Sequence[int] = (256, 256)
-    dtype: jnp.dtype = jnp.float32
-
-    @nn.compact
-    def __call__(self, f: jax.Array, train: bool) -> tuple[jax.Array, jax.Array]:
-        h = f.astype(self.dtype)
-        for i, width in enumerate(self.blocks):
-            h = nn.Dense(width, dtype=self.dtype, name=f"fc{i}")(h)
-            h = nn.relu(nn.BatchNorm(use_running_average=not train, dtype=self.dtype, name=f"bn{i}")(h))
-        return h, nn.Dense(self.num_classes, dtype=self.dtype, name="classifier")(h).astype(jnp.float32)
-
-
-class LowRankFusion(nn.Module):
-    """LRMF (Liu et al. 2018) of modality vectors z_m: each with 1 appended, then
-    o = sum_i lambda_i prod_m (W_m^(i) [z_m, 1]) + b, the rank-r factorisation of a full
-    bilinear map of [z_vid, 1] (x) [z_lmk, 1] (Eq. 20). With `attention`, LRMAF: each
-    [z_m, 1] is first scaled by its own sigmoid self-attention a_m = sigmoid(FC([z_m, 1]))
-    (Eq. 18-19). Eq. 21 as printed sums the rank inside each modality's factor, which is not
-    the factorisation of Eq. 20; the sum over i is outside the product here, as in Liu et
-    al.'s code. Returns the output and the attention vectors {modality: (B, d_m + 1)}."""
-
-    out: int
-    rank: int = 4
-    attention: bool = True
-    modalities: Sequence[str] = ("video", "landmark")
-    dtype: jnp.dtype = jnp.float32
-
-    @nn.compact
-    def __call__(self, *zs: jax.Array) -> tuple[jax.Array, dict]:
-        fused, attn = jnp.ones((), jnp.float32), {}
-        for name, z in zip(self.modalities, zs, strict=True):
-            z = jnp.concatenate([z.astype(jnp.float32), jnp.ones((*z.shape[:-1], 1), jnp.float32)], -1)
-            if self.attention:
-                attn[name] = nn.sigmoid(nn.Dense(z.shape[-1], name=f"{name}_attention")(z))
-                z = attn[name] * z
-            factor = self.param(f"{name}_factor", nn.initializers.variance_scaling(
-                1.0, "fan_avg", "normal", in_axis=-2, out_axis=-1, batch_axis=(0,)), (self.rank, z.shape[-1], self.out))
-            fused = fused * jnp.einsum("bd,rdo->rbo", z, factor)
-        weights = self.param("rank_weights", nn.initializers.normal(1.0 / np.sqrt(self.rank)), (self.rank,))
-        bias = self.param("bias", nn.initializers.zeros, (self.out,))
-        return jnp.einsum("r,rbo->bo", weights, fused) + bias, attn
 
 
 # ----------------------------------------------------------------------------- the family's module
