@@ -245,7 +245,7 @@ KEYS: dict[str, KeySpec] = {
     "data.augment": K("", "augmentation in training: ops separated by '|' (fergate.data.augment), e.g. "
                           "'flip|rotate(10)|brightness_contrast(20, 0.2)|hue_saturation'; each family says which "
                           "it takes (a workdir written with the older flip / rotate / ... keys reads as their ops)",
-                      before="", parse=lambda spec: tuple(augment.parse(spec))),
+                      before="", parse=augment.split),
     # --- input (families add their input shapes)
     "input.batch_size": K(16, "the global batch", check=at_least(1)),
     # --- optim

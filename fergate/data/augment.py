@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import ast
 import dataclasses
-from collections.abc import Sequence
 from typing import Any, ClassVar
 
 import cv2
@@ -141,16 +140,16 @@ def _photometric(rec: dict) -> list[str]:
     return [k for k in rec if F.get(k).kind.photometric]
 
 
-def parse(spec: str, what: str = "config data.augment") -> list[Op]:
-    """The ops of an augmentation string, built; an unknown op or a bad argument is a
-    one-line error naming it."""
-    ops = []
+def split(spec: str, what: str = "config data.augment") -> tuple[tuple[str, tuple], ...]:
+    """The (name, arguments) of each op of an augmentation string, its syntax checked (not
+    its names: a module the config names may register more ops): what the config's loading
+    checks, before any family module is imported."""
+    out = []
     for part in filter(None, (p.strip() for p in (spec or "").split("|"))):
         name, paren, rest = part.partition("(")
-        name = name.strip()
-        if name not in OPS:
-            raise UserError(f"{what}: unknown augmentation {name!r} in {spec!r}; known: {', '.join(sorted(OPS))}")
-        args: Sequence = ()
+        name, args = name.strip(), ()
+        if not name.isidentifier():
+            raise UserError(f"{what}: {part!r} in {spec!r} is not NAME or NAME(ARG, ...)")
         if paren:
             if not rest.endswith(")"):
                 raise UserError(f"{what}: {part!r} is not NAME(ARG, ...)")
@@ -158,14 +157,24 @@ def parse(spec: str, what: str = "config data.augment") -> list[Op]:
                 args = ast.literal_eval(f"({rest[:-1]},)") if rest[:-1].strip() else ()
             except (ValueError, SyntaxError):
                 raise UserError(f"{what}: cannot read the arguments of {part!r}") from None
+            if any(not isinstance(a, (int, float)) or isinstance(a, bool) for a in args):
+                raise UserError(f"{what}: {part!r}: the arguments are numbers")
+        out.append((name, tuple(args)))
+    return tuple(out)
+
+
+def parse(spec: str, what: str = "config data.augment") -> list[Op]:
+    """The ops of an augmentation string, built; an unknown op or a bad argument is a
+    one-line error naming it."""
+    ops = []
+    for name, args in split(spec, what):
+        if name not in OPS:
+            raise UserError(f"{what}: unknown augmentation {name!r} in {spec!r}; known: {', '.join(sorted(OPS))}")
         try:
-            op = OPS[name](*args)
+            ops.append(OPS[name](*args))
         except TypeError:
             params = ", ".join(f.name for f in dataclasses.fields(OPS[name]))
-            raise UserError(f"{what}: {part!r}: {name} takes ({params})") from None
-        if any(not isinstance(getattr(op, f.name), (int, float)) for f in dataclasses.fields(op)):
-            raise UserError(f"{what}: {part!r}: the arguments are numbers")
-        ops.append(op)
+            raise UserError(f"{what}: {name}{args}: {name} takes ({params})") from None
     return ops
 
 
