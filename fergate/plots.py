@@ -226,14 +226,17 @@ def sweep_table(rows: list[dict], scale: float, title: str, xlabel: str, path: s
                        label=once("one seed"))
             ax.errorbar(r["mean"] * scale, y, xerr=(r["std"] or 0) * scale, fmt="o", color="C0", capsize=4,
                         zorder=3, label=once("fergate: mean ± std"))
+        else:
+            ax.annotate(" no result" + (f" ({len(r['failed'])} failed)" if r.get("failed") else ""), (0, y),
+                        xycoords=("axes fraction", "data"), va="center", fontsize=8, color="0.4")
         if r["paper"] is not None:
             ax.scatter([r["paper"]], [y], marker="x", color="C3", s=50, zorder=4, label=once("paper"))
     ax.set_yticks(range(len(rows)), [r["name"] for r in rows])
-    ax.invert_yaxis()
+    ax.set_ylim(len(rows) - 0.5, -0.5)  # the first row on top
     ax.set_xlabel(xlabel)
     ax.set_ylabel("row")
     ax.set_title(title, fontsize=10)
     ax.grid(axis="x", alpha=0.3)
     if shown:
-        ax.legend(fontsize=7, loc="best")
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1))
     return _save(fig, path)

@@ -167,11 +167,9 @@ def read_marker(workdir: str, cell: Cell) -> dict:
 
 
 def write_marker(workdir: str, cell: Cell, **fields) -> None:
-    path = os.path.join(workdir, cell.path, MARKER)
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path + ".tmp", "w") as f:
-        json.dump({"row": cell.row.name, "seed": cell.seed, "fold": cell.fold, **fields}, f, indent=1)
-    os.replace(path + ".tmp", path)
+    os.makedirs(os.path.join(workdir, cell.path), exist_ok=True)
+    _write(os.path.join(workdir, cell.path, MARKER),
+           json.dumps({"row": cell.row.name, "seed": cell.seed, "fold": cell.fold, **fields}, indent=1))
 
 
 def state(workdir: str, cell: Cell) -> str:
@@ -199,9 +197,7 @@ class _Stop:
     checkpoint and exits), then the sweep stops; the same command resumes that cell."""
 
     def __init__(self):
-        self.signum: int | None = None
-        self.child: subprocess.Popen | None = None
-        self.saved = {}
+        self.signum, self.child, self.saved = None, None, {}
 
     def _handle(self, signum, frame) -> None:
         self.signum = signum
@@ -444,6 +440,7 @@ def aggregate(table: Table, workdir: str, cells: Sequence[Cell], budget: str, ov
               "overrides": [o.removeprefix("--config.") for o in overrides],
               "seeds": len({c.seed for c in cells}), "folds": table.folds, "data": _data(workdir, cells, states),
               "complete": not waiting and not any(r["failed"] for r in out_rows), "rows": out_rows}
+    os.makedirs(workdir, exist_ok=True)
     _write(os.path.join(workdir, "table.json"), json.dumps(report, indent=1))
     _write(os.path.join(workdir, "table.md"), markdown(report, table.decimals))
     from fergate import plots
@@ -491,7 +488,6 @@ def markdown(report: dict, decimals: int) -> str:
 
 
 def _write(path: str, text: str) -> None:
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     with open(path + ".tmp", "w") as f:
         f.write(text)
     os.replace(path + ".tmp", path)
