@@ -24,13 +24,14 @@ from fergate.commands import (
     features,
     predict,
     setup_logging,
+    sweep,
     train,
 )
 from fergate.commands import eval as evaluate
 from fergate.errors import Interrupted, UserError
 
 #: fergate's own subcommands, in the order of `--help`, after those other packages add
-COMMANDS = (train, cv, evaluate, curves, export, predict, attend, features, bench)
+COMMANDS = (train, cv, sweep, evaluate, curves, export, predict, attend, features, bench)
 
 
 def parser() -> argparse.ArgumentParser:

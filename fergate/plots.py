@@ -206,3 +206,37 @@ def training_curves(runs: dict[str, list[dict]], path: str, title: str = "") -> 
     if title:
         fig.suptitle(title, fontsize=11)
     return _save(fig, path)
+
+
+def sweep_table(rows: list[dict], scale: float, title: str, xlabel: str, path: str) -> str:
+    """A sweep's table (`fergate sweep`): per row each seed's value (grey), their mean with
+    the std as a bar, and the paper's number (red cross) on the same axis."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(7, 1.2 + 0.45 * len(rows)))
+    shown = set()
+
+    def once(label: str) -> str | None:  # each legend entry once
+        new = label not in shown
+        shown.add(label)
+        return label if new else None
+
+    for y, r in enumerate(rows):
+        if r["values"]:
+            ax.scatter(np.array(r["values"]) * scale, [y] * len(r["values"]), color="0.6", s=14, zorder=2,
+                       label=once("one seed"))
+            ax.errorbar(r["mean"] * scale, y, xerr=(r["std"] or 0) * scale, fmt="o", color="C0", capsize=4,
+                        zorder=3, label=once("fergate: mean ± std"))
+        else:
+            ax.annotate(" no result" + (f" ({len(r['failed'])} failed)" if r.get("failed") else ""), (0, y),
+                        xycoords=("axes fraction", "data"), va="center", fontsize=8, color="0.4")
+        if r["paper"] is not None:
+            ax.scatter([r["paper"]], [y], marker="x", color="C3", s=50, zorder=4, label=once("paper"))
+    ax.set_yticks(range(len(rows)), [r["name"] for r in rows])
+    ax.set_ylim(len(rows) - 0.5, -0.5)  # the first row on top
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("row")
+    ax.set_title(title, fontsize=10)
+    ax.grid(axis="x", alpha=0.3)
+    if shown:
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1))
+    return _save(fig, path)

@@ -1,0 +1,28 @@
+"""The micro-emotion network's Table I (paper 001): its three branches, the challenge's
+misclassification (% of the held-out faces) beside the paper's on iCV-MEFED's validation set.
+
+    fergate sweep configs/tables/micro_table1.py --workdir W --budget readme
+    fergate sweep configs/tables/micro_table1.py --workdir W --budget paper --config.data.dir=ICV_MEFED
+"""
+
+from . import common
+
+ROWS = {  # variant: (the paper's row, its validation misclassification %)
+    "geometry": ("landmark displacement + linear SVM", 84.957143),
+    "visual": ("the visual branch alone (not in the paper's table)", None),
+    "fusion": ("visual + geometry, the final submission", 79.328571),
+}
+
+
+def get_table(arg=None):
+    return dict(
+        title="Micro-emotion network Table I (paper 001): the branches",
+        metric="misclassification_percent",
+        scale=1.0,  # eval.json gives it in %
+        seeds=3,
+        # readme: 300 steps at batch 32, faces at 112 x 112 (a quarter of the paper's pixels)
+        budgets={"smoke": common.smoke("input.face_size=112", common.SAMPLE_350, steps=20),
+                 "readme": ("train.steps=300", "input.face_size=112", "train.eval_every=0"), "paper": ()},
+        rows=[dict(name=v, config=f"configs/micro.py:variant={v}", paper=mis, paper_note=f"{row}: iCV-MEFED")
+              for v, (row, mis) in ROWS.items()],
+    )

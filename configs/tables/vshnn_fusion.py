@@ -1,0 +1,37 @@
+"""VSHNN's fusions (paper 004, Tables 9, 10 and 12): the video model, the landmark model
+(LMED-CF with MLP) and the four fusions, held-out mean class accuracy beside the paper's AFEW
+validation accuracy (`:paper=ckplus`: its CK+ 10-fold accuracy). The fused rows reuse their
+seed's stage 1 of the video row.
+
+    fergate sweep configs/tables/vshnn_fusion.py --workdir W --budget readme   # 1,500 steps a stage
+"""
+
+from fergate.config import choice, parse_arg
+
+from . import common
+
+ROWS = {  # row: (config arguments, the paper's row, AFEW %, CK+ %)
+    "video": ("variant=c3d_sagru_b,fs=True", "VSHNN (video alone, with FS)", 50.76, 97.55),
+    "lmedcf": ("variant=lmedcf", "LMED-CF with MLP (landmarks alone, Table 9)", 42.56, 92.38),
+    "lrmaf": ("variant=c3d_sagru_b,fs=True,fusion=lrmaf", "VSHNN-LRMAF", 51.43, 98.48),
+    "ic": ("variant=c3d_sagru_b,fs=True,fusion=ic", "VSHNN-IC", 50.82, 97.86),
+    "ws": ("variant=c3d_sagru_b,fs=True,fusion=ws", "VSHNN-WS (alpha 0.5)", 50.13, 98.07),
+    "lrmf": ("variant=c3d_sagru_b,fs=True,fusion=lrmf", "VSHNN-LRMF", 50.91, 98.27),
+}
+
+
+def get_table(arg=None):
+    arg = parse_arg(arg, paper="afew")
+    ck = choice(arg.paper, ("afew", "ckplus"), "paper column") == "ckplus"
+    return dict(
+        title="VSHNN fusions (paper 004, Tables 9, 10, 12): video, landmarks and their fusions",
+        metric="mean_class_accuracy",
+        seeds=3,
+        budgets={"smoke": common.smoke("data.prep_options.size=350", "data.prep_options.clips=140",
+                                       "input.batch_size=8", steps=20),
+                 "readme": ()},  # the configs' 1,500 steps a stage
+        rows=[dict(name=name, config=f"configs/vshnn.py:{args}", paper=ckplus if ck else afew,
+                   paper_note=f"{row}: {'CK+' if ck else 'AFEW'}",
+                   shares=("video",) if name not in ("video", "lmedcf") else ())
+              for name, (args, row, afew, ckplus) in ROWS.items()],
+    )
