@@ -178,7 +178,7 @@ def test_paper_sizes():
     45,503,246 parameters; DenseNet-121's trunk has torchvision's 6,953,856 (its 7,978,856
     less the 1000-class classifier)."""
     cfg = config_lib.load(CONFIG + ":variant=c3d,paper=True")
-    kw = {k: v for k, v in cfg.vshnn.to_dict().items() if k != "num_classes"}
+    kw = {k: v for k, v in cfg.vshnn.to_dict().items() if k not in ("num_classes", "freeze_convs")}
     kw["aux_hidden"] = 512
     batch = {"clip": jnp.zeros((1, 16, 112, 112, 3), jnp.uint8)}
     assert _n_params(vshnn.VSHNN("c3d", 7, **kw), batch) == 45_503_246
