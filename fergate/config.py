@@ -25,6 +25,7 @@ import ml_collections
 from fergate import options
 from fergate.data import augment
 from fergate.errors import UserError
+from fergate.files import need_json
 from fergate.options import choice as choice  # where config files import it from
 
 
@@ -135,10 +136,7 @@ def load_workdir(workdir: str) -> ml_collections.ConfigDict:
     tuples, as config files write them), without its mesh: the mesh is a layout of the
     training run, and a workdir is read on any number of devices."""
     path = os.path.join(workdir, "config.json")
-    if not os.path.exists(path):
-        raise UserError(f"{path} missing: {workdir} is not a fergate training workdir")
-    with open(path) as f:
-        raw = _tuples(json.load(f))
+    raw = _tuples(need_json(path, f"{path} missing: {workdir} is not a fergate training workdir"))
     data = raw.get("data", {})
     if any(k in data for k in augment.LEGACY_KEYS):  # written before data.augment: the same ops
         data["augment"] = augment.from_legacy(data)

@@ -39,7 +39,7 @@ from fergate import models
 from fergate.data import fields as fields_lib
 from fergate.data import pipeline
 from fergate.errors import UserError
-from fergate.files import read_json
+from fergate.files import need_json, read_json
 
 #: The export layout this fergate writes; it reads this and every older one.
 FORMAT = 1
@@ -281,10 +281,7 @@ def load(path: str, batch_size: int = 32) -> Model:
     if os.path.isdir(path) and os.path.exists(os.path.join(path, "config.json")) and not os.path.exists(mpath):
         raise UserError(f"{path} is a training workdir, not an export: `fergate export --workdir {path} --out E` "
                         "first, then pass E")
-    if not os.path.exists(mpath):
-        raise UserError(f"{path} is not a fergate export (no {MANIFEST}): make one with `fergate export`")
-    with open(mpath) as f:
-        manifest = json.load(f)
+    manifest = need_json(mpath, f"{path} is not a fergate export (no {MANIFEST}): make one with `fergate export`")
     fmt = manifest.get("format")
     if not isinstance(fmt, int) or fmt > FORMAT:
         raise UserError(f"{path} was written by fergate {manifest.get('fergate', '?')} in export format {fmt}; this "

@@ -4,7 +4,7 @@ these; matplotlib is imported only when a figure is drawn."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -76,37 +76,39 @@ def values_on_faces(values: dict[str, np.ndarray], faces: dict[str, np.ndarray],
                     title: str, path: str, colorbar_label: str, vmin: float, vmax: float) -> str:
     """One panel per class: its mean face, with a value per point drawn as a coloured dot on
     the class's mean landmarks (e.g. landmark gates)."""
-    plt = _plt()
-    cols = len(values)
-    fig, axes = plt.subplots(1, cols, figsize=(2 * cols, 3.0), squeeze=False, layout="compressed")
-    sc = None
-    for ax, (c, v) in zip(axes[0], values.items()):
+
+    def draw(ax, c, v):
         face = faces[c]
         ax.imshow(face[..., 0] if face.shape[-1] == 1 else face / 255.0, cmap="gray", vmin=0, vmax=255)
-        sc = ax.scatter(points[c][:, 0], points[c][:, 1], c=v, cmap="jet", vmin=vmin, vmax=vmax, s=12)
-        ax.set_title(c, fontsize=9)
-        ax.axis("off")
-    fig.colorbar(sc, ax=axes[0].tolist(), orientation="horizontal", fraction=0.08, aspect=60,
-                 shrink=0.8).set_label(colorbar_label)
-    fig.suptitle(title, fontsize=10, y=1.06)  # above the panel titles (the saved figure grows to hold it)
-    return _save(fig, path)
+        return ax.scatter(points[c][:, 0], points[c][:, 1], c=v, cmap="jet", vmin=vmin, vmax=vmax, s=12)
+
+    return _class_panels(values, draw, (2, 3.0), title, path, colorbar_label)
 
 
 def maps_on_images(images: dict[str, np.ndarray], title: str, path: str, colorbar_label: str) -> str:
     """One panel per class of an (H, W) map over the input (e.g. mean face x attention), on
     one colour scale."""
-    plt = _plt()
-    cols = len(images)
     vmax = max(float(v.max()) for v in images.values())
-    fig, axes = plt.subplots(1, cols, figsize=(1.9 * cols, 3.2), squeeze=False, layout="compressed")
-    im = None
-    for ax, (c, v) in zip(axes[0], images.items()):
-        im = ax.imshow(v, cmap="inferno", vmin=0, vmax=vmax)
+    return _class_panels(images, lambda ax, c, v: ax.imshow(v, cmap="inferno", vmin=0, vmax=vmax), (1.9, 3.2),
+                         title, path, colorbar_label)
+
+
+def _class_panels(values: dict, draw: Callable, size: tuple[float, float], title: str, path: str,
+                  colorbar_label: str) -> str:
+    """A row of panels, one per class (`size`: each one's width, and the height), each drawn
+    by `draw(ax, class, value)`, which returns what the shared colour bar below them shows;
+    the title above."""
+    plt = _plt()
+    cols = len(values)
+    fig, axes = plt.subplots(1, cols, figsize=(size[0] * cols, size[1]), squeeze=False, layout="compressed")
+    shown = None
+    for ax, (c, v) in zip(axes[0], values.items()):
+        shown = draw(ax, c, v)
         ax.set_title(c, fontsize=9)
         ax.axis("off")
-    fig.colorbar(im, ax=axes[0].tolist(), orientation="horizontal", fraction=0.08, aspect=60,
+    fig.colorbar(shown, ax=axes[0].tolist(), orientation="horizontal", fraction=0.08, aspect=60,
                  shrink=0.8).set_label(colorbar_label)
-    fig.suptitle(title, fontsize=10, y=1.06)
+    fig.suptitle(title, fontsize=10, y=1.06)  # above the panel titles (the saved figure grows to hold it)
     return _save(fig, path)
 
 

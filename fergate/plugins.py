@@ -10,6 +10,8 @@ by an import, so that fergate runs (train, export, predict on prepared data) wit
 
 from __future__ import annotations
 
+import importlib
+import types
 from collections.abc import Callable
 from importlib.metadata import EntryPoint, entry_points
 
@@ -21,6 +23,20 @@ PREP_BENCH = "fergate.prep_bench"
 GROUPS = (COMMANDS, BUILTIN_DATA, PREP_BENCH)
 #: how to get what provides a hook
 INSTALL = "install fergate with its offline stage (pip install -e . in a fergate checkout)"
+
+
+def import_named(name: str) -> types.ModuleType | None:
+    """The module a user names (a model family's, a dataset reader's), or None where there is
+    no such module or `name` is no module name ("a/b", ".x"); a module that exists but imports
+    something missing raises, so that its own error shows."""
+    try:
+        return importlib.import_module(name)
+    except ModuleNotFoundError as e:
+        if not (e.name and name.startswith(e.name)):
+            raise
+        return None
+    except (TypeError, ValueError):  # a relative or empty name
+        return None
 
 
 def provided(group: str) -> list[EntryPoint]:

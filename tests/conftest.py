@@ -4,6 +4,7 @@ import os
 
 import pytest
 
+pytest.register_assert_rewrite("helpers")  # its asserts report their values, as a test's do
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=1")
 
 

@@ -10,6 +10,7 @@ import sys
 import grain
 import numpy as np
 import pytest
+from helpers import train_cmd
 
 from fergate import config as C
 from fergate import export
@@ -52,13 +53,9 @@ def check_export(workdir, out, split: str, n: int = 24) -> export.Model:
 
 @pytest.fixture(scope="module")
 def modul_export(sample_data, tmp_path_factory):
-    from test_train import SMALL
-
     tmp = tmp_path_factory.mktemp("export")
     w = tmp / "w"
-    r = subprocess.run([sys.executable, "-m", "fergate", "train", "--config", "configs/modul.py:smoke=True",
-                        "--workdir", str(w), f"--config.data.dir={sample_data}", "--config.train.steps=6", *SMALL],
-                       capture_output=True, text=True, cwd=REPO)
+    r = subprocess.run(train_cmd(w, sample_data, "--config.train.steps=6"), capture_output=True, text=True, cwd=REPO)
     assert r.returncode == 0, r.stderr[-3000:]
     return w, check_export(w, tmp / "E", "test")
 

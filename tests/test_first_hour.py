@@ -9,17 +9,11 @@ import sys
 import time
 
 import cv2
-import jax
 import numpy as np
 import pytest
+from helpers import SMALL, assert_same_final_params, interrupted_run, metrics_lines, train_cmd
 
-from fergate import config as C
 from fergate.train.checkpoint import Checkpointer
-from fergate.train.program import Program
-
-SMALL = ["--config.modul.dist_hidden=(64, 32)", "--config.modul.patch_convs=(8, 16, 16)",
-         "--config.modul.patch_hidden=(64, 32)", "--config.modul.gate_convs=(4, 8, 8)",
-         "--config.modul.gate_hidden=16", "--config.input.batch_size=8", "--config.eval.batch_size=16"]
 
 
 def fergate(*args, **kw):
@@ -83,52 +77,32 @@ def test_training_on_your_own_photos_as_the_readme_says(own_folder, tmp_path):
     assert "--test_fraction" in r.stderr and time.time() - t < 60
 
 
-def _cmd(workdir, data, *extra):
-    return [sys.executable, "-m", "fergate", "train", "--config", "configs/modul.py:smoke=True", "--workdir",
-            str(workdir), f"--config.data.dir={data}", *SMALL, *extra]
-
-
-def _params(workdir):
-    state, step = Checkpointer(str(workdir)).restore(Program(C.load_workdir(workdir)).abstract_sharded_state())
-    return step, jax.device_get(state.params)
-
-
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_a_signal_saves_where_the_run_is_and_the_rerun_ends_like_an_uninterrupted_one(sample_data, tmp_path, sig):
     extra = ("--config.train.steps=40", "--config.train.ckpt_every=1000", "--config.train.log_every=2")
-    ref = tmp_path / "ref"
-    assert subprocess.run(_cmd(ref, sample_data, *extra), capture_output=True).returncode == 0
-    w = tmp_path / "w"
-    p = subprocess.Popen(_cmd(w, sample_data, *extra), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 240
-    while time.time() < deadline:
-        if os.path.exists(w / "metrics.jsonl") and sum(1 for _ in open(w / "metrics.jsonl")) >= 5:
-            break
-        time.sleep(0.05)
-    p.send_signal(sig)
-    out, err = p.communicate(timeout=120)
+    ref, w = tmp_path / "ref", tmp_path / "w"
+    p = interrupted_run(ref, w, sample_data, extra, lambda: metrics_lines(w) >= 5, sig)
+    err = p.err
     assert p.returncode == 128 + sig, err[-2000:]
     assert f"{signal.Signals(sig).name} at step" in err and "run the same command again to resume" in err
     stopped = int(err.split(" at step ")[1].split(":")[0])
     assert 10 <= stopped < 40 and Checkpointer(str(w)).steps() == [stopped]
-    r = subprocess.run(_cmd(w, sample_data, *extra), capture_output=True, text=True)
+    r = subprocess.run(train_cmd(w, sample_data, *extra), capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-2000:]
     assert f"resumed from step {stopped}" in r.stdout and f"done: {40 - stopped} steps run here" in r.stdout
     steps = [json.loads(x)["step"] for x in open(w / "metrics.jsonl") if "loss" in json.loads(x)]
     assert steps == sorted(set(steps)) and set(steps) == {*range(2, 41, 2), stopped}  # each step once, in order
-    (sa, pa), (sb, pb) = _params(ref), _params(w)
-    assert sa == sb == 40
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), pa, pb)
+    assert_same_final_params(ref, w, 40)
 
 
 def test_a_new_run_says_it_starts_fresh_and_more_steps_do_not_move_the_schedule(sample_data, tmp_path):
     w = tmp_path / "w"
-    r = subprocess.run(_cmd(w, sample_data, "--config.train.steps=10"), capture_output=True, text=True)
+    r = subprocess.run(train_cmd(w, sample_data, "--config.train.steps=10"), capture_output=True, text=True)
     assert r.returncode == 0 and "no checkpoint in" in r.stdout and "starting fresh" in r.stdout
-    r = subprocess.run(_cmd(w, sample_data, "--config.train.steps=20"), capture_output=True, text=True)
+    r = subprocess.run(train_cmd(w, sample_data, "--config.train.steps=20"), capture_output=True, text=True)
     one_line_error(r, "its learning rate decays over 10 steps, this config's over 20")
     assert "--config.optim.decay_steps=10" in r.stderr
-    r = subprocess.run(_cmd(w, sample_data, "--config.train.steps=20", "--config.optim.decay_steps=10"),
+    r = subprocess.run(train_cmd(w, sample_data, "--config.train.steps=20", "--config.optim.decay_steps=10"),
                        capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-2000:]
     lrs = {x["step"]: x["lr"] for x in map(json.loads, open(w / "metrics.jsonl")) if "lr" in x}

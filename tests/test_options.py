@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 import pytest
+from helpers import SMALL
 
 from fergate import config as C
 from fergate import options
@@ -28,9 +29,6 @@ def get_config(arg=None):
         c.init.params_from, c.init.params = ("pretrain",), ("classifier",)
     return c
 '''
-SMALL = ["--config.modul.dist_hidden=(64, 32)", "--config.modul.patch_convs=(8, 16, 16)",
-         "--config.modul.patch_hidden=(64, 32)", "--config.modul.gate_convs=(4, 8, 8)",
-         "--config.modul.gate_hidden=16", "--config.input.batch_size=8", "--config.eval.batch_size=16"]
 
 
 def test_every_shared_key_has_one_spec():
@@ -46,7 +44,9 @@ def test_every_shared_key_has_one_spec():
         "train.profile_steps", "data.workers", "eval.batch_size", "eval.top_k", "mesh.model", "mesh.rules"}
 
 
-@pytest.mark.parametrize("override, message", [
+#: (config, override, the error): a malformed option, or a config argument its file does not know,
+#: is refused as the config loads, in one line
+CONFIG_ERRORS = [("configs/attention.py", override, message) for override, message in [
     ("--config.mesh.rules=('kernel0=-,tensor',)", "config mesh.rules: 'kernel0=-,tensor' is not REGEX=AXES"),
     ("--config.mesh.rules=('(kernel=model',)", "config mesh.rules: '(kernel=model': missing"),
     ("--config.optim.lr_scale=features", "config optim.lr_scale: 'features' is not subtree=factor"),
@@ -58,10 +58,18 @@ def test_every_shared_key_has_one_spec():
     ("--config.pretrain.configs.baseline=nowhere.py:x", "config pretrain.configs.baseline: config file nowhere.py"),
     ("--config.pretrain.configs.baseline=:x", "config pretrain.configs.baseline=':x': expected FILE[:ARG]"),
     ("--config.pretrain.inherit=('data.nokey',)", "config pretrain.inherit: 'data.nokey' is no key"),
-])
-def test_a_malformed_option_is_a_one_line_error_as_the_config_loads(override, message):
+]] + [(spec, None, message) for spec, message in [
+    ("configs/modul.py:variant=gated", "unknown MoDuL variant 'gated'"),
+    ("configs/modul.py:varaint=joint", "unknown config argument 'varaint'"),
+    ("configs/thin.py:variant=moe", "unknown THIN variant 'moe'"),
+    ("configs/thin.py:task=mnist", "unknown THIN task 'mnist'"),
+]]
+
+
+@pytest.mark.parametrize("spec, override, message", CONFIG_ERRORS)
+def test_a_malformed_option_or_argument_is_a_one_line_error_as_the_config_loads(spec, override, message):
     with pytest.raises(UserError) as e:
-        C.load("configs/attention.py", [override])
+        C.load(spec, [override] if override else [])
     assert message in str(e.value) and "\n" not in str(e.value)
 
 

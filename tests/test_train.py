@@ -6,11 +6,11 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import jax
 import numpy as np
 import pytest
+from helpers import SMALL, assert_same_final_params, interrupted_run, train_cmd
 
 from fergate import config as C
 from fergate.errors import UserError
@@ -18,26 +18,10 @@ from fergate.train import trainer
 from fergate.train.checkpoint import Checkpointer
 from fergate.train.program import Program
 
-#: A narrow MoDuL (all gates on) for tests of the machinery, not of accuracy.
-SMALL = ["--config.modul.dist_hidden=(64, 32)", "--config.modul.patch_convs=(8, 16, 16)",
-         "--config.modul.patch_hidden=(64, 32)", "--config.modul.gate_convs=(4, 8, 8)",
-         "--config.modul.gate_hidden=16", "--config.input.batch_size=8", "--config.eval.batch_size=16"]
-
-
-def _cmd(workdir, data, *extra, config="configs/modul.py:smoke=True"):
-    return [sys.executable, "-m", "fergate", "train", "--config", config, "--workdir", str(workdir),
-            f"--config.data.dir={data}", *SMALL, *extra]
-
 
 def _losses(workdir):
     with open(os.path.join(workdir, "metrics.jsonl")) as f:
         return [(r["step"], r["loss"]) for r in map(json.loads, f) if "loss" in r]
-
-
-def _final_params(workdir):
-    m = Program(C.load_workdir(workdir))
-    state, step = Checkpointer(str(workdir)).restore(m.abstract_sharded_state())
-    return step, jax.device_get(state.params)
 
 
 def test_same_loss_curve_on_1_and_4_devices(sample_data, tmp_path):
@@ -46,7 +30,7 @@ def test_same_loss_curve_on_1_and_4_devices(sample_data, tmp_path):
     curves = []
     for n, k in ((1, 1), (4, 1), (4, 2)):
         w = tmp_path / f"dev{n}_acc{k}"
-        r = subprocess.run(_cmd(w, sample_data, "--config.train.steps=20", "--config.train.log_every=2",
+        r = subprocess.run(train_cmd(w, sample_data, "--config.train.steps=20", "--config.train.log_every=2",
                                 f"--cpu_devices={n}", f"--config.train.accumulate={k}"), capture_output=True, text=True)
         assert r.returncode == 0, r.stderr[-2000:]
         assert f"{n} devices" in r.stdout
@@ -55,7 +39,7 @@ def test_same_loss_curve_on_1_and_4_devices(sample_data, tmp_path):
     assert s1 == s4 == sa and len(s1) == 10
     np.testing.assert_allclose(l1, l4, rtol=2e-4)
     np.testing.assert_allclose(l1, la, rtol=2e-4)
-    r = subprocess.run(_cmd(tmp_path / "bad", sample_data, "--config.train.accumulate=3"), capture_output=True,
+    r = subprocess.run(train_cmd(tmp_path / "bad", sample_data, "--config.train.accumulate=3"), capture_output=True,
                        text=True)
     assert r.returncode == 2 and "must split into 3 micro-batches" in r.stderr
 
@@ -66,10 +50,10 @@ def test_two_processes_train_like_one(sample_data, tmp_path):
     one of a single process with as many devices."""
     extra = ["--config.train.steps=10", "--config.train.log_every=2"]
     one = tmp_path / "one"
-    r = subprocess.run(_cmd(one, sample_data, *extra, "--cpu_devices=4"), capture_output=True, text=True)
+    r = subprocess.run(train_cmd(one, sample_data, *extra, "--cpu_devices=4"), capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-2000:]
     two = tmp_path / "two"
-    args = _cmd(two, sample_data, *extra)[3:]  # drop "python -m fergate"
+    args = train_cmd(two, sample_data, *extra)[3:]  # drop "python -m fergate"
     r = subprocess.run(["bash", "launch/local_multiprocess.sh", "2", "2", *args], capture_output=True, text=True,
                        env={**os.environ, "PYTHON": sys.executable}, timeout=600)
     assert r.returncode == 0, r.stdout[-3000:]
@@ -83,22 +67,13 @@ def test_two_processes_train_like_one(sample_data, tmp_path):
 
 def test_killed_run_resumes_to_the_same_parameters(sample_data, tmp_path):
     extra = ("--config.train.steps=40", "--config.train.ckpt_every=10", "--config.train.log_every=5")
-    ref = tmp_path / "uninterrupted"
-    assert subprocess.run(_cmd(ref, sample_data, *extra), capture_output=True).returncode == 0
-    w = tmp_path / "killed"
-    p = subprocess.Popen(_cmd(w, sample_data, *extra), stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    deadline = time.time() + 240
-    while not os.path.isdir(w / "checkpoints" / "20") and time.time() < deadline:
-        time.sleep(0.05)
-    p.send_signal(signal.SIGKILL)
-    p.wait()
+    ref, w = tmp_path / "uninterrupted", tmp_path / "killed"
+    interrupted_run(ref, w, sample_data, extra, lambda: os.path.isdir(w / "checkpoints" / "20"), signal.SIGKILL)
     assert not os.path.exists(w / "eval.json"), "the run finished before it could be killed"
-    r = subprocess.run(_cmd(w, sample_data, *extra), capture_output=True, text=True)
+    r = subprocess.run(train_cmd(w, sample_data, *extra), capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-2000:]
     assert "resumed from step" in r.stdout
-    (sa, pa), (sb, pb) = _final_params(ref), _final_params(w)
-    assert sa == sb == 40
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), pa, pb)
+    assert_same_final_params(ref, w, 40)
 
 
 def test_other_config_corrupt_checkpoint_and_nan_are_clear(sample_data, tmp_path, caplog):
@@ -153,7 +128,7 @@ def test_an_older_workdir_is_named_by_the_keys_its_config_lacks(tmp_path):
 
 def test_eval_command_and_bench_line(sample_data, tmp_path):
     w = tmp_path / "w"
-    r = subprocess.run(_cmd(w, sample_data, "--config.train.steps=10", "--config.train.profile_steps=3,4"),
+    r = subprocess.run(train_cmd(w, sample_data, "--config.train.steps=10", "--config.train.profile_steps=3,4"),
                        capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-2000:]
     assert glob.glob(str(w / "profile" / "plugins" / "profile" / "*" / "perfetto_trace.json.gz"))  # steps 3-4 traced

@@ -23,6 +23,7 @@ import typing
 from collections.abc import Mapping
 
 from data_prep.readers.base import ClipOptions, Item, LayoutReader, NoOptions, Reader, option  # noqa: F401 (API)
+from fergate import plugins
 from fergate.errors import UserError
 
 #: the reader modules of this package, in name order (that of `fergate prep --help`)
@@ -35,15 +36,7 @@ def find(dataset: str) -> type[Reader]:
     """The reader of `--dataset`: a built-in one, else the one reader of the module it names."""
     if dataset in READERS:
         return READERS[dataset]
-    try:
-        module = importlib.import_module(dataset)
-    except ModuleNotFoundError as e:
-        if not (e.name and dataset.startswith(e.name)):
-            raise  # the module exists but imports something missing
-        module = None
-    except (ImportError, TypeError, ValueError):  # not a module name at all ("a/b", ".x")
-        module = None
-    found = tuple(getattr(module, "READERS", ()))
+    found = tuple(getattr(plugins.import_named(dataset), "READERS", ()))
     if len(found) != 1:
         raise UserError(f"unknown dataset {dataset!r}; known: {', '.join(READERS)}, or an importable module whose "
                         f"READERS holds one reader{f' ({dataset} lists {len(found)})' if found else ''}")

@@ -83,6 +83,16 @@ class Reader:
     def __init__(self, source: str | None, options):
         self.source, self.options = source, options
 
+    @classmethod
+    def source_folder(cls, source: str | None, needs: str) -> str:
+        """`source`, checked to be a folder: none given, the one-line UserError saying what the
+        reader `needs`; not there, one naming it."""
+        if not source:
+            raise UserError(f"--dataset {cls.name} needs {needs}")
+        if not os.path.isdir(source):
+            raise UserError(f"--dataset {cls.name}: source folder not found: {source}")
+        return source
+
     def items(self) -> list[Item]:
         raise NotImplementedError
 

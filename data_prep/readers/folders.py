@@ -23,11 +23,7 @@ class FolderReader(Reader):
     name = "folder"
 
     def __init__(self, source: str | None, options):
-        if not source:
-            raise UserError("--dataset folder needs a SOURCE folder")
-        if not os.path.isdir(source):
-            raise UserError(f"source folder not found: {source}")
-        super().__init__(source, options)
+        super().__init__(self.source_folder(source, "a SOURCE folder"), options)
         self.roots, self.classes = class_layout(source)
         if not self.classes:
             raise UserError(f"no class sub-folders in {source}")

@@ -6,6 +6,7 @@ import logging
 import os
 
 from data_prep.readers.base import Item, Reader, bad_item
+from data_prep.readers.layout import fields, text_lines
 from fergate import face as F
 from fergate.data import compound as compound_labels
 from fergate.data.labels import DATASET_CLASSES
@@ -27,11 +28,7 @@ class IcvMefedReader(Reader):
     classes = DATASET_CLASSES["icv_mefed"]
 
     def __init__(self, source: str | None, options):
-        if not source:
-            raise UserError("--dataset icv_mefed needs SOURCE: the folder of the photos and label files")
-        if not os.path.isdir(source):
-            raise UserError(f"--dataset icv_mefed: source folder not found: {source}")
-        super().__init__(source, options)
+        super().__init__(self.source_folder(source, "SOURCE: the folder of the photos and label files"), options)
         self.label_files = sorted(os.path.join(source, f) for f in os.listdir(source) if f.lower().endswith(".txt"))
         if not self.label_files:
             raise UserError(f"no label files (*.txt of NAME<TAB>c_d lines) in {source}")
@@ -55,17 +52,13 @@ class IcvMefedReader(Reader):
         out, seen = [], set()
         for path in self.label_files:
             split, rows = self.split_of(path), []
-            with open(path, encoding="utf-8", errors="replace") as fh:
-                for number, line in enumerate(fh, 1):
-                    if not line.strip():
-                        continue
-                    key, parts = f"{os.path.basename(path)}:{number}", line.split()
-                    try:
-                        if len(parts) != 2:
-                            raise ValueError(f"{len(parts)} fields, expected NAME and c_d")
-                        rows.append((key, parts[0], compound_labels.parse_label(parts[1])))
-                    except ValueError as e:
-                        rows.append((key, None, str(e)))
+            for number, line in text_lines(path):
+                key = f"{os.path.basename(path)}:{number}"
+                try:
+                    name, label = fields(line, 2, "NAME and c_d")
+                    rows.append((key, name, compound_labels.parse_label(label)))
+                except ValueError as e:
+                    rows.append((key, None, str(e)))
             if not any(name for _, name, _ in rows):  # a list of names (order_of_test.txt), a readme
                 log.info(f"[prep] icv_mefed: {path} has no NAME<TAB>c_d line: not a label file, ignored")
                 continue

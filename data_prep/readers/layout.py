@@ -38,6 +38,15 @@ def text_lines(path: str) -> Iterator[tuple[int, str]]:
                 yield number, line.lstrip("\ufeff")
 
 
+def fields(line: str, count: int, expected: str = "") -> list[str]:
+    """The white-space separated fields of a label line, `count` of them, else ValueError: the
+    line is malformed (`expected` names the fields in its message)."""
+    parts = line.split()
+    if len(parts) != count:
+        raise ValueError(f"{len(parts)} fields{', expected ' + expected if expected else ''}")
+    return parts
+
+
 def csv_rows(path: str) -> Iterator[tuple[int, int, list[str]]]:
     """(line number, byte offset, fields) of the non-blank rows of a CSV file without line
     breaks inside fields (the datasets' label lists): a worker reads one row back with

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from data_prep.readers.base import Item, LayoutReader, bad_item, option
-from data_prep.readers.layout import child, csv_row_at, csv_rows, numbers, points, read_numbers, text_lines
+from data_prep.readers.layout import child, csv_row_at, csv_rows, fields, numbers, points, read_numbers, text_lines
 from fergate import face as F
 from fergate.data.labels import DATASET_CLASSES
 
@@ -283,10 +283,9 @@ class ExpwReader(LayoutReader):
     def items(self) -> list[Item]:
         out = []
         for number, line in text_lines(self.label_file):
-            key, parts = f"label.lst:{number}", line.split()
+            key = f"label.lst:{number}"
             try:
-                if len(parts) != 8:
-                    raise ValueError(f"{len(parts)} fields")
+                parts = fields(line, 8)
                 name, face, (top, left, right, bottom, conf), code = \
                     parts[0], int(parts[1]), map(float, parts[2:7]), int(parts[7])
                 if right <= left or bottom <= top:

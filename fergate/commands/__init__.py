@@ -3,8 +3,9 @@
 packages add commands through the `fergate.commands` entry point group (`fergate.plugins`):
 the offline stage adds `prep`.
 
-What the commands share lives here: the logging set-up, the JAX / multi-host flags and their
-set-up, and the built-in dataset a config names, prepared on first use.
+What the commands share lives here: a subcommand's parser (`add_command`), the logging set-up,
+the JAX / multi-host flags and their set-up, reading a workdir's config, and the built-in
+dataset a config names, prepared on first use.
 """
 
 from __future__ import annotations
@@ -12,8 +13,13 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from fergate import plugins
+
+if TYPE_CHECKING:
+    import ml_collections
 
 #: the loggers `setup_logging` configures: fergate's and those of the packages that add to it
 LOGGERS = ("fergate", *plugins.packages())
@@ -30,12 +36,26 @@ def setup_logging(lead: bool = True) -> None:
         logger.propagate = False
 
 
+def add_command(sub: argparse._SubParsersAction, name: str, run: Callable, *, overrides: bool = False,
+                jax_flags: bool = True, **kw) -> argparse.ArgumentParser:
+    """Subcommand `name`'s parser (`kw`: argparse's help, epilog...) dispatching to `run`, which
+    also gets the --config.key=value overrides when `overrides`; one that runs JAX (`jax_flags`)
+    takes the JAX / multi-host flags."""
+    q = sub.add_parser(name, **kw)
+    if jax_flags:
+        add_jax_args(q)
+    q.set_defaults(func=run, overrides=overrides)
+    return q
+
+
 def add_jax_args(q: argparse.ArgumentParser) -> None:
-    q.add_argument("--cpu_devices", type=int, default=None, help="emulate N devices on CPU")
-    q.add_argument("--coordinator", default=None, help="host:port of process 0 (multi-host)")
-    q.add_argument("--num_processes", type=int, default=None)
-    q.add_argument("--process_id", type=int, default=None)
-    q.add_argument("--distributed", action="store_true", help="jax.distributed with auto-detected peers (TPU, SLURM)")
+    """The flags `jax_setup` reads, in their own group of `--help`."""
+    g = q.add_argument_group("devices and peers")
+    g.add_argument("--cpu_devices", type=int, default=None, help="emulate N devices on CPU")
+    g.add_argument("--coordinator", default=None, help="host:port of process 0 (multi-host)")
+    g.add_argument("--num_processes", type=int, default=None)
+    g.add_argument("--process_id", type=int, default=None)
+    g.add_argument("--distributed", action="store_true", help="jax.distributed with auto-detected peers (TPU, SLURM)")
 
 
 def jax_setup(a: argparse.Namespace) -> None:
@@ -49,7 +69,17 @@ def jax_setup(a: argparse.Namespace) -> None:
     setup_logging(jax.process_index() == 0)
 
 
-def builtin_data(cfg) -> None:
+def workdir_setup(a: argparse.Namespace) -> ml_collections.ConfigDict:
+    """The config `a.workdir` was trained with, read first (a wrong workdir fails before JAX
+    starts), then JAX set up (`jax_setup`)."""
+    from fergate import config as config_lib
+
+    cfg = config_lib.load_workdir(a.workdir)
+    jax_setup(a)
+    return cfg
+
+
+def builtin_data(cfg: ml_collections.ConfigDict) -> None:
     """With no `data.dir`, the built-in dataset the config (and each earlier stage) names,
     prepared once in the cache."""
     from fergate import models

@@ -6,19 +6,17 @@ from __future__ import annotations
 import argparse
 import sys
 
-from fergate.commands import add_jax_args, jax_setup
+from fergate.commands import add_command, workdir_setup
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    q = sub.add_parser("attend", help="a trained model's attention over whole images of any size (group photos)")
+    q = add_command(sub, "attend", run, help="a trained model's attention over whole images of any size (group photos)")
     q.add_argument("--workdir", required=True)
     q.add_argument("images", nargs="+", metavar="IMAGE")
     q.add_argument("--faces", action="store_true", help="detect the faces: scale them to the training size, and "
                    "weigh the map by soft face boxes (the paper's suppression of background false positives)")
     q.add_argument("--scale", type=float, default=None, help="resize the images by this factor first")
     q.add_argument("--out", default=None, help="output directory (default: W/attend)")
-    add_jax_args(q)
-    q.set_defaults(func=run)
 
 
 def run(a: argparse.Namespace) -> int:
@@ -27,12 +25,10 @@ def run(a: argparse.Namespace) -> int:
     import json
     import os
 
-    from fergate import config as config_lib
     from fergate import face as F
     from fergate.attend import Attender
 
-    cfg = config_lib.load_workdir(a.workdir)
-    jax_setup(a)
+    workdir_setup(a)
     from fergate.train import program
 
     t = program.from_workdir(a.workdir, data=False)

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import argparse
 
-from fergate.commands import add_jax_args, builtin_data, jax_setup
+from fergate.commands import add_command, builtin_data, jax_setup
 from fergate.errors import UserError
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    q = sub.add_parser("bench", help="time train (or --infer) steps on synthetic batches, the input pipeline "
-                       "(--pipeline) or data_prep (--prep); prints one JSON line")
+    q = add_command(sub, "bench", run, overrides=True,
+                    help="time train (or --infer) steps on synthetic batches, the input pipeline (--pipeline) or "
+                         "data_prep (--prep); prints one JSON line")
     q.add_argument("--config", default=None, help="configs/X.py[:arg=value,...] (not needed with --prep)")
     q.add_argument("--batch", type=int, default=None)
     q.add_argument("--steps", type=int, default=20)
@@ -25,8 +26,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     q.add_argument("--prep_workers", default="1,2", help="worker counts for --prep (default 1,2)")
     q.add_argument("--prep_size", type=int, default=280, help="sample-set images for --prep")
     q.add_argument("--vs", default=None, help="a second config (same overrides) timed in alternation: reports speedup")
-    add_jax_args(q)
-    q.set_defaults(func=run, overrides=True)
 
 
 def run(a: argparse.Namespace, overrides: list[str]) -> None:

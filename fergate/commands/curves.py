@@ -4,17 +4,18 @@ from __future__ import annotations
 
 import argparse
 
+from fergate.commands import add_command
 from fergate.errors import UserError
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    q = sub.add_parser("curves", help="the training curves of several runs in one figure (loss, training and "
-                       "held-out accuracy against the step)")
+    q = add_command(sub, "curves", run, jax_flags=False,
+                    help="the training curves of several runs in one figure (loss, training and held-out accuracy "
+                         "against the step)")
     q.add_argument("workdirs", nargs="+", metavar="WORKDIR")
     q.add_argument("--out", required=True, help="the figure (.png)")
     q.add_argument("--labels", nargs="+", default=None, help="one per workdir (default: the workdirs' names)")
     q.add_argument("--title", default="", help="the figure's title")
-    q.set_defaults(func=run)
 
 
 def run(a: argparse.Namespace) -> None:

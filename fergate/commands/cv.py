@@ -4,23 +4,22 @@ from __future__ import annotations
 
 import argparse
 
-from fergate.commands import add_jax_args, builtin_data, jax_setup, setup_logging
+from fergate.commands import add_command, builtin_data, jax_setup, setup_logging
 from fergate.errors import UserError
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    q = sub.add_parser("cv", help="subject-independent k-fold cross-validation: train every fold (or --fold i), "
-                       "then mean and spread of the accuracy and the summed confusion matrix",
-                       epilog="Overrides: --config.key=value, applied to every fold. Folds as separate jobs: "
-                       "`fergate cv ... --fold i` on each machine, then `fergate cv ... --aggregate`.")
+    q = add_command(sub, "cv", run, overrides=True,
+                    help="subject-independent k-fold cross-validation: train every fold (or --fold i), then mean "
+                         "and spread of the accuracy and the summed confusion matrix",
+                    epilog="Overrides: --config.key=value, applied to every fold. Folds as separate jobs: "
+                           "`fergate cv ... --fold i` on each machine, then `fergate cv ... --aggregate`.")
     q.add_argument("--config", default=None, help="configs/X.py[:arg=value,...] (not needed with --aggregate)")
     q.add_argument("--workdir", required=True, help="fold i trains in WORKDIR/fold-NN (fold-03: fold 3); cv.json "
                    "goes here")
     q.add_argument("--folds", type=int, default=10, help="k (the manifest's class-balanced folds for 10)")
     q.add_argument("--fold", type=int, default=None, help="train this fold only (a separate job)")
     q.add_argument("--aggregate", action="store_true", help="only aggregate the finished folds")
-    add_jax_args(q)
-    q.set_defaults(func=run, overrides=True)
 
 
 def run(a: argparse.Namespace, overrides: list[str]) -> None:

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import argparse
 
-from fergate.commands import add_jax_args, builtin_data, jax_setup
+from fergate.commands import add_command, builtin_data, workdir_setup
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    q = sub.add_parser("eval", help="evaluate the newest checkpoint of a workdir")
+    q = add_command(sub, "eval", run, help="evaluate the newest checkpoint of a workdir")
     q.add_argument("--workdir", required=True)
     q.add_argument("--split", default=None, help="default: the config's data.eval_split")
     q.add_argument("--out", default=None, help="report directory (default: the workdir)")
@@ -18,17 +18,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                         "distance distributions and pair accuracy of the model's representations (THIN, Fig. 9)")
     q.add_argument("--compare", nargs="+", default=None, metavar="WORKDIR",
                    help="evaluated runs of the same family to draw beside this one (THIN: |cos|, Fig. 8)")
-    add_jax_args(q)
-    q.set_defaults(func=run)
 
 
 def run(a: argparse.Namespace) -> None:
     import os
 
-    from fergate import config as config_lib
-
-    cfg = config_lib.load_workdir(a.workdir)
-    jax_setup(a)
+    cfg = workdir_setup(a)
     from fergate.train import data, program
 
     if a.pairs:

@@ -4,17 +4,15 @@ from __future__ import annotations
 
 import argparse
 
-from fergate.commands import add_jax_args, jax_setup
+from fergate.commands import add_command, jax_setup
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    q = sub.add_parser("export", help="a trained model as a self-contained directory: parameters, config, classes, "
-                       "preprocessing contract and a serialized inference function (jax.export)")
+    q = add_command(sub, "export", run, help="a trained model as a self-contained directory: parameters, config, "
+                    "classes, preprocessing contract and a serialized inference function (jax.export)")
     q.add_argument("--workdir", required=True)
     q.add_argument("--out", required=True, help="a new directory")
     q.add_argument("--step", type=int, default=None, help="this checkpoint step (default: the selected, else newest)")
-    add_jax_args(q)
-    q.set_defaults(func=run)
 
 
 def run(a: argparse.Namespace) -> None:

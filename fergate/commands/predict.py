@@ -5,13 +5,13 @@ from __future__ import annotations
 import argparse
 import sys
 
-from fergate.commands import add_jax_args, jax_setup
+from fergate.commands import add_command, jax_setup
 from fergate.errors import UserError
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    q = sub.add_parser("predict", help="an exported model on photos, folders (recursively) and videos: one JSON "
-                       "line per face (or clip window)")
+    q = add_command(sub, "predict", run, help="an exported model on photos, folders (recursively) and videos: "
+                    "one JSON line per face (or clip window)")
     q.add_argument("--model", required=True, help="an export (fergate export)")
     q.add_argument("inputs", nargs="+", metavar="INPUT", help="photos, videos, folders")
     q.add_argument("--out", default=None, help="JSONL file (default: stdout)")
@@ -25,8 +25,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     q.add_argument("--window", type=int, default=None, help="clip models: frames per window (default: T)")
     q.add_argument("--stride", type=int, default=None, help="clip models: frames between windows (default: T/2)")
     q.add_argument("--pipeline_only", action="store_true", help="the face pipeline alone, no model (to time it)")
-    add_jax_args(q)
-    q.set_defaults(func=run)
 
 
 def run(a: argparse.Namespace) -> None:

@@ -5,16 +5,15 @@ from __future__ import annotations
 
 import argparse
 
-from fergate.commands import add_jax_args, builtin_data, jax_setup
+from fergate.commands import add_command, builtin_data, jax_setup
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    q = sub.add_parser("train", help="train a config; resumes from the newest checkpoint in --workdir",
-                       epilog="Overrides: --config.key=value (e.g. --config.train.steps=200).")
+    q = add_command(sub, "train", run, overrides=True,
+                    help="train a config; resumes from the newest checkpoint in --workdir",
+                    epilog="Overrides: --config.key=value (e.g. --config.train.steps=200).")
     q.add_argument("--config", required=True, help="configs/X.py[:arg=value,...]")
     q.add_argument("--workdir", required=True)
-    add_jax_args(q)
-    q.set_defaults(func=run, overrides=True)
 
 
 def run(a: argparse.Namespace, overrides: list[str]) -> None:

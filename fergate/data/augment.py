@@ -10,8 +10,9 @@ serves every family, and a family only says which ops it can take
 
 An op draws its random parameters (`draw(rng)`) apart from applying them (`apply(rec,
 params)`), so that the same parameters can be applied elsewhere (on the device, in a jitted
-step) and a resumed run draws the same ones. A new op is a `register`ed `Op` subclass, in
-any module a config imports (a family's, or one of the user's).
+step) and a resumed run draws the same ones. A new op is a `register`ed `Op` subclass (one
+on pixels alone: a `Photometric` one, which writes `pixels`), in any module a config imports
+(a family's, or one of the user's).
 """
 
 from __future__ import annotations
@@ -84,9 +85,21 @@ class Rotate(Op):
         return F.rotate(rec, angle)
 
 
+@dataclasses.dataclass
+class Photometric(Op):
+    """An op on the uint8 pixels of each photometric field of a record (`pixels`), with the
+    same drawn parameters for every field of the example."""
+
+    def pixels(self, x: np.ndarray, params: Any) -> np.ndarray:
+        raise NotImplementedError
+
+    def apply(self, rec, params):
+        return {**rec, **{k: self.pixels(rec[k], params) for k in rec if F.get(k).kind.photometric}}
+
+
 @register
 @dataclasses.dataclass
-class BrightnessContrast(Op):
+class BrightnessContrast(Photometric):
     """x -> (x - mean) * c + mean + b on the uint8 pixels of each photometric field, c in
     [1 - `contrast`, 1 + `contrast`], b in [-`brightness`, `brightness`] grey levels; one
     draw per example."""
@@ -99,18 +112,15 @@ class BrightnessContrast(Op):
         c = rng.uniform(1 - self.contrast, 1 + self.contrast)
         return c, rng.uniform(-self.brightness, self.brightness)
 
-    def apply(self, rec, params):
+    def pixels(self, img, params):
         c, b = params
-        rec = dict(rec)
-        for k in _photometric(rec):
-            x = rec[k].astype(np.float32)
-            rec[k] = np.clip((x - x.mean()) * c + x.mean() + b, 0, 255).astype(np.uint8)
-        return rec
+        x = img.astype(np.float32)
+        return np.clip((x - x.mean()) * c + x.mean() + b, 0, 255).astype(np.uint8)
 
 
 @register
 @dataclasses.dataclass
-class HueSaturation(Op):
+class HueSaturation(Photometric):
     """RGB fields: hue shifted by up to +-`hue` degrees, saturation scaled by a factor in
     [1 - `saturation`, 1 + `saturation`]; grey ones are left alone."""
 
@@ -122,22 +132,14 @@ class HueSaturation(Op):
         dh = rng.uniform(-self.hue, self.hue) / 2  # OpenCV's 8-bit hue runs 0..179
         return dh, rng.uniform(1 - self.saturation, 1 + self.saturation)
 
-    def apply(self, rec, params):
+    def pixels(self, img, params):
+        if img.shape[-1] != 3:
+            return img
         dh, ds = params
-        rec = dict(rec)
-        for k in _photometric(rec):
-            img = rec[k]
-            if img.shape[-1] != 3:
-                continue
-            hsv = cv2.cvtColor(img.reshape(-1, img.shape[-2], 3), cv2.COLOR_RGB2HSV).astype(np.float32)
-            hsv[..., 0] = (hsv[..., 0] + dh) % 180
-            hsv[..., 1] = np.clip(hsv[..., 1] * ds, 0, 255)
-            rec[k] = cv2.cvtColor(hsv.astype(np.uint8), cv2.COLOR_HSV2RGB).reshape(img.shape)
-        return rec
-
-
-def _photometric(rec: dict) -> list[str]:
-    return [k for k in rec if F.get(k).kind.photometric]
+        hsv = cv2.cvtColor(img.reshape(-1, img.shape[-2], 3), cv2.COLOR_RGB2HSV).astype(np.float32)
+        hsv[..., 0] = (hsv[..., 0] + dh) % 180
+        hsv[..., 1] = np.clip(hsv[..., 1] * ds, 0, 255)
+        return cv2.cvtColor(hsv.astype(np.uint8), cv2.COLOR_HSV2RGB).reshape(img.shape)
 
 
 def split(spec: str, what: str = "config data.augment") -> tuple[tuple[str, tuple], ...]:

@@ -15,7 +15,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import glob
-import json
 import os
 from collections.abc import Sequence
 from typing import Any
@@ -26,7 +25,7 @@ import numpy as np
 from fergate.data import fields as _fields
 from fergate.data import schema
 from fergate.errors import UserError
-from fergate.files import read_json
+from fergate.files import need_json, read_json
 
 
 def read_manifest(data_dir: str) -> dict:
@@ -34,13 +33,7 @@ def read_manifest(data_dir: str) -> dict:
     path = os.path.join(data_dir, "manifest.json")
     if not os.path.isdir(data_dir):
         raise UserError(f"data directory not found: {data_dir}")
-    if not os.path.exists(path):
-        raise UserError(f"{path} missing: not a `fergate prep` output (or prep did not finish)")
-    try:
-        with open(path) as f:
-            manifest = json.load(f)
-    except (OSError, json.JSONDecodeError) as e:
-        raise UserError(f"{path} is unreadable: {e}") from None
+    manifest = need_json(path, f"{path} missing: not a `fergate prep` output (or prep did not finish)")
     if manifest.get("schema_version") != schema.SCHEMA_VERSION:
         raise UserError(f"{data_dir} holds schema version {manifest.get('schema_version')}, this fergate reads "
                         f"version {schema.SCHEMA_VERSION}; re-run `fergate prep`")

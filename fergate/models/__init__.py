@@ -54,7 +54,6 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import importlib
 from collections.abc import Callable
 from typing import Any, ClassVar, TypedDict
 
@@ -64,6 +63,7 @@ import numpy as np
 import optax
 
 from fergate import config as config_lib
+from fergate import plugins
 from fergate.data import augment
 from fergate.data import fields as fields_lib
 from fergate.errors import UserError
@@ -269,11 +269,7 @@ def family(name: str) -> Family:
     """The family `config.model` names: fergate/models/<name>.py, else the module `name`;
     its `FAMILY` class, instantiated."""
     for module_name in (f"fergate.models.{name}", name):
-        try:
-            module = importlib.import_module(module_name)
-        except ModuleNotFoundError as e:
-            if not (e.name and module_name.startswith(e.name)):
-                raise  # the family exists but imports something missing
+        if (module := plugins.import_named(module_name)) is None:
             continue
         cls = getattr(module, "FAMILY", None)
         if not (isinstance(cls, type) and issubclass(cls, Family)):

@@ -32,36 +32,32 @@ def max_pool2(x: jax.Array) -> jax.Array:
 
 
 class ConvPool(nn.Module):
-    """len(features) x (Conv3x3 'same' - ReLU - MaxPool2), NHWC, then flatten.
+    """len(features) x (Conv3x3 'same' - [BN -] ReLU - MaxPool2), NHWC, then flatten; with
+    `batch_norm`, BN before each activation (`ConvEncoder`).
 
-    Computed as conv - pool - ReLU: the same function (ReLU is monotonic), with the ReLU
-    on a quarter of the elements.
+    Computed as conv - [BN -] pool - ReLU: the same function (ReLU is monotonic), with the
+    ReLU on a quarter of the elements.
     """
 
     features: Sequence[int]
     dtype: jnp.dtype = jnp.float32
+    batch_norm: bool = False
 
     @nn.compact
-    def __call__(self, x):
+    def __call__(self, x, train: bool = False):
         for i, f in enumerate(self.features):
-            x = nn.relu(max_pool2(nn.Conv(f, (3, 3), padding="SAME", dtype=self.dtype, name=f"conv{i}")(x)))
-        return x.reshape(x.shape[0], -1)
-
-
-class ConvEncoder(nn.Module):
-    """len(convs) x (Conv3x3 - BN - ReLU - MaxPool2), flattened (THIN's baseline trunk,
-    BN before each activation; VGG-style for faces with wider `convs`)."""
-
-    convs: Sequence[int]
-    dtype: jnp.dtype = jnp.float32
-
-    @nn.compact
-    def __call__(self, x, train: bool):
-        for i, f in enumerate(self.convs):
             x = nn.Conv(f, (3, 3), padding="SAME", dtype=self.dtype, name=f"conv{i}")(x)
-            x = nn.BatchNorm(use_running_average=not train, dtype=self.dtype, name=f"bn{i}")(x)
+            if self.batch_norm:
+                x = nn.BatchNorm(use_running_average=not train, dtype=self.dtype, name=f"bn{i}")(x)
             x = nn.relu(max_pool2(x))
         return x.reshape(x.shape[0], -1)
+
+
+class ConvEncoder(ConvPool):
+    """len(features) x (Conv3x3 - BN - ReLU - MaxPool2), flattened: THIN's baseline trunk
+    (VGG-style for faces with wider `features`), VSHNN's small frame CNN."""
+
+    batch_norm: bool = True
 
 
 def conv3_im2col(x: jax.Array, kernel: jax.Array) -> jax.Array:

@@ -22,15 +22,11 @@ from fergate.data.landmarks import INTRAFACE_49, pairwise_distances
 from fergate.models import Family, Results, compute_dtype, random_batch
 from fergate.models.layers import MLP, ConvPool, FaceGates
 
-VARIANTS = {  # name: (distance branch, patch branch, landmark gates, modal gate)
-    "distances": (True, False, False, False),
-    "patches": (False, True, False, False),
-    "joint": (True, True, False, False),
-    "joint_modal": (True, True, False, True),
-    "distances_rw": (True, False, True, False),
-    "patches_rw": (False, True, True, False),
-    "joint_rw": (True, True, True, False),
-    "modul": (True, True, True, True),
+VARIANTS = {  # Table I, name: (distance branch, patch branch, landmark gates, modal gate)
+    "distances": (True, False, False, False), "patches": (False, True, False, False),
+    "joint": (True, True, False, False), "joint_modal": (True, True, False, True),
+    "distances_rw": (True, False, True, False), "patches_rw": (False, True, True, False),
+    "joint_rw": (True, True, True, False), "modul": (True, True, True, True),
 }
 
 

@@ -14,7 +14,7 @@ from sklearn.metrics import balanced_accuracy_score, confusion_matrix, top_k_acc
 
 from fergate import models, plots
 from fergate.config import load_workdir
-from fergate.errors import UserError
+from fergate.files import need_json
 from fergate.train.data import DataPlan, Portion
 from fergate.train.mesh import global_batch
 from fergate.train.program import Program
@@ -90,9 +90,6 @@ def write_reports(results: models.Results, outdir: str) -> dict:
 def read_eval(workdir: str) -> dict:
     """A workdir's `eval.json` with the variant it was trained as (`variant`)."""
     path = os.path.join(workdir, "eval.json")
-    if not os.path.exists(path):
-        raise UserError(f"{path} missing: evaluate {workdir} first")
-    with open(path) as f:
-        res = json.load(f)
+    res = need_json(path, f"{path} missing: evaluate {workdir} first")
     res["variant"] = load_workdir(workdir).get("variant", "?")
     return res

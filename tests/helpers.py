@@ -1,0 +1,58 @@
+"""What several test modules share: the narrow MoDuL they train through `fergate train`, and
+the run interrupted and resumed that must end where an uninterrupted one ends."""
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+
+import jax
+import numpy as np
+
+from fergate import config as C
+from fergate.train.checkpoint import Checkpointer
+from fergate.train.program import Program
+
+#: A narrow MoDuL (all gates on) for tests of the machinery, not of accuracy.
+SMALL = ["--config.modul.dist_hidden=(64, 32)", "--config.modul.patch_convs=(8, 16, 16)",
+         "--config.modul.patch_hidden=(64, 32)", "--config.modul.gate_convs=(4, 8, 8)",
+         "--config.modul.gate_hidden=16", "--config.input.batch_size=8", "--config.eval.batch_size=16"]
+
+
+def train_cmd(workdir, data, *extra, config="configs/modul.py:smoke=True") -> list[str]:
+    """`fergate train` of the narrow MoDuL on `data` in `workdir`."""
+    return [sys.executable, "-m", "fergate", "train", "--config", config, "--workdir", str(workdir),
+            f"--config.data.dir={data}", *SMALL, *extra]
+
+
+def final_params(workdir) -> tuple[int, dict]:
+    """(step, parameters) of a workdir's newest checkpoint."""
+    state, step = Checkpointer(str(workdir)).restore(Program(C.load_workdir(workdir)).abstract_sharded_state())
+    return step, jax.device_get(state.params)
+
+
+def interrupted_run(ref, w, data, extra, ready: Callable[[], bool], sig: int) -> subprocess.Popen:
+    """Trains `ref` to the end, then the same run in `w` until `ready()` (at most 240 s),
+    when it gets `sig`: the ended process (`.out`, `.err`: its output)."""
+    assert subprocess.run(train_cmd(ref, data, *extra), capture_output=True).returncode == 0
+    p = subprocess.Popen(train_cmd(w, data, *extra), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 240
+    while not ready() and time.time() < deadline:
+        time.sleep(0.05)
+    p.send_signal(sig)
+    p.out, p.err = p.communicate(timeout=120)
+    return p
+
+
+def assert_same_final_params(ref, w, steps: int) -> None:
+    """Both workdirs end at `steps` with the same parameters."""
+    (sa, pa), (sb, pb) = final_params(ref), final_params(w)
+    assert sa == sb == steps
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), pa, pb)
+
+
+def metrics_lines(workdir) -> int:
+    """How many lines a workdir's metrics.jsonl has (0 before the first)."""
+    path = os.path.join(workdir, "metrics.jsonl")
+    return sum(1 for _ in open(path)) if os.path.exists(path) else 0
