@@ -9,10 +9,11 @@ from fergate.commands import add_command
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    q = add_command(sub, "sweep", run, overrides=True, jax_flags=False, help="a paper's table: every (row, seed) of a table file trained as a resumable run, "
-                       "then W/table.json, table.md, table.png beside the paper's numbers",
-                       epilog="Overrides: --config.key=value, applied to every run (e.g. --config.data.dir=DIR). "
-                       "As a SLURM array: launch/slurm_sweep.sbatch.")
+    q = add_command(sub, "sweep", run, overrides=True, jax_flags=False,
+                    help="a paper's table: every (row, seed) of a table file trained as a resumable run, then "
+                         "W/table.json, table.md, table.png beside the paper's numbers",
+                    epilog="Overrides: --config.key=value, applied to every run (e.g. --config.data.dir=DIR). As a "
+                           "SLURM array: launch/slurm_sweep.sbatch.")
     q.add_argument("table", help="configs/tables/X.py[:arg=value,...]")
     q.add_argument("--workdir", required=True, help="run r, seed s trains in WORKDIR/r/seed-s; the table goes here")
     q.add_argument("--budget", default=None, help="one of the table's budgets (default: its first)")
