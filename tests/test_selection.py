@@ -18,6 +18,7 @@ import numpy as np
 
 from fergate.config import load_module
 from fergate.data import pipeline
+from fergate.models import Family
 from fergate.train.data import portions
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -45,16 +46,17 @@ class Peak(nn.Module):
         return {"logits": (2 * onehot - 1) * margin, "losses": {"grow": -w - 0 * batch["iod"].sum()}}
 
 
-def build(config):
-    return Peak(**config.peak)
+class FAMILY(Family):
+    name, section = "test_selection", "peak"
 
+    def build(self, config):
+        return Peak(**config.peak)
 
-def inputs(config):
-    return {"iod": ((), np.float32)}
+    def inputs(self, config):
+        return {"iod": ((), np.float32)}
 
-
-def loss(config, outputs, batch):
-    return outputs["losses"]["grow"], {}
+    def loss(self, config, outputs, batch):
+        return outputs["losses"]["grow"], {}
 
 
 def test_the_best_validation_step_is_evaluated_not_the_last(sample_data, tmp_path):
