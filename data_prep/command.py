@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import argparse
 
+from fergate.commands import named
 from fergate.errors import UserError
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     q = sub.add_parser("prep", help="face pipeline -> ArrayRecord shards + manifest.json")
+    if named() not in (None, "prep"):  # another command: its help line is all it needs of this parser
+        return
     q.add_argument("source", nargs="?", help="dataset root (folder of photos for --dataset sample, the .csv file "
                    "for csv)")
     from data_prep import readers  # the reader flags are generated from the readers' options

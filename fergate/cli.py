@@ -13,7 +13,7 @@ import argparse
 import sys
 
 import fergate
-from fergate import plugins
+from fergate import commands, plugins
 from fergate.commands import (
     LOGGERS,  # noqa: F401  (fergate.cli.LOGGERS: the loggers `setup_logging` sets, which tests restore)
     attend,
@@ -34,7 +34,10 @@ from fergate.errors import Interrupted, UserError
 COMMANDS = (train, cv, sweep, evaluate, curves, export, predict, attend, features, bench)
 
 
-def parser() -> argparse.ArgumentParser:
+def parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
+    """The command line's parser; with `argv`, the parser of the subcommand it names is the one
+    built whole (`fergate.commands.named`)."""
+    commands.NAMED[0] = next((a for a in argv if not a.startswith("-")), None) if argv else None
     p = argparse.ArgumentParser(prog="fergate", description="Gated multi-modal FER models in JAX.")
     p.add_argument("--version", action="version", version=f"fergate {fergate.version()}")
     sub = p.add_subparsers(dest="command", required=True)
@@ -45,7 +48,8 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = parser()
+    argv = sys.argv[1:] if argv is None else argv
+    p = parser(argv)
     args, rest = p.parse_known_args(argv)
     overrides = [r for r in rest if r.startswith("--config.")]
     unknown = [r for r in rest if not r.startswith("--config.")]

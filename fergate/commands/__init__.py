@@ -25,6 +25,16 @@ if TYPE_CHECKING:
 LOGGERS = ("fergate", *plugins.packages())
 
 
+#: the subcommand the command line being parsed names (None: any, e.g. `fergate --help`), set by
+#: `fergate.cli.parser`: a command whose parser is costly to build (prep's flags are generated from
+#: every dataset reader, which imports the face pipeline) builds it whole only when it is the one named
+NAMED: list[str | None] = [None]
+
+
+def named() -> str | None:
+    return NAMED[0]
+
+
 def setup_logging(lead: bool = True) -> None:
     """fergate's progress lines on stdout, from the lead process only (others: warnings)."""
     handler = logging.StreamHandler(sys.stdout)
