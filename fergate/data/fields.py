@@ -24,7 +24,6 @@ import cv2
 import numpy as np
 
 from fergate.data.landmarks import MIRROR_68, iod
-from fergate.errors import UserError
 
 
 def warp(img: np.ndarray, m: np.ndarray) -> np.ndarray:
@@ -273,13 +272,6 @@ def crop(rec: dict, field: str, box: tuple[int, int, int, int]) -> dict:
         if g.on == field and k != field:
             out[k] = g.kind.crop(v, g, rec, (x, y))
     return out
-
-
-def require(names: Sequence[str], what: str) -> None:
-    """A one-line error naming the first of `names` not declared (a family's inputs)."""
-    for n in names:
-        if n not in FIELDS:
-            raise UserError(f"{what}: record field {n!r} is not declared (fergate.data.fields.register)")
 
 
 for _f in (
