@@ -1,11 +1,25 @@
 """Shared fixtures: a small prepared sample dataset, built once per test session."""
 
 import os
+import shutil
+import tempfile
 
 import pytest
 
 pytest.register_assert_rewrite("helpers")  # its asserts report their values, as a test's do
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=1")
+# The XLA programs the tests' many `fergate` processes compile alike (the narrow MoDuL's steps),
+# compiled once per session: a cache of this session's own, so that every run of the suite
+# starts cold and its time says what a fresh machine takes.
+OWN_XLA_CACHE = None
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = OWN_XLA_CACHE = tempfile.mkdtemp(prefix="fergate-xla-")
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.3")
+
+
+def pytest_sessionfinish(session, exitstatus):
+    if OWN_XLA_CACHE:
+        shutil.rmtree(OWN_XLA_CACHE, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
@@ -27,3 +41,18 @@ def photos():
 
     return {name: sample.read_source(path) for name, path, _ in sample.sample_photos()
             if name in ("astronaut", "grace_hopper")}
+
+
+@pytest.fixture(scope="session")
+def uninterrupted(sample_data, tmp_path_factory):
+    """The narrow MoDuL trained `RESUME_STEPS` steps without a stop: what every killed,
+    signalled and resumed run must end equal to (trained once for all of them)."""
+    import subprocess
+
+    from helpers import RESUME_STEPS, train_cmd
+
+    w = tmp_path_factory.mktemp("uninterrupted") / "w"
+    r = subprocess.run(train_cmd(w, sample_data, f"--config.train.steps={RESUME_STEPS}"), capture_output=True,
+                       text=True)
+    assert r.returncode == 0, r.stderr[-2000:]
+    return w

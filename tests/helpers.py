@@ -32,10 +32,14 @@ def final_params(workdir) -> tuple[int, dict]:
     return step, jax.device_get(state.params)
 
 
-def interrupted_run(ref, w, data, extra, ready: Callable[[], bool], sig: int) -> subprocess.Popen:
-    """Trains `ref` to the end, then the same run in `w` until `ready()` (at most 240 s),
-    when it gets `sig`: the ended process (`.out`, `.err`: its output)."""
-    assert subprocess.run(train_cmd(ref, data, *extra), capture_output=True).returncode == 0
+#: The run the interrupted ones are compared with (`uninterrupted` in conftest.py): how often a
+#: run logs or checkpoints does not change its parameters.
+RESUME_STEPS = 40
+
+
+def interrupted_run(w, data, extra, ready: Callable[[], bool], sig: int) -> subprocess.Popen:
+    """The narrow MoDuL's `RESUME_STEPS`-step run in `w` until `ready()` (at most 240 s), when
+    it gets `sig`: the ended process (`.out`, `.err`: its output)."""
     p = subprocess.Popen(train_cmd(w, data, *extra), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 240
     while not ready() and time.time() < deadline:

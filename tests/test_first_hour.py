@@ -11,7 +11,7 @@ import time
 import cv2
 import numpy as np
 import pytest
-from helpers import SMALL, assert_same_final_params, interrupted_run, metrics_lines, train_cmd
+from helpers import RESUME_STEPS, SMALL, assert_same_final_params, interrupted_run, metrics_lines, train_cmd
 
 from fergate.train.checkpoint import Checkpointer
 
@@ -78,21 +78,23 @@ def test_training_on_your_own_photos_as_the_readme_says(own_folder, tmp_path):
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
-def test_a_signal_saves_where_the_run_is_and_the_rerun_ends_like_an_uninterrupted_one(sample_data, tmp_path, sig):
-    extra = ("--config.train.steps=40", "--config.train.ckpt_every=1000", "--config.train.log_every=2")
-    ref, w = tmp_path / "ref", tmp_path / "w"
-    p = interrupted_run(ref, w, sample_data, extra, lambda: metrics_lines(w) >= 5, sig)
+def test_a_signal_saves_where_the_run_is_and_the_rerun_ends_like_an_uninterrupted_one(sample_data, uninterrupted,
+                                                                                     tmp_path, sig):
+    extra = (f"--config.train.steps={RESUME_STEPS}", "--config.train.ckpt_every=1000", "--config.train.log_every=2")
+    w = tmp_path / "w"
+    p = interrupted_run(w, sample_data, extra, lambda: metrics_lines(w) >= 5, sig)
     err = p.err
     assert p.returncode == 128 + sig, err[-2000:]
     assert f"{signal.Signals(sig).name} at step" in err and "run the same command again to resume" in err
     stopped = int(err.split(" at step ")[1].split(":")[0])
-    assert 10 <= stopped < 40 and Checkpointer(str(w)).steps() == [stopped]
+    assert 10 <= stopped < RESUME_STEPS and Checkpointer(str(w)).steps() == [stopped]
     r = subprocess.run(train_cmd(w, sample_data, *extra), capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-2000:]
-    assert f"resumed from step {stopped}" in r.stdout and f"done: {40 - stopped} steps run here" in r.stdout
+    assert f"resumed from step {stopped}" in r.stdout and f"done: {RESUME_STEPS - stopped} steps run here" in r.stdout
     steps = [json.loads(x)["step"] for x in open(w / "metrics.jsonl") if "loss" in json.loads(x)]
-    assert steps == sorted(set(steps)) and set(steps) == {*range(2, 41, 2), stopped}  # each step once, in order
-    assert_same_final_params(ref, w, 40)
+    # each step once, in order
+    assert steps == sorted(set(steps)) and set(steps) == {*range(2, RESUME_STEPS + 1, 2), stopped}
+    assert_same_final_params(uninterrupted, w, RESUME_STEPS)
 
 
 def test_a_new_run_says_it_starts_fresh_and_more_steps_do_not_move_the_schedule(sample_data, tmp_path):

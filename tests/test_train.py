@@ -10,7 +10,7 @@ import sys
 import jax
 import numpy as np
 import pytest
-from helpers import SMALL, assert_same_final_params, interrupted_run, train_cmd
+from helpers import RESUME_STEPS, SMALL, assert_same_final_params, interrupted_run, train_cmd
 
 from fergate import config as C
 from fergate.errors import UserError
@@ -65,15 +65,15 @@ def test_two_processes_train_like_one(sample_data, tmp_path):
     assert (two / "eval.json").exists()
 
 
-def test_killed_run_resumes_to_the_same_parameters(sample_data, tmp_path):
-    extra = ("--config.train.steps=40", "--config.train.ckpt_every=10", "--config.train.log_every=5")
-    ref, w = tmp_path / "uninterrupted", tmp_path / "killed"
-    interrupted_run(ref, w, sample_data, extra, lambda: os.path.isdir(w / "checkpoints" / "20"), signal.SIGKILL)
+def test_killed_run_resumes_to_the_same_parameters(sample_data, uninterrupted, tmp_path):
+    extra = (f"--config.train.steps={RESUME_STEPS}", "--config.train.ckpt_every=10", "--config.train.log_every=5")
+    w = tmp_path / "killed"
+    interrupted_run(w, sample_data, extra, lambda: os.path.isdir(w / "checkpoints" / "20"), signal.SIGKILL)
     assert not os.path.exists(w / "eval.json"), "the run finished before it could be killed"
     r = subprocess.run(train_cmd(w, sample_data, *extra), capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-2000:]
     assert "resumed from step" in r.stdout
-    assert_same_final_params(ref, w, 40)
+    assert_same_final_params(uninterrupted, w, RESUME_STEPS)
 
 
 def test_other_config_corrupt_checkpoint_and_nan_are_clear(sample_data, tmp_path, caplog):

@@ -71,12 +71,25 @@ def add_jax_args(q: argparse.ArgumentParser) -> None:
 def jax_setup(a: argparse.Namespace) -> None:
     import jax
 
+    compilation_cache(jax)
     if getattr(a, "cpu_devices", None):
         jax.config.update("jax_num_cpu_devices", a.cpu_devices)
     from fergate.train.mesh import setup_distributed
 
     setup_distributed(a.coordinator, a.num_processes, a.process_id, a.distributed)
     setup_logging(jax.process_index() == 0)
+
+
+def compilation_cache(jax) -> None:
+    """XLA programs kept on disk (`FERGATE_CACHE/xla`, or JAX_COMPILATION_CACHE_DIR; set it empty
+    to turn it off), so that a resumed, re-evaluated or exported run does not compile its steps
+    again: a restart after preemption starts at once."""
+    import os
+
+    if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+        from fergate.data.cache import cache_root
+
+        jax.config.update("jax_compilation_cache_dir", os.path.join(cache_root(), "xla"))
 
 
 def workdir_setup(a: argparse.Namespace) -> ml_collections.ConfigDict:
