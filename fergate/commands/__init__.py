@@ -86,10 +86,13 @@ def compilation_cache(jax) -> None:
     again: a restart after preemption starts at once."""
     import os
 
-    if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+    where = os.environ.get("JAX_COMPILATION_CACHE_DIR")
+    if where is None:
         from fergate.data.cache import cache_root
 
         jax.config.update("jax_compilation_cache_dir", os.path.join(cache_root(), "xla"))
+    elif not where:
+        jax.config.update("jax_enable_compilation_cache", False)
 
 
 def workdir_setup(a: argparse.Namespace) -> ml_collections.ConfigDict:
