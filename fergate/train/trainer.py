@@ -96,7 +96,10 @@ def train(config, workdir: str) -> dict:
     # compile once; FLOPs for MFU from the whole step (XLA cost analysis before partitioning)
     lowered = prog.train_step.lower(state, prog.example)
     compiled = lowered.compile()
-    flops, peak = perf.step_flops(lowered), perf.peak(models.compute_dtype(config).name)
+    flops = perf.step_flops(lowered)
+    peak = perf.peak(models.compute_dtype(config).name) if flops else None
+    if peak is not None:
+        log.info(f"[perf] MFU against {peak.flops / 1e9:,.1f} GFLOP/s, {peak.source}")
     writer = MetricsWriter(workdir, start)
     profile = Profile(c.profile_steps, workdir)
     eval_every = c.eval_every if c.eval_every >= 0 else max(1, c.steps // 10)
