@@ -268,7 +268,8 @@ KEYS: dict[str, KeySpec] = {
     "optim.frozen": K((), "parameter subtrees not trained"),
     "optim.lr_scale": K((), "'subtree=factor' entries scaling a subtree's rate", before=(), parse=_each(parse_scale)),
     # --- train
-    "train.steps": K(10_000, check=at_least(1), resumable=True),
+    "train.steps": K(10_000, "this run's steps (an earlier stage has its config's: pretrain.steps sets them)",
+                     check=at_least(1), resumable=True),
     "train.log_every": K(50, check=at_least(1), resumable=True),
     "train.ckpt_every": K(1000, check=at_least(1), resumable=True),
     "train.keep": K(3, check=at_least(1), resumable=True),
@@ -293,7 +294,7 @@ KEYS: dict[str, KeySpec] = {
     # --- init / pretrain: earlier stages (trained into W/pretrain/NAME) and parameters loaded from them
     "init.params_from": K((), "workdirs, or 'pretrain' (this config's earlier stages)"),
     "init.params": K((), "parameter subtrees loaded, 'NAME' or 'dst=src'", parse=_each(parse_param_copy)),
-    "pretrain.steps": K(0, "> 0: every earlier stage's train.steps", before=0),
+    "pretrain.steps": K(0, "> 0: every earlier stage's train.steps (0: each stage config's own)", before=0),
     "pretrain.inherit": K((), "keys every earlier stage takes from this config", before=()),
     "pretrain.configs": K({}, "NAME -> 'FILE:ARG', FILE relative to the directory of the config file naming it",
                           before={}, parse=parse_stages),

@@ -112,6 +112,8 @@ def test_a_moved_workdir_evaluates(sample_data, tmp_path):
                         str(w), f"--config.data.dir={sample_data}", "--config.train.steps=4",
                         "--config.pretrain.steps=4", *SMALL], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-2000:]
+    assert f"[train] plan: stage 1 first (modul/modul) 4 steps -> {w}/pretrain/first; stage 2 modul/modul 4 steps" \
+        in r.stdout
     saved = json.load(open(w / "config.json"))
     assert saved["pretrain"]["configs"] == {"first": "staged.py:stage"}  # no absolute path
     assert os.path.exists(w / "pretrain" / "first" / "eval.json")

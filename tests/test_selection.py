@@ -73,6 +73,9 @@ def test_the_best_validation_step_is_evaluated_not_the_last(sample_data, tmp_pat
     ev = json.load(open(w / "eval.json"))
     assert ev["step"] == 6 and ev["accuracy"] == 1.0 and ev["selected"]["step"] == 6
     assert "the selected checkpoint: step 6" in r.stdout
+    # metrics.jsonl logs the final evaluation at the step evaluated, not the last one trained
+    assert [(x["step"], x["eval_accuracy"]) for x in rows if x.get("final")] == [(6, 1.0)]
+    assert "[eval] test at step 6: accuracy 1.000" in r.stdout
     r = subprocess.run([sys.executable, "-m", "fergate", "eval", "--workdir", str(w), "--out", str(tmp_path / "ev")],
                        capture_output=True, text=True, env=env, cwd=REPO)
     assert r.returncode == 0 and "the selected checkpoint: step 6" in r.stdout, r.stderr[-2000:]
@@ -89,3 +92,19 @@ def test_validation_subjects_are_held_out_of_training(sample_data):
     assert p.val.split == p.train.split == "train" and p.held and set(subjects[p.val.records]) == set(p.held)
     assert not set(subjects[p.train.records]) & set(p.held)
     assert len(p.val.records) + len(p.train.records) == len(subjects)
+
+
+def test_a_run_resumed_after_its_end_logs_its_final_evaluation_once(tmp_path):
+    """Running a finished command again evaluates again: the earlier final row goes, the
+    training rows up to the checkpoint stay."""
+    from fergate.train.trainer import MetricsWriter, read_metrics
+
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in (
+        {"step": 10, "loss": 1.0}, {"step": 20, "loss": 0.5}, {"step": 20, "val_accuracy": 0.5},
+        {"step": 10, "eval_accuracy": 0.7, "final": True}, {"step": 30, "loss": 0.4})))  # 30: after the checkpoint
+    w = MetricsWriter(str(tmp_path), start=20)
+    w.write(10, {"eval_accuracy": 0.7}, final=True)
+    w.tb.close()
+    assert read_metrics(str(tmp_path)) == [{"step": 10, "loss": 1.0}, {"step": 20, "loss": 0.5},
+                                           {"step": 20, "val_accuracy": 0.5},
+                                           {"step": 10, "eval_accuracy": 0.7, "final": True}]

@@ -181,6 +181,25 @@ def test_exogenous_variable_choice_for_table_3():
         C.load("configs/thin.py:task=digits_rotated_scaled,variant=exo,exo=rotation+scale")
 
 
+def test_the_plan_line_says_each_stage_s_steps_and_pretrain_steps_sets_stage_1s(tmp_path):
+    """`--config.train.steps=300` on THIN once trained its stage 1 for 6,000 steps unsaid: the
+    line that opens a run names every stage's steps, and `pretrain.steps` sets stage 1's."""
+    w = str(tmp_path / "w")
+    cfg = C.load("configs/thin.py:variant=thin", ["--config.train.steps=300"])
+    line = trainer.plan(cfg, w)
+    assert line.startswith(f"[train] plan: stage 1 rotation (thin/exo) 6,000 steps -> {w}/pretrain/rotation; "
+                           f"stage 2 thin/thin 300 steps -> {w}")
+    assert "--config.pretrain.steps=N" in line
+    cfg = C.load("configs/thin.py:variant=thin", ["--config.train.steps=300", "--config.pretrain.steps=300"])
+    assert trainer.earlier_stages(cfg)["rotation"].train.steps == 300  # what the stage trains with
+    assert "stage 1 rotation (thin/exo) 300 steps" in trainer.plan(cfg, w)
+    os.makedirs(f"{w}/pretrain/rotation")
+    open(f"{w}/pretrain/rotation/eval.json", "w").write("{}")  # finished: reused, not trained
+    assert trainer.plan(cfg, w).startswith(f"[train] plan: stage 1 rotation (thin/exo) finished in {w}/pretrain/")
+    baseline = C.load("configs/thin.py:variant=baseline")  # no earlier stage
+    assert trainer.plan(baseline, w) == f"[train] plan: thin/baseline 6,000 steps -> {w}"
+
+
 def test_two_exogenous_variables_gate_on_the_concatenation():
     """Table 3's rotation + scale: one gamma_tau per variable, the gate reads both, and the
     dispelling loss has one |cos| per variable."""

@@ -145,7 +145,10 @@ def test_eval_command_and_bench_line(sample_data, tmp_path):
     assert set(line) >= {"model", "params", "batch", "examples_per_sec", "step_ms", "compile_s",
                          "flops_per_example", "mfu", "backend", "devices"}
     assert line["batch"] == 8 and line["flops_per_example"] > 0 and 0 < line["mfu"] <= 1
-    assert line["peak_source"].startswith("measured: best float32") and line["peak_gflops"] > 0
+    # the peak measured in this run: a round before the 3 timed steps and one after each
+    assert line["peak_source"].startswith("measured in this run, alternated with the timed steps: median of 4 "
+                                          "rounds of 4 float32 2048^3 matmuls")
+    assert len(line["peak_rounds"]) == 4 and min(line["peak_rounds"]) <= line["peak_gflops"] <= max(line["peak_rounds"])
     # the second config, timed in alternation: the distance branch alone is a part of joint
     assert line["vs"]["model"] == "modul/distances" and line["vs"]["params"] < line["params"]
     assert line["speedup"] == pytest.approx(line["vs"]["step_ms"] / line["step_ms"], rel=0.01)

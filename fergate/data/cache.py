@@ -1,6 +1,7 @@
 """Where fergate keeps what it prepares once per machine: the built-in datasets (the sample
-set, THIN's synthetic benchmarks) and the measured peak FLOP/s (`FERGATE_CACHE`, default
-~/.cache/fergate)."""
+set, THIN's synthetic benchmarks) (`FERGATE_CACHE`, default ~/.cache/fergate). The peak
+FLOP/s that MFU divides by is not kept: it is measured in the run that uses it
+(`fergate.train.perf`)."""
 
 from __future__ import annotations
 

@@ -2,8 +2,9 @@
 
 Compile time is reported apart (`compile_s`); the step time is the median of timed steps
 after warm-up. FLOPs come from the step's XLA cost analysis (the whole step, before
-partitioning), MFU from
-`fergate.train.perf` (which says what its peak is: `peak_source`).
+partitioning), MFU from `fergate.train.perf`'s peak, which the line names (`peak_source`):
+a datasheet's, or matmul rounds measured in alternation with the timed steps
+(`peak_rounds`), so that whatever else loads the machine slows both alike.
 """
 
 from __future__ import annotations
@@ -21,6 +22,10 @@ from fergate.train import perf
 from fergate.train.data import DataPlan, resolve
 from fergate.train.mesh import global_batch
 from fergate.train.program import Program
+
+#: `bench` measures a peak without a datasheet figure in a matmul round before its timed steps
+#: and one after each of (at most) this many blocks of them
+PEAK_BLOCKS = 4
 
 
 class _Timed:
@@ -58,10 +63,13 @@ class _Timed:
         if timed:
             self.times.append(time.perf_counter() - t)
 
-    def report(self) -> dict:
+    @property
+    def dtype(self) -> str:
+        return models.compute_dtype(self.config).name
+
+    def report(self, peak: perf.Peak) -> dict:
         c, b, flops = self.config, self.config.input.batch_size, self.flops
-        dtype = models.compute_dtype(c).name
-        med, peak = statistics.median(self.times), perf.peak(dtype)
+        med = statistics.median(self.times)
         return {
             "model": f"{c.model}/{c.variant}", "mode": "infer" if self.infer else "train",
             "params": self.prog.n_params(), "batch": b, "examples_per_sec": round(b / med, 2),
@@ -69,8 +77,9 @@ class _Timed:
             "flops_per_example": int(flops * jax.process_count() / b) if flops else None,
             "mfu": round(peak.mfu(flops / med), 4) if flops else None,
             "peak_gflops": round(peak.flops / 1e9, 1), "peak_source": peak.source,
+            "peak_rounds": [round(r / 1e9, 1) for r in peak.rounds],
             "backend": jax.default_backend(), "devices": jax.device_count(), "mesh": dict(self.prog.mesh.shape),
-            "dtype": dtype,
+            "dtype": self.dtype,
         }
 
 
@@ -79,16 +88,32 @@ def bench(config, batch: int | None = None, steps: int = 20, warmup: int = 3, in
     """Times `steps` train (or inference) steps; with `data`, also the input pipeline's rate
     for the same batches from that prepared directory. With `vs` (another config), both
     steps are compiled and timed in alternation, so that the machine's noise hits both
-    alike, and `speedup` = vs's median step time / this one's."""
+    alike, and `speedup` = vs's median step time / this one's. A peak without a datasheet
+    figure is measured the same way: a matmul round before the timed steps and one after
+    each of `PEAK_BLOCKS` blocks of them (one per step with fewer steps)."""
     if steps < 1 or warmup < 0:
         raise UserError(f"--steps {steps} --warmup {warmup}: need at least 1 timed step and no negative warm-up")
     runs = [_Timed(config, batch, infer, data)] + ([_Timed(vs, batch, infer, data)] if vs is not None else [])
+    sheets = {r.dtype: perf.datasheet(r.dtype) for r in runs}
+    probes = [perf.MatmulProbe(d) for d, sheet in sheets.items() if sheet is None]
+    blocks = min(steps, PEAK_BLOCKS)
+    rounds_after = {warmup + round(steps * (k + 1) / blocks) for k in range(blocks)}  # steps run before a round
+
+    def peak_round():
+        for p in probes:
+            p.round()
+
     for i in range(warmup + steps):
+        if i == warmup:
+            peak_round()
         for r in runs:
             r.step(timed=i >= warmup)
-    res = runs[0].report()
+        if i + 1 in rounds_after:
+            peak_round()
+    peaks = {**sheets, **{p.dtype: p.peak("in this run, alternated with the timed steps") for p in probes}}
+    res = runs[0].report(peaks[runs[0].dtype])
     if vs is not None:
-        res["vs"] = runs[1].report()
+        res["vs"] = runs[1].report(peaks[runs[1].dtype])
         res["speedup"] = round(statistics.median(runs[1].times) / statistics.median(runs[0].times), 3)
     if data:
         res["input_examples_per_sec"] = round(input_rate(runs[0].data), 1)

@@ -54,6 +54,7 @@ def train(config, workdir: str) -> dict:
     data = DataPlan.build(config)
     check_workdir_config(workdir, config)
     config_mesh(config)  # a mesh this process cannot build is refused before earlier stages run
+    log.info(plan(config, workdir))
     source_manifest = data.manifest
     if config.data.get("features_from"):
         data = data.with_features(write_stage_features(config, workdir))
@@ -96,7 +97,10 @@ def train(config, workdir: str) -> dict:
     # compile once; FLOPs for MFU from the whole step (XLA cost analysis before partitioning)
     lowered = prog.train_step.lower(state, prog.example)
     compiled = lowered.compile()
-    flops, peak = perf.step_flops(lowered), perf.peak(models.compute_dtype(config).name)
+    flops = perf.step_flops(lowered)
+    peak = perf.peak(models.compute_dtype(config).name) if flops else None
+    if peak is not None:
+        log.info(f"[perf] MFU against {peak.flops / 1e9:,.1f} GFLOP/s, {peak.source}")
     writer = MetricsWriter(workdir, start)
     profile = Profile(c.profile_steps, workdir)
     eval_every = c.eval_every if c.eval_every >= 0 else max(1, c.steps // 10)
@@ -179,10 +183,12 @@ def train(config, workdir: str) -> dict:
         results.metrics.update(fold=config.data.fold, folds=config.data.folds)
     if selection is not None:
         results.metrics["selected"] = selection.best
-    writer.write(step, {f"eval_{k}": results.metrics[k] for k in ("accuracy", "mean_class_accuracy")})
+    # the step whose parameters were evaluated (the selected checkpoint's), marked as the final evaluation
+    writer.write(evaluated, {f"eval_{k}": results.metrics[k] for k in ("accuracy", "mean_class_accuracy")},
+                 final=True)
     writer.close()
     report = evaluate.write_reports(results, workdir) if jax.process_index() == 0 else results.metrics
-    log.info(f"[eval] {parts.eval.name}: accuracy {report['accuracy']:.3f}, "
+    log.info(f"[eval] {parts.eval.name} at step {evaluated}: accuracy {report['accuracy']:.3f}, "
              f"mean class accuracy {report['mean_class_accuracy']:.3f} -> {os.path.join(workdir, 'eval.json')}")
     return report
 
@@ -241,6 +247,37 @@ class Preemption:
 
 
 # ----------------------------------------------------------------------------- earlier stages
+def earlier_stages(config) -> dict:
+    """The earlier stages a run of `config` trains first, in order (each unless it has finished
+    in W/pretrain/NAME): the one `data.features_from` names, then, with "pretrain" in
+    `init.params_from`, every stage of the family's `stages(config)`."""
+    stages = models.family(config.model).stages(config)
+    first = config.data.get("features_from")
+    names = [first] if first in stages else []
+    if "pretrain" in config.init.params_from:
+        names += [n for n in stages if n not in names]
+    return {n: stages[n] for n in names}
+
+
+def plan(config, workdir: str) -> str:
+    """The line that opens a run: each stage it trains with its steps and workdir (a finished
+    earlier stage is reused), and the key that sets the earlier stages' steps, which
+    `train.steps` does not."""
+    stages = earlier_stages(config)
+    parts, pending = [], False
+    for i, (name, stage) in enumerate(stages.items(), 1):
+        where = os.path.join(workdir, "pretrain", name)
+        done = os.path.exists(os.path.join(where, "eval.json"))
+        pending |= not done
+        parts.append(f"stage {i} {name} ({stage.model}/{stage.variant}) "
+                     + (f"finished in {where}" if done else f"{stage.train.steps:,} steps -> {where}"))
+    parts.append(f"{f'stage {len(stages) + 1} ' if stages else ''}{config.model}/{config.variant} "
+                 f"{config.train.steps:,} steps -> {workdir}")
+    hint = " (--config.pretrain.steps=N sets every earlier stage's steps)" if pending and not \
+        config.pretrain.steps else ""
+    return f"[train] plan: {'; '.join(parts)}{hint}"
+
+
 def load_earlier_stages(prog: Program, state: TrainState, workdir: str) -> TrainState:
     """Copies the parameter subtrees `config.init.params` found in the newest checkpoints of
     `config.init.params_from`: workdirs, or "pretrain" = the family's `stages(config)`, each
@@ -340,7 +377,8 @@ def write_workdir_config(workdir: str, config, manifest: dict) -> None:
 class MetricsWriter:
     """`W/metrics.jsonl` (one JSON object per logged step) and TensorBoard event files in
     `W/tensorboard` (tensorboardX: no TensorFlow), written by process 0. A resumed run first
-    drops what was logged after its checkpoint, so that no step is there twice."""
+    drops what was logged after its checkpoint and the final evaluation (`final`: it comes
+    again), so that no step is there twice."""
 
     def __init__(self, workdir: str, start: int):
         self.path = os.path.join(workdir, "metrics.jsonl")
@@ -350,7 +388,8 @@ class MetricsWriter:
             return
         if os.path.exists(self.path):
             with open(self.path) as f:
-                kept = [line for line in f if line.strip() and json.loads(line)["step"] <= start]
+                rows = [(line, json.loads(line)) for line in f if line.strip()]
+            kept = [line for line, row in rows if row["step"] <= start and not row.get("final")]
             with open(self.path + ".tmp", "w") as f:
                 f.writelines(kept)
             os.replace(self.path + ".tmp", self.path)
@@ -358,11 +397,12 @@ class MetricsWriter:
 
         self.tb = SummaryWriter(os.path.join(workdir, "tensorboard"), purge_step=start + 1 if start else None)
 
-    def write(self, step: int, row: dict) -> None:
+    def write(self, step: int, row: dict, final: bool = False) -> None:
+        """One row at `step`; `final`: the final evaluation (of the checkpoint at `step`)."""
         if not self.lead:
             return
         with open(self.path, "a") as f:
-            f.write(json.dumps({**row, "step": step}) + "\n")
+            f.write(json.dumps({**row, "step": step, **({"final": True} if final else {})}) + "\n")
         for k, v in row.items():
             if v is not None:
                 split, _, name = k.partition("_")
