@@ -24,19 +24,31 @@ def _losses(workdir):
         return [(r["step"], r["loss"]) for r in map(json.loads, f) if "loss" in r]
 
 
-def test_same_loss_curve_on_1_and_4_devices(sample_data, tmp_path):
+#: the runs the device-count tests compare: 10 steps, the loss logged every 2
+CURVE = ("--config.train.steps=10", "--config.train.log_every=2")
+
+
+def _curve_run(w, data, devices: int, *extra) -> list[tuple[int, float]]:
+    r = subprocess.run(train_cmd(w, data, *CURVE, f"--cpu_devices={devices}", *extra), capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert f"{devices} devices" in r.stdout
+    return _losses(w)
+
+
+@pytest.fixture(scope="module")
+def four_devices(sample_data, tmp_path_factory):
+    """The narrow MoDuL's loss curve on one process with 4 devices: the curve the other
+    device and process counts must draw."""
+    return _curve_run(tmp_path_factory.mktemp("four") / "w", sample_data, 4)
+
+
+def test_same_loss_curve_on_1_and_4_devices(sample_data, four_devices, tmp_path):
     """One device, four, and four with the global batch in 2 accumulated micro-batches
     (train.accumulate): the same loss curve."""
-    curves = []
-    for n, k in ((1, 1), (4, 1), (4, 2)):
-        w = tmp_path / f"dev{n}_acc{k}"
-        r = subprocess.run(train_cmd(w, sample_data, "--config.train.steps=20", "--config.train.log_every=2",
-                                f"--cpu_devices={n}", f"--config.train.accumulate={k}"), capture_output=True, text=True)
-        assert r.returncode == 0, r.stderr[-2000:]
-        assert f"{n} devices" in r.stdout
-        curves.append(_losses(w))
+    curves = [_curve_run(tmp_path / "one", sample_data, 1), four_devices,
+              _curve_run(tmp_path / "acc2", sample_data, 4, "--config.train.accumulate=2")]
     (s1, l1), (s4, l4), (sa, la) = (zip(*c) for c in curves)
-    assert s1 == s4 == sa and len(s1) == 10
+    assert s1 == s4 == sa and len(s1) == 5
     np.testing.assert_allclose(l1, l4, rtol=2e-4)
     np.testing.assert_allclose(l1, la, rtol=2e-4)
     r = subprocess.run(train_cmd(tmp_path / "bad", sample_data, "--config.train.accumulate=3"), capture_output=True,
@@ -44,22 +56,18 @@ def test_same_loss_curve_on_1_and_4_devices(sample_data, tmp_path):
     assert r.returncode == 2 and "must split into 3 micro-batches" in r.stderr
 
 
-def test_two_processes_train_like_one(sample_data, tmp_path):
+def test_two_processes_train_like_one(sample_data, four_devices, tmp_path):
     """A real 2-process job on localhost (jax.distributed, gloo): each process reads its own
     part of the stream, the global batch holds the same examples, so the loss curve is the
     one of a single process with as many devices."""
-    extra = ["--config.train.steps=10", "--config.train.log_every=2"]
-    one = tmp_path / "one"
-    r = subprocess.run(train_cmd(one, sample_data, *extra, "--cpu_devices=4"), capture_output=True, text=True)
-    assert r.returncode == 0, r.stderr[-2000:]
     two = tmp_path / "two"
-    args = train_cmd(two, sample_data, *extra)[3:]  # drop "python -m fergate"
+    args = train_cmd(two, sample_data, *CURVE)[3:]  # drop "python -m fergate"
     r = subprocess.run(["bash", "launch/local_multiprocess.sh", "2", "2", *args], capture_output=True, text=True,
                        env={**os.environ, "PYTHON": sys.executable}, timeout=600)
     assert r.returncode == 0, r.stdout[-3000:]
     assert "4 devices" in r.stdout and "Rank 1 is connected" in r.stdout
     assert "[p0] [train] step 10/10" in r.stdout and "[p1] [train]" not in r.stdout  # one log, process 0's
-    (s1, l1), (s2, l2) = zip(*_losses(one)), zip(*_losses(two))
+    (s1, l1), (s2, l2) = zip(*four_devices), zip(*_losses(two))
     assert s1 == s2
     np.testing.assert_allclose(l1, l2, rtol=2e-4)
     assert (two / "eval.json").exists()
