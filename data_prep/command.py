@@ -13,7 +13,8 @@ from fergate.errors import UserError
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    q = sub.add_parser("prep", help="face pipeline -> ArrayRecord shards + manifest.json")
+    q = sub.add_parser("prep", help="face pipeline -> ArrayRecord shards + manifest.json",
+                       epilog="The reader options of each dataset follow the general ones, in a group per dataset.")
     if named() not in (None, "prep"):  # another command: its help line is all it needs of this parser
         return
     q.add_argument("source", nargs="?", help="dataset root (folder of photos for --dataset sample, the .csv file "
@@ -23,9 +24,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     q.add_argument("--dataset", required=True, help=readers.dataset_help())
     q.add_argument("--out", required=True, help="output directory")
     q.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
-    q.add_argument("--shard_index", type=int, default=0, help="this machine's index")
-    q.add_argument("--num_shards", type=int, default=1, help="machines sharing the work")
-    q.add_argument("--records_per_file", type=int, default=1024)
+    q.add_argument("--shard_index", type=int, default=0, help="this machine's index, 0 to --num_shards - 1")
+    q.add_argument("--num_shards", type=int, default=1, help="machines sharing the work, each writing its share of "
+                   "every split's files into the same --out")
+    q.add_argument("--records_per_file", type=int, default=1024, metavar="N",
+                   help="records per ArrayRecord file at most: a split of n items is written as ceil(n / N) files "
+                        "(rounded up to a multiple of --num_shards)")
     q.add_argument("--test_fraction", type=float, default=0.2,
                    help="a source without a test split: hold out this share of its subjects as `test` (0: none)")
     q.add_argument("--face_size", default="96", help="aligned crop: a side (96) or width x height (125x160)")
@@ -37,8 +41,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     q.add_argument("--face_scale", type=float, default=1.0,
                    help="the face's size in the crop against the template's: 0.6 keeps background around it")
     q.add_argument("--grey", action="store_true", help="store grey faces (default RGB)")
-    q.add_argument("--patch_size", type=int, default=30)
-    q.add_argument("--no_patches", action="store_true")
+    q.add_argument("--patch_size", type=int, default=30, metavar="P",
+                   help="side in pixels of the P x P grey patch cut around each landmark (MoDuL's patch branch)")
+    q.add_argument("--no_patches", action="store_true", help="skip the landmark patches (models without a patch "
+                   "branch: smaller records, faster prep)")
     q.add_argument("--no_identity", action="store_true", help="skip the 128-d dlib embedding")
     q.add_argument("--upsample", type=int, default=0, help="HOG detector upsampling")
     q.add_argument("--compress", action="store_true", help="store images as PNG (smaller, slower to read)")

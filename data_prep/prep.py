@@ -144,8 +144,8 @@ def run(dataset: str, source: str | None, out: str, opts: PrepOptions = PrepOpti
             if f % num_shards == shard_index and not shards.shard_done(out, shards.shard_name(split, f, len(fl)))]
     n_todo = sum(len(its) for *_, its in todo)
     n_mine = sum(len(its) for split, fl in files.items() for f, its in enumerate(fl) if f % num_shards == shard_index)
-    log.info(f"[prep] {dataset}: {len(items)} items in {sum(map(len, files.values()))} files; "
-        f"this machine ({shard_index}/{num_shards}): {n_todo} of {n_mine} items left to do")
+    log.info(f"[prep] {dataset}: {len(items):,} items -> {sum(map(len, files.values())):,} shards; "
+        f"this machine ({shard_index}/{num_shards}): {n_todo:,} of {n_mine:,} items left to do")
     workers = workers or os.cpu_count() or 1
     flat = [it for *_, its in todo for it in its]
     init = (dataset, source, reader_options, opts)
@@ -166,6 +166,7 @@ def run(dataset: str, source: str | None, out: str, opts: PrepOptions = PrepOpti
     # algebra only loses to threads that spin, and loses 100x when another job holds the cores
     blas = threadpoolctl.threadpool_limits(1) if pool is None else contextlib.nullcontext()
     t0, done, counts, last_log = time.time(), 0, Counter(), 0.0
+    first = None  # (time, items done) at the first progress line: the rate is measured from there on
     try:
         for split, f, its in todo:
             name = shards.shard_name(split, f, len(files[split]))
@@ -181,9 +182,9 @@ def run(dataset: str, source: str | None, out: str, opts: PrepOptions = PrepOpti
                 done += 1
                 if time.time() - last_log > 5 or done == n_todo:
                     last_log = time.time()
-                    rate = done / max(time.time() - t0, 1e-9)
-                    log.info(f"[prep] {done}/{n_todo} items, {rate:.1f} items/s, ETA {(n_todo - done) / rate:.0f}s, "
-                        f"{counts['skipped']} skipped")
+                    log.info(f"[prep] {done:,}/{n_todo:,} items, {_rate(first, done, n_todo, t0)}, "
+                             f"{counts['skipped']:,} skipped")
+                    first = first or (last_log, done)
             w.close()
     finally:
         blas.__exit__(None, None, None)
@@ -198,10 +199,28 @@ def run(dataset: str, source: str | None, out: str, opts: PrepOptions = PrepOpti
     manifest = shards.write_manifest(out, {s: len(fl) for s, fl in files.items()}, info)
     if manifest["complete"] and "train" in manifest["splits"]:
         contact_sheet(out, "train", list(rdr.classes), os.path.join(out, "contact_sheet.png"))
-    summary = ", ".join(f"{s}: {v['records']}" for s, v in manifest["splits"].items())
+    summary = ", ".join(f"{s}: {v['records']:,}" for s, v in manifest["splits"].items())
     pending = "" if manifest["complete"] else f"; {manifest['missing_shards']} shards left to other machines"
     log.info(f"[prep] wrote {out}: {summary}; skipped {manifest['skipped'] or 'none'}{pending}")
     return manifest
+
+
+def _rate(first: tuple[float, int] | None, done: int, total: int, t0: float) -> str:
+    """The progress line's rate and ETA, measured from the `first` line (time, items done) on:
+    the first results wait for the workers to start (seconds of imports and model loading), so
+    a rate over them promised hours for minutes. At the first line, the start-up time only."""
+    now = time.time()
+    if first is None or done <= first[1]:
+        return f"first results after {now - t0:.1f}s"
+    rate = (done - first[1]) / max(now - first[0], 1e-9)
+    left = total - done
+    return f"{rate:,.1f} items/s" + (f", ETA {_duration(left / rate)}" if left else f", {_duration(now - t0)} in all")
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds >= 3600 else \
+        f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
 
 
 def builtin(dataset: str, options: dict) -> str:

@@ -16,6 +16,7 @@ import fergate
 from fergate import commands, plugins
 from fergate.commands import (
     LOGGERS,  # noqa: F401  (fergate.cli.LOGGERS: the loggers `setup_logging` sets, which tests restore)
+    Parser,
     attend,
     bench,
     curves,
@@ -27,20 +28,22 @@ from fergate.commands import (
     sweep,
     train,
 )
+from fergate.commands import config as config_command
 from fergate.commands import eval as evaluate
 from fergate.errors import Interrupted, UserError
 
 #: fergate's own subcommands, in the order of `--help`, after those other packages add
-COMMANDS = (train, cv, sweep, evaluate, curves, export, predict, attend, features, bench)
+COMMANDS = (train, config_command, cv, sweep, evaluate, curves, export, predict, attend, features, bench)
 
 
 def parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     """The command line's parser; with `argv`, the parser of the subcommand it names is the one
     built whole (`fergate.commands.named`)."""
     commands.NAMED[0] = next((a for a in argv if not a.startswith("-")), None) if argv else None
-    p = argparse.ArgumentParser(prog="fergate", description="Gated multi-modal FER models in JAX.")
+    p = Parser(prog="fergate", description="Gated multi-modal FER models in JAX.",
+               epilog="`fergate COMMAND --help`: a command's options and their defaults.")
     p.add_argument("--version", action="version", version=f"fergate {fergate.version()}")
-    sub = p.add_subparsers(dest="command", required=True)
+    sub = p.add_subparsers(dest="command", required=True, parser_class=Parser)
     # the offline stage's commands (prep) first, as a project uses them
     for command in [e.load() for e in plugins.provided(plugins.COMMANDS)] + list(COMMANDS):
         command.add_parser(sub)

@@ -11,6 +11,7 @@ values are checked as they load (`fergate.options`: a malformed `mesh.rules`, `d
 from __future__ import annotations
 
 import ast
+import difflib
 import hashlib
 import importlib.util
 import json
@@ -37,7 +38,8 @@ def parse_arg(arg: str | None, **defaults: Any) -> ml_collections.ConfigDict:
         key, _, value = part.partition("=")
         key = key.strip()
         if key not in defaults:
-            raise UserError(f"unknown config argument {key!r}; known: {', '.join(sorted(defaults))}")
+            raise UserError(f"unknown config argument {key!r}{did_you_mean(key, defaults)} (known: "
+                            f"{', '.join(sorted(defaults))})")
         out[key] = _coerce(value.strip(), defaults[key], key)
     return out
 
@@ -110,8 +112,17 @@ def override(cfg: ml_collections.ConfigDict, dotted: str, text: str) -> None:
     """Sets `dotted` (a.b.c) from its text, typed like the value it replaces."""
     flat = flatten(cfg.to_dict(), as_json=False)
     if dotted not in flat:
-        raise UserError(f"unknown config key {dotted!r}")
+        raise UserError(f"unknown config key {dotted!r}{did_you_mean(dotted, flat)} (every key: fergate config show "
+                        "CONFIG)")
     cfg.update_from_flattened_dict({dotted: _coerce(text, flat[dotted], dotted)})
+
+
+def did_you_mean(key: str, known) -> str:
+    """"; did you mean train.steps?" for a key close to one of `known` (a misspelling, or a key
+    without its section: `steps`), else ""."""
+    leaf = sorted((k for k in known if k.rpartition(".")[2] == key), key=len)
+    close = leaf[:2] or difflib.get_close_matches(key, list(known), n=1, cutoff=0.7)
+    return f"; did you mean {' or '.join(close)}?" if close else ""
 
 
 def flatten(d: dict, prefix: str = "", as_json: bool = True) -> dict[str, Any]:

@@ -32,7 +32,8 @@ def confusion_matrix(labels: np.ndarray, pred: np.ndarray, classes: Sequence[str
 
     plt, k = _plt(), len(classes)
     side = 1.5 + (0.55 if k <= 20 else 0.24) * k
-    fig, ax = plt.subplots(figsize=(side + 1.5, side))
+    # constrained layout keeps the colour bar's label and the title (above both) apart
+    fig, ax = plt.subplots(figsize=(max(side + 1.5, 5.5), side + 0.4), layout="constrained")
     disp = ConfusionMatrixDisplay.from_predictions(
         labels, pred, labels=list(range(k)), display_labels=list(classes), normalize="true", ax=ax, cmap="Blues",
         include_values=k <= 20, values_format=".0%", xticks_rotation=90 if k > 8 else 45, colorbar=False,
@@ -44,9 +45,17 @@ def confusion_matrix(labels: np.ndarray, pred: np.ndarray, classes: Sequence[str
         ax.tick_params(labelsize=5)
     ax.set_xlabel("predicted class")
     ax.set_ylabel("true class")
-    ax.set_title(title, fontsize=10)
     fig.colorbar(disp.im_, ax=ax, shrink=0.8).set_label("fraction of the true class's examples")
+    fig.suptitle(_wrap(title, fig), fontsize=10)
     return _save(fig, path)
+
+
+def _wrap(title: str, fig, fontsize: float = 10) -> str:
+    """`title`'s lines wrapped to the figure's width (a long run name must not run off it)."""
+    import textwrap
+
+    chars = max(20, int(fig.get_figwidth() * 72 / (0.55 * fontsize)))  # a character: ~0.55 em
+    return "\n".join(textwrap.fill(line, chars) for line in title.splitlines())
 
 
 def class_table(values: dict[str, np.ndarray], columns: Sequence[str], title: str, path: str,
@@ -179,32 +188,42 @@ def image_grid(images: np.ndarray, row_labels: Sequence[str], title: str, path: 
 def training_curves(runs: dict[str, list[dict]], path: str, title: str = "") -> str:
     """Loss and accuracy against the step of one run or several ({label: rows of
     metrics.jsonl}, one colour each): training (mean over each logging interval) and
-    held-out evaluation (accuracy solid with dots, mean class accuracy dashed)."""
+    held-out evaluation (accuracy solid with markers, mean class accuracy dashed). The
+    legends (the runs' colours, the lines' kinds) stand outside the axes, off the curves;
+    the accuracy axis reaches a little above 1, so that points at 1.0 show whole."""
+    from matplotlib.lines import Line2D
+
     plt = _plt()
-    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 3.6))
-    for i, (label, rows) in enumerate(runs.items()):
-        colour, prefix = f"C{i}", f"{label}: " if label else ""
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 3.6), layout="constrained")
+    kinds = {}  # the kinds of line drawn: legend label -> a grey sample of its style
+    for i, rows in enumerate(runs.values()):
+        colour = f"C{i}"
         train = [r for r in rows if "loss" in r]
-        ax_loss.plot([r["step"] for r in train], [r["loss"] for r in train], color=colour, label=label or None)
-        ax_acc.plot([r["step"] for r in train], [r["accuracy"] for r in train], color=colour, alpha=0.5,
-                    label=f"{prefix}training batches")
+        ax_loss.plot([r["step"] for r in train], [r["loss"] for r in train], color=colour)
+        ax_acc.plot([r["step"] for r in train], [r["accuracy"] for r in train], color=colour, alpha=0.5)
+        kinds["training batches"] = {"alpha": 0.5}
         for tag, name, marker in (("val", "validation", "s"), ("eval", "held-out split", "o")):
             held = [r for r in rows if f"{tag}_accuracy" in r]
             if held:
                 ax_acc.plot([r["step"] for r in held], [r[f"{tag}_accuracy"] for r in held], marker=marker,
-                            color=colour, label=f"{prefix}{name}")
+                            color=colour)
                 ax_acc.plot([r["step"] for r in held], [r[f"{tag}_mean_class_accuracy"] for r in held], marker=".",
-                            linestyle="--", color=colour, label=f"{prefix}{name}, mean class accuracy")
+                            linestyle="--", color=colour)
+                kinds[name] = {"marker": marker}
+                kinds[f"{name}, mean class accuracy"] = {"marker": ".", "linestyle": "--"}
     ax_loss.set_xlabel("step")
     ax_loss.set_ylabel("training loss (mean over each logging interval)")
     ax_loss.set_title("training loss", fontsize=10)
-    if len(runs) > 1:
-        ax_loss.legend(fontsize=7)
     ax_acc.set_xlabel("step")
     ax_acc.set_ylabel("accuracy")
-    ax_acc.set_ylim(0, 1)
+    ax_acc.set_ylim(-0.03, 1.05)
+    ax_acc.set_yticks(np.linspace(0, 1, 6))
     ax_acc.set_title("accuracy", fontsize=10)
-    ax_acc.legend(fontsize=7)
+    if any(runs):  # named runs: which colour is which
+        fig.legend([Line2D([], [], color=f"C{i}") for i in range(len(runs))], list(runs), loc="outside right upper",
+                   fontsize=7, title="run", title_fontsize=8)
+    fig.legend([Line2D([], [], color="0.3", **style) for style in kinds.values()], list(kinds),
+               loc="outside right lower", fontsize=7, title="accuracy of", title_fontsize=8)
     if title:
         fig.suptitle(title, fontsize=11)
     return _save(fig, path)

@@ -46,8 +46,8 @@ def test_every_figure_has_a_title_axis_labels_and_labelled_colour_bars(figures):
     plots.training_curves({"": rows}, "curves.png")
     plots.training_curves({"float32": rows, "bfloat16": rows}, "compare.png", "title")
     assert len(figures) == 9
-    loss_ax = figures["compare.png"].axes[0]
-    assert [t.get_text() for t in loss_ax.get_legend().get_texts()] == ["float32", "bfloat16"]
+    runs = figures["compare.png"].legends[0]
+    assert runs.get_title().get_text() == "run" and [t.get_text() for t in runs.get_texts()] == ["float32", "bfloat16"]
     for name, fig in figures.items():
         titles = [fig._suptitle.get_text()] if fig._suptitle else []
         titles += [ax.get_title() for ax in fig.axes]
@@ -63,6 +63,36 @@ def test_every_figure_has_a_title_axis_labels_and_labelled_colour_bars(figures):
     cm50 = figures["cm50.png"].axes[0]
     assert not [t for t in cm50.texts if t.get_text()] and len(cm50.get_xticklabels()) == 50
     assert len([t for t in figures["cm7.png"].axes[0].texts if t.get_text().endswith("%")]) == 49
+
+
+def _overlap(a, b) -> bool:
+    return a.x0 < b.x1 and b.x0 < a.x1 and a.y0 < b.y1 and b.y0 < a.y1
+
+
+def test_titles_labels_and_legends_stay_clear_of_each_other(figures):
+    """A long title over a 3-class confusion matrix once ran into its colour bar's label; the
+    legend of several runs covered their curves, and points at accuracy 1.0 were cut in half."""
+    plots.confusion_matrix(np.array([0, 1, 2]), np.array([0, 1, 2]), ["displeased", "happy", "surprise"],
+                           "modul/joint_rw, step 300, test split\naccuracy 1.000, mean class accuracy 1.000 "
+                           "(30 examples)", "cm3.png")
+    rows = [{"step": s, "loss": 1 / s, "accuracy": min(1, s / 50)} for s in range(10, 110, 10)]
+    rows += [{"step": 100, "eval_accuracy": 1.0, "eval_mean_class_accuracy": 1.0}]
+    plots.training_curves({f"run {i}": rows for i in range(3)}, "curves.png", "title")
+    for fig in figures.values():
+        fig.canvas.draw()
+    renderer = figures["cm3.png"].canvas.get_renderer()
+    cm, colorbar = figures["cm3.png"].axes[0], _colorbars(figures["cm3.png"])[0]
+    title = figures["cm3.png"]._suptitle or cm.title
+    assert "step 300, test split" in title.get_text()
+    assert not _overlap(title.get_window_extent(renderer), colorbar.yaxis.label.get_window_extent(renderer))
+    fig = figures["curves.png"]
+    renderer = fig.canvas.get_renderer()
+    assert len(fig.legends) == 2 and not any(ax.get_legend() for ax in fig.axes)
+    for legend in fig.legends:
+        for ax in fig.axes:
+            assert not _overlap(legend.get_window_extent(renderer), ax.get_window_extent(renderer))
+    accuracy = fig.axes[1]
+    assert accuracy.get_ylabel() == "accuracy" and accuracy.get_ylim()[1] >= 1.04
 
 
 def test_curves_command_draws_several_runs_and_names_a_missing_one(tmp_path):

@@ -54,6 +54,48 @@ def test_bad_input_is_skipped_and_counted(messy_folder, tmp_path):
     assert sources == {"rgb.jpg", "grey.png", "rgba.png", "deep.png"}
 
 
+def test_a_stray_file_in_a_class_folder_is_skipped_and_no_subject(tmp_path, caplog):
+    """notes.txt beside the photos is counted as not_an_image, never drawn as a held-out
+    subject (a test split of one text file); hidden files (.DS_Store) are not items at all."""
+    from data_prep import readers
+
+    for c in ("happy", "sad"):
+        (tmp_path / c).mkdir()
+        for person in ("ann", "bob"):
+            (tmp_path / c / f"{person}__{c}.jpg").write_bytes(b"")
+    (tmp_path / "happy" / "notes.txt").write_text("taken on a Tuesday")
+    (tmp_path / "sad" / ".DS_Store").write_bytes(b"")
+    items = readers.reader("folder", str(tmp_path)).items()
+    assert sorted(it.key for it in items) == ["train/happy/ann__happy.jpg", "train/happy/bob__happy.jpg",
+                                              "train/happy/notes.txt", "train/sad/ann__sad.jpg",
+                                              "train/sad/bob__sad.jpg"]
+    stray = next(it for it in items if it.key.endswith("notes.txt"))
+    assert stray.kind == "bad" and stray.params[0] == "not_an_image"
+    with caplog.at_level("INFO", logger="data_prep"):
+        held = prep.hold_out(items, 0.5)
+    assert "1 of its 2 subjects" in caplog.text  # ann and bob; not "notes"
+    assert {it.subject for it in held if it.split == "test"} in ({"ann"}, {"bob"})
+
+
+def test_the_progress_lines_group_thousands_and_wait_for_a_measured_rate(tmp_path, caplog):
+    """2,940 items -> 5 shards; the first progress line has no ETA (the workers' start-up
+    would make it absurd), the last says how long it took. (Empty .jpg files: each is
+    skipped without the face pipeline.)"""
+    for c in ("happy", "sad"):
+        (tmp_path / "src" / c).mkdir(parents=True)
+        for i in range(1470):
+            (tmp_path / "src" / c / f"p{i}__{c}.jpg").write_bytes(b"")
+    with caplog.at_level("INFO", logger="data_prep"):
+        m = prep.run("folder", str(tmp_path / "src"), str(tmp_path / "out"),
+                     prep.PrepOptions(test_fraction=0, records_per_file=600), workers=1)
+    assert m["skipped"] == {"not_an_image": 2940}
+    lines = [x for x in caplog.messages if x.startswith("[prep]")]
+    assert lines[0] == "[prep] folder: 2,940 items -> 5 shards; this machine (0/1): 2,940 of 2,940 items left to do"
+    progress = [x for x in lines if " items, " in x]
+    assert progress[0].startswith("[prep] 1/2,940 items, first results after ") and "ETA" not in progress[0]
+    assert progress[-1].startswith("[prep] 2,940/2,940 items, ") and " in all, 2,940 skipped" in progress[-1]
+
+
 def _cli(*args):
     return subprocess.run([sys.executable, "-m", "fergate", *args], capture_output=True, text=True)
 

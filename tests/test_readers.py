@@ -573,7 +573,8 @@ def test_prep_flags_are_generated_from_the_readers_options(capsys):
         _fergate("prep", "--help")
     text = " ".join(capsys.readouterr().out.split())  # argparse wraps the lines
     assert "--apex_frames K ckplus: the last K frames of a sequence, labelled with its emotion (default 3)" in text
-    assert "--size SIZE sample: images (default 2800)" in text and "--pairs FILE" in text
+    assert "--size SIZE sample: face images drawn, for the train and test splits (default 2800)" in text
+    assert "--pairs FILE" in text
     for name in readers.READERS:
         assert name in text  # the --dataset list
     for name, rdr in readers.READERS.items():

@@ -11,14 +11,16 @@ from data_prep.readers.base import Item, LayoutReader, Reader, bad_item
 from data_prep.readers.layout import class_layout, csv_rows, subject_of
 from fergate.data.labels import canonical
 from fergate.errors import UserError
+from fergate.face import IMAGE_EXTS
 
 log = logging.getLogger(__name__)
 
 
 class FolderReader(Reader):
     """One sub-folder per class (`SOURCE/<class>/*.jpg`), or `SOURCE/<split>/<class>/...`
-    when SOURCE holds `train/` and `test/`. Each file is its own subject unless its name has
-    a `<subject>__` prefix."""
+    when SOURCE holds `train/` and `test/`. Each photo is its own subject unless its name has
+    a `<subject>__` prefix. A file without an image extension (`IMAGE_EXTS`: notes.txt) is
+    skipped as not_an_image, and no subject; hidden files (.DS_Store) are ignored."""
 
     name = "folder"
 
@@ -34,11 +36,13 @@ class FolderReader(Reader):
             for label, c in enumerate(self.classes):
                 d = os.path.join(root, c)
                 for fname in sorted(os.listdir(d)) if os.path.isdir(d) else ():
-                    path = os.path.join(d, fname)
-                    if os.path.isdir(path):
+                    path, key = os.path.join(d, fname), f"{split}/{c}/{fname}"
+                    if os.path.isdir(path) or fname.startswith("."):
                         continue
-                    out.append(Item(f"{split}/{c}/{fname}", split, label, subject_of(os.path.splitext(fname)[0]),
-                                    path))
+                    if not fname.lower().endswith(IMAGE_EXTS):  # a stray file must not be drawn as a test subject
+                        out.append(bad_item(key, split, path, "not_an_image", f"{path}: no image extension"))
+                        continue
+                    out.append(Item(key, split, label, subject_of(os.path.splitext(fname)[0]), path))
         return out
 
 

@@ -15,10 +15,11 @@ from fergate.errors import UserError
 
 @dataclass(frozen=True)
 class SampleOptions:
-    size: int = option(2800, "images")
-    clips: int = option(140, "clips")
+    size: int = option(2800, "face images drawn, for the train and test splits")
+    clips: int = option(140, "expression clips drawn (default {default}; 0: none), neutral -> apex over T frames, for "
+                        "the train_clips and test_clips splits")
     frames: int = option(16, "T: the frames a clip is generated with", from_prep=True)
-    test_subjects: int = option(3, "held-out subjects")
+    test_subjects: int = option(3, "subjects held out: their images and clips are the test splits")
     seed: int = option(0, "seed of the expressions, intensities and jitter drawn")
     compound: bool = option(False, "the 50 compound classes of iCV-MEFED (two expressions blended) instead of the 7 "
                             "basic ones")

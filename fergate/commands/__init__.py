@@ -3,9 +3,10 @@
 packages add commands through the `fergate.commands` entry point group (`fergate.plugins`):
 the offline stage adds `prep`.
 
-What the commands share lives here: a subcommand's parser (`add_command`), the logging set-up,
-the JAX / multi-host flags and their set-up, reading a workdir's config, and the built-in
-dataset a config names, prepared on first use.
+What the commands share lives here: a subcommand's parser (`add_command`; every parser of the
+command line is a `Parser`, whose help shows each option's default), the logging set-up, the
+JAX / multi-host flags and their set-up, reading a workdir's config, and the built-in dataset a
+config names, prepared on first use.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import textwrap
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -33,6 +35,40 @@ NAMED: list[str | None] = [None]
 
 def named() -> str | None:
     return NAMED[0]
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """argparse's help, with three changes: an option's default is shown only where it says
+    something (not None, False or "", nor again where the help already names its default); a
+    description or epilog keeps its line breaks (each line wrapped; those of an indented line
+    hang under it), so that it can hold a list; and an epilog may be a function, called only when
+    the help is shown (`fergate train`'s list of configs reads the config files)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if action.default is None or action.default is False or action.default in ("", ()) or \
+                "default" in text.lower():
+            return text
+        return super()._get_help_string(action)
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        lines = []
+        for line in text.strip("\n").splitlines():
+            own = line[:len(line) - len(line.lstrip())]  # an indented line is a list item: its own lines hang
+            lead = indent + own
+            lines.append(textwrap.fill(line.strip(), width, initial_indent=lead,
+                                       subsequent_indent=lead + ("  " if own else "")) if line.strip() else "")
+        return "\n".join(lines)
+
+    def add_text(self, text) -> None:
+        super().add_text(text() if callable(text) else text)
+
+
+class Parser(argparse.ArgumentParser):
+    """The command line's parsers: their help is `HelpFormatter`'s (defaults shown)."""
+
+    def __init__(self, *args, formatter_class: type = HelpFormatter, **kw):
+        super().__init__(*args, formatter_class=formatter_class, **kw)
 
 
 def setup_logging(lead: bool = True) -> None:
@@ -59,13 +95,20 @@ def add_command(sub: argparse._SubParsersAction, name: str, run: Callable, *, ov
 
 
 def add_jax_args(q: argparse.ArgumentParser) -> None:
-    """The flags `jax_setup` reads, in their own group of `--help`."""
-    g = q.add_argument_group("devices and peers")
-    g.add_argument("--cpu_devices", type=int, default=None, help="emulate N devices on CPU")
-    g.add_argument("--coordinator", default=None, help="host:port of process 0 (multi-host)")
-    g.add_argument("--num_processes", type=int, default=None)
-    g.add_argument("--process_id", type=int, default=None)
-    g.add_argument("--distributed", action="store_true", help="jax.distributed with auto-detected peers (TPU, SLURM)")
+    """The flags `jax_setup` reads: the devices, and the multi-host ones in their own group of
+    `--help` (a one-host run needs none of them)."""
+    g = q.add_argument_group("devices")
+    g.add_argument("--cpu_devices", type=int, default=None, metavar="N",
+                   help="emulate N devices on the CPU (to try sharding without accelerators)")
+    g = q.add_argument_group("multi-host (jax.distributed; launch/ has scripts that set these)")
+    g.add_argument("--coordinator", default=None, metavar="HOST:PORT", help="process 0's address, which every "
+                   "process of the run is given")
+    g.add_argument("--num_processes", type=int, default=None, metavar="N", help="processes in the run (with "
+                   "--coordinator)")
+    g.add_argument("--process_id", type=int, default=None, metavar="I", help="this process's index, 0 to N-1 (with "
+                   "--coordinator)")
+    g.add_argument("--distributed", action="store_true", help="jax.distributed with the peers detected from the "
+                   "environment (TPU pods, SLURM) instead of the three flags above")
 
 
 def jax_setup(a: argparse.Namespace) -> None:

@@ -11,8 +11,9 @@ from fergate.commands import add_command, workdir_setup
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     q = add_command(sub, "attend", run, help="a trained model's attention over whole images of any size (group photos)")
-    q.add_argument("--workdir", required=True)
-    q.add_argument("images", nargs="+", metavar="IMAGE")
+    q.add_argument("--workdir", required=True, help="a trained workdir of a family that draws attention maps "
+                   "(configs/attention.py)")
+    q.add_argument("images", nargs="+", metavar="IMAGE", help="photos of any size")
     q.add_argument("--faces", action="store_true", help="detect the faces: scale them to the training size, and "
                    "weigh the map by soft face boxes (the paper's suppression of background false positives)")
     q.add_argument("--scale", type=float, default=None, help="resize the images by this factor first")

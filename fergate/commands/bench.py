@@ -13,17 +13,19 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                     help="time train (or --infer) steps on synthetic batches, the input pipeline (--pipeline) or "
                          "data_prep (--prep); prints one JSON line")
     q.add_argument("--config", default=None, help="configs/X.py[:arg=value,...] (not needed with --prep)")
-    q.add_argument("--batch", type=int, default=None)
-    q.add_argument("--steps", type=int, default=20)
-    q.add_argument("--warmup", type=int, default=3)
-    q.add_argument("--infer", action="store_true")
+    q.add_argument("--batch", type=int, default=None, help="global batch size (default: the config's "
+                   "input.batch_size)")
+    q.add_argument("--steps", type=int, default=20, help="steps timed (the median step time is reported)")
+    q.add_argument("--warmup", type=int, default=3, help="untimed steps run first, after the compile")
+    q.add_argument("--infer", action="store_true", help="time the inference step (a forward pass) instead of the "
+                   "train step")
     q.add_argument("--data", default=None, help="also time the input pipeline on this prepared directory (and "
                    "report its rate over the step's)")
     q.add_argument("--pipeline", action="store_true", help="only the input pipeline, no model: on --data, else "
                    "on the config's own data (the built-in set, prepared on first use)")
     q.add_argument("--prep", action="store_true", help="only data_prep: faces/s of `fergate prep` on the sample set "
                    "with each of --prep_workers")
-    q.add_argument("--prep_workers", default="1,2", help="worker counts for --prep (default 1,2)")
+    q.add_argument("--prep_workers", default="1,2", help="worker counts for --prep, comma-separated")
     q.add_argument("--prep_size", type=int, default=280, help="sample-set images for --prep")
     q.add_argument("--vs", default=None, help="a second config (same overrides) timed in alternation: reports speedup")
 

@@ -12,7 +12,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     q = add_command(sub, "curves", run, jax_flags=False,
                     help="the training curves of several runs in one figure (loss, training and held-out accuracy "
                          "against the step)")
-    q.add_argument("workdirs", nargs="+", metavar="WORKDIR")
+    q.add_argument("workdirs", nargs="+", metavar="WORKDIR", help="training workdirs (their metrics.jsonl), one "
+                   "colour each")
     q.add_argument("--out", required=True, help="the figure (.png)")
     q.add_argument("--labels", nargs="+", default=None, help="one per workdir (default: the workdirs' names)")
     q.add_argument("--title", default="", help="the figure's title")

@@ -10,8 +10,8 @@ from fergate.commands import add_command, builtin_data, workdir_setup
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     q = add_command(sub, "eval", run, help="evaluate the newest checkpoint of a workdir")
-    q.add_argument("--workdir", required=True)
-    q.add_argument("--split", default=None, help="default: the config's data.eval_split")
+    q.add_argument("--workdir", required=True, help="a training workdir (its config.json and checkpoints)")
+    q.add_argument("--split", default=None, help="the split to evaluate (default: the config's data.eval_split)")
     q.add_argument("--out", default=None, help="report directory (default: the workdir)")
     q.add_argument("--pairs", default=None, metavar="DATA",
                    help="instead: same / different-person pairs of a verification set (fergate prep --dataset lfw): "

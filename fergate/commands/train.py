@@ -6,14 +6,16 @@ from __future__ import annotations
 import argparse
 
 from fergate.commands import add_command, builtin_data, jax_setup
+from fergate.commands.config import catalogue
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     q = add_command(sub, "train", run, overrides=True,
                     help="train a config; resumes from the newest checkpoint in --workdir",
-                    epilog="Overrides: --config.key=value (e.g. --config.train.steps=200).")
-    q.add_argument("--config", required=True, help="configs/X.py[:arg=value,...]")
-    q.add_argument("--workdir", required=True)
+                    epilog=catalogue)  # read from the config files when the help is shown
+    q.add_argument("--config", required=True, help="configs/X.py[:arg=value,...] (the list below)")
+    q.add_argument("--workdir", required=True, help="the run's directory: checkpoints, metrics.jsonl, eval.json; "
+                   "an existing one is resumed")
 
 
 def run(a: argparse.Namespace, overrides: list[str]) -> None:

@@ -73,10 +73,12 @@ def write_reports(results: models.Results, outdir: str) -> dict:
     (per-class means of each introspection tensor) and the family's figures; returns eval.json."""
     os.makedirs(outdir, exist_ok=True)
     m = results.metrics
+    where = ", ".join(x for x in (f"step {m['step']}" if "step" in m else "",
+                                  f"{m['split']} split" if "split" in m else "") if x)
     plots.confusion_matrix(results.labels, results.logits.argmax(-1), results.classes,
-                           f"{results.config.model}/{results.config.variant}: accuracy {m['accuracy']:.3f}, "
-                           f"mean class accuracy {m['mean_class_accuracy']:.3f} ({m['examples']} examples)",
-                           os.path.join(outdir, "confusion_matrix.png"))
+                           f"{results.config.model}/{results.config.variant}{', ' + where if where else ''}\n"
+                           f"accuracy {m['accuracy']:.3f}, mean class accuracy {m['mean_class_accuracy']:.3f} "
+                           f"({m['examples']:,} examples)", os.path.join(outdir, "confusion_matrix.png"))
     if results.introspect:
         with open(os.path.join(outdir, "introspection.json"), "w") as f:
             json.dump({n: {c: v.tolist() for c, v in results.class_means(n).items()} for n in results.introspect},

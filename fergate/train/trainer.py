@@ -118,6 +118,7 @@ def train(config, workdir: str) -> dict:
 
     # loop
     pending, t_last, step_last, t0 = [], None, start, time.time()
+    eta_from = None  # (time, step) of the first line with a rate: the ETA is the pace since then
     step = start
     try:
         with Preemption() as preemption:
@@ -151,10 +152,13 @@ def train(config, workdir: str) -> dict:
                                    mfu=peak.mfu(sps * flops) if flops else None)
                         t_last, step_last = now, step
                     writer.write(step, row)
-                    eta = (c.steps - step) / row["steps_per_sec"] if "steps_per_sec" in row else 0
+                    eta = None
+                    if "steps_per_sec" in row:
+                        if eta_from is not None and step < c.steps:
+                            eta = (c.steps - step) * (now - eta_from[0]) / (step - eta_from[1])
+                        eta_from = eta_from or (now, step)
                     log.info(f"[train] step {step}/{c.steps} loss {row['loss']:.4f} acc {row['accuracy']:.3f} "
-                             f"lr {row['lr']:.2e} | {row.get('steps_per_sec', 0):.1f} steps/s "
-                             f"{row.get('examples_per_sec', 0):.0f} ex/s | ETA {_hms(eta)}")
+                             f"lr {row['lr']:.2e}{_pace(row, eta)}")
                 if do_ckpt:
                     ckpt.save(step, state, it)
                 if stop:
@@ -163,7 +167,9 @@ def train(config, workdir: str) -> dict:
                                       "run the same command again to resume", preemption.signum)
                 if eval_every and (step % eval_every == 0 or (step == c.steps and selection)) and \
                         (step != c.steps or parts.val):  # the held-out split's last evaluation is the final one
+                    t_eval = time.time()
                     evaluate_now(step)
+                    t_last += time.time() - t_eval  # steps/s (and MFU) measure the training steps alone
     finally:
         profile.close()
         ckpt.close()
@@ -453,6 +459,20 @@ class Profile:
             jax.profiler.stop_trace()
             self.active = False
             log.info(f"[train] profile of steps {self.first}-{self.last} -> {self.dir}")
+
+
+def _pace(row: dict, eta: float | None) -> str:
+    """A progress line's speed and ETA, each where it is known: no rate on a line right after
+    the first step (it is timed from that step's end, compile excluded), no ETA before the
+    pace has been measured over a logging interval after the first one (which holds the
+    input pipeline's and checkpointing's start-up) nor on the last line."""
+    sps = row.get("steps_per_sec")
+    if not sps:
+        return ""
+    ex = row["examples_per_sec"]
+    speed = f"{sps:.1f} steps/s" if sps >= 1 else f"{1 / sps:.1f} s/step"
+    return f" | {speed} {f'{ex:,.0f}' if ex >= 10 else f'{ex:.2g}'} ex/s" + \
+        (f" | ETA {_hms(eta)}" if eta is not None else "")
 
 
 def _hms(seconds: float) -> str:
