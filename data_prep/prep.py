@@ -191,7 +191,8 @@ def run(dataset: str, source: str | None, out: str, opts: PrepOptions = PrepOpti
             pool.terminate()
     info = {"dataset": dataset, "source": source, "classes": list(rdr.classes),
             "options": {**dataclasses.asdict(opts), "reader": reader_options},
-            "detector": f"dlib HOG frontal detector (upsample {opts.face.upsample}, largest face)",
+            "detector": f"dlib HOG frontal detector (upsample {opts.face.upsample}, min score {opts.face.min_score:g}; "
+                        "false positives rejected, then a strong detection before a weak one, then the largest)",
             "landmark_model": f"dlib {F.LANDMARK_MODEL} (face-recognition-models)",
             "identity_model": f"dlib {F.IDENTITY_MODEL}" if opts.face.identity else None,
             **(rdr.manifest_extras() if hasattr(rdr, "manifest_extras") else {})}
