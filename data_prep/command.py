@@ -47,6 +47,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    "branch: smaller records, faster prep)")
     q.add_argument("--no_identity", action="store_true", help="skip the 128-d dlib embedding")
     q.add_argument("--upsample", type=int, default=0, help="HOG detector upsampling")
+    q.add_argument("--min_score", type=float, default=0.0,
+                   help="detected faces scoring less (dlib's HOG SVM score, recorded as detector_score) are skipped "
+                        "as no_face; 0 is dlib's own threshold, below 0 admits weaker boxes")
     q.add_argument("--compress", action="store_true", help="store images as PNG (smaller, slower to read)")
     g = q.add_argument_group("clips (afew, video_folder, ckplus, bu4dfe, mmi, the sample set's clips)")
     g.add_argument("--clip_size", type=int, default=64, help="side of the aligned clip frames")
@@ -68,6 +71,7 @@ def run(a: argparse.Namespace) -> None:
     opts = prep.PrepOptions(
         face=face.FaceOptions(face_size=_face_size(a.face_size), color=not a.grey, patch_size=a.patch_size,
                               patches=not a.no_patches, identity=not a.no_identity, upsample=a.upsample,
+                              min_score=a.min_score,
                               illumination=a.illumination, align=a.align, face_scale=a.face_scale),
         clip_size=a.clip_size, compress=a.compress, records_per_file=a.records_per_file, test_fraction=a.test_fraction,
         frames=a.frames, max_gap=a.max_gap, min_faces=a.min_faces, max_frames=a.max_frames)

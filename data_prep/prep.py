@@ -86,17 +86,58 @@ HELD_OUT = {"train": "test", "train_clips": "test_clips"}
 
 def hold_out(items: list[readers.Item], fraction: float, seed: int = 0) -> list[readers.Item]:
     """A source with no test split gets a subject-independent one: `fraction` of the
-    training subjects (at least one, never all; drawn with `seed`) move to `test`, their
-    clips to `test_clips` (`HELD_OUT`)."""
-    subjects = sorted({it.subject for it in items if it.split in HELD_OUT and it.kind != "bad"})
+    training subjects (at least one, never all) move to `test`, their clips to `test_clips`
+    (`HELD_OUT`), chosen (`covering_subjects`) so that every class is in both splits where
+    the subjects allow, at random (`seed`) beyond that."""
+    held = [it for it in items if it.split in HELD_OUT and it.kind != "bad"]
+    subjects = sorted({it.subject for it in held})
     if fraction <= 0 or any(it.split.startswith("test") and it.kind != "bad" for it in items) or len(subjects) < 2:
         return items
     n = min(len(subjects) - 1, max(1, round(fraction * len(subjects))))
-    test = set(np.random.default_rng(seed).permutation(subjects)[:n].tolist())
+    classes: dict[str, set] = {s: set() for s in subjects}
+    for it in held:  # a class in a split: (the split it would go to, its label)
+        classes[it.subject].add((HELD_OUT[it.split], it.label))
+    test = set(covering_subjects(classes, n, np.random.default_rng(seed)))
     log.info(f"[prep] the source has no test split: {n} of its {len(subjects)} subjects ({fraction:.0%}, "
-             "--test_fraction) are held out as `test`")
+             "--test_fraction) are held out as `test`, chosen to give it every class the subjects allow")
     return [dataclasses.replace(it, split=HELD_OUT[it.split]) if it.split in HELD_OUT and it.subject in test else it
             for it in items]
+
+
+def covering_subjects(classes: dict[str, set], n: int, rng: np.random.Generator) -> list[str]:
+    """`n` of the subjects (`classes`: subject -> the classes it has) to hold out, so that the
+    held-out ones have as many classes as they can while those left keep every class they
+    have. Greedily: each pick is the subject bringing the most classes not yet held out, of
+    those not the last one left with a class of theirs (as many picks as there are classes
+    at most); once none brings a new class, the rest in a random order drawn from `rng`,
+    the last ones left with a class of theirs only when no other remains. Ties go in that
+    order too: with every class in every subject, the first `n` of a random permutation."""
+    order = [str(s) for s in rng.permutation(sorted(classes))]
+    left = Counter(c for cs in classes.values() for c in cs)  # per class: its subjects not held out
+    held: dict[str, None] = {}  # in the order picked
+    covered: set = set()
+
+    def hold(s: str) -> None:
+        held[s] = None
+        covered.update(classes[s])
+        left.subtract(classes[s])
+
+    def last_of_a_class(s: str) -> bool:
+        return any(left[c] == 1 for c in classes[s])
+
+    def brings(s: str) -> int:
+        return sum(c not in covered and left[c] > 1 for c in classes[s])
+
+    while len(held) < n:
+        best = max((s for s in order if s not in held), key=lambda s: (not last_of_a_class(s), brings(s)))
+        if last_of_a_class(best) or not brings(best):
+            break
+        hold(best)
+    for keep_last in (True, False):  # no subject brings a new class: in random order, the last of a class kept
+        for s in order:
+            if len(held) < n and s not in held and not (keep_last and last_of_a_class(s)):
+                hold(s)
+    return list(held)
 
 
 def plan(items: list[readers.Item], records_per_file: int, num_shards: int) -> dict[str, list[list]]:
@@ -192,13 +233,16 @@ def run(dataset: str, source: str | None, out: str, opts: PrepOptions = PrepOpti
             pool.terminate()
     info = {"dataset": dataset, "source": source, "classes": list(rdr.classes),
             "options": {**dataclasses.asdict(opts), "reader": reader_options},
-            "detector": f"dlib HOG frontal detector (upsample {opts.face.upsample}, largest face)",
+            "detector": f"dlib HOG frontal detector (upsample {opts.face.upsample}, min score {opts.face.min_score:g}; "
+                        "false positives rejected, then a strong detection before a weak one, then the largest)",
             "landmark_model": f"dlib {F.LANDMARK_MODEL} (face-recognition-models)",
             "identity_model": f"dlib {F.IDENTITY_MODEL}" if opts.face.identity else None,
             **(rdr.manifest_extras() if hasattr(rdr, "manifest_extras") else {})}
     manifest = shards.write_manifest(out, {s: len(fl) for s, fl in files.items()}, info)
     if manifest["complete"] and "train" in manifest["splits"]:
         contact_sheet(out, "train", list(rdr.classes), os.path.join(out, "contact_sheet.png"))
+    if manifest["complete"] and (lacking := missing_classes(manifest)):
+        log.warning(f"[prep] {lacking} (accuracy on such a split says nothing of those classes)")
     summary = ", ".join(f"{s}: {v['records']:,}" for s, v in manifest["splits"].items())
     pending = "" if manifest["complete"] else f"; {manifest['missing_shards']} shards left to other machines"
     log.info(f"[prep] wrote {out}: {summary}; skipped {manifest['skipped'] or 'none'}{pending}")
@@ -221,6 +265,17 @@ def _duration(seconds: float) -> str:
     seconds = int(round(seconds))
     return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds >= 3600 else \
         f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
+
+
+def missing_classes(manifest: dict) -> str:
+    """What classes the splits of a manifest have no record of ("" if none): those no split
+    has, then per split the others it lacks, e.g. "test lacks displeased, surprise"."""
+    splits = {s: {c for c, k in v["per_class"].items() if not k} for s, v in manifest["splits"].items()}
+    nowhere = set.intersection(*splits.values()) if splits else set()
+    parts = [f"no split has {', '.join(c for c in manifest['classes'] if c in nowhere)}"] if nowhere else []
+    parts += [f"{s} lacks {', '.join(c for c in manifest['classes'] if c in cs - nowhere)}"
+              for s, cs in splits.items() if cs - nowhere]
+    return "; ".join(parts)
 
 
 def builtin(dataset: str, options: dict) -> str:

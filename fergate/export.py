@@ -248,15 +248,16 @@ class Model:
         return jax.tree.map(lambda *xs: np.concatenate(xs), *outs)
 
 
-    def predict(self, inputs: Sequence) -> list[dict]:
+    def predict(self, inputs: Sequence, min_score: float | None = None) -> list[dict]:
         """Per face (a face model: `inputs` are photos, as paths or RGB arrays) or per clip (a
         clip model: each input a video path or a sequence of RGB frames): a dict of the
-        source, the face's box and landmarks in the photo, class probabilities, the label and
-        the model's introspection; an input without a face gives {"source", "error"}."""
+        source, the face's box, detector score and landmarks in the photo, class
+        probabilities, the label and the model's introspection; an input without a face
+        gives {"source", "error"}. `min_score`: as `fergate predict --min_score`."""
         from fergate import face as F
         from fergate import predict as P
 
-        P.init_worker(self.manifest["data"], sorted(self.pipeline_fields()))
+        P.init_worker(self.manifest["data"], sorted(self.pipeline_fields()), min_score)
         items = []  # as `fergate predict`'s work units give them, in input order
         for i, x in enumerate(inputs):
             base = {"source": x if isinstance(x, str) else f"input {i}"}

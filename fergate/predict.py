@@ -120,8 +120,10 @@ def read_frames(path: str, start: int, stop: int | None, every: int = 1) -> list
 _WORKER: dict = {}
 
 
-def init_worker(data: dict, fields: Sequence[str]) -> None:
-    """The face pipeline's options, from the export's record of the training data's."""
+def init_worker(data: dict, fields: Sequence[str], min_score: float | None = None) -> None:
+    """The face pipeline's options, from the export's record of the training data's;
+    `min_score`: the detector score a face needs (default: the training data's, 0 unless
+    `fergate prep --min_score` set it)."""
     import cv2
 
     from fergate import face as F
@@ -133,34 +135,40 @@ def init_worker(data: dict, fields: Sequence[str]) -> None:
     face["face_size"] = F.parse_size(face.get("face_size", 96))
     face.update(patches="patches" in fields and face.get("patches", True),
                 identity="identity" in fields and face.get("identity", True))
+    if min_score is not None:
+        face["min_score"] = float(min_score)
     clip_fields = {f.name for f in dataclasses.fields(ClipOptions)} - {"face"}
     _WORKER["opts"] = ClipOptions(face=F.FaceOptions(**face), **{k: v for k, v in opts.items() if k in clip_fields})
 
 
 def faces_in(img: np.ndarray) -> list[tuple[dict, dict]]:
-    """(record, {"box", "landmarks"} in image pixels) of every face dlib finds in an image."""
+    """(record, {"box", "score", "landmarks"} in image pixels) of every face of an image
+    (`face.faces`: the detector's boxes scoring at least the options' `min_score`, false
+    positives rejected as `fergate prep` rejects them), left to right."""
     from fergate import face as F
 
     opts = _WORKER["opts"].face
-    if min(img.shape[:2]) < 20:
-        raise F.SkipItem("too_small", f"{img.shape[1]} x {img.shape[0]} pixels")
-    rects = sorted(F.models().detector(img, opts.upsample), key=lambda r: (r.left(), r.top()))
     out = []
-    for rect in rects:
-        lm = F.landmarks(img, rect)
-        box = (rect.left(), rect.top(), rect.right(), rect.bottom())
+    for c in sorted(F.faces(img, opts.upsample, opts.min_score), key=lambda c: (c.rect.left(), c.rect.top())):
+        box = (c.rect.left(), c.rect.top(), c.rect.right(), c.rect.bottom())
         try:
-            rec = F.process_face(F.FaceInput(img, box=box, landmarks=lm), opts)
+            rec = F.process_face(F.FaceInput(img, box=box, landmarks=c.landmarks), opts)
         except F.SkipItem:
             continue
-        out.append((rec, {"box": [int(v) for v in box], "landmarks": np.round(lm, 1).tolist()}))
+        out.append((rec, {"box": [int(v) for v in box], "score": round(c.score, 3),
+                          "landmarks": np.round(c.landmarks, 1).tolist()}))
     return out
 
 
 def face_items(img: np.ndarray, base: dict, group: str) -> list[dict]:
-    """{"record", "info" (`base` + face index, box, landmarks), "group"} per face of an
-    image, or one {"info", "error": "no_face"}."""
-    got = faces_in(img)
+    """{"record", "info" (`base` + face index, box, detector score, landmarks), "group"} per
+    face of an image, or one {"info", "error"}: "no_face", with what was rejected if any."""
+    from fergate.face import SkipItem
+
+    try:
+        got = faces_in(img)
+    except SkipItem as e:
+        return [{"info": base, "error": str(e)}]
     if not got:
         return [{"info": base, "error": "no_face"}]
     return [{"record": r, "info": {**base, "face": i, **info}, "group": group} for i, (r, info) in enumerate(got)]
@@ -225,9 +233,10 @@ def predict_faces(model, faces: list[dict]) -> tuple[list[dict], dict]:
 
 def run(model, inputs: Sequence[str], out, workers: int | None = None, every: int = 1,
         window: int | None = None, stride: int | None = None, annotate: str | None = None,
-        heatmaps: str | None = None, pipeline_only: bool = False) -> dict:
+        heatmaps: str | None = None, pipeline_only: bool = False, min_score: float | None = None) -> dict:
     """Predicts with `model` (a loaded export, `fergate.export.Model`) on `inputs`, writing
-    JSON lines to the file object `out`; returns counts and rates."""
+    JSON lines to the file object `out`; returns counts and rates. `min_score`: faces the
+    detector scores lower are not predicted (`init_worker`)."""
     batch_size = model.batch_size
     window = window or int(model.manifest["data"].get("options", {}).get("frames", 16))  # T, as in training
     stride = stride or max(1, window // 2)
@@ -239,7 +248,7 @@ def run(model, inputs: Sequence[str], out, workers: int | None = None, every: in
     if not units:
         return {"faces": 0, "errors": len(errors), "seconds": 0.0, "kind": model.kind}
     fields = sorted(model.pipeline_fields())
-    init = (model.manifest["data"], fields)
+    init = (model.manifest["data"], fields, min_score)
     workers = workers or os.cpu_count() or 1
     pool = None
     if workers > 1 and len(units) > 1:

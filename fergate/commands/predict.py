@@ -19,6 +19,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    "landmarks and labels drawn")
     q.add_argument("--heatmaps", default=None, metavar="DIR", help="write each face's attention map over the "
                    "model's input (models with spatial introspection: the attention CNN)")
+    q.add_argument("--min_score", type=float, default=None, metavar="S",
+                   help="predict only faces the detector scores at least S (dlib's HOG SVM score, on each line as "
+                        "`score`; faces mostly 0.5-3, false positives below 0.5; below 0 admits weaker boxes than "
+                        "dlib reports; default: the training data's, 0 unless `fergate prep --min_score` set it)")
     q.add_argument("--batch", type=int, default=32, help="faces per model call")
     q.add_argument("--workers", type=int, default=None, help="face pipeline processes (default: all cores)")
     q.add_argument("--every", type=int, default=1, help="face models on videos: every K-th frame")
@@ -37,7 +41,7 @@ def run(a: argparse.Namespace) -> None:
     out = open(a.out, "w") if a.out else sys.stdout
     try:
         c = predict.run(model, a.inputs, out, a.workers, a.every, a.window, a.stride, a.annotate, a.heatmaps,
-                        a.pipeline_only)
+                        a.pipeline_only, a.min_score)
     finally:
         if a.out:
             out.close()

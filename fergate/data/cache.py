@@ -11,7 +11,7 @@ from fergate.data.schema import SCHEMA_VERSION
 
 #: Bumped when data_prep writes other contents for the same options (a new face template, a
 #: recalibrated sample set), so that cached built-in datasets are prepared again.
-RECIPE = 2
+RECIPE = 3
 
 
 def cache_root() -> str:

@@ -15,7 +15,8 @@ layout is self-describing and needs nothing but numpy to read:
 
 Version history (bump `SCHEMA_VERSION` on any incompatible change):
 
-- 1: the documented fields (`FIELDS`) plus free-form extras.
+- 1: the documented fields (`FIELDS`) plus free-form extras. Fields added since, each
+  optional (records written before lack it, and read as before): `detector_score`.
 """
 
 from __future__ import annotations
@@ -49,6 +50,8 @@ FIELDS: dict[str, tuple[str, str | None, tuple | None, str]] = {
     "scale_bin": ("int", None, None, "exogenous label: scale bin (synthetic benchmarks)"),
     "box_source": ("int", None, None, "where the face box came from (`BOX_SOURCES`): 0 dlib's detector, 1 the "
                    "dataset's annotation, 2 the whole crop (a pre-aligned face the detector missed)"),
+    "detector_score": ("float", None, None, "dlib's HOG detector score of the face's box (box_source 0 only; "
+                       "added in version 1, absent from records written before)"),
 }
 #: `box_source` values, by name (the manifest counts records by these names)
 BOX_SOURCES = ("detected", "dataset", "crop")

@@ -1,16 +1,17 @@
-"""Evaluation of any model family: one ordered pass over a split, scikit-learn's metrics
-(accuracy, mean class accuracy = balanced accuracy, top-k, confusion matrix), per-class
-means of whatever the model returns under "introspect", and the family's own reports."""
+"""Evaluation of any model family: one ordered pass over a split, its metrics (accuracy,
+mean class accuracy = balanced accuracy over the classes the split has, the others listed
+and warned of, top-k, confusion matrix), per-class means of whatever the model returns
+under "introspect", and the family's own reports."""
 
 from __future__ import annotations
 
 import json
+import logging
 import os
-import warnings
 
 import jax
 import numpy as np
-from sklearn.metrics import balanced_accuracy_score, confusion_matrix, top_k_accuracy_score
+from sklearn.metrics import confusion_matrix, top_k_accuracy_score
 
 from fergate import models, plots
 from fergate.config import load_workdir
@@ -18,6 +19,8 @@ from fergate.files import need_json
 from fergate.train.data import DataPlan, Portion
 from fergate.train.mesh import global_batch
 from fergate.train.program import Program
+
+log = logging.getLogger(__name__)
 
 
 def evaluate(prog: Program, state, data: DataPlan, portion: Portion | str) -> models.Results:
@@ -43,15 +46,14 @@ def evaluate(prog: Program, state, data: DataPlan, portion: Portion | str) -> mo
 
 
 def classification_metrics(logits: np.ndarray, labels: np.ndarray, classes: list[str], top_k=(1, 2, 3)) -> dict:
-    """Accuracy, mean per-class accuracy (over the classes present), top-k, the confusion
-    matrix (rows: true class) and per-class accuracy."""
+    """Accuracy, mean per-class accuracy over the classes present (`absent_classes` lists
+    the others: a split without them says nothing of them), top-k, the confusion matrix
+    (rows: true class) and per-class accuracy."""
     k, pred = len(classes), logits.argmax(-1)
     conf = confusion_matrix(labels, pred, labels=list(range(k)))
     support = conf.sum(1)
     per_class = np.where(support > 0, np.diag(conf) / np.maximum(support, 1), np.nan)
-    with warnings.catch_warnings():  # classes predicted but absent from the split are expected
-        warnings.simplefilter("ignore")
-        balanced = balanced_accuracy_score(labels, pred)
+
     def top(t: int) -> float:
         if t == 1 or t >= k:  # scikit-learn reads two classes as binary scores: top-1 is the accuracy
             return float((pred == labels).mean()) if t == 1 else 1.0
@@ -60,7 +62,8 @@ def classification_metrics(logits: np.ndarray, labels: np.ndarray, classes: list
     return {
         "examples": int(len(labels)),
         "accuracy": float((pred == labels).mean()),
-        "mean_class_accuracy": float(balanced),
+        "mean_class_accuracy": float(np.nanmean(per_class)),
+        "absent_classes": [c for c, n in zip(classes, support) if n == 0],
         "per_class_accuracy": {c: (None if np.isnan(a) else float(a)) for c, a in zip(classes, per_class)},
         "top_k": {str(t): top(t) for t in top_k if t <= k},
         "confusion_matrix": conf.tolist(),
@@ -68,9 +71,20 @@ def classification_metrics(logits: np.ndarray, labels: np.ndarray, classes: list
     }
 
 
+def absent_warning(m: dict) -> str | None:
+    """The warning line for metrics `m` of a split without some classes, or None."""
+    absent, k = m.get("absent_classes"), len(m["classes"])
+    if not absent:
+        return None
+    return (f"[eval] warning: {m.get('split', 'the split')} has no example of {', '.join(absent)} ({len(absent)} of "
+            f"{k} classes): its mean class accuracy {m['mean_class_accuracy']:.3f} is over the other {k - len(absent)} "
+            "only and says nothing of those (eval.json: absent_classes)")
+
+
 def write_reports(results: models.Results, outdir: str) -> dict:
     """eval.json (metrics + the family's entries), confusion_matrix.png, introspection.json
-    (per-class means of each introspection tensor) and the family's figures; returns eval.json."""
+    (per-class means of each introspection tensor) and the family's figures; returns eval.json.
+    A split without some classes is logged as such (`absent_warning`)."""
     os.makedirs(outdir, exist_ok=True)
     m = results.metrics
     where = ", ".join(x for x in (f"step {m['step']}" if "step" in m else "",
@@ -86,6 +100,8 @@ def write_reports(results: models.Results, outdir: str) -> dict:
     report = {**m, **models.family(results.config.model).reports(results, outdir)}
     with open(os.path.join(outdir, "eval.json"), "w") as f:
         json.dump(report, f, indent=1)
+    if warning := absent_warning(report):
+        log.warning(warning)
     return report
 
 
