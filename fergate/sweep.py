@@ -25,7 +25,6 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Sequence
 
@@ -33,6 +32,7 @@ import numpy as np
 
 from fergate import config as config_lib
 from fergate.errors import Interrupted, UserError
+from fergate.signals import StopSignals
 
 log = logging.getLogger(__name__)
 
@@ -192,26 +192,18 @@ def check_unchanged(table: Table, workdir: str, cells: Sequence[Cell], budget: s
                             f"{c.row.config} {' '.join(ov)}: restore the row (or budget), or use a new --workdir")
 
 
-class _Stop:
+class _Stop(StopSignals):
     """SIGINT / SIGTERM while a sweep runs: passed on to the running cell (which saves a
     checkpoint and exits), then the sweep stops; the same command resumes that cell."""
 
     def __init__(self):
-        self.signum, self.child, self.saved = None, None, {}
+        super().__init__()
+        self.child: subprocess.Popen | None = None
 
-    def _handle(self, signum, frame) -> None:
-        self.signum = signum
+    def handle(self, signum, frame) -> None:
+        super().handle(signum, frame)
         if self.child is not None and self.child.poll() is None:
             self.child.send_signal(signum)
-
-    def __enter__(self) -> _Stop:
-        if threading.current_thread() is threading.main_thread():
-            self.saved = {s: signal.signal(s, self._handle) for s in (signal.SIGINT, signal.SIGTERM)}
-        return self
-
-    def __exit__(self, *exc) -> None:
-        for s, h in self.saved.items():
-            signal.signal(s, h)
 
     def check(self, where: str) -> None:
         if self.signum is not None:

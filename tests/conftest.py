@@ -25,12 +25,12 @@ def pytest_sessionfinish(session, exitstatus):
 @pytest.fixture(scope="session")
 def sample_data(tmp_path_factory):
     """70 images + 7 clips of the built-in sample set, 16 records per shard."""
+    from helpers import prepared
+
     from data_prep import prep
 
-    out = str(tmp_path_factory.mktemp("sample"))
-    prep.run("sample", None, out, prep.PrepOptions(records_per_file=16), {"size": 70, "clips": 7},
-             workers=2)
-    return out
+    return prepared(tmp_path_factory, "sample", "sample", prep.PrepOptions(records_per_file=16),
+                    {"size": 70, "clips": 7}, workers=2)
 
 
 @pytest.fixture(scope="session")

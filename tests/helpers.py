@@ -1,5 +1,6 @@
-"""What several test modules share: the narrow MoDuL they train through `fergate train`, and
-the run interrupted and resumed that must end where an uninterrupted one ends."""
+"""What several test modules share: data prepared once per module, the narrow MoDuL they train
+through `fergate train`, and the run interrupted and resumed that must end where an
+uninterrupted one ends."""
 
 import os
 import subprocess
@@ -18,6 +19,16 @@ from fergate.train.program import Program
 SMALL = ["--config.modul.dist_hidden=(64, 32)", "--config.modul.patch_convs=(8, 16, 16)",
          "--config.modul.patch_hidden=(64, 32)", "--config.modul.gate_convs=(4, 8, 8)",
          "--config.modul.gate_hidden=16", "--config.input.batch_size=8", "--config.eval.batch_size=16"]
+
+
+def prepared(tmp_path_factory, name: str, dataset: str, *args, **kwargs) -> str:
+    """`dataset` prepared (`data_prep.prep.run`'s arguments after `out`) into a new temporary
+    folder `name`: its path."""
+    from data_prep import prep
+
+    out = str(tmp_path_factory.mktemp(name))
+    prep.run(dataset, None, out, *args, **kwargs)
+    return out
 
 
 def train_cmd(workdir, data, *extra, config="configs/modul.py:smoke=True") -> list[str]:

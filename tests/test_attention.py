@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from helpers import prepared
 
 from fergate import config as C
 from fergate import models
@@ -176,8 +177,7 @@ def trained(tmp_path_factory):
     from data_prep import prep
     from fergate import face
 
-    d = tmp_path_factory.mktemp("attention_data")
-    prep.run("sample", None, str(d), prep.PrepOptions(face=face.FaceOptions(
+    d = prepared(tmp_path_factory, "attention_data", "sample", prep.PrepOptions(face=face.FaceOptions(
         face_size=(125, 160), color=False, illumination="diffusion", patches=False, identity=False)),
         {"size": 700, "clips": 0}, workers=2)
     w = tmp_path_factory.mktemp("attention_run") / "w"

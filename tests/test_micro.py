@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from helpers import prepared
 
 from fergate import config as C
 from fergate import models
@@ -240,10 +241,8 @@ def micro_data(tmp_path_factory):
     from data_prep import prep
     from fergate import face
 
-    out = str(tmp_path_factory.mktemp("micro"))
     opts = prep.PrepOptions(face=face.FaceOptions(face_size=224, align="eyes_lip", patches=False, identity=False))
-    prep.run("sample", None, out, opts, {"size": 280, "clips": 0}, workers=2)
-    return out
+    return prepared(tmp_path_factory, "micro", "sample", opts, {"size": 280, "clips": 0}, workers=2)
 
 
 def test_geometry_learns_and_fusion_runs_end_to_end(micro_data, tmp_path):

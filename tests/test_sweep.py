@@ -12,6 +12,7 @@ import time
 
 import numpy as np
 import pytest
+from helpers import prepared
 
 #: a narrow MoDuL distance network: the sweep's machinery, not accuracy
 TABLE = """
@@ -132,11 +133,7 @@ def test_changed_table_under_finished_cells_is_one_line(swept, sample_data, tmp_
 
 @pytest.fixture(scope="module")
 def digits(tmp_path_factory):
-    from data_prep import prep
-
-    out = str(tmp_path_factory.mktemp("digits"))
-    prep.run("digits_rotated", None, out, reader_options={"copies": 1}, workers=1)
-    return out
+    return prepared(tmp_path_factory, "digits", "digits_rotated", reader_options={"copies": 1}, workers=1)
 
 
 def test_thin_table_2_trains_one_exogenous_network_per_seed(digits, tmp_path):

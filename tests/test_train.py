@@ -10,7 +10,7 @@ import sys
 import jax
 import numpy as np
 import pytest
-from helpers import RESUME_STEPS, SMALL, assert_same_final_params, interrupted_run, train_cmd
+from helpers import RESUME_STEPS, SMALL, assert_same_final_params, interrupted_run, prepared, train_cmd
 
 from fergate import config as C
 from fergate.errors import UserError
@@ -171,10 +171,8 @@ def learn_data(tmp_path_factory):
     from data_prep import prep
     from fergate import face
 
-    out = str(tmp_path_factory.mktemp("learn"))
-    prep.run("sample", None, out, prep.PrepOptions(face=face.FaceOptions(identity=False)),
-             {"size": 1400, "clips": 0}, workers=2)
-    return out
+    return prepared(tmp_path_factory, "learn", "sample", prep.PrepOptions(face=face.FaceOptions(identity=False)),
+                    {"size": 1400, "clips": 0}, workers=2)
 
 
 def test_modul_learns_and_beats_chance_on_held_out_subjects(learn_data, tmp_path):

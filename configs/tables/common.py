@@ -1,12 +1,15 @@
 """What the table files share: the smoke budget (a few steps, for a first try on a CPU)."""
 
 
-def smoke(*extra: str, steps: int = 60) -> tuple[str, ...]:
-    """`train.steps=steps`, earlier stages as long, a checkpoint halfway, no periodic
-    evaluation, and the family's own shrinking (`extra`: e.g. the smoke sample set)."""
+def smoke(*extra: str, steps: int = 60, eval_every: int = 0) -> tuple[str, ...]:
+    """`train.steps=steps`, earlier stages as long, a checkpoint halfway, periodic evaluation
+    every `eval_every` steps (0: none), and the family's own shrinking (`extra`: e.g. the
+    smoke sample set)."""
     return (f"train.steps={steps}", f"pretrain.steps={steps}", f"train.log_every={max(1, steps // 6)}",
-            f"train.ckpt_every={max(1, steps // 2)}", "train.eval_every=0", *extra)
+            f"train.ckpt_every={max(1, steps // 2)}", f"train.eval_every={eval_every}", *extra)
 
 
 #: the 350-image sample set every family's smoke config and tests share (prepared once in the cache)
 SAMPLE_350 = "data.prep_options.size=350"
+#: the VSHNN tables' smoke budget: the sample set's 350 images and 140 clips, batches of 8
+VSHNN_SMOKE = smoke(SAMPLE_350, "data.prep_options.clips=140", "input.batch_size=8", steps=20)

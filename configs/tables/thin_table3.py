@@ -21,7 +21,7 @@ def get_table(arg=None):
         title="THIN Table 3 (paper 003): the gating variable on digits_rotated_scaled",
         metric="accuracy",
         seeds=3,
-        budgets={"smoke": common.smoke(steps=20)[:-1] + ("train.eval_every=10",), "readme": ()},
+        budgets={"smoke": common.smoke(steps=20, eval_every=10), "readme": ()},
         rows=[dict(name=name, config=f"configs/thin.py:task=digits_rotated_scaled,{args}", paper=acc,
                    paper_note=f"gating variable {var}: MNIST-RS",
                    shares=("rotation", "scale") if name == "rotation_scale" else ())

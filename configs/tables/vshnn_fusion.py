@@ -27,9 +27,7 @@ def get_table(arg=None):
         title="VSHNN fusions (paper 004, Tables 9, 10, 12): video, landmarks and their fusions",
         metric="mean_class_accuracy",
         seeds=3,
-        budgets={"smoke": common.smoke("data.prep_options.size=350", "data.prep_options.clips=140",
-                                       "input.batch_size=8", steps=20),
-                 "readme": ()},  # the configs' 1,500 steps a stage
+        budgets={"smoke": common.VSHNN_SMOKE, "readme": ()},  # readme: the configs' 1,500 steps a stage
         rows=[dict(name=name, config=f"configs/vshnn.py:{args}", paper=ckplus if ck else afew,
                    paper_note=f"{row}: {'CK+' if ck else 'AFEW'}",
                    shares=("video",) if name not in ("video", "lmedcf") else ())

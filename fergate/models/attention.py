@@ -34,19 +34,18 @@ import numpy as np
 from fergate import plots
 from fergate.data import pipeline
 from fergate.models import Family, Results, compute_dtype, random_batch
-from fergate.models.layers import max_pool2
+from fergate.models.layers import Layer, max_pool2
 
 VARIANTS = ("baseline", "attention", "symmetric", "gap")
 #: The trunk of Table 2: blocks of 3 x 3 convolutions (ReLU), a 2 x 2 max-pool after each.
 TRUNK = ((16, 16, 16), (32, 32, 32), (64, 64), (128, 128))
 
 
-class Trunk(nn.Module):
+class Trunk(Layer):
     """Ten 3 x 3 convolutions with ReLU, He-initialised: with flax's default (LeCun) scale
     the activations shrink by sqrt(2) a layer, and after ten the loss sat at ln 7."""
 
     blocks: Sequence[Sequence[int]] = TRUNK
-    dtype: jnp.dtype = jnp.float32
 
     @nn.compact
     def __call__(self, x):
@@ -59,11 +58,10 @@ class Trunk(nn.Module):
         return x
 
 
-class Scorer(nn.Module):
+class Scorer(Layer):
     """g: the importance of each location from its own feature vector (Eq. 2-3)."""
 
     hidden: int = 66
-    dtype: jnp.dtype = jnp.float32
 
     @nn.compact
     def __call__(self, a0):
@@ -86,19 +84,18 @@ def attention_weights(a2: jax.Array, beta: float, symmetric: bool) -> jax.Array:
     return jax.nn.softmax(beta * a2.reshape(n, h * w), -1).reshape(n, h, w)
 
 
-class AttentionCNN(nn.Module):
+class AttentionCNN(Layer):
     variant: str = "attention"
     num_classes: int = 7
     trunk: Sequence[Sequence[int]] = TRUNK
     hidden: int = 66  #: C_1, the scorer's hidden units
     beta: float = 1.0  #: softmax temperature of Eq. 4 (the paper: 1)
     dropout: float = 0.5
-    dtype: jnp.dtype = jnp.float32
 
     def setup(self):
-        self.features = Trunk(self.trunk, self.dtype)
+        self.features = Trunk(self.trunk, dtype=self.dtype)
         if self.variant in ("attention", "symmetric"):
-            self.scorer = Scorer(self.hidden, self.dtype)
+            self.scorer = Scorer(self.hidden, dtype=self.dtype)
         # the pooled heads' is zero-initialised: a random one makes shrinking the pooled features
         # the quickest way down the loss, and Adam drives the trunk to ln 7 in a few steps
         init = nn.initializers.zeros if self.variant != "baseline" else nn.initializers.lecun_normal()

@@ -10,10 +10,10 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from fergate.models.layers import conv3_im2col
+from fergate.models.layers import Layer, conv3_im2col
 
 
-class DenseNet(nn.Module):
+class DenseNet(Layer):
     """DenseNet-121 (Huang et al. 2017: growth 32, blocks 6-12-24-16, bottleneck 4 x growth,
     compression 0.5), BN - ReLU after the last block and no global average pooling: the
     paper's DenseNet-FC replaces it by two FC layers on the flattened maps."""
@@ -22,7 +22,6 @@ class DenseNet(nn.Module):
     growth: int = 32
     bottleneck: int = 4
     stem: int = 64
-    dtype: jnp.dtype = jnp.float32
 
     @nn.compact
     def __call__(self, x, train: bool):
@@ -58,12 +57,11 @@ def max_pool3d(x: jax.Array, window: Sequence[int]) -> jax.Array:
     return x.reshape(b, t // kt, kt, h // kh, kh, w // kw, kw, c).max(axis=(2, 4, 6))
 
 
-class Conv3D(nn.Module):
+class Conv3D(Layer):
     """A 3x3x3 'same' convolution with bias (kernel DHWIO, as `nn.Conv`'s): by im2col on a CPU
     when the input has few channels, else XLA's convolution (cuDNN's on a GPU)."""
 
     features: int
-    dtype: jnp.dtype = jnp.float32
 
     @nn.compact
     def __call__(self, x):
@@ -78,7 +76,7 @@ class Conv3D(nn.Module):
         return y + bias.astype(self.dtype)
 
 
-class C3D(nn.Module):
+class C3D(Layer):
     """C3D-style 3D CNN (Tran et al. 2015): stages of Conv3x3x3 - ReLU, each followed by a
     max pool (`pools`: C3D's first keeps time, 1x2x2; the rest 2x2x2), flattened. With
     `downsample` k > 1 the clip is first average-pooled k x k in space (the CPU default
@@ -87,7 +85,6 @@ class C3D(nn.Module):
     stages: Sequence[Sequence[int]]
     pools: Sequence[Sequence[int]]
     downsample: int = 1
-    dtype: jnp.dtype = jnp.float32
 
     @nn.compact
     def __call__(self, clip):
@@ -98,6 +95,6 @@ class C3D(nn.Module):
             x = x[:, :, : h // k * k, : w // k * k].reshape(b, t, h // k, k, w // k, k, c).mean((3, 5))
         for s, (widths, pool) in enumerate(zip(self.stages, self.pools)):
             for i, f in enumerate(widths):
-                x = nn.relu(Conv3D(f, self.dtype, name=f"conv{s}_{i}")(x))
+                x = nn.relu(Conv3D(f, dtype=self.dtype, name=f"conv{s}_{i}")(x))
             x = max_pool3d(x, pool)
         return x.reshape(x.shape[0], -1)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 from collections.abc import Sequence
 
@@ -10,11 +11,18 @@ import jax
 import jax.numpy as jnp
 
 
-class MLP(nn.Module):
+class Layer(nn.Module):
+    """What every fergate module declares: `dtype`, the dtype it computes in (parameters stay
+    float32; `fergate.models.compute_dtype`). Keyword-only, as flax's `name`: a parent passes
+    it by name, so that a field added to a module cannot take its place."""
+
+    dtype: jnp.dtype = dataclasses.field(default=jnp.float32, kw_only=True)
+
+
+class MLP(Layer):
     """Dense - ReLU stack (ReLU after every layer: the paper's FCN features are >= 0)."""
 
     features: Sequence[int]
-    dtype: jnp.dtype = jnp.float32
 
     @nn.compact
     def __call__(self, x):
@@ -31,7 +39,7 @@ def max_pool2(x: jax.Array) -> jax.Array:
     return x.reshape(b, h // 2, 2, w // 2, 2, c).max(axis=(2, 4))
 
 
-class ConvPool(nn.Module):
+class ConvPool(Layer):
     """len(features) x (Conv3x3 'same' - [BN -] ReLU - MaxPool2), NHWC, then flatten; with
     `batch_norm`, BN before each activation (`ConvEncoder`).
 
@@ -40,7 +48,6 @@ class ConvPool(nn.Module):
     """
 
     features: Sequence[int]
-    dtype: jnp.dtype = jnp.float32
     batch_norm: bool = False
 
     @nn.compact
@@ -75,7 +82,7 @@ def conv3_im2col(x: jax.Array, kernel: jax.Array) -> jax.Array:
     return (cols.reshape(-1, taps) @ kernel.reshape(taps, -1)).reshape(*x.shape[:-1], -1)
 
 
-class FaceGates(nn.Module):
+class FaceGates(Layer):
     """Gates computed from the whole face, each a ConvPool trunk, an optional Dense - ReLU
     (`hidden` > 0) and Dense(outputs).
 
@@ -90,7 +97,6 @@ class FaceGates(nn.Module):
     specs: Sequence[tuple[str, int, str]]
     convs: Sequence[int] = (32, 64, 64)
     hidden: int = 64
-    dtype: jnp.dtype = jnp.float32
 
     @nn.compact
     def __call__(self, face):
@@ -103,7 +109,7 @@ class FaceGates(nn.Module):
         h = nn.relu(max_pool2(h))
         out = {}
         for (name, outputs, kind), hg in zip(self.specs, jnp.split(h, len(self.specs), -1)):
-            hg = ConvPool(self.convs[1:], self.dtype, name=f"{name}_trunk")(hg) if len(self.convs) > 1 \
+            hg = ConvPool(self.convs[1:], dtype=self.dtype, name=f"{name}_trunk")(hg) if len(self.convs) > 1 \
                 else hg.reshape(hg.shape[0], -1)
             if self.hidden:
                 hg = nn.relu(nn.Dense(self.hidden, dtype=self.dtype, name=f"{name}_hidden")(hg))
@@ -143,7 +149,7 @@ class TreeGate(nn.Module):
         return tree_gate(d)
 
 
-class Experts(nn.Module):
+class Experts(Layer):
     """L weak predictors with identical architecture as ONE module whose parameters carry
     an ensemble axis, never a Python loop: a shared input x (B, F) gives logits (B, L, K)
     through `hidden` Dense-ReLU layers and a Dense(K).
@@ -158,7 +164,6 @@ class Experts(nn.Module):
     members: int
     hidden: Sequence[int]
     outputs: int
-    dtype: jnp.dtype = jnp.float32
 
     @nn.compact
     def __call__(self, x):
@@ -177,16 +182,15 @@ class Experts(nn.Module):
         return h.astype(jnp.float32).transpose(1, 0, 2)
 
 
-class MLPClassifier(nn.Module):
+class MLPClassifier(Layer):
     """MLP (Dense - ReLU) then Dense(outputs): logits. One weak predictor, or a head."""
 
     hidden: Sequence[int]
     outputs: int
-    dtype: jnp.dtype = jnp.float32
 
     @nn.compact
     def __call__(self, x):
-        x = MLP(self.hidden, self.dtype, name="mlp")(x)
+        x = MLP(self.hidden, dtype=self.dtype, name="mlp")(x)
         return nn.Dense(self.outputs, dtype=self.dtype, name="out")(x).astype(jnp.float32)
 
 
@@ -196,5 +200,5 @@ class LoopExperts(Experts):
 
     @nn.compact
     def __call__(self, x):
-        return jnp.stack([MLPClassifier(tuple(self.hidden), self.outputs, self.dtype, name=f"member{i}")(x)
+        return jnp.stack([MLPClassifier(tuple(self.hidden), self.outputs, dtype=self.dtype, name=f"member{i}")(x)
                           for i in range(self.members)], 1)

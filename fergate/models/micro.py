@@ -34,6 +34,7 @@ from fergate.data import fields as fields_lib
 from fergate.data.landmarks import MIRROR_68
 from fergate.errors import UserError
 from fergate.models import Family, Results, compute_dtype, masked_cross_entropy, masked_mean, random_batch
+from fergate.models.layers import Layer
 
 VARIANTS = ("visual", "geometry", "fusion")
 LOSSES = ("hinge_l2", "cross_entropy")
@@ -77,7 +78,7 @@ class PReLU(nn.Module):
         return jnp.where(x >= 0, x, a.astype(x.dtype) * x)
 
 
-class Conv(nn.Module):
+class Conv(Layer):
     """A convolution in `groups` groups (kernel (kh, kw, C_in / groups, features), as a grouped
     convolution's and Caffe's blob), computed as `groups` convolutions on the channel slices:
     XLA:CPU's grouped convolution (feature_group_count) ran conv2, conv4 and conv5 4.5-5.7x
@@ -88,7 +89,6 @@ class Conv(nn.Module):
     stride: int = 1
     padding: int = 0
     groups: int = 1
-    dtype: jnp.dtype = jnp.float32
 
     @nn.compact
     def __call__(self, x):
@@ -102,18 +102,17 @@ class Conv(nn.Module):
         return jnp.concatenate(out, -1) + b.astype(self.dtype)
 
 
-class VisualBranch(nn.Module):
+class VisualBranch(Layer):
     """conv1-conv5 and fc6 of the authors' AlexNet-like net: a 256-d visual feature."""
 
     convs: tuple = CONVS
     fc6: int = 256
     lrn: tuple = (5, 1e-4, 0.75, 1.0)  #: size, alpha, beta, k
-    dtype: jnp.dtype = jnp.float32
 
     @nn.compact
     def __call__(self, x):
         for i, (f, kernel, stride, pad, groups, pool) in enumerate(self.convs, 1):
-            x = Conv(f, kernel, stride, pad, groups, self.dtype, name=f"conv{i}")(x)
+            x = Conv(f, kernel, stride, pad, groups, dtype=self.dtype, name=f"conv{i}")(x)
             x = PReLU(name=f"prelu{i}")(x)
             if pool:
                 x = max_pool_3x3_s2(x)
@@ -128,7 +127,7 @@ def scale_face(x: jax.Array, dtype) -> jax.Array:
     return x.astype(dtype) / 127.5 - 1.0
 
 
-class MicroEmotionNet(nn.Module):
+class MicroEmotionNet(Layer):
     variant: str = "fusion"
     num_classes: int = 50
     convs: tuple = CONVS
@@ -137,13 +136,12 @@ class MicroEmotionNet(nn.Module):
     dropout: float = 0.8
     lrn: tuple = (5, 1e-4, 0.75, 1.0)
     normalize: bool = True  #: divide the displacement by its RMS over the training split
-    dtype: jnp.dtype = jnp.float32
 
     @nn.compact
     def __call__(self, batch: dict, train: bool = False) -> dict:
         parts = []
         if self.variant != "geometry":
-            parts.append(VisualBranch(self.convs, self.fc6, self.lrn, self.dtype, name="visual")(
+            parts.append(VisualBranch(self.convs, self.fc6, self.lrn, dtype=self.dtype, name="visual")(
                 scale_face(batch["face"], self.dtype)))
         if self.variant != "visual":
             d = batch["displacement"]

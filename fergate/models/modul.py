@@ -20,7 +20,7 @@ from fergate import plots
 from fergate.data import pipeline
 from fergate.data.landmarks import INTRAFACE_49, pairwise_distances
 from fergate.models import Family, Results, compute_dtype, random_batch
-from fergate.models.layers import MLP, ConvPool, FaceGates
+from fergate.models.layers import MLP, ConvPool, FaceGates, Layer
 
 VARIANTS = {  # Table I, name: (distance branch, patch branch, landmark gates, modal gate)
     "distances": (True, False, False, False), "patches": (False, True, False, False),
@@ -46,7 +46,7 @@ def distance_matrix(lm: jnp.ndarray, iod: jnp.ndarray) -> jnp.ndarray:
     return jnp.where(sq > 0, jnp.sqrt(safe), 0.0) / iod[:, None, None]
 
 
-class MoDuL(nn.Module):
+class MoDuL(Layer):
     """`all_pairs`: the joint models read all N(N-1) ordered distances, as Table IV's
     parameter counts imply (the text's N(N-1)/2 upper triangle: False); the distance
     network alone reads the upper triangle, the region-weighted ones all pairs (Eq. 4).
@@ -66,7 +66,6 @@ class MoDuL(nn.Module):
     gate_hidden: int = 0
     all_pairs: bool = True
     standardize: bool = True
-    dtype: jnp.dtype = jnp.float32
 
     @nn.compact
     def __call__(self, batch: dict, train: bool = False) -> dict:
@@ -75,7 +74,7 @@ class MoDuL(nn.Module):
         n = len(idx)
         specs = [(name, n, "landmark") for name, on in (("G_dist", rw and use_dist), ("G_patch", rw and use_patch))
                  if on] + ([("G_mod", 2, "modal")] if modal else [])
-        gates = FaceGates(specs, self.gate_convs, self.gate_hidden, self.dtype, name="gates")(
+        gates = FaceGates(specs, self.gate_convs, self.gate_hidden, dtype=self.dtype, name="gates")(
             batch["face"].astype(self.dtype) / 255.0) if specs else {}
         feats, out = [], {"introspect": {}}
         if use_dist:
@@ -92,14 +91,14 @@ class MoDuL(nn.Module):
                 mean = self.variable("stats", "dist_mean", jnp.zeros, (68, 68), jnp.float32).value
                 std = self.variable("stats", "dist_std", jnp.ones, (68, 68), jnp.float32).value
                 x = (x - mean[idx[i], idx[j]]) / std[idx[i], idx[j]]
-            feats.append(MLP(self.dist_hidden, self.dtype, name="F_dist")(x.astype(self.dtype)))
+            feats.append(MLP(self.dist_hidden, dtype=self.dtype, name="F_dist")(x.astype(self.dtype)))
         if use_patch:
             p = batch["patches"][:, idx].astype(self.dtype) / 255.0  # (B, N, P, P)
             if rw:  # each landmark's channel scaled by its gate (Eq. 5)
                 g = out["introspect"]["patch_gate"] = gates["G_patch"]
                 p = p * g[:, :, None, None].astype(self.dtype)
-            h = ConvPool(self.patch_convs, self.dtype, name="F_patch_conv")(p.transpose(0, 2, 3, 1))
-            feats.append(MLP(self.patch_hidden, self.dtype, name="F_patch")(h))
+            h = ConvPool(self.patch_convs, dtype=self.dtype, name="F_patch_conv")(p.transpose(0, 2, 3, 1))
+            feats.append(MLP(self.patch_hidden, dtype=self.dtype, name="F_patch")(h))
         if modal:  # softmax modal gate scales the two 512-d features (Eq. 9-10)
             m = out["introspect"]["modal_gate"] = gates["G_mod"]
             feats = [feats[0] * m[:, :1].astype(self.dtype), feats[1] * m[:, 1:].astype(self.dtype)]

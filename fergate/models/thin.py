@@ -25,12 +25,12 @@ from fergate import plots
 from fergate.data import pipeline
 from fergate.errors import UserError
 from fergate.models import Family, Results, compute_dtype, num_classes_from_data
-from fergate.models.layers import ConvEncoder, Experts, LoopExperts, MLPClassifier, TreeGate
+from fergate.models.layers import ConvEncoder, Experts, Layer, LoopExperts, MLPClassifier, TreeGate
 
 VARIANTS = ("baseline", "ensemble", "tree_gated", "exo_tree_gated", "oracle", "thin", "exo")
 
 
-class THIN(nn.Module):
+class THIN(Layer):
     """`exo_names` lists the exogenous variables (one, or several whose representations are
     concatenated for the gate: Table 3's rotation + scale); variable n has its own
     gamma_tau `exo_encoder_n` and c_sigma `exo_classifier_n`, predicting `exo_fields[i]`
@@ -52,7 +52,6 @@ class THIN(nn.Module):
     depth: int = 3
     dispel_weight: float = 0.005
     experts_impl: str = "vmap"  #: "loop" only to measure what vmap saves
-    dtype: jnp.dtype = jnp.float32
 
     def exogenous(self, batch, train: bool) -> list[jax.Array]:
         """h_exo per exogenous variable: the frozen gamma_tau(I), or a stored representation
@@ -60,12 +59,12 @@ class THIN(nn.Module):
         if self.exo_input != "image":
             return [batch[self.exo_input].astype(jnp.float32)]
         x = batch[self.image_field].astype(self.dtype) / 255.0
-        return [ConvEncoder(self.exo_convs, self.dtype, name=f"exo_encoder_{n}")(x, train and self.variant == "exo")
-                for n in self.exo_names]
+        return [ConvEncoder(self.exo_convs, dtype=self.dtype, name=f"exo_encoder_{n}")(
+            x, train and self.variant == "exo") for n in self.exo_names]
 
     def exo_classifier(self, i: int) -> nn.Module:
         """c_sigma of variable i: MLP on an exogenous-width representation -> its bins."""
-        return MLPClassifier(tuple(self.exo_hidden), self.exo_classes[i], self.dtype,
+        return MLPClassifier(tuple(self.exo_hidden), self.exo_classes[i], dtype=self.dtype,
                              name=f"exo_classifier_{self.exo_names[i]}")
 
     @nn.compact
@@ -76,15 +75,15 @@ class THIN(nn.Module):
             h = self.exogenous(batch, train)[0]
             return {"logits": self.exo_classifier(0)(h), "representations": {self.exo_names[0]: h}}
         x = batch[self.image_field].astype(self.dtype) / 255.0
-        h_endo = ConvEncoder(self.endo_convs, self.dtype, name="endo")(x, train)
+        h_endo = ConvEncoder(self.endo_convs, dtype=self.dtype, name="endo")(x, train)
         # the spaces Fig. 9 / 11 compare on same / different-person pairs (`fergate eval --pairs`)
         out = {"introspect": {}, "losses": {}, "representations": {"expression": h_endo}}
         if self.variant == "baseline":
-            out["logits"] = MLPClassifier(tuple(self.baseline_hidden), self.num_classes, self.dtype,
+            out["logits"] = MLPClassifier(tuple(self.baseline_hidden), self.num_classes, dtype=self.dtype,
                                           name="classifier")(h_endo)
             return out
         experts = Experts if self.experts_impl == "vmap" else LoopExperts
-        z = experts(self.members, tuple(self.expert_hidden), self.num_classes, self.dtype, name="experts")(h_endo)
+        z = experts(self.members, tuple(self.expert_hidden), self.num_classes, dtype=self.dtype, name="experts")(h_endo)
         if self.variant in ("exo_tree_gated", "thin"):  # gamma_tau is frozen
             h_exo = [jax.lax.stop_gradient(h) for h in self.exogenous(batch, False)]
             out["representations"].update(zip(self.exo_names, h_exo))

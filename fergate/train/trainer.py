@@ -15,7 +15,6 @@ import logging
 import math
 import os
 import signal
-import threading
 import time
 
 import jax
@@ -26,6 +25,7 @@ from fergate import config as config_lib
 from fergate import export, models, options, plots
 from fergate.errors import Interrupted, UserError
 from fergate.files import read_json
+from fergate.signals import StopSignals
 from fergate.train import evaluate, features, perf
 from fergate.train.checkpoint import Checkpointer, Selection, restore_selected
 from fergate.train.data import DataPlan, features_dir, source_dir
@@ -212,35 +212,28 @@ def check_batch(batch: dict, example: dict) -> None:
                             f"{show(want)} (the family's inputs / transforms / example_batch disagree)")
 
 
-class Preemption:
+class Preemption(StopSignals):
     """SIGINT and SIGTERM (Ctrl-C; what SLURM and cloud preemption send) during the loop: the
     step in flight finishes, a checkpoint is saved, the run stops (exit 130 / 143). With
     several processes, JAX's preemption service makes every process stop at the same step
     (SIGINT is turned into SIGTERM for it), so that the save, a collective, cannot hang."""
 
     def __init__(self):
-        self.signum: int | None = None
+        super().__init__()
         self.multi = jax.process_count() > 1
-        self.saved: dict[int, object] = {}
 
     @property
     def name(self) -> str:
         return signal.Signals(self.signum).name if self.signum else "stopped"
 
-    def _handle(self, signum, frame) -> None:
-        self.signum = signum
+    def signals(self) -> tuple[int, ...]:
+        # several processes: JAX's preemption service has SIGTERM; SIGINT is turned into it
+        return (signal.SIGINT,) if self.multi else super().signals()
+
+    def handle(self, signum, frame) -> None:
+        super().handle(signum, frame)
         if self.multi and signum == signal.SIGINT:
             signal.raise_signal(signal.SIGTERM)
-
-    def __enter__(self) -> Preemption:
-        if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGINT,) if self.multi else (signal.SIGINT, signal.SIGTERM):
-                self.saved[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def __exit__(self, *exc) -> None:
-        for sig, handler in self.saved.items():
-            signal.signal(sig, handler)
 
     def reached(self, step: int) -> bool:
         """Whether to stop after `step`."""

@@ -37,7 +37,7 @@ from fergate.data import pipeline
 from fergate.errors import UserError
 from fergate.models import Family, Results, compute_dtype, masked_cross_entropy, num_classes_from_data
 from fergate.models.backbones import C3D, DenseNet
-from fergate.models.layers import ConvEncoder
+from fergate.models.layers import ConvEncoder, Layer
 from fergate.models.vshnn.fusion import (  # noqa: F401 (the family's parts, as vshnn.X)
     LandmarkMLP,
     LowRankFusion,
@@ -73,7 +73,7 @@ def parse_variant(variant: str) -> tuple[bool, str | None, str | None]:
 
 
 # ----------------------------------------------------------------------------- frame CNN
-class FrameCNN(nn.Module):
+class FrameCNN(Layer):
     """Frames (N, H, W, C) uint8 -> (appearance features (N, F), logits (N, K)): a trunk
     ("small": Conv3x3 - BN - ReLU - MaxPool stages; "densenet121"), then FC - ReLU layers
     `fc` (the paper: 4096, 4096), the last one's output being the appearance feature."""
@@ -83,7 +83,6 @@ class FrameCNN(nn.Module):
     convs: Sequence[int] = (16, 32, 64, 128)
     fc: Sequence[int] = (256, 256)
     dropout: float = 0.5
-    dtype: jnp.dtype = jnp.float32
 
     @nn.compact
     def __call__(self, frames, train: bool):
@@ -91,7 +90,7 @@ class FrameCNN(nn.Module):
         if self.trunk == "densenet121":
             h = DenseNet(dtype=self.dtype, name="densenet")(x, train)
         elif self.trunk == "small":
-            h = ConvEncoder(tuple(self.convs), self.dtype, name="trunk")(x, train)
+            h = ConvEncoder(tuple(self.convs), dtype=self.dtype, name="trunk")(x, train)
         else:
             raise ValueError(f"unknown frame CNN trunk {self.trunk!r}: small or densenet121")
         for i, f in enumerate(self.fc):
@@ -103,13 +102,12 @@ class FrameCNN(nn.Module):
 
 
 # ----------------------------------------------------------------------------- 3D CNN
-class AuxClassifier(nn.Module):
+class AuxClassifier(Layer):
     """The 3D CNN's auxiliary classifier on v: FC - BN - dropout - ReLU - FC (Fig. 3)."""
 
     hidden: int
     num_classes: int
     dropout: float = 0.5
-    dtype: jnp.dtype = jnp.float32
 
     @nn.compact
     def __call__(self, v, train: bool):
@@ -120,7 +118,7 @@ class AuxClassifier(nn.Module):
 
 
 # ----------------------------------------------------------------------------- the family's module
-class VSHNN(nn.Module):
+class VSHNN(Layer):
     variant: str = "c3d_sagru_b"
     num_classes: int = 7
     frame_trunk: str = "small"
@@ -142,7 +140,6 @@ class VSHNN(nn.Module):
     fusion_rank: int = 4  #: gamma of Eq. 20
     lmed_blocks: Sequence[int] = (256, 256)  #: LMED-CF MLP widths (2 blocks lab data, 3 in the wild)
     branch_weight: float = 1.0  #: late fusions: each branch's own cross-entropy also trains it, this weighted
-    dtype: jnp.dtype = jnp.float32
 
     def landmarks(self, clip_landmarks: jax.Array, train: bool) -> tuple[jax.Array, jax.Array]:
         """The landmark branch: LMED-CF mapped to [-1, 1] by the training split's range (the
@@ -152,7 +149,7 @@ class VSHNN(nn.Module):
         hi = self.variable("stats", "lmed_max", jnp.ones, f.shape[-1:], jnp.float32).value
         f = 2.0 * (f - lo) / jnp.maximum(hi - lo, 1e-6) - 1.0
         self.sow("intermediates", "lmed_cf", f)
-        return LandmarkMLP(self.num_classes, tuple(self.lmed_blocks), self.dtype, name="lmed_mlp")(f, train)
+        return LandmarkMLP(self.num_classes, tuple(self.lmed_blocks), dtype=self.dtype, name="lmed_mlp")(f, train)
 
     @nn.compact
     def __call__(self, batch: dict, train: bool = False) -> dict:
@@ -160,7 +157,7 @@ class VSHNN(nn.Module):
             clip = batch["clip"]
             b, t = clip.shape[:2]
             feats, logits = FrameCNN(self.num_classes, self.frame_trunk, tuple(self.frame_convs),
-                                     tuple(self.frame_fc), self.dropout, self.dtype,
+                                     tuple(self.frame_fc), self.dropout, dtype=self.dtype,
                                      name="frame_cnn")(clip.reshape(b * t, *clip.shape[2:]), train)
             frame_logits = logits.reshape(b, t, -1)
             return {"logits": frame_logits.mean(1), "frame_logits": frame_logits,
@@ -177,9 +174,9 @@ class VSHNN(nn.Module):
                 v = batch[SCENE_FIELD].astype(self.dtype)
             else:
                 h = C3D(tuple(map(tuple, self.c3d_stages)), tuple(map(tuple, self.c3d_pools)), self.c3d_downsample,
-                        self.dtype, name="c3d_convs")(batch["clip"])
+                        dtype=self.dtype, name="c3d_convs")(batch["clip"])
                 v = nn.relu(nn.Dense(self.scene, dtype=self.dtype, name="scene")(h))
-                out["aux_logits"] = AuxClassifier(self.aux_hidden, self.num_classes, self.dropout, self.dtype,
+                out["aux_logits"] = AuxClassifier(self.aux_hidden, self.num_classes, self.dropout, dtype=self.dtype,
                                                   name="aux")(v, train)
         if cell is None:  # the 3D CNN alone: its main classifier on v
             p = nn.Dense(self.num_classes, dtype=self.dtype, name="classifier")(v).astype(jnp.float32)
@@ -191,7 +188,7 @@ class VSHNN(nn.Module):
                 v = jnp.concatenate([nn.BatchNorm(use_running_average=not train, dtype=self.dtype,
                                                   name="ic_bn")(v), l_feat.astype(self.dtype)], -1)
             p, _ = SARNN(self.num_classes, cell, connection, self.hidden, self.head, self.dropout,
-                         self.dtype, name="sarnn")(x, v, train)
+                         dtype=self.dtype, name="sarnn")(x, v, train)
         if self.fusion in ("", "ic"):
             out["logits"] = p
         else:  # late fusions of the two score vectors; each branch also learns from its own loss

@@ -11,6 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from fergate.data.landmarks import LEFT_EYE, LMED_PAIRS, RIGHT_EYE
+from fergate.models.layers import Layer
 
 
 def _mm(a: jax.Array, b: jax.Array) -> jax.Array:
@@ -75,14 +76,13 @@ def lmed_cf(landmarks: jax.Array) -> jax.Array:
                            -1)
 
 
-class LandmarkMLP(nn.Module):
+class LandmarkMLP(Layer):
     """LMED-CF's network (5.2.4, Table A1): (Dense - BN - ReLU) blocks, 2 for lab data and 3
     in the wild, then Dense(K). Returns the last block's output l' (the IC fusion's landmark
     feature) and the scores q."""
 
     num_classes: int
     blocks: Sequence[int] = (256, 256)
-    dtype: jnp.dtype = jnp.float32
 
     @nn.compact
     def __call__(self, f: jax.Array, train: bool) -> tuple[jax.Array, jax.Array]:
@@ -93,7 +93,7 @@ class LandmarkMLP(nn.Module):
         return h, nn.Dense(self.num_classes, dtype=self.dtype, name="classifier")(h).astype(jnp.float32)
 
 
-class LowRankFusion(nn.Module):
+class LowRankFusion(Layer):
     """LRMF (Liu et al. 2018) of modality vectors z_m: each with 1 appended, then
     o = sum_i lambda_i prod_m (W_m^(i) [z_m, 1]) + b, the rank-r factorisation of a full
     bilinear map of [z_vid, 1] (x) [z_lmk, 1] (Eq. 20). With `attention`, LRMAF: each
@@ -106,7 +106,6 @@ class LowRankFusion(nn.Module):
     rank: int = 4
     attention: bool = True
     modalities: Sequence[str] = ("video", "landmark")
-    dtype: jnp.dtype = jnp.float32
 
     @nn.compact
     def __call__(self, *zs: jax.Array) -> tuple[jax.Array, dict]:

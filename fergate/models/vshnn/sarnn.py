@@ -8,6 +8,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from fergate.models.layers import Layer
+
 #: gates per cell, in the order of the fused kernels' columns (PyTorch's)
 CELL_GATES = {"lstm": ("i", "f", "g", "o"), "gru": ("r", "z", "n")}
 
@@ -34,7 +36,7 @@ def gru_step(h: jax.Array, pre: jax.Array, w_h: jax.Array, b_hn: jax.Array) -> t
     return h, h
 
 
-class SARNN(nn.Module):
+class SARNN(Layer):
     """Scene-aware RNN over appearance features x (B, N, F) with the scene feature v (B, D)
     (None: a plain RNN, Table 2's CNN-LSTM / CNN-GRU). The input terms of every step
     (W_x x_n, and W_v v for type A) are one matmul before the loop; the loop is a scan of
@@ -46,7 +48,6 @@ class SARNN(nn.Module):
     hidden: int = 2048
     head: int = 1024
     dropout: float = 0.5
-    dtype: jnp.dtype = jnp.float32
 
     @nn.compact
     def __call__(self, x, v, train: bool):
