@@ -123,6 +123,8 @@ def test_a_new_run_says_it_starts_fresh_and_more_steps_do_not_move_the_schedule(
     (("bench", "--config", "configs/modul.py", "--steps", "0"), "--steps 0"),
     (("bench", "--config", "configs/modul.py", "--batch", "0"), "--batch 0: must be at least 1"),
     (("prep", "--dataset", "sample", "--out", "W", "--test_fraction", "1"), "--test_fraction 1.0: must be in [0, 1)"),
+    (("predict", "--model", "W", "FILE", "--frames"), "--frames writes annotated video frames: give --annotate DIR"),
+    (("predict", "--model", "W", "W"), "W: no such file or folder"),
 ])
 def test_mistakes_are_one_line_errors_before_any_work(tmp_path, args, message):
     (tmp_path / "FILE").write_text("not a directory")
