@@ -252,28 +252,17 @@ class Model:
         """Per face (a face model: `inputs` are photos, as paths or RGB arrays) or per clip (a
         clip model: each input a video path or a sequence of RGB frames): a dict of the
         source, the face's box, detector score and landmarks in the photo, class
-        probabilities, the label and the model's introspection; an input without a face
-        gives {"source", "error"}. `min_score`: as `fergate predict --min_score`."""
-        from fergate import face as F
+        probabilities, the label and the model's introspection; an input without a prediction
+        gives {"source", "error"}, the error as `fergate predict` words it
+        (`fergate.predict.reason`). `min_score`: as `fergate predict --min_score`."""
         from fergate import predict as P
 
         P.init_worker(self.manifest["data"], sorted(self.pipeline_fields()), min_score)
-        items = []  # as `fergate predict`'s work units give them, in input order
-        for i, x in enumerate(inputs):
-            base = {"source": x if isinstance(x, str) else f"input {i}"}
-            try:
-                if self.kind == "clip":
-                    frames = P.read_frames(x, 0, None) if isinstance(x, str) else \
-                        [(j, F.to_rgb8(np.asarray(f))) for j, f in enumerate(x)]
-                    items.append(P.clip_item(frames, base, base["source"]))
-                else:
-                    img = F.load_image(x) if isinstance(x, str) else F.to_rgb8(np.asarray(x))
-                    items += P.face_items(img, base, base["source"])
-            except F.SkipItem as e:
-                items.append({"info": base, "error": e.reason})
+        # as `fergate predict`'s work units give them, in input order, with its reasons for none
+        items = [it for i, x in enumerate(inputs) for it in P.input_items(x, i, self.kind)]
         faces = [it for it in items if "error" not in it]
         lines = iter(P.predict_faces(self, faces)[0] if faces else [])
-        return [{**it["info"], "error": it["error"]} if "error" in it else next(lines) for it in items]
+        return [P.error_line(it) if "error" in it else next(lines) for it in items]
 
 
 def load(path: str, batch_size: int = 32) -> Model:

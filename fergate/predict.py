@@ -5,7 +5,12 @@ window of frames for a clip model), each run through the face pipeline `fergate 
 used for the model's training data (its options are in the export) in a process pool,
 while this process batches the faces and runs the exported function: the model's cost hides
 behind the face pipeline's. One JSON line per face (or per clip window), and one per input
-that gave none, saying why; a bad input never stops the others.
+that gave none, saying why (a video's units told as one: a video without a face is one
+line); a bad input never stops the others. Why an input gave nothing is worded here once
+(`reason`, the constants below), for this command and `fergate.load(E).predict` alike.
+
+Frame ranges are inclusive everywhere, in the lines ("frames": [first, last]) as in the
+messages ("frames [first, last]").
 """
 
 from __future__ import annotations
@@ -28,6 +33,32 @@ log = logging.getLogger(__name__)
 
 #: frames of a video one work unit of a face model reads
 FRAMES_PER_UNIT = 32
+
+#: why an input gave no prediction: the `error` of its line (`fergate predict`) or dict
+#: (`export.Model.predict`); a failure of the face pipeline says its `reason`
+NO_SUCH_PATH = "no such file or folder"
+EMPTY_FOLDER = "no photo or video in this folder (or below)"
+PHOTO_FOR_CLIP = "a clip (video) model predicts on videos, not photos"
+
+
+def reason(e: Exception) -> str:
+    """The `error` of an input the face pipeline failed on: a SkipItem's reason and detail
+    ("no_face", "not_an_image: ..."), another exception's type and message (a decoder's bug)."""
+    from fergate.face import SkipItem
+
+    return str(e) if isinstance(e, SkipItem) else f"{type(e).__name__}: {e}"
+
+
+def error_line(item: dict) -> dict:
+    """The line (dict) of an item without a prediction: where it came from, and why."""
+    return {**item["info"], "error": item["error"]}
+
+
+def missing_error(missing: Sequence[str], others: bool) -> str:
+    """The one line `fergate predict` fails with when nothing was predicted and some inputs
+    do not exist."""
+    return (f"{', '.join(missing)}: {NO_SUCH_PATH}"
+            + ("; the other inputs gave no prediction either (their lines say why)" if others else ""))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,12 +85,12 @@ def expand(paths: Sequence[str], kind: str, every: int, window: int, stride: int
             found = sorted(os.path.join(r, f) for r, _, fs in os.walk(path) for f in fs
                            if f.lower().endswith(IMAGE_EXTS + VIDEO_EXTS))
             if not found:
-                errors.append({"source": path, "error": "no photo or video in this folder (or below)"})
+                errors.append({"source": path, "error": EMPTY_FOLDER})
             files = found
         elif os.path.isfile(path):
             files = [path]
         else:
-            errors.append({"source": path, "error": "no such file or folder"})
+            errors.append({"source": path, "error": NO_SUCH_PATH})
             continue
         for f in files:
             group = f if f.lower().endswith(VIDEO_EXTS) else os.path.dirname(f)
@@ -73,7 +104,7 @@ def expand(paths: Sequence[str], kind: str, every: int, window: int, stride: int
                     units += [Unit("frames", f, s, min(s + step, n), every, group) for s in range(0, n, step)] \
                         if n else [Unit("frames", f, 0, None, every, group)]
             elif kind == "clip":
-                errors.append({"source": f, "error": "a clip (video) model predicts on videos, not photos"})
+                errors.append({"source": f, "error": PHOTO_FOR_CLIP})
             else:
                 units.append(Unit("image", f, group=group))
     return units, errors
@@ -112,7 +143,8 @@ def read_frames(path: str, start: int, stop: int | None, every: int = 1) -> list
     finally:
         cap.release()
     if not out:
-        raise SkipItem("unreadable_video", f"no frame decodes in [{start}, {stop})")
+        where = f" in frames [{start}, {stop - 1}]" if stop is not None else f" from frame {start} on" if start else ""
+        raise SkipItem("unreadable_video", f"no frame decodes{where}")
     return out
 
 
@@ -184,7 +216,9 @@ def clip_item(frames: list[tuple[int, np.ndarray]], base: dict, group: str) -> d
 
 
 def work(unit: Unit) -> list[dict]:
-    """{"record", "info"} per face (or clip window) of a unit, or one {"info", "error"}."""
+    """{"record", "info"} per face (or clip window) of a unit, or one {"info", "error"}; the
+    error of a unit of video frames that decoded says which ("info": "frames") and how many
+    ("read")."""
     from fergate import face as F
 
     base = {"source": unit.source}
@@ -192,15 +226,80 @@ def work(unit: Unit) -> list[dict]:
         if unit.kind == "image":
             return face_items(F.load_image(unit.source), base, unit.group)
         frames = read_frames(unit.source, unit.start, unit.stop, unit.every)
+    except Exception as e:  # noqa: BLE001 - a decoder failure must not stop the others
+        return [{"info": base, "error": reason(e)}]
+    read = {"info": {**base, "frames": [frames[0][0], frames[-1][0]]}, "read": len(frames)}
+    try:
         if unit.kind == "window":
             return [clip_item(frames, base, unit.group)]
         out = [it for index, img in frames for it in face_items(img, {**base, "frame": index}, unit.group)
                if "error" not in it]
-        return out or [{"info": {**base, "frames": [frames[0][0], frames[-1][0]]}, "error": "no_face"}]
-    except F.SkipItem as e:
-        return [{"info": base, "error": str(e)}]
-    except Exception as e:  # noqa: BLE001 - a decoder failure must not stop the others
-        return [{"info": base, "error": f"{type(e).__name__}: {e}"}]
+        return out or [{**read, "error": "no_face"}]
+    except Exception as e:  # noqa: BLE001
+        return [{**read, "error": reason(e)}]
+
+
+def input_items(x, i: int, kind: str) -> list[dict]:
+    """`export.Model.predict`'s items of its `i`-th input `x` (a face model: a photo, as a path
+    or an RGB array; a clip model: a video path or a sequence of RGB frames), as `work` makes
+    them of a unit: the same faces, and the same errors."""
+    from fergate import face as F
+
+    base = {"source": x if isinstance(x, str) else f"input {i}"}
+    if isinstance(x, str) and not os.path.exists(x):
+        return [{"info": base, "error": NO_SUCH_PATH}]
+    if isinstance(x, str) and kind == "clip" and x.lower().endswith(F.IMAGE_EXTS):
+        return [{"info": base, "error": PHOTO_FOR_CLIP}]
+    try:
+        if kind == "clip":
+            frames = read_frames(x, 0, None) if isinstance(x, str) else \
+                [(j, F.to_rgb8(np.asarray(f))) for j, f in enumerate(x)]
+            return [clip_item(frames, base, base["source"])]
+        return face_items(F.load_image(x) if isinstance(x, str) else F.to_rgb8(np.asarray(x)), base, base["source"])
+    except Exception as e:  # noqa: BLE001 - as `work`: a bad input never stops the others
+        return [{"info": base, "error": reason(e)}]
+
+
+class Outcomes:
+    """What each input gave, told once per input: a photo without a prediction is its line; a
+    video's units are told as one, at its end: one line if none gave a prediction (the frames
+    that decoded, and why: "no_face" when they did), else, of a clip model, a line per window
+    without one (a face model's frames without a face have no line). `errors`: the inputs
+    without a prediction."""
+
+    def __init__(self, write):
+        self.write = write
+        self.errors = 0
+        self.source: str | None = None
+        self.kind = ""
+        self.predicted = False
+        self.lost: list[dict] = []
+
+    def unit(self, unit: Unit) -> None:
+        if unit.source != self.source:
+            self.end()
+            self.source, self.kind, self.predicted, self.lost = unit.source, unit.kind, False, []
+
+    def item(self, item: dict) -> None:
+        if "error" not in item:
+            self.predicted = True
+        elif self.kind == "image":
+            self.write(error_line(item))
+            self.errors += 1
+        else:
+            self.lost.append(item)
+
+    def end(self) -> None:
+        if self.source is not None and not self.predicted and self.lost:
+            read = [it for it in self.lost if "read" in it]
+            frames = {"frames": [min(it["info"]["frames"][0] for it in read),
+                                 max(it["info"]["frames"][1] for it in read)]} if read else {}
+            self.write({"source": self.source, **frames, "error": (read or self.lost)[0]["error"]})
+            self.errors += 1
+        elif self.source is not None and self.kind == "window":
+            for it in self.lost:
+                self.write(error_line(it))
+        self.source, self.lost = None, []
 
 
 # ----------------------------------------------------------------------------- model
@@ -233,19 +332,30 @@ def predict_faces(model, faces: list[dict]) -> tuple[list[dict], dict]:
 
 def run(model, inputs: Sequence[str], out, workers: int | None = None, every: int = 1,
         window: int | None = None, stride: int | None = None, annotate: str | None = None,
-        heatmaps: str | None = None, pipeline_only: bool = False, min_score: float | None = None) -> dict:
+        heatmaps: str | None = None, pipeline_only: bool = False, min_score: float | None = None,
+        frames: bool = False) -> dict:
     """Predicts with `model` (a loaded export, `fergate.export.Model`) on `inputs`, writing
-    JSON lines to the file object `out`; returns counts and rates. `min_score`: faces the
-    detector scores lower are not predicted (`init_worker`)."""
+    JSON lines to the file object `out`, and with `annotate` the inputs with their
+    predictions drawn (`fergate.annotate`: a video as one video, its frames as images too with
+    `frames`); returns counts and rates. `min_score`: faces the detector scores lower are not
+    predicted (`init_worker`). Nothing predicted while some inputs do not exist is a
+    UserError naming them (a mistyped path)."""
     batch_size = model.batch_size
     window = window or int(model.manifest["data"].get("options", {}).get("frames", 16))  # T, as in training
     stride = stride or max(1, window // 2)
     if min(every, window, stride, batch_size) < 1:
         raise UserError("--every, --window, --stride and --batch must be at least 1")
+
+    def write(line: dict) -> None:
+        out.write(json.dumps(line) + "\n")
+
     units, errors = expand(inputs, model.kind, every, window, stride)
     for e in errors:
-        out.write(json.dumps(e) + "\n")
+        write(e)
+    missing = [e["source"] for e in errors if e["error"] == NO_SUCH_PATH]
     if not units:
+        if missing:
+            raise UserError(missing_error(missing, len(missing) < len(inputs)))
         return {"faces": 0, "errors": len(errors), "seconds": 0.0, "kind": model.kind}
     fields = sorted(model.pipeline_fields())
     init = (model.manifest["data"], fields, min_score)
@@ -261,6 +371,12 @@ def run(model, inputs: Sequence[str], out, workers: int | None = None, every: in
         model.warm()  # compiles while the pool starts
     subject_means = bool(fields_lib.derived(model.manifest["record_fields"]))
     counts = {"faces": 0, "errors": len(errors), "frames": 0, "units": len(units), "kind": model.kind}
+    outcomes = Outcomes(write)
+    drawn = None
+    if annotate and not pipeline_only:
+        from fergate.annotate import Annotator
+
+        drawn = Annotator(annotate, frames, every)
     pending: list[dict] = []
     t0 = time.time()
 
@@ -270,9 +386,9 @@ def run(model, inputs: Sequence[str], out, workers: int | None = None, every: in
             return
         lines, res = ([{**f["info"]} for f in pending], {}) if pipeline_only else predict_faces(model, pending)
         for i, (f, line) in enumerate(zip(pending, lines)):
-            out.write(json.dumps(line) + "\n")
-            if annotate and not pipeline_only:
-                draw(f, line, annotate)
+            write(line)
+            if drawn is not None:
+                drawn.add(line)
             if heatmaps and not pipeline_only:
                 heat(model, f, line, {k: v[i] for k, v in res.get("introspect", {}).items()}, heatmaps)
         counts["faces"] += len(pending)
@@ -282,13 +398,13 @@ def run(model, inputs: Sequence[str], out, workers: int | None = None, every: in
         from tqdm import tqdm
 
         last_group, t_first, first = None, None, 0
-        for res in tqdm(results, total=len(units), unit="input", disable=None, file=sys.stderr):
+        for unit, res in zip(units, tqdm(results, total=len(units), unit="input", disable=None, file=sys.stderr)):
             if t_first is None:  # start-up (the pool, dlib's models) ends with the first result
                 t_first, first = time.time(), sum("error" not in r for r in res)
+            outcomes.unit(unit)
             for r in res:
+                outcomes.item(r)
                 if "error" in r:
-                    out.write(json.dumps({**r["info"], "error": r["error"]}) + "\n")
-                    counts["errors"] += 1
                     continue
                 if subject_means and r["group"] != last_group:
                     flush(final=True)  # a subject's faces are predicted together (their mean landmarks)
@@ -298,50 +414,21 @@ def run(model, inputs: Sequence[str], out, workers: int | None = None, every: in
                 if not subject_means:
                     flush()
         flush(final=True)
+        outcomes.end()
     finally:
         if pool is not None:
             pool.terminate()
+        if drawn is not None:
+            drawn.close()
     end = time.time()
+    counts["errors"] += outcomes.errors
+    if missing and not counts["faces"]:
+        raise UserError(missing_error(missing, True))
     counts["seconds"] = round(end - t0, 3)
     counts["faces_per_sec"] = round(counts["faces"] / max(end - t0, 1e-9), 2)
     if t_first is not None and end > t_first:  # after start-up: the rate a long input runs at
         counts["steady_faces_per_sec"] = round((counts["faces"] - first) / (end - t_first), 2)
     return counts
-
-
-def draw(face: dict, line: dict, outdir: str) -> None:
-    """The source image with the face's box, landmarks and label drawn, into `outdir`."""
-    import cv2
-
-    from fergate import face as F
-
-    info = face["info"]
-    stem = os.path.splitext(os.path.basename(info["source"]))[0]
-    name = f"{stem}_f{info['frame']:06d}.jpg" if "frame" in info else \
-        f"{stem}_w{info['frames'][0]:06d}.jpg" if "frames" in info else f"{stem}.jpg"  # a frame; a window's first
-    path = os.path.join(outdir, name)
-    os.makedirs(outdir, exist_ok=True)
-    if os.path.exists(path):
-        img = cv2.imread(path)
-    elif "frame" in info or "frames" in info:
-        start = info.get("frame", info.get("frames", [0])[0])
-        img = read_frames(info["source"], start, start + 1)[0][1][..., ::-1].copy()
-    else:
-        img = F.load_image(info["source"])[..., ::-1].copy()
-    if "box" in info:
-        left, top, right, bottom = info["box"]
-        cv2.rectangle(img, (left, top), (right, bottom), (0, 255, 0), 2)
-        for x, y in info["landmarks"]:
-            cv2.circle(img, (int(round(x)), int(round(y))), 1, (0, 255, 255), -1)
-        org = (left, max(12, top - 6))
-    else:
-        org = (6, 18)
-    text = f"{line['label']} {line['probabilities'][line['label']]:.2f}"
-    if "box" not in info and "frames" in info:  # a clip model's window
-        text = f"frames {info['frames'][0]}-{info['frames'][1]}: {text}"
-    cv2.putText(img, text, org, cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 0, 0), 3, cv2.LINE_AA)
-    cv2.putText(img, text, org, cv2.FONT_HERSHEY_SIMPLEX, 0.5, (255, 255, 255), 1, cv2.LINE_AA)
-    cv2.imwrite(path, img)
 
 
 def heat(model, face: dict, line: dict, introspect: dict, outdir: str) -> None:

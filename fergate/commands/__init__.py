@@ -140,9 +140,16 @@ def compilation_cache(jax) -> None:
 
 def workdir_setup(a: argparse.Namespace) -> ml_collections.ConfigDict:
     """The config `a.workdir` was trained with, read first (a wrong workdir fails before JAX
-    starts), then JAX set up (`jax_setup`)."""
-    from fergate import config as config_lib
+    starts; an export, which holds a config too, is named as one), then JAX set up
+    (`jax_setup`)."""
+    import os
 
+    from fergate import config as config_lib
+    from fergate.errors import UserError
+
+    if os.path.isfile(os.path.join(a.workdir, "export.json")):  # fergate.export.MANIFEST, without importing jax
+        raise UserError(f"{a.workdir} is an export (fergate export), not a training workdir: predict with it: "
+                        f"`fergate predict --model {a.workdir} INPUT...`")
     cfg = config_lib.load_workdir(a.workdir)
     jax_setup(a)
     return cfg

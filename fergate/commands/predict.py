@@ -15,8 +15,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     q.add_argument("--model", required=True, help="an export (fergate export)")
     q.add_argument("inputs", nargs="+", metavar="INPUT", help="photos, videos, folders")
     q.add_argument("--out", default=None, help="JSONL file (default: stdout)")
-    q.add_argument("--annotate", default=None, metavar="DIR", help="write the photos / frames with boxes, "
-                   "landmarks and labels drawn")
+    q.add_argument("--annotate", default=None, metavar="DIR", help="write each input with its boxes, landmarks "
+                   "and labels drawn: a photo in its own format, a video as one video (.mp4, its frame rate)")
+    q.add_argument("--frames", action="store_true", help="with --annotate: also each annotated video frame as "
+                   "an image")
     q.add_argument("--heatmaps", default=None, metavar="DIR", help="write each face's attention map over the "
                    "model's input (models with spatial introspection: the attention CNN)")
     q.add_argument("--min_score", type=float, default=None, metavar="S",
@@ -32,16 +34,25 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(a: argparse.Namespace) -> None:
-    jax_setup(a)
-    from fergate import export, predict
+    import os
+
+    from fergate import predict
 
     if a.batch < 1:
         raise UserError(f"--batch {a.batch}: at least 1")
+    if a.frames and not a.annotate:
+        raise UserError("--frames writes annotated video frames: give --annotate DIR too")
+    missing = [p for p in a.inputs if not os.path.exists(p)]
+    if len(missing) == len(a.inputs):  # before the model loads: a mistyped path
+        raise UserError(predict.missing_error(missing, False))
+    jax_setup(a)
+    from fergate import export
+
     model = export.load(a.model, a.batch)
     out = open(a.out, "w") if a.out else sys.stdout
     try:
         c = predict.run(model, a.inputs, out, a.workers, a.every, a.window, a.stride, a.annotate, a.heatmaps,
-                        a.pipeline_only, a.min_score)
+                        a.pipeline_only, a.min_score, a.frames)
     finally:
         if a.out:
             out.close()
