@@ -84,16 +84,42 @@ def numpy_experts(p: dict, x: np.ndarray) -> np.ndarray:
     return h
 
 
+def _random_digits(n: int) -> dict:
+    """`n` random 28 x 28 grey images and rotation bins (the oracle's gate input)."""
+    rng = np.random.default_rng(0)
+    return {"image": jnp.asarray(rng.integers(0, 256, (n, 28, 28, 1)), jnp.uint8),
+            "rotation_bin": jnp.asarray(rng.integers(0, 18, n), jnp.int32)}
+
+
 def _thin_on_random_digits(arg: str, n: int) -> tuple:
     """(config, parameters, outputs) of THIN as `configs/thin.py:arg` builds it, initialised
-    and applied on `n` random 28 x 28 grey images."""
+    and applied on `_random_digits(n)`."""
     from fergate.models import thin
 
     cfg = C.load(f"configs/thin.py:{arg}")
     m = thin.build(cfg)
-    batch = {"image": jnp.asarray(np.random.default_rng(0).integers(0, 256, (n, 28, 28, 1)), jnp.uint8)}
+    batch = _random_digits(n)
     variables = m.init(jax.random.key(0), batch)
     return cfg, variables["params"], m.apply(variables, batch)
+
+
+@pytest.mark.parametrize("variant", ["ensemble", "tree_gated", "oracle"])
+def test_each_ensemble_mixes_its_experts_by_its_gate(variant):
+    """z = Z g (Eq. 1-2) with Z the experts' logits on h_endo and g: 1/L each for the simple
+    deep ensemble (g_0), the tree gate (Eq. 3-5) on h_endo (tree-gated), or on the one-hot
+    true rotation bin (oracle), each in NumPy from the parameters."""
+    cfg, p, out = _thin_on_random_digits(f"task=digits_rotated,variant={variant}", 5)
+    h_endo = np.asarray(out["representations"]["expression"])
+    members = cfg.thin.members
+    if variant == "ensemble":
+        g = np.full((5, members), 1 / members)
+    else:
+        h_g = h_endo if variant == "tree_gated" else np.eye(18)[np.asarray(_random_digits(5)["rotation_bin"])]
+        g = numpy_tree_gate(h_g, np.asarray(p["gate"]["nodes"]["kernel"]), np.asarray(p["gate"]["nodes"]["bias"]),
+                            cfg.thin.depth)
+        np.testing.assert_allclose(out["introspect"]["gate"], g, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(out["logits"], np.einsum("blk,bl->bk", numpy_experts(p["experts"], h_endo), g),
+                               rtol=1e-4, atol=1e-5)
 
 
 def test_thin_is_equations_2_to_8_on_its_own_representations():
@@ -420,6 +446,8 @@ def test_fer_setup_of_section_4_3():
         C.load("configs/thin.py:task=fer,variant=oracle")
     cfg = C.load("configs/thin.py:task=fer,variant=thin")
     assert cfg.thin.exo_convs == cfg.thin.endo_convs and cfg.thin.exo_input == "image"
+    # lambda: Fig. 8's 0.01 for FER, 4.1's 0.005 on MNIST-R
+    assert cfg.thin.dispel_weight == 0.01 and C.load("configs/thin.py:variant=thin").thin.dispel_weight == 0.005
     base = C.load("configs/thin.py:task=fer,variant=baseline")
     ens = C.load("configs/thin.py:task=fer,variant=ensemble")
 
@@ -449,6 +477,8 @@ def test_fer_setup_of_section_4_3():
         np.testing.assert_allclose(out["introspect"]["abs_cos"][:, 0], cos, rtol=1e-4, atol=1e-6)
         np.testing.assert_allclose(out["metrics"]["abs_cos"], cos.mean(), rtol=1e-4)
         assert ("dispel" in out["losses"]) == (variant == "thin")
+        if variant == "thin":  # Eq. 8's lambda L_sim with the FER preset's lambda
+            np.testing.assert_allclose(out["losses"]["dispel"], 0.01 * cos.mean(), rtol=1e-4)
 
 
 def test_experts_sharded_over_a_model_axis_train_like_one_device(digits, tmp_path):
