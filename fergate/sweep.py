@@ -37,7 +37,7 @@ from fergate.signals import StopSignals
 log = logging.getLogger(__name__)
 
 MARKER = "sweep.json"
-TABLE_KEYS = {"title", "metric", "seeds", "folds", "budgets", "rows", "scale", "decimals"}
+TABLE_KEYS = {"title", "metric", "seeds", "folds", "budgets", "rows", "scale", "decimals", "extras"}
 ROW_KEYS = {"name", "config", "overrides", "paper", "paper_note", "shares"}
 
 
@@ -62,6 +62,9 @@ class Table:
     folds: int = 0  # 0: the config's held-out split; k: subject-independent k-fold CV per seed
     scale: float = 100.0  # table.md / table.png show metric x scale (the papers' numbers are given so)
     decimals: int = 1
+    #: more numbers reported per run, not averaged into the metric: {column: (a folder of the cell's
+    #: workdir, e.g. an earlier stage's "pretrain/rotation", an eval.json key there)}
+    extras: dict[str, tuple[str, str]] = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -107,10 +110,13 @@ def load_table(spec: str) -> Table:
             if s not in names or s == r.name:
                 raise UserError(f"{path}: row {r.name!r} shares stages with {s!r}, not another row of the table")
     budgets = {k: tuple(v) for k, v in d.pop("budgets").items()}
+    extras = {k: tuple(v) for k, v in d.pop("extras", {}).items()}
+    if any(len(v) != 2 for v in extras.values()):
+        raise UserError(f"{path}: extras are {{column: (folder in the cell's workdir, eval.json key)}}")
     for k, v in budgets.items():
         if any("=" not in o for o in v):
             raise UserError(f"{path}: budget {k!r}: overrides are 'key=value' strings")
-    return Table(spec=spec, rows=tuple(rows), budgets=budgets, **d)
+    return Table(spec=spec, rows=tuple(rows), budgets=budgets, extras=extras, **d)
 
 
 def select_cells(table: Table, rows: Sequence[str] | None = None, seeds: int | None = None) -> list[Cell]:
@@ -330,6 +336,19 @@ def metric_value(table: Table, out: str) -> float:
     return float(report[table.metric])
 
 
+def extra_values(table: Table, out: str) -> dict[str, float | None]:
+    """The table's `extras` of the run in `out`: None where its folder has no such number (a
+    row without that earlier stage)."""
+    values = {}
+    for name, (folder, key) in table.extras.items():
+        path, report = os.path.join(out, folder, "eval.json"), {}
+        if os.path.exists(path):
+            with open(path) as f:
+                report = json.load(f)
+        values[name] = float(report[key]) if isinstance(report.get(key), (int, float)) else None
+    return values
+
+
 def run(spec: str, workdir: str, budget: str | None = None, seeds: int | None = None,
         rows: Sequence[str] | None = None, task: int = 0, tasks: int = 1, overrides: Sequence[str] = (),
         aggregate_only: bool = False) -> dict | None:
@@ -394,8 +413,10 @@ def run(spec: str, workdir: str, budget: str | None = None, seeds: int | None = 
 def aggregate(table: Table, workdir: str, cells: Sequence[Cell], budget: str, overrides: Sequence[str],
               partial: bool) -> dict | None:
     """W/table.json, table.md, table.png from the finished cells: per row the value of each
-    seed (its folds' mean with cross-validation), their mean and std (ddof 1). Unless
-    `partial`, only once no cell is waiting (another task's); failed cells are listed."""
+    seed (its folds' mean with cross-validation), their mean and std (ddof 1), each run's
+    metric and extras read from its eval.json (a table whose metric changed under finished
+    cells reports the new one). Unless `partial`, only once no cell is waiting (another
+    task's); failed cells are listed."""
     states = {c.index: state(workdir, c) for c in cells}
     waiting = [c for c in cells if states[c.index] not in ("done", "failed")]
     if waiting and not partial:
@@ -411,9 +432,10 @@ def aggregate(table: Table, workdir: str, cells: Sequence[Cell], budget: str, ov
             seed_values = []
             for c in (c for c in mine if c.seed == seed):
                 entry = {"seed": c.seed, "fold": c.fold if c.fold >= 0 else None, "workdir": c.path}
-                if states[c.index] == "done":
-                    v = read_marker(workdir, c)["value"]
-                    runs.append({**entry, "value": v})
+                if states[c.index] == "done":  # the table's metric now (it may be another than the marker's)
+                    out = os.path.join(workdir, c.path)
+                    v = metric_value(table, out)
+                    runs.append({**entry, "value": v, **({"extras": extra_values(table, out)} if table.extras else {})})
                     seed_values.append(v)
                 elif states[c.index] == "failed":
                     failed.append({**entry, "error": read_marker(workdir, c).get("error", "")})
@@ -428,6 +450,7 @@ def aggregate(table: Table, workdir: str, cells: Sequence[Cell], budget: str, ov
                          "std": float(v.std(ddof=1)) if len(v) > 1 else None, "n": len(v),
                          "runs": runs, "failed": failed, "missing": missing})
     report = {"title": table.title, "table": table.spec, "metric": table.metric, "scale": table.scale,
+              "extras": list(table.extras),
               "budget": budget, "budget_overrides": list(table.budgets[budget]),
               "overrides": [o.removeprefix("--config.") for o in overrides],
               "seeds": len({c.seed for c in cells}), "folds": table.folds, "data": _data(workdir, cells, states),
@@ -457,8 +480,9 @@ def _data(workdir: str, cells: Sequence[Cell], states: dict) -> str:
 
 
 def markdown(report: dict, decimals: int) -> str:
-    """The table beside the paper's column, the budget and data in its caption."""
-    scale = report["scale"]
+    """The table beside the paper's column, the budget and data in its caption; a column per
+    extra with each run's value (seed order), `-` where a run has none."""
+    scale, extras = report["scale"], report.get("extras", [])
 
     def fmt(x: float) -> str:
         return f"{x * scale:.{decimals}f}"
@@ -468,14 +492,17 @@ def markdown(report: dict, decimals: int) -> str:
              f"{folds}); budget "
              f"`{report['budget']}` ({', '.join(report['budget_overrides']) or 'the configs as they are'}"
              f"{', ' + ', '.join(report['overrides']) if report['overrides'] else ''}); {report['data']}.", "",
-             "| row | fergate | paper | paper's setting |", "|---|---|---|---|"]
+             "| " + " | ".join(["row", "fergate", "paper", "paper's setting", *extras]) + " |",
+             "|" + "---|" * (4 + len(extras))]
     for r in report["rows"]:
         cell = "-" if r["mean"] is None else fmt(r["mean"]) + (f" ± {r['std'] * scale:.{decimals}f}"
                                                                 if r["std"] is not None else "") + f" ({r['n']})"
         notes = [f"{len(r[k])} {what}" for k, what in (("failed", "failed"), ("missing", "not run")) if r[k]]
         cell += f" [{', '.join(notes)}]" if notes else ""
         paper = "-" if r["paper"] is None else f"{r['paper']:g}"
-        lines.append(f"| {r['name']} | {cell} | {paper} | {r['paper_note']} |")
+        more = [", ".join("-" if v is None else fmt(v) for v in values) if any(v is not None for v in values)
+                else "-" for values in ([run["extras"][e] for run in r["runs"]] for e in extras)]
+        lines.append("| " + " | ".join([r["name"], cell, paper, r["paper_note"], *more]) + " |")
     return "\n".join(lines) + "\n"
 
 

@@ -157,3 +157,14 @@ def test_thin_table_2_trains_one_exogenous_network_per_seed(digits, tmp_path):
     with open(w / "table.json") as f:
         t = json.load(f)
     assert [(r["name"], r["n"], r["paper"]) for r in t["rows"]] == [("exo_tree_gated", 2, 98.07), ("thin", 2, 98.26)]
+    # the extra column: each run's stage-1 rotation accuracy, the shared stage's eval.json value
+    stage = []
+    for s in (0, 1):
+        with open(w / "exo_tree_gated" / f"seed-{s}" / "pretrain" / "rotation" / "eval.json") as f:
+            stage.append(json.load(f)["accuracy"])
+    assert t["extras"] == ["stage-1 rotation accuracy"]
+    for r in t["rows"]:
+        assert [run["extras"]["stage-1 rotation accuracy"] for run in r["runs"]] == stage
+    md = (w / "table.md").read_text()
+    assert "| paper's setting | stage-1 rotation accuracy |" in md
+    assert f"| {', '.join(f'{100 * a:.1f}' for a in stage)} |" in md

@@ -1,7 +1,8 @@
 """THIN's Table 3 (paper 003): the tree-gated deep ensemble on rotated and scaled digits,
 gated on the digit (endogenous) representation, on the scale's, the rotation's, or both;
 test accuracy beside the paper's MNIST-RS column. Each exogenous network trains once per
-seed: `rotation_scale` reuses the `rotation` and `scale` rows' networks.
+seed: `rotation_scale` reuses the `rotation` and `scale` rows' networks. Each run's
+exogenous networks' test accuracy on their bins is reported beside it (`extras`).
 
     fergate sweep configs/tables/thin_table3.py --workdir W --budget smoke
 """
@@ -21,6 +22,7 @@ def get_table(arg=None):
         title="THIN Table 3 (paper 003): the gating variable on digits_rotated_scaled",
         metric="accuracy",
         seeds=3,
+        extras={f"stage-1 {n} accuracy": (f"pretrain/{n}", "accuracy") for n in ("rotation", "scale")},
         budgets={"smoke": common.smoke(steps=20, eval_every=10), "readme": ()},
         rows=[dict(name=name, config=f"configs/thin.py:task=digits_rotated_scaled,{args}", paper=acc,
                    paper_note=f"gating variable {var}: MNIST-RS",
