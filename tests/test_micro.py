@@ -74,7 +74,7 @@ def test_pooling_rounds_up_and_alexnet_sizes():
     assert params["visual"]["conv2"]["kernel"].shape == (5, 5, 48, 256)  # groups 2
 
 
-def test_squared_hinge_matches_its_definition():
+def test_squared_hinge_and_cross_entropy_match_their_definitions():
     rng = np.random.default_rng(0)
     logits, labels = rng.normal(0, 2, (6, 5)).astype(np.float32), rng.integers(0, 5, 6)
     want = [sum(max(0.0, 1 - (1 if k == y else -1) * f[k]) ** 2 for k in range(5)) for f, y in zip(logits, labels)]
@@ -84,6 +84,13 @@ def test_squared_hinge_matches_its_definition():
     value, metrics = micro.loss(cfg, {"logits": jnp.asarray(logits)}, batch)
     np.testing.assert_allclose(value, np.mean(want[:4]), rtol=1e-5)  # masked examples do not count
     assert set(metrics) == {"hinge_l2"}
+    # section V-B's softmax cross-entropy: -log(exp f_y / sum_k exp f_k), the masked mean
+    z = logits.astype(np.float64)
+    ce = np.log(np.exp(z).sum(-1)) - z[np.arange(6), labels]
+    value, metrics = micro.loss(C.load("configs/micro.py:variant=geometry,loss=cross_entropy"),
+                                {"logits": jnp.asarray(logits)}, batch)
+    np.testing.assert_allclose(value, ce[:4].mean(), rtol=1e-5)
+    assert set(metrics) == {"ce"}
 
 
 def test_compound_labels_map_one_to_one_and_back():
@@ -117,21 +124,27 @@ def test_sgd_step_decay_and_weight_decay_on_kernels_only():
     np.testing.assert_allclose(updates["prelu7"]["alpha"], 0.0)
 
 
-def test_displacement_subtracts_the_same_subjects_mean_in_the_same_split(tmp_path):
-    rng = np.random.default_rng(0)
+def _landmark_shards(root, shards_of: dict, landmarks: dict) -> None:
+    """Shards of blank faces: split -> files -> [(subject, key)], landmarks[split, subject, key]."""
     face = np.zeros((224, 224, 3), np.uint8)
-    # two shards a split, ann in both: her mean adds up the sidecars' sums across shards
-    shards_of = {"train": [[("ann", 10), ("bob", 50)], [("ann", 20)]], "test": [[("ann", 100)], [("ann", 130)]]}
-    landmarks = {}
+    os.makedirs(root, exist_ok=True)
     for split, files in shards_of.items():
         for f, items in enumerate(files):
-            w = shards.ShardWriter(str(tmp_path), shards.shard_name(split, f, len(files)))
-            for subject, offset in items:
-                lm = (rng.uniform(40, 180, (68, 2)) + offset).astype(np.float32)
-                landmarks[split, subject, offset] = lm
-                w.write(schema.encode({"face": face, "landmarks": lm, "label": 0, "subject": subject}), 0, subject)
+            w = shards.ShardWriter(str(root), shards.shard_name(split, f, len(files)))
+            for subject, key in items:
+                rec = {"face": face, "landmarks": landmarks[split, subject, key], "label": 0, "subject": subject}
+                w.write(schema.encode(rec), 0, subject)
             w.close()
-    shards.write_manifest(str(tmp_path), {"train": 2, "test": 2}, {"classes": ["a", "b"]})
+    shards.write_manifest(str(root), {split: len(files) for split, files in shards_of.items()}, {"classes": ["a", "b"]})
+
+
+def test_displacement_subtracts_the_same_subjects_mean_in_the_same_split(tmp_path):
+    rng = np.random.default_rng(0)
+    # two shards a split, ann in both: her mean adds up the sidecars' sums across shards
+    shards_of = {"train": [[("ann", 10), ("bob", 50)], [("ann", 20)]], "test": [[("ann", 100)], [("ann", 130)]]}
+    landmarks = {(split, subject, offset): (rng.uniform(40, 180, (68, 2)) + offset).astype(np.float32)
+                 for split, files in shards_of.items() for items in files for subject, offset in items}
+    _landmark_shards(tmp_path, shards_of, landmarks)
     sidecar = json.loads((tmp_path / ".stats" / (shards.shard_name("train", 0, 2) + ".json")).read_text())
     assert sidecar["landmark_counts"] == {"ann": 1, "bob": 1}
     np.testing.assert_allclose(sidecar["landmark_sums"]["bob"], landmarks["train", "bob", 50], rtol=1e-6)
@@ -154,6 +167,48 @@ def test_displacement_subtracts_the_same_subjects_mean_in_the_same_split(tmp_pat
             st.pop("landmark_sums", None), st.pop("landmark_counts", None)
             path.write_text(json.dumps(st))
         pipeline._subject_mean_landmarks.cache_clear()
+
+
+def test_raw_geometry_is_the_landmarks_and_a_subject_shift_moves_it_but_not_the_displacement(tmp_path):
+    """III-A's comparison: `geometry=raw` reads the landmarks without the subject mean, so
+    moving all of one subject's landmarks by a constant moves its input by that constant;
+    the displacement (Eq. 2) subtracts the moved mean and stays as it was. The raw input
+    reaches the linear layer centred on the training split's mean shape and divided by the
+    RMS about it."""
+    rng = np.random.default_rng(1)
+    shards_of = {"train": [[("ann", 0), ("ann", 1), ("bob", 0), ("ann", 2), ("bob", 1)]]}
+    landmarks = {("train", s, k): rng.uniform(40, 180, (68, 2)).astype(np.float32) for s, k in shards_of["train"][0]}
+    shift = np.float32([7.0, -4.0])
+    moved = {key: lm + shift if key[1] == "ann" else lm for key, lm in landmarks.items()}
+    _landmark_shards(tmp_path / "a", shards_of, landmarks)
+    _landmark_shards(tmp_path / "b", shards_of, moved)
+    inputs = {}
+    for geometry in ("raw", "displacement"):
+        cfg = C.load(f"configs/micro.py:variant=geometry,geometry={geometry}")
+        field = micro.GEOMETRIES[geometry]
+        assert set(micro.inputs(cfg)) == {field}
+        for data in ("a", "b"):
+            inputs[geometry, data] = pipeline.read_records(
+                str(tmp_path / data), "train", range(5), micro.record_fields(cfg),
+                models.family("micro").transforms(cfg, False))[field]
+    order = shards_of["train"][0]
+    ann = np.array([s == "ann" for s, _ in order])
+    np.testing.assert_allclose(inputs["raw", "a"], np.stack([landmarks["train", s, k] for s, k in order]))
+    np.testing.assert_allclose(inputs["raw", "b"][ann], inputs["raw", "a"][ann] + shift, rtol=1e-6)
+    np.testing.assert_allclose(inputs["raw", "b"][~ann], inputs["raw", "a"][~ann])
+    np.testing.assert_allclose(inputs["displacement", "b"], inputs["displacement", "a"], atol=1e-4)
+    # the statistics and the linear SVM's logits on the raw landmarks, in NumPy
+    cfg = C.load("configs/micro.py:variant=geometry,geometry=raw")
+    lm = inputs["raw", "a"].astype(np.float64)
+    stats = micro.statistics(cfg, [{"landmarks": lm, "mask": np.ones(5, np.float32)}])
+    mean = lm.mean(0)
+    rms = np.sqrt(((lm - mean) ** 2).mean())
+    np.testing.assert_allclose(stats["landmarks_mean"], mean, rtol=1e-5)
+    np.testing.assert_allclose(stats["landmarks_rms"], rms, rtol=1e-5)
+    w, b = rng.normal(size=(136, 3)).astype(np.float32), rng.normal(size=3).astype(np.float32)
+    net = micro.MicroEmotionNet(variant="geometry", num_classes=3, geometry="raw")
+    out = net.apply({"params": {"fc8": {"kernel": w, "bias": b}}, "stats": stats}, {"landmarks": jnp.asarray(lm)})
+    np.testing.assert_allclose(out["logits"], ((lm - mean) / rms).reshape(5, 136) @ w + b, rtol=1e-4, atol=1e-4)
 
 
 def test_reports_count_the_dominant_and_the_complementary_emotion_apart():

@@ -563,6 +563,30 @@ def test_a_flag_of_another_dataset_is_refused(rafdb_root, tmp_path, capsys):
     assert "--min_confidence is an option of --dataset expw, not rafdb" in capsys.readouterr().err
 
 
+def test_icv_mefed_val_subjects_are_the_last_n_by_subject_number(tmp_path):
+    """`--val_subjects N`: the last N subjects of the training label files, in number order
+    (10 after 9), become `val` (paper 001 validates on its last 9 persons); the test label
+    file's items stay `test`. A `val` split from a label file as well, or no training
+    subject left, is a one-line error."""
+    root = tmp_path / "icv"
+    train = {f"Sample_{s}_{i:03d}.JPG": "3_6" for s in (2, 9, 10, 100) for i in (1, 2)}
+    test = {"Sample_7_001.JPG": "N_N"}
+    for name in (*train, *test):
+        _write(root / "photos" / name, "")  # the reader lists the photos; only prep decodes them
+    _write(root / "training_labels.txt", "".join(f"{n}\t{lab}\n" for n, lab in train.items()))
+    _write(root / "test_labels.txt", "".join(f"{n}\t{lab}\n" for n, lab in test.items()))
+    split = {it.key: it.split for it in readers.reader("icv_mefed", str(root), val_subjects=2).items()}
+    assert split == {**{n: "val" if n.split("_")[1] in ("10", "100") else "train" for n in train}, **dict.fromkeys(
+        test, "test")}
+    assert {it.split for it in readers.reader("icv_mefed", str(root)).items()} == {"train", "test"}  # default 0
+    with pytest.raises(UserError, match="--val_subjects 4: the training label files have 4 subjects"):
+        readers.reader("icv_mefed", str(root), val_subjects=4).items()
+    _write(root / "photos" / "Sample_8_001.JPG", "")
+    _write(root / "valid_labels.txt", "Sample_8_001.JPG\t1_2\n")
+    with pytest.raises(UserError, match="already gives a `val` split"):
+        readers.reader("icv_mefed", str(root), val_subjects=1).items()
+
+
 # -- reader options and readers outside data_prep ------------------------------------------------
 
 

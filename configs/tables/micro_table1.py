@@ -1,8 +1,13 @@
-"""The micro-emotion network's Table I (paper 001): its three branches, the challenge's
+r"""The micro-emotion network's Table I (paper 001): its three branches, the challenge's
 misclassification (% of the held-out faces) beside the paper's on iCV-MEFED's validation set.
 
     fergate sweep configs/tables/micro_table1.py --workdir W --budget readme
+    fergate prep ROOT --dataset icv_mefed --val_subjects 9 --test_fraction 0 --face_size 224 --align eyes_lip \
+        --no_patches --no_identity --out ICV_MEFED
     fergate sweep configs/tables/micro_table1.py --workdir W --budget paper --config.data.dir=ICV_MEFED
+
+The `paper` budget evaluates on the `val` split: the last 9 subjects (IV-C), or the
+challenge's own validation labels (a label file whose name says `valid`).
 """
 
 from . import common
@@ -22,7 +27,8 @@ def get_table(arg=None):
         seeds=3,
         # readme: 300 steps at batch 32, faces at 112 x 112 (a quarter of the paper's pixels)
         budgets={"smoke": common.smoke("input.face_size=112", common.SAMPLE_350, steps=20),
-                 "readme": ("train.steps=300", "input.face_size=112", "train.eval_every=0"), "paper": ()},
+                 "readme": ("train.steps=300", "input.face_size=112", "train.eval_every=0"),
+                 "paper": ("data.eval_split=val",)},
         rows=[dict(name=v, config=f"configs/micro.py:variant={v}", paper=mis, paper_note=f"{row}: iCV-MEFED")
               for v, (row, mis) in ROWS.items()],
     )

@@ -2,17 +2,26 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 
-from data_prep.readers.base import Item, Reader, bad_item
+from data_prep.readers.base import Item, Reader, bad_item, option
 from data_prep.readers.layout import fields, text_lines
 from fergate import face as F
+from fergate import video
 from fergate.data import compound as compound_labels
 from fergate.data.labels import DATASET_CLASSES
 from fergate.errors import UserError
 
 log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class IcvMefedOptions:
+    val_subjects: int = option(0, "the last N subjects of the training label files (in subject number order) form "
+                               "the `val` split, as paper 001 validates on the last 9 of its 92 labelled persons "
+                               "(IV-C); 0: none", metavar="N")
 
 
 class IcvMefedReader(Reader):
@@ -22,9 +31,12 @@ class IcvMefedReader(Reader):
     (fergate.data.compound). A label file's name gives its items' split: one naming `test`
     is the test split, one naming `valid` (and not `train`) `val`, any other `train`. A line
     that does not parse, a name labelled twice and a labelled photo that is not there become
-    skipped items, counted in the manifest by reason."""
+    skipped items, counted in the manifest by reason. `val_subjects` N moves the training
+    items of the last N subjects (by subject number) to `val`."""
 
     name = "icv_mefed"
+    title = "iCV-MEFED"
+    Options = IcvMefedOptions
     classes = DATASET_CLASSES["icv_mefed"]
 
     def __init__(self, source: str | None, options):
@@ -74,7 +86,27 @@ class IcvMefedReader(Reader):
         if not any(it.kind == "image" for it in out):
             raise UserError(f"no labelled photo found under {self.source} (label files: "
                             f"{', '.join(os.path.basename(p) for p in self.label_files)})")
-        return out
+        return self.last_subjects_to_val(out, self.options.val_subjects)
+
+    @staticmethod
+    def last_subjects_to_val(items: list[Item], n: int) -> list[Item]:
+        """The training items of the last `n` training subjects, in subject number order
+        (`Sample_<subject>_<idx>`), moved to the `val` split (section IV-C's validation set)."""
+        if n <= 0:
+            return items
+        if any(it.split == "val" and it.kind != "bad" for it in items):
+            raise UserError(f"--val_subjects {n}: a label file already gives a `val` split (its name says "
+                            "'valid'): use one or the other")
+        subjects = sorted({it.subject for it in items if it.split == "train" and it.kind != "bad"},
+                          key=video.natural_key)
+        if n >= len(subjects):
+            raise UserError(f"--val_subjects {n}: the training label files have {len(subjects)} subjects; at "
+                            "least one must remain for training")
+        val = set(subjects[-n:])
+        log.info(f"[prep] icv_mefed: the last {n} of {len(subjects)} training subjects ({subjects[-n]} to "
+                 f"{subjects[-1]}) form the `val` split (--val_subjects)")
+        return [dataclasses.replace(it, split="val") if it.split == "train" and it.subject in val else it
+                for it in items]
 
 
 READERS = (IcvMefedReader,)

@@ -10,7 +10,13 @@ landmark displacement, the face's 68 landmarks minus the mean landmarks of the s
   activation); then fc7 256 - PReLU - dropout 0.8 - fc8.
 - geometry: the landmark displacement alone into one linear layer: with the squared hinge
   loss, a linear SVM (section III-A).
-- fusion: concat(fc6, displacement) (392) - fc7 256 - PReLU - dropout 0.8 - fc8 (III-C).
+- fusion: concat(fc6, displacement) (392) - fc7 256 - PReLU - dropout 0.8 - fc8. The text
+  (III-C) feeds the 392-d vector to "a full connected layer as a classifier"; the hidden
+  fc7 is the authors' prototxt's, followed here.
+
+The geometry input is the displacement (`geometry="displacement"`), or the landmarks
+themselves (`"raw"`: no subject mean, the "landmark only" III-A compares the displacement
+with), centred on the training split's mean shape and scaled by their RMS about it.
 
 Loss: the squared one-vs-all hinge (Caffe's HingeLoss, norm L2), or cross-entropy (V-B).
 The subject means come from the split being read, the test split's included: transductive at
@@ -38,6 +44,8 @@ from fergate.models.layers import Layer
 
 VARIANTS = ("visual", "geometry", "fusion")
 LOSSES = ("hinge_l2", "cross_entropy")
+#: the geometry input: the record field it is read from
+GEOMETRIES = {"displacement": "displacement", "raw": "landmarks"}
 #: (features, kernel, stride, padding, groups, pool and LRN after it) of conv1-conv5
 CONVS = ((96, 11, 4, 0, 1, True), (256, 5, 1, 2, 2, True), (384, 3, 1, 1, 1, False), (384, 3, 1, 1, 2, False),
          (256, 3, 1, 1, 2, True))
@@ -135,7 +143,8 @@ class MicroEmotionNet(Layer):
     fc7: int = 256
     dropout: float = 0.8
     lrn: tuple = (5, 1e-4, 0.75, 1.0)
-    normalize: bool = True  #: divide the displacement by its RMS over the training split
+    normalize: bool = True  #: bring the geometry input to unit scale with the training split's statistics
+    geometry: str = "displacement"  #: a key of GEOMETRIES
 
     @nn.compact
     def __call__(self, batch: dict, train: bool = False) -> dict:
@@ -144,8 +153,11 @@ class MicroEmotionNet(Layer):
             parts.append(VisualBranch(self.convs, self.fc6, self.lrn, dtype=self.dtype, name="visual")(
                 scale_face(batch["face"], self.dtype)))
         if self.variant != "visual":
-            d = batch["displacement"]
-            if self.normalize:
+            d = batch[GEOMETRIES[self.geometry]]
+            if self.normalize and self.geometry == "raw":
+                mean = self.variable("stats", "landmarks_mean", jnp.zeros, d.shape[1:], jnp.float32).value
+                d = (d - mean) / self.variable("stats", "landmarks_rms", jnp.ones, (), jnp.float32).value
+            elif self.normalize:
                 d = d / self.variable("stats", "displacement_rms", jnp.ones, (), jnp.float32).value
             parts.append(d.reshape(d.shape[0], -1).astype(self.dtype))
         h = jnp.concatenate(parts, -1)
@@ -159,7 +171,15 @@ def build(config) -> MicroEmotionNet:
     s = config.micro
     return MicroEmotionNet(variant=config.variant, num_classes=s.num_classes, convs=tuple(map(tuple, s.convs)),
                            fc6=s.fc6, fc7=s.fc7, dropout=s.dropout, lrn=tuple(s.lrn), normalize=s.normalize,
-                           dtype=compute_dtype(config))
+                           geometry=_geometry(config), dtype=compute_dtype(config))
+
+
+def _geometry(config) -> str:
+    """The geometry input (a workdir written before `micro.geometry` read the displacement)."""
+    geometry = config.micro.get("geometry", "displacement")
+    if geometry not in GEOMETRIES:
+        raise UserError(f"micro.geometry={geometry!r}: one of {', '.join(GEOMETRIES)}")
+    return geometry
 
 
 def _visual(config) -> bool:
@@ -173,12 +193,12 @@ def _geometric(config) -> bool:
 def inputs(config) -> dict:
     s = config.input.face_size
     return {**({"face": ((s, s, 3), np.uint8)} if _visual(config) else {}),
-            **({"displacement": ((68, 2), np.float32)} if _geometric(config) else {})}
+            **({GEOMETRIES[_geometry(config)]: ((68, 2), np.float32)} if _geometric(config) else {})}
 
 
 def record_fields(config) -> tuple[str, ...]:
-    return (("face",) if _visual(config) else ()) + \
-        (("landmarks", SUBJECT_MEAN_LANDMARKS) if _geometric(config) else ())
+    geometry = ("landmarks",) + ((SUBJECT_MEAN_LANDMARKS,) if _geometry(config) == "displacement" else ())
+    return (("face",) if _visual(config) else ()) + (geometry if _geometric(config) else ())
 
 
 #: the mean landmarks of the record's subject over the split being read (Eq. 1), derived by the pipeline
@@ -219,7 +239,8 @@ def preprocess(config, train: bool) -> tuple[list, list]:
     augmentations, the face brought to the network's input size. No rotation: the
     displacement is measured against the subject's unrotated mean face."""
     s = config.input.face_size
-    return [LandmarkDisplacement()] if _geometric(config) else [], \
+    displacement = _geometric(config) and _geometry(config) == "displacement"
+    return [LandmarkDisplacement()] if displacement else [], \
         [pipeline.ResizeFace((s, s))] if _visual(config) else []
 
 
@@ -227,21 +248,29 @@ def example_batch(config, n: int) -> dict:
     batch = random_batch(inputs(config), n)
     if "displacement" in batch:  # a few pixels of a 224 face
         batch["displacement"] *= 3.0
+    if "landmarks" in batch:  # points spread over a 224 face
+        batch["landmarks"] = 112.0 + 40.0 * batch["landmarks"]
     return batch
 
 
 def statistics(config, batches) -> dict:
     """The root mean square of the displacement's coordinates over the training split: one
     number, so that dividing by it brings the input to unit scale and keeps its geometry
-    (raw, a few pixels of a 224 face next to unit-scale visual features, it sent SGD at
-    the paper's rate to NaN within 50 steps)."""
+    (unscaled, a few pixels of a 224 face next to unit-scale visual features, it sent SGD at
+    the paper's rate to NaN within 50 steps). `geometry="raw"`: the landmarks' mean over the
+    training split (one mean shape for every subject) and the RMS of their coordinates about it."""
     if not (_geometric(config) and config.micro.normalize):
         return {}
-    total, n = 0.0, 0
+    field = GEOMETRIES[_geometry(config)]
+    total, sums, n, size = 0.0, 0.0, 0, 0
     for b in batches:
-        d = b["displacement"][b["mask"] > 0].astype(np.float64)
-        total, n = total + float((d * d).sum()), n + d.size
-    rms = np.sqrt(total / max(n, 1))
+        d = b[field][b["mask"] > 0].astype(np.float64)
+        total, sums, n, size = total + float((d * d).sum()), sums + d.sum(0), n + len(d), size + d.size
+    if field == "landmarks":  # the mean square about the mean: E|d|^2 - |E d|^2 over the coordinates
+        mean = sums / max(n, 1)
+        rms = np.sqrt(max(total - n * float((mean * mean).sum()), 0.0) / max(size, 1))
+        return {"landmarks_mean": mean.astype(np.float32), "landmarks_rms": np.float32(max(rms, 1e-6))}
+    rms = np.sqrt(total / max(size, 1))
     if rms < 1e-3:
         raise UserError(f"the landmark displacement is zero on {config.data.train_split}: every subject has one "
                         "image, so each is its own mean. The displacement needs several images per subject "
