@@ -22,7 +22,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     from data_prep import readers  # the reader flags are generated from the readers' options
 
     q.add_argument("--dataset", required=True, help=readers.dataset_help())
-    q.add_argument("--out", required=True, help="output directory")
+    q.add_argument("--out", required=True, help="output directory; one holding an earlier preparation is brought up "
+                   "to date (items added, replaced or removed since are redone, finished shards kept), or refused "
+                   "when it was prepared with other options")
+    q.add_argument("--overwrite", action="store_true", help="--out prepared with other options: remove what prep "
+                   "wrote there and prepare it anew")
     q.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
     q.add_argument("--shard_index", type=int, default=0, help="this machine's index, 0 to --num_shards - 1")
     q.add_argument("--num_shards", type=int, default=1, help="machines sharing the work, each writing its share of "
@@ -76,7 +80,7 @@ def run(a: argparse.Namespace) -> None:
         clip_size=a.clip_size, compress=a.compress, records_per_file=a.records_per_file, test_fraction=a.test_fraction,
         frames=a.frames, max_gap=a.max_gap, min_faces=a.min_faces, max_frames=a.max_frames)
     reader_options = readers.options_from_args(a.dataset, a)
-    prep.run(a.dataset, a.source, a.out, opts, reader_options, a.workers, a.shard_index, a.num_shards)
+    prep.run(a.dataset, a.source, a.out, opts, reader_options, a.workers, a.shard_index, a.num_shards, a.overwrite)
 
 
 def _face_size(text: str):

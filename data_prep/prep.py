@@ -3,6 +3,14 @@
 Items are split deterministically: item j of a split goes to file j % M, and machine i of
 `num_shards` writes the files f with f % num_shards == i, so machines never write the same
 file and a re-run skips every file already complete (see fergate.data.shards).
+
+A rerun over an existing `--out` brings it up to date or refuses, never mixing two
+preparations: run with other options (or another dataset) than `--out` was prepared with
+(`.stats/prep.json`, else its manifest), it refuses in one line naming the difference
+(`--overwrite` prepares it anew); from other items, the shards whose items changed (a photo
+added, replaced or removed: each shard's sidecar keeps a digest of its items' keys, labels,
+sizes and modification times, `shard_inputs`) are redone and the shards the new plan has no
+place for are removed.
 """
 
 from __future__ import annotations
@@ -10,10 +18,14 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import fcntl
+import hashlib
+import json
 import logging
 import math
 import multiprocessing as mp
 import os
+import re
+import shutil
 import time
 from collections import Counter, defaultdict
 
@@ -152,11 +164,136 @@ def plan(items: list[readers.Item], records_per_file: int, num_shards: int) -> d
     return out
 
 
+#: the record of how `--out` is being prepared, written when a preparation starts
+PREPARED_WITH = os.path.join(".stats", "prep.json")
+SHARD_FILE = re.compile(r"(?:\.tmp-)?(.+-\d{5}-of-\d{5}\.array_record)")
+
+
+def prepared_with(out: str) -> dict | None:
+    """{"dataset", "options"} `out` was prepared with: its `PREPARED_WITH`, else (an output of
+    an earlier fergate) its manifest's; None for a directory without either."""
+    for name in (PREPARED_WITH, "manifest.json"):
+        path = os.path.join(out, name)
+        if os.path.exists(path):
+            with open(path) as f:
+                m = json.load(f)
+            return {"dataset": m.get("dataset"), "options": m.get("options", {})}
+    return None
+
+
+def _flat(options: dict, prefix: str = "") -> dict:
+    """{"face_size": ..., "reader.size": ...}: nested options by one name each (face options
+    by their own, as the flags name them)."""
+    out = {}
+    for k, v in options.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, "" if k == "face" else f"{prefix}{k}."))
+        else:
+            out[prefix + k] = v
+    return out
+
+
+def _shown(v) -> str:
+    return "x".join(map(str, v)) if isinstance(v, list) and all(isinstance(x, int) for x in v) else json.dumps(v)
+
+
+def difference(theirs: dict, mine: dict) -> str | None:
+    """The first option (or the dataset) in which two preparations differ, as "name X, this
+    run asks Y (and N more)"; None when they agree. An option only one of them knows (added
+    to fergate since) is no difference."""
+    a = {"dataset": theirs["dataset"], **_flat(theirs["options"])}
+    b = {"dataset": mine["dataset"], **_flat(mine["options"])}
+    diff = [k for k in a if k in b and a[k] != b[k]]
+    if not diff:
+        return None
+    k = diff[0]
+    more = f" (and {len(diff) - 1} more: {', '.join(diff[1:4])})" if len(diff) > 1 else ""
+    return f"{k} {_shown(a[k])}, this run asks {_shown(b[k])}{more}"
+
+
+def claim(out: str, mine: dict, overwrite: bool, num_shards: int) -> None:
+    """Makes `out` this preparation's (`mine`: its dataset and options, as JSON): one prepared
+    otherwise is refused in one line naming the difference, or with `overwrite` emptied of
+    what prep wrote there; then `PREPARED_WITH` records `mine`."""
+    if overwrite:
+        if num_shards > 1:
+            raise UserError("--overwrite with --num_shards: machines would delete each other's shards; clear --out "
+                            "once (or run one machine with --overwrite and --num_shards 1), then start them")
+        removed = clear(out)
+        if removed:
+            log.info(f"[prep] --overwrite: removed the {removed} shards and the manifest of {out}'s earlier "
+                     "preparation")
+    theirs = prepared_with(out)
+    differ = difference(theirs, mine) if theirs is not None else None
+    if differ:
+        raise UserError(f"--out {out} was prepared with {differ}: use another --out, or --overwrite to prepare it "
+                        "anew")
+    path = os.path.join(out, PREPARED_WITH)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path + f".{os.getpid()}", "w") as f:
+        json.dump(mine, f, indent=1)
+    os.replace(path + f".{os.getpid()}", path)
+
+
+def clear(out: str) -> int:
+    """Removes what prep writes in `out` (shards, sidecars, manifest, contact sheet); returns
+    how many shards there were."""
+    shard_files = [n for n in os.listdir(out) if SHARD_FILE.fullmatch(n)]
+    for name in shard_files:
+        os.remove(os.path.join(out, name))
+    shutil.rmtree(os.path.join(out, ".stats"), ignore_errors=True)
+    for name in ("manifest.json", "manifest.json.tmp", "contact_sheet.png"):
+        if os.path.exists(os.path.join(out, name)):
+            os.remove(os.path.join(out, name))
+    return sum(not n.startswith(".tmp-") for n in shard_files)
+
+
+def _stamp(source: str) -> list | None:
+    """What tells a source file's content changed without reading it: its size and modification
+    time (a folder's: its files'); None for an id that is no path (generated items)."""
+    try:
+        st = os.stat(source)
+    except (OSError, ValueError):
+        return None
+    if not os.path.isdir(source):
+        return [st.st_size, st.st_mtime_ns]
+    return sorted([e.name, e.stat().st_size, e.stat().st_mtime_ns] for e in os.scandir(source) if e.is_file())
+
+
+def shard_inputs(made: str, items: list[readers.Item]) -> str:
+    """A digest of what a shard is made of: the preparation's dataset and options (`made`, as
+    JSON) and its items in order, each its key, split, label, subject, kind, the reader's
+    parameters and its source's size and modification time (`_stamp`)."""
+    h = hashlib.sha256(made.encode())
+    for it in items:
+        h.update(json.dumps([it.key, it.split, it.label, it.subject, it.kind, repr(it.params),
+                             _stamp(it.source)]).encode())
+    return h.hexdigest()[:16]
+
+
+def remove_stale(out: str, planned: set[str]) -> list[str]:
+    """Removes the shards (finished or not, and their sidecars) of `out` that are not `planned`:
+    an earlier preparation's, with another number of files per split or a split this one has
+    not; returns the finished ones' names."""
+    removed = []
+    for name in sorted(os.listdir(out)):
+        m = SHARD_FILE.fullmatch(name)
+        if m and m.group(1) not in planned:
+            os.remove(os.path.join(out, name))
+            if not name.startswith(".tmp-"):
+                removed.append(name)
+                if os.path.exists(shards.stats_path(out, name)):
+                    os.remove(shards.stats_path(out, name))
+    return removed
+
+
 def run(dataset: str, source: str | None, out: str, opts: PrepOptions = PrepOptions(),
         reader_options: dict | None = None, workers: int | None = None, shard_index: int = 0,
-        num_shards: int = 1) -> dict:
-    """Prepares a dataset into `out`; returns the manifest, which holds what the reader's
-    optional `manifest_extras()` adds (LFW's pairs) besides the splits."""
+        num_shards: int = 1, overwrite: bool = False) -> dict:
+    """Prepares a dataset into `out` (brought up to date when it holds an earlier preparation
+    of other items, refused when of other options, unless `overwrite`: module docstring);
+    returns the manifest, which holds what the reader's optional `manifest_extras()` adds
+    (LFW's pairs) besides the splits."""
     if not 0 <= shard_index < num_shards:
         raise UserError(f"--shard_index {shard_index} must be in [0, --num_shards {num_shards})")
     if not 0 <= opts.test_fraction < 1:
@@ -181,14 +318,32 @@ def run(dataset: str, source: str | None, out: str, opts: PrepOptions = PrepOpti
     items = hold_out(rdr.items(), opts.test_fraction)
     files = plan(items, opts.records_per_file, num_shards)
     os.makedirs(out, exist_ok=True)
-    todo = [(split, f, its) for split, fl in files.items() for f, its in enumerate(fl)
-            if f % num_shards == shard_index and not shards.shard_done(out, shards.shard_name(split, f, len(fl)))]
-    n_todo = sum(len(its) for *_, its in todo)
-    n_mine = sum(len(its) for split, fl in files.items() for f, its in enumerate(fl) if f % num_shards == shard_index)
+    mine = json.loads(json.dumps({"dataset": dataset, "options": {**dataclasses.asdict(opts),
+                                                                  "reader": reader_options}}))
+    claim(out, mine, overwrite, num_shards)
+    made = json.dumps(mine, sort_keys=True)
+    inputs = {shards.shard_name(split, f, len(fl)): shard_inputs(made, its)
+              for split, fl in files.items() for f, its in enumerate(fl)}
+    stale = remove_stale(out, set(inputs))
+    if stale:
+        log.info(f"[prep] removed {len(stale)} shards of an earlier preparation of {out} that this one has no place "
+                 f"for (items added or removed since): {', '.join(stale[:3])}{', ...' if len(stale) > 3 else ''}")
+    ours = [(shards.shard_name(split, f, len(fl)), its) for split, fl in files.items() for f, its in enumerate(fl)
+            if f % num_shards == shard_index]
+    todo = [(name, its) for name, its in ours if not shards.shard_done(out, name, inputs[name])]
+    redo = [name for name, _ in todo if shards.shard_done(out, name)]
+    for name in redo:  # gone first: a run killed while redoing one never leaves its old file beside a new sidecar
+        os.remove(os.path.join(out, name))
+        os.remove(shards.stats_path(out, name))
+    if redo:
+        log.info(f"[prep] {len(redo)} finished shards of {out} were made of other items (added, replaced or removed "
+                 "since): they are redone")
+    n_todo = sum(len(its) for _, its in todo)
+    n_mine = sum(len(its) for _, its in ours)
     log.info(f"[prep] {dataset}: {len(items):,} items -> {sum(map(len, files.values())):,} shards; "
         f"this machine ({shard_index}/{num_shards}): {n_todo:,} of {n_mine:,} items left to do")
     workers = workers or os.cpu_count() or 1
-    flat = [it for *_, its in todo for it in its]
+    flat = [it for _, its in todo for it in its]
     init = (dataset, source, reader_options, opts)
     pool = None
     if workers > 1 and len(flat) > 1:
@@ -209,9 +364,8 @@ def run(dataset: str, source: str | None, out: str, opts: PrepOptions = PrepOpti
     t0, done, counts, last_log = time.time(), 0, Counter(), 0.0
     first = None  # (time, items done) at the first progress line: the rate is measured from there on
     try:
-        for split, f, its in todo:
-            name = shards.shard_name(split, f, len(files[split]))
-            w = shards.ShardWriter(out, name)
+        for name, its in todo:
+            w = shards.ShardWriter(out, name, inputs[name])
             for it in its:
                 data, reason = next(results)
                 if data is None:

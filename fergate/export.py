@@ -128,7 +128,7 @@ def training_data(cfg, workdir: str) -> dict:
     training data's manifest."""
     data = read_json(os.path.join(workdir, "data.json"))
     if data is not None:
-        return data
+        return {k: data[k] for k in DATA_KEYS if k in data}  # not the trainer's fingerprint of them
     from fergate.train.data import source_dir
 
     try:

@@ -2,6 +2,7 @@
 through `fergate train`, and the run interrupted and resumed that must end where an
 uninterrupted one ends."""
 
+import logging
 import os
 import subprocess
 import sys
@@ -11,6 +12,7 @@ from collections.abc import Callable
 import jax
 import numpy as np
 
+from fergate import cli
 from fergate import config as C
 from fergate.train.checkpoint import Checkpointer
 from fergate.train.program import Program
@@ -71,3 +73,15 @@ def metrics_lines(workdir) -> int:
     """How many lines a workdir's metrics.jsonl has (0 before the first)."""
     path = os.path.join(workdir, "metrics.jsonl")
     return sum(1 for _ in open(path)) if os.path.exists(path) else 0
+
+
+def run_fergate(*args: str) -> int:
+    """`fergate ARGS` in this process, leaving the logging set-up of the command behind (the
+    tests after it read the `fergate` loggers' records through pytest's caplog)."""
+    loggers = [logging.getLogger(name) for name in cli.LOGGERS]
+    saved = [(lg.handlers[:], lg.level, lg.propagate) for lg in loggers]
+    try:
+        return cli.main(list(args))
+    finally:
+        for lg, (handlers, level, propagate) in zip(loggers, saved):
+            lg.handlers[:], lg.level, lg.propagate = handlers, level, propagate

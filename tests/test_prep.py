@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from data_prep import prep
+from fergate import face as F
 from fergate.data import schema
 
 
@@ -227,3 +228,72 @@ def test_a_split_without_a_class_is_said_at_prep(photos, tmp_path, caplog):
     assert m["splits"]["train"]["per_class"] == {"happy": 1, "surprise": 1}
     lines = [r.getMessage() for r in caplog.records if "lacks" in r.getMessage()]
     assert lines == ["[prep] test lacks surprise (accuracy on such a split says nothing of those classes)"]
+
+
+#: the quickest face pipeline: no patches, no identity embedding; two records per shard
+FAST = prep.PrepOptions(face=F.FaceOptions(patches=False, identity=False), test_fraction=0, records_per_file=2)
+
+
+def _photo(path, image) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    cv2.imwrite(str(path), image[..., ::-1])
+
+
+def _sources(out) -> list[str]:
+    return sorted(os.path.basename(r["source"]) for r in _records(out, "train"))
+
+
+def test_a_rerun_brings_out_up_to_date_with_its_source(photos, tmp_path, caplog):
+    """Added, replaced and removed photos: the shards made of them are redone, those the new
+    plan has no place for removed, the others kept; the manifest always agrees with the
+    records (`fergate verify` finds nothing wrong)."""
+    from fergate.data import verify
+
+    src, out = tmp_path / "src", str(tmp_path / "out")
+    _photo(src / "happy" / "ann__1.jpg", photos["astronaut"])
+    _photo(src / "sad" / "grace__1.jpg", photos["grace_hopper"])
+
+    def again() -> dict:
+        caplog.clear()
+        with caplog.at_level("INFO", logger="data_prep"):
+            m = prep.run("folder", str(src), out, FAST, workers=1)
+        assert not [c for c in verify.verify(out, m) if c.problem]
+        return m
+
+    assert again()["splits"]["train"]["files"] == 1
+    _photo(src / "happy" / "ann__2.jpg", photos["astronaut"][:, ::-1])  # a photo added: 3 items, 2 files
+    m = again()
+    assert m["splits"]["train"]["records"] == 3 and m["splits"]["train"]["per_class"] == {"happy": 2, "sad": 1}
+    assert _sources(out) == ["ann__1.jpg", "ann__2.jpg", "grace__1.jpg"]
+    assert any("removed 1 shards of an earlier preparation" in x and "train-00000-of-00001" in x
+               for x in caplog.messages)
+    again()
+    assert "0 of 3 items left to do" in caplog.text  # nothing changed: nothing redone
+    (src / "happy" / "ann__2.jpg").write_text("now a note")  # replaced under the same name
+    m = again()
+    assert m["splits"]["train"]["records"] == 2 and m["skipped"] == {"not_an_image": 1}
+    assert "finished shards of" in caplog.text and "they are redone" in caplog.text
+    (src / "sad" / "grace__1.jpg").unlink()  # removed
+    m = again()
+    assert _sources(out) == ["ann__1.jpg"] and m["splits"]["train"]["per_class"] == {"happy": 1, "sad": 0}
+
+
+def test_a_rerun_with_other_options_is_refused_in_one_line_or_overwritten(photos, tmp_path, capsys):
+    from helpers import run_fergate
+
+    _photo(tmp_path / "src" / "happy" / "ann__1.jpg", photos["astronaut"])
+    _photo(tmp_path / "src" / "sad" / "grace__1.jpg", photos["grace_hopper"])
+    out = str(tmp_path / "out")
+    args = ("prep", str(tmp_path / "src"), "--dataset", "folder", "--out", out, "--workers", "1", "--no_patches",
+            "--no_identity", "--test_fraction", "0")
+    assert run_fergate(*args) == 0
+    before = open(os.path.join(out, "manifest.json")).read()
+    capsys.readouterr()
+    assert run_fergate(*args, "--face_size", "64") == 2
+    assert capsys.readouterr().err == (f"fergate prep: error: --out {out} was prepared with face_size 96, this run "
+                                       "asks 64: use another --out, or --overwrite to prepare it anew\n")
+    assert open(os.path.join(out, "manifest.json")).read() == before  # nothing touched
+    assert run_fergate(*args, "--face_size", "64", "--overwrite") == 0
+    m = json.load(open(os.path.join(out, "manifest.json")))
+    assert m["options"]["face"]["face_size"] == 64 and m["splits"]["train"]["records"] == 2
+    assert all(r["face"].shape == (64, 64, 3) for r in _records(out, "train"))

@@ -24,6 +24,7 @@ import numpy as np
 
 from fergate.data import fields as _fields
 from fergate.data import schema
+from fergate.data.records import Records, expected_counts
 from fergate.errors import UserError
 from fergate.files import need_json, read_json
 
@@ -107,7 +108,7 @@ def _sidecar(files: Sequence[str], key: str, field: str) -> list:
         if sidecar is not None:
             out.extend(sidecar[key])
         else:
-            src = grain.sources.ArrayRecordDataSource([path])
+            src = Records([path])
             out.extend(schema.decode(src[i], (field,))[field] for i in range(len(src)))
     return out
 
@@ -129,7 +130,7 @@ def _subject_mean_landmarks(files: tuple[str, ...]) -> dict[str, np.ndarray]:
         if "landmark_counts" in st:
             pairs = [(k, np.asarray(v, np.float64), st["landmark_counts"][k]) for k, v in st["landmark_sums"].items()]
         else:
-            src = grain.sources.ArrayRecordDataSource([path])
+            src = Records([path])
             recs = [schema.decode(src[i], ("subject", "landmarks")) for i in range(len(src))]
             pairs = [(r["subject"], r["landmarks"].astype(np.float64), 1) for r in recs]
         for subject, total, n in pairs:
@@ -224,6 +225,7 @@ class Load(grain.transforms.Map):
     def __init__(self, files: Sequence[str], fields: Sequence[str], label_field: str = "label",
                  label_map: dict | None = None, with_index: bool = False, labels: np.ndarray | None = None):
         self.files, self.label_field, self.label_map = list(files), label_field, label_map
+        self.counts = expected_counts(self.files)  #: each file's records by its sidecar, read once, not per worker
         self.labels = None if labels is None else np.asarray(labels, np.int32)
         self.with_index = with_index
         #: the declarations themselves (not names): they pickle to grain's workers with their module
@@ -237,10 +239,13 @@ class Load(grain.transforms.Map):
 
     def map(self, element: tuple[int, bool]) -> dict[str, Any]:
         if self._source is None:
-            self._source = grain.sources.ArrayRecordDataSource(self.files)
+            self._source = Records(self.files, self.counts)
             self._derive = {n: f.derive.over_files(self.files) for n, f in self.derived.items()}
         index, valid = element
-        rec = schema.decode(self._source[index], self.fields)
+        try:
+            rec = schema.decode(self._source[index], self.fields)
+        except schema.ForeignRecord as e:  # read, but no record prep wrote: the shard was replaced
+            raise self._source.undecodable(index, e) from None
         for name, fn in self._derive.items():
             rec[name] = fn(rec)
         out = record_for_model({k: v for k, v in rec.items() if k != self.label_field})

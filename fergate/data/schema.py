@@ -62,6 +62,10 @@ class SchemaError(ValueError):
     """A record that is not of this schema (wrong magic, version, or field type)."""
 
 
+class ForeignRecord(SchemaError):
+    """Bytes that are no record of this schema at all (too short, wrong magic or version)."""
+
+
 def _check_field(name: str, value: Any) -> None:
     spec = FIELDS.get(name)
     if spec is None:
@@ -140,12 +144,12 @@ def encode(record: dict[str, Any], compress: bool = False) -> bytes:
 def read_header(data: bytes) -> tuple[int, dict, int]:
     """Returns (version, header dict, payload offset); raises SchemaError on a foreign record."""
     if len(data) < _HEADER.size:
-        raise SchemaError(f"record of {len(data)} bytes is too short to be a fergate record")
+        raise ForeignRecord(f"record of {len(data)} bytes is too short to be a fergate record")
     magic, version, hlen = _HEADER.unpack_from(data)
     if magic != MAGIC:
-        raise SchemaError("not a fergate record (bad magic); was it written by another tool?")
+        raise ForeignRecord("not a fergate record (bad magic); was it written by another tool?")
     if version != SCHEMA_VERSION:
-        raise SchemaError(
+        raise ForeignRecord(
             f"record has schema version {version}, this fergate reads version {SCHEMA_VERSION}; "
             "re-run `fergate prep` with this version"
         )

@@ -13,6 +13,7 @@ whichever machine finishes last (`write_manifest`).
 from __future__ import annotations
 
 import collections
+import hashlib
 import json
 import os
 import time
@@ -33,12 +34,14 @@ def stats_path(out: str, name: str) -> str:
 
 
 class ShardWriter:
-    """Writes one shard atomically: records go to a temporary file renamed on `close`."""
+    """Writes one shard atomically: records go to a temporary file renamed on `close`;
+    `inputs` (prep's digest of the items and options the shard is made of) goes into its
+    sidecar, so that a rerun tells a shard made of other inputs from a finished one."""
 
-    def __init__(self, out: str, name: str):
+    def __init__(self, out: str, name: str, inputs: str | None = None):
         from array_record.python.array_record_module import ArrayRecordWriter
 
-        self.out, self.name = out, name
+        self.out, self.name, self.inputs = out, name, inputs
         self.tmp = os.path.join(out, ".tmp-" + name)
         self.writer = ArrayRecordWriter(self.tmp, "group_size:1")
         self.labels: list[int] = []
@@ -77,7 +80,8 @@ class ShardWriter:
                  "skipped": dict(self.skipped), "skipped_items": self.skipped_items,
                  "landmark_sums": {k: v.tolist() for k, v in self.landmark_sums.items()},
                  "landmark_counts": dict(self.landmark_counts), "crop_fitted": self.crop_fitted,
-                 "box_sources": dict(self.box_sources)}
+                 "box_sources": dict(self.box_sources), "bytes": os.path.getsize(self.tmp),
+                 "sha256": file_digest(self.tmp), **({"inputs": self.inputs} if self.inputs else {})}
         path = stats_path(self.out, self.name)
         os.makedirs(os.path.dirname(path), exist_ok=True)
         with open(path + ".tmp", "w") as f:
@@ -86,8 +90,21 @@ class ShardWriter:
         os.replace(self.tmp, os.path.join(self.out, self.name))
 
 
-def shard_done(out: str, name: str) -> bool:
-    return os.path.exists(os.path.join(out, name)) and os.path.exists(stats_path(out, name))
+def file_digest(path: str) -> str:
+    """The SHA-256 of a file (hex): hashlib's fastest here, SHA-NI on current x86."""
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def shard_done(out: str, name: str, inputs: str | None = None) -> bool:
+    """Whether shard `name` is finished in `out` (the file and its sidecar there) and, given
+    `inputs`, made of them (a sidecar written before inputs were recorded: taken as made of them)."""
+    if not (os.path.exists(os.path.join(out, name)) and os.path.exists(stats_path(out, name))):
+        return False
+    if inputs is None:
+        return True
+    with open(stats_path(out, name)) as f:
+        return json.load(f).get("inputs", inputs) == inputs
 
 
 #: k of the subject-independent folds a manifest records (`fergate cv --folds` may ask for others)
@@ -136,7 +153,7 @@ def write_manifest(out: str, expected: dict[str, int], info: dict) -> dict:
     landmarks were fitted in the whole pre-aligned crop."""
     classes = info["classes"]
     splits, skipped, missing = {}, collections.Counter(), 0
-    all_labels, all_subjects = [], []
+    all_labels, all_subjects, files = [], [], {}
     for split, count in expected.items():
         per_class, subjects, records, split_skipped = collections.Counter(), set(), 0, collections.Counter()
         crop_fitted, box_sources = [], collections.Counter()
@@ -147,6 +164,7 @@ def write_manifest(out: str, expected: dict[str, int], info: dict) -> dict:
                 continue
             with open(stats_path(out, name)) as f:
                 st = json.load(f)
+            files[name] = {k: st[k] for k in ("records", "bytes", "sha256", "inputs") if k in st}
             crop_fitted += [records + j for j in st.get("crop_fitted", [])]
             box_sources.update(st.get("box_sources", {}))
             records += st["records"]
@@ -167,7 +185,7 @@ def write_manifest(out: str, expected: dict[str, int], info: dict) -> dict:
     for y, s in zip(all_labels, all_subjects):
         fold_counts[folds[s]][y] += 1
     manifest = {"schema_version": SCHEMA_VERSION, **info, "splits": splits, "folds": folds,
-                "fold_counts": fold_counts,
+                "fold_counts": fold_counts, "shards": files,
                 "skipped": dict(skipped), "complete": missing == 0, "missing_shards": missing,
                 "written": time.strftime("%Y-%m-%dT%H:%M:%S")}
     tmp = os.path.join(out, "manifest.json.tmp")
@@ -176,3 +194,21 @@ def write_manifest(out: str, expected: dict[str, int], info: dict) -> dict:
     os.replace(tmp, os.path.join(out, "manifest.json"))
     return manifest
 
+
+#: what a manifest's fingerprint covers besides its splits and shards: how the records were made
+FINGERPRINTED = ("schema_version", "dataset", "classes", "options")
+
+
+def fingerprint(*manifests: dict) -> str:
+    """12 hex digits telling prepared data apart: a hash over each manifest's options, classes,
+    every split's record counts (per class) and subjects, and every shard's inputs (else its
+    SHA-256). Not its time, path or `source`: the data moved, or a damaged shard prepared
+    again from the same inputs, keeps its fingerprint; data prepared with other options or
+    from other items (a photo added, changed or removed) gets another."""
+    h = hashlib.sha256()
+    for m in manifests:
+        splits = {s: {k: v.get(k) for k in ("records", "files", "per_class", "subjects")}
+                  for s, v in m["splits"].items()}
+        made = {name: x for name, e in m.get("shards", {}).items() if (x := e.get("inputs") or e.get("sha256"))}
+        h.update(json.dumps([{k: m.get(k) for k in FINGERPRINTED}, splits, made], sort_keys=True).encode())
+    return h.hexdigest()[:12]

@@ -218,6 +218,12 @@ class DataPlan:
         return self.of(self.config, path, source=self.source)
 
     @functools.cached_property
+    def fingerprint(self) -> str:
+        """What tells this data from data prepared otherwise (`shards.fingerprint`): over its
+        manifest and those of the datasets `data.mix` draws."""
+        return shards.fingerprint(self.manifest, *(pipeline.read_manifest(m.data_dir) for m in self.mix))
+
+    @functools.cached_property
     def mix(self) -> tuple[pipeline.Mix, ...]:
         """The datasets `data.mix` draws into training, checked (`mixed`)."""
         return tuple(mixed(self.config, self.manifest))

@@ -16,11 +16,11 @@ import os
 import shutil
 import time
 
-import grain
 import jax
 import numpy as np
 
 from fergate.data import pipeline, schema, shards
+from fergate.data.records import Records
 from fergate.errors import UserError
 from fergate.files import read_json
 from fergate.train.data import Portion
@@ -107,14 +107,14 @@ def _claim(out: str, owner: dict, replace_stale: bool) -> None:
 
 def _has(data: str, split: str, fields) -> bool:
     """Whether the split's records hold `fields` (looked up in its first record)."""
-    src = grain.sources.ArrayRecordDataSource(pipeline.split_files(data, split)[:1])
+    src = Records(pipeline.split_files(data, split)[:1])
     return len(src) > 0 and set(fields) <= set(schema.read_header(src[0])[1]["fields"])
 
 
 def _write_shard(path: str, out: str, name: str, field: str, feats: np.ndarray | None) -> None:
     """A copy of shard `path` with `feats[j]` added to record j as `field`; images keep
     their encoding (PNG stays PNG)."""
-    src = grain.sources.ArrayRecordDataSource([path])
+    src = Records([path])
     w = shards.ShardWriter(out, name)
     compress = None
     for j in range(len(src)):

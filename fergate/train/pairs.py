@@ -18,12 +18,12 @@ from __future__ import annotations
 import json
 import os
 
-import grain
 import jax
 import numpy as np
 
 from fergate import plots
 from fergate.data import pipeline, schema
+from fergate.data.records import Records
 from fergate.errors import UserError
 from fergate.train.data import DataPlan
 from fergate.train.mesh import global_batch
@@ -116,7 +116,7 @@ def representations(model, data: str, split: str, manifest: dict) -> tuple[list[
     """The `source` of every record of a split, and {name: (records, D)}: the `model`'s
     (`trained_model`) `representations` and the records' dlib `identity` embedding when they
     carry one."""
-    src = grain.sources.ArrayRecordDataSource(pipeline.split_files(data, split))
+    src = Records(pipeline.split_files(data, split))
     fields = ("source", "identity") if "identity" in schema.read_header(src[0])[1]["fields"] else ("source",)
     recs = [schema.decode(src[i], fields) for i in range(len(src))]
     out: dict[str, np.ndarray] = {}

@@ -53,14 +53,15 @@ def train(config, workdir: str) -> dict:
     # stage's features has its source's classes and splits: checked before that stage runs)
     data = DataPlan.build(config)
     check_workdir_config(workdir, config)
+    check_workdir_data(workdir, data)
     config_mesh(config)  # a mesh this process cannot build is refused before earlier stages run
     log.info(plan(config, workdir))
-    source_manifest = data.manifest
+    source = data  # the data the config names (`data` may become its copy with an earlier stage's features)
     if config.data.get("features_from"):
         data = data.with_features(write_stage_features(config, workdir))
     classes = list(data.classes)
     prog = Program(config)
-    write_workdir_config(workdir, config, source_manifest)  # once the config has built a program
+    write_workdir_config(workdir, config, source)  # once the config has built a program
     parts = data.portions  # what it trains, validates and evaluates on
     for m in data.mix:  # checked here, not when resolving: evaluation needs none of them
         log.info(f"[data] mixing {m.data_dir} ({m.split}) into training at weight {m.weight:g} "
@@ -362,15 +363,34 @@ def check_workdir_config(workdir: str, config) -> None:
                             "or use a new --workdir")
 
 
-def write_workdir_config(workdir: str, config, manifest: dict) -> None:
-    """W/config.json, and W/data.json: how the records were made, what `fergate export`
-    tells predict to repeat."""
+def check_workdir_data(workdir: str, data: DataPlan) -> None:
+    """A workdir resumes on the data it trained on: a checkpoint of data with another
+    fingerprint (`DataPlan.fingerprint`: prepared again with other options, or from other
+    items) is refused naming both; a workdir written before fergate recorded fingerprints, or
+    one without a checkpoint yet, takes the data it is given."""
+    saved = read_json(os.path.join(workdir, "data.json")) or {}
+    theirs = saved.get("fingerprint")
+    ckpts = os.path.join(workdir, "checkpoints")
+    if not theirs or theirs == data.fingerprint or not (os.path.isdir(ckpts) and any(
+            n.isdigit() for n in os.listdir(ckpts))):
+        return
+    raise UserError(f"workdir {workdir} trained on data {theirs} ({saved.get('dir', '?')}), this run reads data "
+                    f"{data.fingerprint} ({data.dir}): it was prepared again since (other options or items); resume "
+                    "on the data it trained on, or use a new --workdir")
+
+
+def write_workdir_config(workdir: str, config, data: DataPlan) -> None:
+    """W/config.json, and W/data.json: how the records were made (the manifest's
+    `export.DATA_KEYS`), what `fergate export` tells predict to repeat, and the data's
+    `fingerprint` and `dir` (`check_workdir_data`)."""
+    manifest = data.manifest
     if jax.process_index() == 0:
         os.makedirs(workdir, exist_ok=True)
         with open(os.path.join(workdir, "config.json"), "w") as f:
             f.write(config_lib.to_json(config))
         with open(os.path.join(workdir, "data.json"), "w") as f:
-            json.dump({k: manifest[k] for k in export.DATA_KEYS if k in manifest}, f, indent=1)
+            json.dump({**{k: manifest[k] for k in export.DATA_KEYS if k in manifest}, "fingerprint": data.fingerprint,
+                       "dir": data.dir}, f, indent=1)
 
 
 class MetricsWriter:
