@@ -1,6 +1,7 @@
 """What several test modules share: the narrow MoDuL they train through `fergate train`, and
 the run interrupted and resumed that must end where an uninterrupted one ends."""
 
+import logging
 import os
 import subprocess
 import sys
@@ -60,3 +61,41 @@ def metrics_lines(workdir) -> int:
     """How many lines a workdir's metrics.jsonl has (0 before the first)."""
     path = os.path.join(workdir, "metrics.jsonl")
     return sum(1 for _ in open(path)) if os.path.exists(path) else 0
+
+
+def fergate_in_process(*args: str) -> int:
+    """`fergate ARGS` in this process, leaving the logging set-up of the command behind (the
+    tests after it read the `fergate` loggers' records through pytest's caplog) and malloc's
+    settings alone (`fergate.runtime`: they would stay for the rest of the session)."""
+    from fergate import cli
+
+    loggers = [logging.getLogger(name) for name in cli.LOGGERS]
+    saved = [(lg.handlers[:], lg.level, lg.propagate) for lg in loggers]
+    allocator = os.environ.get("FERGATE_HOST_ALLOCATOR")
+    os.environ["FERGATE_HOST_ALLOCATOR"] = "0"
+    try:
+        return cli.main([str(a) for a in args])
+    finally:
+        for lg, (handlers, level, propagate) in zip(loggers, saved):
+            lg.handlers[:], lg.level, lg.propagate = handlers, level, propagate
+        if allocator is None:
+            del os.environ["FERGATE_HOST_ALLOCATOR"]
+        else:
+            os.environ["FERGATE_HOST_ALLOCATOR"] = allocator
+
+
+HOLD = """
+import sys, time
+from fergate import lock
+with lock.hold(sys.argv[1], "fergate train"):
+    print("held", flush=True)
+    time.sleep(300)
+"""
+
+
+def holder(directory) -> subprocess.Popen:
+    """Another process holding `directory`'s workdir lock, as a running `fergate train` does,
+    until it is killed."""
+    p = subprocess.Popen([sys.executable, "-c", HOLD, str(directory)], stdout=subprocess.PIPE, text=True)
+    assert p.stdout.readline().strip() == "held"
+    return p

@@ -8,17 +8,16 @@ the records."""
 
 import dataclasses
 import json
-import logging
 import os
 
 import cv2
 import grain
 import numpy as np
 import pytest
+from helpers import fergate_in_process
 
 from data_prep import prep, readers
 from data_prep import sample as S
-from fergate import cli
 from fergate import face as F
 from fergate.data import pipeline, schema
 from fergate.data.labels import DATASET_CLASSES
@@ -30,16 +29,7 @@ OPTS = prep.PrepOptions(face=FACE, test_fraction=0.0, clip_size=48, frames=8, ma
 FLAGS = ("--workers", "1", "--no_patches", "--no_identity", "--clip_size", "48", "--frames", "8")
 
 
-def _fergate(*args: str) -> int:
-    """`fergate ARGS` in this process, leaving the logging set-up of the command behind (the
-    tests after this file read the `fergate` loggers' records through pytest's caplog)."""
-    loggers = [logging.getLogger(name) for name in cli.LOGGERS]
-    saved = [(lg.handlers[:], lg.level, lg.propagate) for lg in loggers]
-    try:
-        return cli.main(list(args))
-    finally:
-        for lg, (handlers, level, propagate) in zip(loggers, saved):
-            lg.handlers[:], lg.level, lg.propagate = handlers, level, propagate
+_fergate = fergate_in_process
 
 
 def _records(out: str, split: str) -> list[dict]:
