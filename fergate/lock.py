@@ -4,12 +4,13 @@ the first job still runs, a command started twice) is refused instead of mixing 
 checkpoints with the first's.
 
 The lock is the file `DIR/.fergate.lock`, created atomically (a hard link of a complete
-temporary file, else O_EXCL), holding JSON: the host, the pid (and the process's start
-time, so that a reused pid is told apart), since when, and the command. The holder refreshes
-its mtime every `HEARTBEAT_S` seconds and removes it when it ends, exceptions and the
-signals that save a checkpoint included. A lock whose holder is gone is taken over, with a
-line saying so: on the same host when its pid no longer runs; from another host (multi-host
-jobs on a shared filesystem) when its heartbeat is older than `STALE_S`.
+temporary file, else O_EXCL), holding JSON: the host, the pid (with the process's start
+time, so that a reused pid is told apart, and its pid namespace), since when, and the
+command. The holder refreshes its mtime every `HEARTBEAT_S` seconds and removes it when it
+ends, exceptions and the signals that save a checkpoint included. A lock whose holder is gone
+is taken over, with a line saying so: on the same host (and pid namespace) when its pid no
+longer runs; from another host (multi-host jobs on a shared filesystem) or container when
+its heartbeat is older than `STALE_S`.
 
 Multi-process runs hold it once: process 0 takes it and tells the others whether it could.
 A parent that runs a child command on the directory it holds (`fergate sweep` and its
@@ -150,8 +151,8 @@ def _process() -> tuple[bool, bool]:
 def _acquire(directory: str, command: str, shown: str) -> Lock:
     path = os.path.join(directory, NAME)
     host, pid = socket.gethostname(), os.getpid()
-    info = {"host": host, "pid": pid, "pid_start": _start_ticks(pid), "since": time.strftime("%Y-%m-%d %H:%M:%S"),
-            "command": command, "token": uuid.uuid4().hex}
+    info = {"host": host, "pid": pid, "pid_start": _start_ticks(pid), "pid_ns": _pid_namespace(),
+            "since": time.strftime("%Y-%m-%d %H:%M:%S"), "command": command, "token": uuid.uuid4().hex}
     for _ in range(5):
         if _create(path, info):
             lock = Lock(directory, path, info, owned=True)
@@ -221,7 +222,7 @@ def _passed_down(directory: str, held: dict) -> bool:
 
 def _gone(held: dict | None, age: float) -> str | None:
     """Why the lock's holder is gone (so that it may be taken over), None while it may live."""
-    if held is None or held.get("host") != socket.gethostname():
+    if not _here(held):  # its pid means nothing here: the heartbeat says whether it lives
         return f"no heartbeat for {_duration(age)}" if age > STALE_S else None
     pid = held.get("pid")
     if not isinstance(pid, int) or pid == os.getpid():  # this process's pid, not its lock: a former process's
@@ -262,13 +263,29 @@ def _holder(held: dict | None, age: float) -> str:
     if held is None:
         return f"a process whose lock file is unreadable (heartbeat {_duration(age)} ago)"
     where = f"pid {held.get('pid')} on {held.get('host')}"
-    beat = f", heartbeat {_duration(age)} ago" if held.get("host") != socket.gethostname() else ""
+    beat = f", heartbeat {_duration(age)} ago" if not _here(held) else ""
     return f"{held.get('command', 'fergate')} ({where} since {held.get('since')}{beat})"
 
 
 def _duration(seconds: float) -> str:
     seconds = int(max(0, seconds))
     return f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
+
+
+def _here(held: dict | None) -> bool:
+    """Whether the lock's pid is one of this host's and this pid namespace's (containers on
+    one host may share its name but not their pids)."""
+    if held is None or held.get("host") != socket.gethostname():
+        return False
+    ns = _pid_namespace()
+    return held.get("pid_ns") is None or ns is None or held["pid_ns"] == ns
+
+
+def _pid_namespace() -> str | None:
+    try:
+        return os.readlink("/proc/self/ns/pid")
+    except OSError:
+        return None
 
 
 def _stat(pid: int) -> list[str] | None:

@@ -69,7 +69,12 @@ def test_a_dead_or_silent_holders_lock_is_taken_over_with_a_line_and_released_at
         pass
     assert "its pid now runs another process" in caplog.text
 
-    # another host (a multi-host job on a shared filesystem): its heartbeat says whether it lives
+    # another host (a multi-host job on a shared filesystem), or a container on this one with pids of its
+    # own: the heartbeat says whether it lives
+    _lock_file(w, pid=1, pid_ns="pid:[1]")
+    with pytest.raises(lock.WorkdirBusy, match=r"\(pid 1 on .* heartbeat \ds ago\)"):
+        with lock.hold(w, "fergate train"):
+            pass
     _lock_file(w, host="node-7", pid=4242)
     with pytest.raises(lock.WorkdirBusy, match=r"in use by fergate train \(pid 4242 on node-7 since 2026-01-01 "
                                                r"00:00:00, heartbeat \ds ago\)"):
