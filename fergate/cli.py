@@ -13,7 +13,7 @@ import argparse
 import sys
 
 import fergate
-from fergate import commands, plugins
+from fergate import commands, files, plugins
 from fergate.commands import (
     LOGGERS,  # noqa: F401  (fergate.cli.LOGGERS: the loggers `setup_logging` sets, which tests restore)
     Parser,
@@ -76,6 +76,13 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"fergate {args.command}: interrupted", file=sys.stderr)
         return 130
+    except Exception as e:  # a write that failed for space where no command said more: still one line
+        path = files.no_space(e)
+        if path is None:
+            raise
+        print(f"fergate {args.command}: error: {files.disk_full(path or '.', 'what was written before it')}",
+              file=sys.stderr)
+        return 2
     return rc or 0
 
 

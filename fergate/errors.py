@@ -11,3 +11,8 @@ class Interrupted(Exception):
     def __init__(self, message: str, signum: int):
         super().__init__(message)
         self.signum = signum
+
+
+class DiskFull(UserError):
+    """A write that failed for space: the message names the path, the space needed when
+    known, and what was kept (the same command resumes from it once space is freed)."""

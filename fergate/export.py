@@ -23,8 +23,8 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import logging
 import os
-import shutil
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -35,11 +35,13 @@ import numpy as np
 
 import fergate
 from fergate import config as config_lib
-from fergate import models
+from fergate import lock, models
 from fergate.data import fields as fields_lib
 from fergate.data import pipeline
 from fergate.errors import UserError
-from fergate.files import need_json, read_json
+from fergate.files import disk_full, need_json, no_space, read_json, remove_settled
+
+log = logging.getLogger(__name__)
 
 #: The export layout this fergate writes; it reads this and every older one.
 FORMAT = 1
@@ -50,19 +52,61 @@ DATA_KEYS = ("dataset", "classes", "options", "detector", "landmark_model", "ide
 
 def export(workdir: str, out: str, step: int | None = None) -> dict:
     """Writes the model of `workdir` (the selected checkpoint, else the newest, or `step`)
-    to `out`; returns export.json."""
+    to `out`; returns export.json. The export is written into `OUT.tmp-export` (under its
+    lock: one export at a time) and renamed to `out` when whole, so a killed export leaves
+    no `out`; run again over a finished export of the same parameters, it does nothing."""
     if os.path.exists(out) and (not os.path.isdir(out) or os.listdir(out)):
-        raise UserError(f"--out {out} exists and is not an empty directory: name a new one")
+        done = _exported(workdir, out, step)
+        if done is None:
+            raise UserError(f"--out {out} exists and is not an empty directory: name a new one")
+        log.info(f"[export] {out} already holds step {done['step']} of {workdir}: nothing to do")
+        return done
     tmp = out.rstrip("/") + ".tmp-export"
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
-        manifest = _export(workdir, tmp, step)
-        if os.path.isdir(out):
-            os.rmdir(out)
-        os.replace(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    with lock.hold(tmp, "fergate export", shown=f"--out {out}") as held:
+        moved = False
+        try:
+            _clear(tmp)  # what a killed export left
+            manifest = _export(workdir, tmp, step)
+            if os.path.isdir(out):
+                os.rmdir(out)
+            os.replace(tmp, out)
+            moved = True
+            if held is not None:
+                held.moved(out)
+        except Exception as e:
+            if no_space(e) is None:
+                raise
+            raise disk_full(tmp, f"nothing in {out} (the partial export removed); {workdir} is untouched") from None
+        finally:
+            if not moved:
+                _clear(tmp, settle=True)
     return manifest
+
+
+def _clear(directory: str, settle: bool = False) -> None:
+    """Empties `directory`, but for the lock this process holds on it; `settle`: after a
+    failed save, until its writes under way have stopped landing in it."""
+    remove_settled(lambda: [os.path.join(directory, n) for n in (os.listdir(directory) if os.path.isdir(directory)
+                                                                 else ()) if n != lock.NAME],
+                   quiet_s=0.3 if settle else 0.0)
+
+
+def _exported(workdir: str, out: str, step: int | None) -> dict | None:
+    """export.json of `out` when it is a finished export of the parameters this export would
+    write (the rerun of an export killed after its last rename), else None."""
+    from fergate.train.program import from_workdir
+
+    manifest = read_json(os.path.join(out, MANIFEST)) if os.path.isdir(out) else None
+    if not isinstance(manifest, dict) or manifest.get("workdir") != os.path.abspath(workdir):
+        return None
+    if step is not None and manifest.get("step") != step:
+        return None
+    try:
+        trained = from_workdir(workdir, step, data=False)
+    except UserError:
+        return None
+    variables = jax.device_get({"params": trained.state.params, **trained.state.model_state})
+    return manifest if checksum(variables) == manifest.get("params_sha256") else None
 
 
 def _export(workdir: str, out: str, step: int | None) -> dict:

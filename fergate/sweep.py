@@ -31,6 +31,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from fergate import config as config_lib
+from fergate import lock
 from fergate.errors import Interrupted, UserError
 from fergate.signals import StopSignals
 
@@ -283,7 +284,13 @@ def run_cell(table: Table, workdir: str, cell: Cell, overrides: list[str], fp: s
     """Runs one cell to its end in a child process; returns done | failed. Its output goes to
     the cell's `sweep.log`; the marker records the outcome."""
     out = os.path.join(workdir, cell.path)
-    os.makedirs(out, exist_ok=True)
+    with lock.hold(out, f"fergate sweep (cell {cell})") as held:  # the child trains under this lock
+        return _run_cell(table, workdir, cell, overrides, fp, stop, unit, stages_of, held)
+
+
+def _run_cell(table: Table, workdir: str, cell: Cell, overrides: list[str], fp: str, stop: _Stop,
+              unit: Sequence[Cell], stages_of, held: lock.Lock) -> str:
+    out = os.path.join(workdir, cell.path)
     record = dict(config=cell.row.config, overrides=overrides, fingerprint=fp)
     try:
         overrides, _ = resolve(cell, overrides)
@@ -295,7 +302,8 @@ def run_cell(table: Table, workdir: str, cell: Cell, overrides: list[str], fp: s
     logfile = os.path.join(out, "sweep.log")
     with open(logfile, "a") as f:
         stop.child = subprocess.Popen(_command(table, workdir, cell, overrides), stdout=f, stderr=subprocess.STDOUT,
-                                      start_new_session=True, preexec_fn=_die_with_parent)
+                                      start_new_session=True, preexec_fn=_die_with_parent,
+                                      env=lock.child_env(held))
         if stop.signum is not None:  # a signal before the child was known
             stop.child.send_signal(stop.signum)
         rc = stop.child.wait()

@@ -77,11 +77,35 @@ def metrics_lines(workdir) -> int:
 
 def run_fergate(*args: str) -> int:
     """`fergate ARGS` in this process, leaving the logging set-up of the command behind (the
-    tests after it read the `fergate` loggers' records through pytest's caplog)."""
+    tests after it read the `fergate` loggers' records through pytest's caplog) and malloc's
+    settings alone (`fergate.runtime`: they would stay for the rest of the session)."""
     loggers = [logging.getLogger(name) for name in cli.LOGGERS]
     saved = [(lg.handlers[:], lg.level, lg.propagate) for lg in loggers]
+    allocator = os.environ.get("FERGATE_HOST_ALLOCATOR")
+    os.environ["FERGATE_HOST_ALLOCATOR"] = "0"
     try:
-        return cli.main(list(args))
+        return cli.main([str(a) for a in args])
     finally:
         for lg, (handlers, level, propagate) in zip(loggers, saved):
             lg.handlers[:], lg.level, lg.propagate = handlers, level, propagate
+        if allocator is None:
+            del os.environ["FERGATE_HOST_ALLOCATOR"]
+        else:
+            os.environ["FERGATE_HOST_ALLOCATOR"] = allocator
+
+
+HOLD = """
+import sys, time
+from fergate import lock
+with lock.hold(sys.argv[1], "fergate train"):
+    print("held", flush=True)
+    time.sleep(300)
+"""
+
+
+def holder(directory) -> subprocess.Popen:
+    """Another process holding `directory`'s workdir lock, as a running `fergate train` does,
+    until it is killed."""
+    p = subprocess.Popen([sys.executable, "-c", HOLD, str(directory)], stdout=subprocess.PIPE, text=True)
+    assert p.stdout.readline().strip() == "held"
+    return p

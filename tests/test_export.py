@@ -2,6 +2,7 @@
 the training code's evaluation step predicts, and prediction on photos, folders and videos
 survives bad inputs."""
 
+import glob
 import importlib.util
 import json
 import os
@@ -95,8 +96,12 @@ def test_versions_damage_and_wrong_paths_are_clear(modul_export, tmp_path):
         export.load(str(w))
     with pytest.raises(UserError, match="not a fergate export"):
         export.load(str(tmp_path))
-    with pytest.raises(UserError, match="not an empty directory"):
-        export.export(str(w), model.path)
+    with pytest.raises(UserError, match="not an empty directory"):  # another export there (other parameters)
+        export.export(str(w), str(newer))
+    # the same export again (the command killed after its last rename, run again): nothing to do, nothing rewritten
+    files = {p: os.stat(p).st_mtime_ns for p in glob.glob(os.path.join(model.path, "**"), recursive=True)}
+    assert export.export(str(w), model.path) == model.manifest
+    assert {p: os.stat(p).st_mtime_ns for p in glob.glob(os.path.join(model.path, "**"), recursive=True)} == files
 
 
 def test_predict_on_photos_folders_and_bad_inputs(modul_export, photos, tmp_path):

@@ -88,6 +88,7 @@ def test_a_signal_saves_where_the_run_is_and_the_rerun_ends_like_an_uninterrupte
     assert f"{signal.Signals(sig).name} at step" in err and "run the same command again to resume" in err
     stopped = int(err.split(" at step ")[1].split(":")[0])
     assert 10 <= stopped < RESUME_STEPS and Checkpointer(str(w)).steps() == [stopped]
+    assert not (w / ".fergate.lock").exists()  # released on the way out
     r = subprocess.run(train_cmd(w, sample_data, *extra), capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-2000:]
     assert f"resumed from step {stopped}" in r.stdout and f"done: {RESUME_STEPS - stopped} steps run here" in r.stdout

@@ -80,6 +80,8 @@ def swept(sample_data, tmp_path_factory):
 def test_two_rows_two_seeds_resumed_after_kill_9(swept):
     table, w, first, out = swept
     assert _files(w / "narrow" / "seed-0") == first  # a finished cell is never redone
+    assert "wide/seed-0/.fergate.lock was left by fergate sweep (cell wide seed 0)" in out  # by the killed sweep
+    assert "which is gone: taken over" in out
     with open(w / "table.json") as f:
         t = json.load(f)
     rows = {r["name"]: r for r in t["rows"]}

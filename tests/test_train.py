@@ -76,11 +76,13 @@ def test_two_processes_train_like_one(sample_data, four_devices, tmp_path):
 def test_killed_run_resumes_to_the_same_parameters(sample_data, uninterrupted, tmp_path):
     extra = (f"--config.train.steps={RESUME_STEPS}", "--config.train.ckpt_every=10", "--config.train.log_every=5")
     w = tmp_path / "killed"
-    interrupted_run(w, sample_data, extra, lambda: os.path.isdir(w / "checkpoints" / "20"), signal.SIGKILL)
+    p = interrupted_run(w, sample_data, extra, lambda: os.path.isdir(w / "checkpoints" / "20"), signal.SIGKILL)
     assert not os.path.exists(w / "eval.json"), "the run finished before it could be killed"
     r = subprocess.run(train_cmd(w, sample_data, *extra), capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-2000:]
     assert "resumed from step" in r.stdout
+    assert f"{w}/.fergate.lock was left by fergate train (pid {p.pid} on " in r.stdout  # the killed run's lock
+    assert "which is gone: taken over" in r.stdout and not os.path.exists(w / ".fergate.lock")
     assert_same_final_params(uninterrupted, w, RESUME_STEPS)
 
 

@@ -12,7 +12,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     q = add_command(sub, "eval", run, help="evaluate the newest checkpoint of a workdir")
     q.add_argument("--workdir", required=True, help="a training workdir (its config.json and checkpoints)")
     q.add_argument("--split", default=None, help="the split to evaluate (default: the config's data.eval_split)")
-    q.add_argument("--out", default=None, help="report directory (default: the workdir)")
+    q.add_argument("--out", default=None, help="report directory (default: the workdir, which eval then holds like a "
+                   "writer: refused while a run trains there); another directory evaluates a run while it trains")
     q.add_argument("--pairs", default=None, metavar="DATA",
                    help="instead: same / different-person pairs of a verification set (fergate prep --dataset lfw): "
                         "distance distributions and pair accuracy of the model's representations (THIN, Fig. 9)")
@@ -21,9 +22,27 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(a: argparse.Namespace) -> None:
+    """Evaluates; writing its reports into the workdir (no --out), it holds the workdir's
+    lock, as a writer does: its eval.json would otherwise overwrite the one a training run
+    there writes, or mark an earlier stage finished while it trains. With --out elsewhere it
+    only reads the workdir, and evaluates a run while it trains."""
     import os
 
     cfg = workdir_setup(a)
+    from fergate import lock
+
+    if os.path.realpath(a.out or a.workdir) != os.path.realpath(a.workdir):
+        return _run(a, cfg)
+    try:
+        with lock.hold(a.workdir, "fergate eval"):
+            return _run(a, cfg)
+    except lock.WorkdirBusy as e:
+        raise lock.WorkdirBusy(f"{e}; or evaluate it meanwhile with --out DIR, which writes nothing into it") from None
+
+
+def _run(a: argparse.Namespace, cfg) -> None:
+    import os
+
     from fergate.train import data, program
 
     if a.pairs:

@@ -11,6 +11,7 @@ or has not finished is listed, never averaged in.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -21,9 +22,10 @@ import jax
 import numpy as np
 
 from fergate import config as config_lib
-from fergate import plots
-from fergate.errors import Interrupted, UserError
-from fergate.files import read_json
+from fergate import lock, plots
+from fergate.errors import DiskFull, Interrupted, UserError
+from fergate.files import read_json, write_atomic
+from fergate.lock import WorkdirBusy
 
 log = logging.getLogger(__name__)
 
@@ -46,27 +48,27 @@ def run_fold(spec: str, overrides: list[str], workdir: str, fold: int, folds: in
     cfg = fold_config(spec, overrides, fold, folds)
     out = fold_dir(workdir, fold)
     program.validate(cfg, out)
-    os.makedirs(out, exist_ok=True)
-    was_done = _finished(out)
-    _status(out, "running")
-    try:
-        report = trainer.train(cfg, out)
-    except Interrupted:
-        _status(out, "interrupted")
-        raise
-    except BaseException as e:
-        _status(out, "done" if was_done else "failed", "" if was_done else f"{type(e).__name__}: {e}")
-        raise
-    _status(out, "done")
+    with lock.hold(out, f"fergate cv (fold {fold} of {folds})"):  # before fold.json: a refused run changes nothing
+        was_done = _finished(out)
+        _status(out, "running")
+        try:
+            report = trainer.train(cfg, out)
+        except (Interrupted, DiskFull):  # resumed by the next run
+            with contextlib.suppress(OSError):  # a disk too full for fold.json: the error says more
+                _status(out, "interrupted")
+            raise
+        except BaseException as e:
+            _status(out, "done" if was_done else "failed", "" if was_done else f"{type(e).__name__}: {e}")
+            raise
+        _status(out, "done")
     return report
 
 
 def _status(out: str, status: str, error: str = "") -> None:
     if jax.process_index() != 0:  # one writer per fold
         return
-    with open(os.path.join(out, "fold.json.tmp"), "w") as f:
-        json.dump({"status": status, "error": error, "time": time.strftime("%Y-%m-%dT%H:%M:%S")}, f)
-    os.replace(os.path.join(out, "fold.json.tmp"), os.path.join(out, "fold.json"))
+    write_atomic(os.path.join(out, "fold.json"),
+                 json.dumps({"status": status, "error": error, "time": time.strftime("%Y-%m-%dT%H:%M:%S")}))
 
 
 def check_folds(cfg, folds: int) -> None:
@@ -119,8 +121,8 @@ def run(spec: str, overrides: list[str], workdir: str, folds: int, only: int | N
         log.info(f"[cv] fold {i} of {folds} -> {fold_dir(workdir, i)}")
         try:
             run_fold(spec, overrides, workdir, i, folds)
-        except Interrupted:
-            raise  # a signal stops the whole run; re-running resumes this fold
+        except (Interrupted, WorkdirBusy, DiskFull):
+            raise  # a signal, another run in the fold, a full disk: the whole run stops; re-running resumes
         except UserError as e:
             if i == 0 and not _finished(fold_dir(workdir, 0)):
                 raise  # the config or the data is wrong: every fold would fail alike
@@ -192,8 +194,7 @@ def aggregate(workdir: str, folds: int, partial: bool = False) -> dict | None:
     if jax.process_index() != 0:
         return report
     os.makedirs(workdir, exist_ok=True)
-    with open(os.path.join(workdir, "cv.json"), "w") as f:
-        json.dump(report, f, indent=1)
+    write_atomic(os.path.join(workdir, "cv.json"), json.dumps(report, indent=1))  # folds may aggregate at once
     labels = np.repeat(np.repeat(np.arange(len(classes)), len(classes)), conf.ravel())
     preds = np.repeat(np.tile(np.arange(len(classes)), len(classes)), conf.ravel())
 

@@ -15,7 +15,7 @@ from sklearn.metrics import confusion_matrix, top_k_accuracy_score
 
 from fergate import models, plots
 from fergate.config import load_workdir
-from fergate.files import need_json
+from fergate.files import need_json, write_atomic
 from fergate.train.data import DataPlan, Portion
 from fergate.train.mesh import global_batch
 from fergate.train.program import Program
@@ -94,12 +94,12 @@ def write_reports(results: models.Results, outdir: str) -> dict:
                            f"accuracy {m['accuracy']:.3f}, mean class accuracy {m['mean_class_accuracy']:.3f} "
                            f"({m['examples']:,} examples)", os.path.join(outdir, "confusion_matrix.png"))
     if results.introspect:
-        with open(os.path.join(outdir, "introspection.json"), "w") as f:
-            json.dump({n: {c: v.tolist() for c, v in results.class_means(n).items()} for n in results.introspect},
-                      f, indent=1)
+        write_atomic(os.path.join(outdir, "introspection.json"),
+                     json.dumps({n: {c: v.tolist() for c, v in results.class_means(n).items()}
+                                 for n in results.introspect}, indent=1))
     report = {**m, **models.family(results.config.model).reports(results, outdir)}
-    with open(os.path.join(outdir, "eval.json"), "w") as f:
-        json.dump(report, f, indent=1)
+    # last and whole: a workdir with eval.json has finished (an earlier stage is not trained again)
+    write_atomic(os.path.join(outdir, "eval.json"), json.dumps(report, indent=1))
     if warning := absent_warning(report):
         log.warning(warning)
     return report

@@ -10,6 +10,7 @@ extraction resumes.
 
 from __future__ import annotations
 
+import glob
 import json
 import logging
 import os
@@ -19,10 +20,11 @@ import time
 import jax
 import numpy as np
 
+from fergate import lock
 from fergate.data import pipeline, schema, shards
 from fergate.data.records import Records
-from fergate.errors import UserError
-from fergate.files import read_json
+from fergate.errors import DiskFull, UserError
+from fergate.files import disk_full, no_space, read_json, write_atomic
 from fergate.train.data import Portion
 from fergate.train.mesh import global_batch
 from fergate.train.program import from_workdir
@@ -43,6 +45,18 @@ def extract(workdir: str, data: str, out: str, field: str, replace_stale: bool =
                         "output as --config.data.dir (with --config.data.features_from='')")
     if os.path.abspath(out) == os.path.abspath(data):
         raise UserError(f"--out {out} is the source data itself: name a new directory")
+    with lock.hold(out, "fergate features"):
+        try:
+            return _extract(workdir, data, out, field, replace_stale)
+        except UserError:
+            raise
+        except Exception as e:
+            if no_space(e) is None:
+                raise
+            raise _disk_full(e, out, data) from None
+
+
+def _extract(workdir: str, data: str, out: str, field: str, replace_stale: bool) -> dict:
     trained = from_workdir(workdir, data=data)
     config, prog, state, step, plan = trained.config, trained.program, trained.state, trained.step, trained.data
     manifest = plan.manifest
@@ -93,16 +107,41 @@ def _claim(out: str, owner: dict, replace_stale: bool) -> None:
     """Marks `out` as written by `owner` (checkpoint, field, source), so that shards another
     checkpoint wrote are never mixed with this one's."""
     path = os.path.join(out, ".features.json")
-    previous = read_json(path)
+    try:
+        previous = read_json(path)
+    except ValueError:  # damaged: whose shards these are is not known
+        previous = {"workdir": "an unknown workdir", "step": "?"}
     if previous is not None and previous != owner:
         if not replace_stale:
             raise UserError(f"--out {out} holds features of {previous['workdir']} (step {previous['step']}), not "
                             f"of {owner['workdir']} (step {owner['step']}): use a new directory or delete it")
         log.info(f"[features] {out} was written from another checkpoint (step {previous['step']}): redoing it")
-        shutil.rmtree(out)
-    os.makedirs(out, exist_ok=True)
-    with open(path, "w") as f:
-        json.dump(owner, f)
+        for name in os.listdir(out):  # all but the lock this run holds
+            if name != lock.NAME:
+                p = os.path.join(out, name)
+                if os.path.isdir(p) and not os.path.islink(p):
+                    shutil.rmtree(p)
+                else:
+                    os.unlink(p)
+    write_atomic(path, json.dumps(owner))
+
+
+def _disk_full(e: BaseException, out: str, data: str) -> DiskFull:
+    """The one line for an extraction a full disk stopped: the partial shard removed, the
+    finished ones kept (the same command writes only the others); a shard needs about what
+    a finished one takes, or its source shard."""
+    path = no_space(e) or out
+    for tmp in glob.glob(os.path.join(out, ".tmp-*")):
+        os.unlink(tmp)
+    done = [os.path.join(out, n) for n in os.listdir(out) if shards.shard_done(out, n)]
+    shard = os.path.basename(path).removeprefix(".tmp-")
+    doing = f"writing shard {shard}" if shard.endswith(".array_record") else f"writing {os.path.basename(path)}"
+    source = os.path.join(data, shard)
+    needs = max(map(os.path.getsize, done), default=None) or (os.path.getsize(source) if os.path.isfile(source)
+                                                               else None)
+    kept = f"the {len(done)} finished shards in {out} (the partial one removed); the rerun writes the others" \
+        if done else f"no finished shard in {out} (the partial one removed)"
+    return disk_full(out, kept, needs, doing)
 
 
 def _has(data: str, split: str, fields) -> bool:

@@ -22,11 +22,11 @@ import numpy as np
 from jax.experimental import multihost_utils
 
 from fergate import config as config_lib
-from fergate import export, models, options, plots
+from fergate import export, lock, models, options, plots
 from fergate.errors import Interrupted, UserError
-from fergate.files import read_json
+from fergate.files import no_space, read_json, write_atomic
 from fergate.signals import StopSignals
-from fergate.train import evaluate, features, perf
+from fergate.train import checkpoint, evaluate, features, perf
 from fergate.train.checkpoint import Checkpointer, Selection, restore_selected
 from fergate.train.data import DataPlan, features_dir, source_dir
 from fergate.train.mesh import config_mesh, global_batch
@@ -46,9 +46,23 @@ class TrainingDiverged(UserError):
 def train(config, workdir: str) -> dict:
     """Trains (resuming from the newest checkpoint in `workdir`), then evaluates; returns
     the evaluation report (eval.json). SIGINT / SIGTERM save a checkpoint at the current
-    step and raise `Interrupted`; running again resumes there."""
-    c = config.train
+    step and raise `Interrupted`; running again resumes there. The run holds the workdir's
+    lock (a second writer is refused, `fergate.lock`); a write that fails for space is one
+    line saying what was kept, the partial checkpoint removed (`checkpoint.disk_full`)."""
     validate(config, workdir)
+    with lock.hold(workdir, "fergate train"):
+        try:
+            return _train(config, workdir)
+        except UserError:
+            raise
+        except Exception as e:
+            if no_space(e) is None:
+                raise
+            raise checkpoint.disk_full(e, workdir) from None
+
+
+def _train(config, workdir: str) -> dict:
+    c = config.train
     # data: the family fills what depends on it before anything is built (a copy with an earlier
     # stage's features has its source's classes and splits: checked before that stage runs)
     data = DataPlan.build(config)
@@ -75,7 +89,7 @@ def train(config, workdir: str) -> dict:
                  f"out of training ({', '.join(parts.held[:5])}{', ...' if len(parts.held) > 5 else ''})")
 
     # state: the newest checkpoint that restores, else a fresh one with earlier stages loaded
-    ckpt = Checkpointer(workdir, keep=c.keep)
+    ckpt = Checkpointer(workdir, keep=c.keep, writes=True)
     restored = ckpt.restore(prog.abstract_sharded_state(), it)
     if restored is None:
         log.info(f"[train] no checkpoint in {ckpt.directory}: starting fresh")
@@ -386,11 +400,10 @@ def write_workdir_config(workdir: str, config, data: DataPlan) -> None:
     manifest = data.manifest
     if jax.process_index() == 0:
         os.makedirs(workdir, exist_ok=True)
-        with open(os.path.join(workdir, "config.json"), "w") as f:
-            f.write(config_lib.to_json(config))
-        with open(os.path.join(workdir, "data.json"), "w") as f:
-            json.dump({**{k: manifest[k] for k in export.DATA_KEYS if k in manifest}, "fingerprint": data.fingerprint,
-                       "dir": data.dir}, f, indent=1)
+        write_atomic(os.path.join(workdir, "config.json"), config_lib.to_json(config))
+        write_atomic(os.path.join(workdir, "data.json"),
+                     json.dumps({**{k: manifest[k] for k in export.DATA_KEYS if k in manifest},
+                                 "fingerprint": data.fingerprint, "dir": data.dir}, indent=1))
 
 
 class MetricsWriter:
