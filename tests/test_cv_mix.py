@@ -1,5 +1,6 @@
 """Subject-independent k-fold cross-validation (`fergate cv`) and training on mixed datasets."""
 
+import glob
 import json
 import os
 import shutil
@@ -171,8 +172,8 @@ def renamed(sample_data, tmp_path_factory):
     fer = labels.DATASET_CLASSES["fer2013"]
     # a record labelled k means BASIC7[k]; FER-2013 puts that class at index fer_index[k]
     fer_index = labels.relabel(labels.BASIC7, fer)
-    for f in os.listdir(os.path.join(out, ".stats")):
-        path = os.path.join(out, ".stats", f)
+    for f in glob.glob(os.path.join(out, ".stats", "*.array_record.json")):  # each shard's sidecar
+        path = f
         st = json.load(open(path))
         st["labels"] = [fer_index[y] for y in st["labels"]]
         json.dump(st, open(path, "w"))
