@@ -28,6 +28,7 @@ import re
 import shutil
 import time
 from collections import Counter, defaultdict
+from collections.abc import Sequence
 
 import numpy as np
 import threadpoolctl
@@ -38,6 +39,7 @@ from fergate import face as F
 from fergate.data import schema, shards
 from fergate.data.cache import builtin_dir, cache_root
 from fergate.errors import UserError
+from fergate.files import free_bytes, human
 from fergate.video import ClipOptions, clip_record
 
 log = logging.getLogger(__name__)
@@ -342,8 +344,9 @@ def run(dataset: str, source: str | None, out: str, opts: PrepOptions = PrepOpti
     n_mine = sum(len(its) for _, its in ours)
     log.info(f"[prep] {dataset}: {len(items):,} items -> {sum(map(len, files.values())):,} shards; "
         f"this machine ({shard_index}/{num_shards}): {n_todo:,} of {n_mine:,} items left to do")
-    workers = workers or os.cpu_count() or 1
     flat = [it for _, its in todo for it in its]
+    check_space(out, flat, opts)
+    workers = workers or os.cpu_count() or 1
     init = (dataset, source, reader_options, opts)
     pool = None
     if workers > 1 and len(flat) > 1:
@@ -401,6 +404,32 @@ def run(dataset: str, source: str | None, out: str, opts: PrepOptions = PrepOpti
     pending = "" if manifest["complete"] else f"; {manifest['missing_shards']} shards left to other machines"
     log.info(f"[prep] wrote {out}: {summary}; skipped {manifest['skipped'] or 'none'}{pending}")
     return manifest
+
+
+#: bytes a record holds besides its arrays: landmarks, identity embedding, key and header
+RECORD_OVERHEAD = 4096
+
+
+def space_needed(items: Sequence[readers.Item], opts: PrepOptions) -> int:
+    """About how many bytes the records of `items` take, every item giving one (an upper
+    bound: skipped items write nothing): a face crop (and its patch stack), or a clip of
+    `frames` aligned frames and their landmarks; PNG (`compress`) about 60% of it."""
+    size = opts.face.face_size
+    w, h = (size, size) if isinstance(size, int) else size
+    channels = 3 if opts.face.color else 1
+    face = w * h * channels + (68 * opts.face.patch_size ** 2 if opts.face.patches else 0)
+    clip = opts.frames * (opts.clip_size ** 2 * 3 + 68 * 2 * 4)
+    total = sum((clip if it.kind == "clip" else face if it.kind == "image" else 0) + RECORD_OVERHEAD for it in items)
+    return int(total * (0.6 if opts.compress else 1.0))
+
+
+def check_space(out: str, items: Sequence[readers.Item], opts: PrepOptions) -> None:
+    """Refuses, before any work, a preparation whose records cannot fit on `out`'s device:
+    a full disk hours into a prep would be found at the end otherwise."""
+    needed, free = space_needed(items, opts), free_bytes(out)
+    if free is not None and needed > free:
+        raise UserError(f"--out {out}: its {len(items):,} items need about {human(needed)}, its device has "
+                        f"{human(free)} free: free space or choose another --out")
 
 
 def _rate(first: tuple[float, int] | None, done: int, total: int, t0: float) -> str:

@@ -297,3 +297,28 @@ def test_a_rerun_with_other_options_is_refused_in_one_line_or_overwritten(photos
     m = json.load(open(os.path.join(out, "manifest.json")))
     assert m["options"]["face"]["face_size"] == 64 and m["splits"]["train"]["records"] == 2
     assert all(r["face"].shape == (64, 64, 3) for r in _records(out, "train"))
+
+
+def test_a_prep_that_cannot_fit_is_refused_before_any_work(photos, tmp_path, monkeypatch, capsys):
+    """The space estimate bounds what prep writes (within 2x of the shards it wrote), and a
+    device with less free space than it is refused in one line before a face is processed."""
+    from helpers import run_fergate
+
+    from data_prep import readers
+
+    _photo(tmp_path / "src" / "happy" / "ann__1.jpg", photos["astronaut"])
+    _photo(tmp_path / "src" / "sad" / "grace__1.jpg", photos["grace_hopper"])
+    args = ("prep", str(tmp_path / "src"), "--dataset", "folder", "--workers", "1", "--no_patches", "--no_identity",
+            "--test_fraction", "0")
+    assert run_fergate(*args, "--out", str(tmp_path / "fits")) == 0
+    written = sum(os.path.getsize(p) for p in glob.glob(str(tmp_path / "fits" / "*.array_record")))
+    opts = prep.PrepOptions(face=F.FaceOptions(patches=False, identity=False), test_fraction=0)
+    needed = prep.space_needed(readers.reader("folder", str(tmp_path / "src")).items(), opts)
+    assert written <= needed <= 2 * written, (written, needed)
+    monkeypatch.setattr(prep, "free_bytes", lambda path: needed - 1)
+    capsys.readouterr()
+    assert run_fergate(*args, "--out", str(tmp_path / "full")) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and err[0].startswith(f"fergate prep: error: --out {tmp_path / 'full'}: its 2 items need "
+                                               "about ") and "free: free space or choose another --out" in err[0]
+    assert not glob.glob(str(tmp_path / "full" / "*.array_record"))
