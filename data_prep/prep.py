@@ -345,7 +345,7 @@ def run(dataset: str, source: str | None, out: str, opts: PrepOptions = PrepOpti
     log.info(f"[prep] {dataset}: {len(items):,} items -> {sum(map(len, files.values())):,} shards; "
         f"this machine ({shard_index}/{num_shards}): {n_todo:,} of {n_mine:,} items left to do")
     flat = [it for _, its in todo for it in its]
-    check_space(out, flat, opts)
+    check_space(out, flat, opts, len(todo))
     workers = workers or os.cpu_count() or 1
     init = (dataset, source, reader_options, opts)
     pool = None
@@ -408,25 +408,28 @@ def run(dataset: str, source: str | None, out: str, opts: PrepOptions = PrepOpti
 
 #: bytes a record holds besides its arrays: landmarks, identity embedding, key and header
 RECORD_OVERHEAD = 4096
+#: bytes an ArrayRecord file may take besides its records: riegeli pads to its 64 KiB blocks,
+#: then the footer's index
+SHARD_OVERHEAD = 68 * 1024
 
 
-def space_needed(items: Sequence[readers.Item], opts: PrepOptions) -> int:
-    """About how many bytes the records of `items` take, every item giving one (an upper
-    bound: skipped items write nothing): a face crop (and its patch stack), or a clip of
-    `frames` aligned frames and their landmarks; PNG (`compress`) about 60% of it."""
+def space_needed(items: Sequence[readers.Item], opts: PrepOptions, shards: int = 1) -> int:
+    """About how many bytes the records of `items` take in `shards` files, every item giving
+    one (an upper bound: skipped items write nothing): a face crop (and its patch stack), or
+    a clip of `frames` aligned frames and their landmarks; PNG (`compress`) about 60% of it."""
     size = opts.face.face_size
     w, h = (size, size) if isinstance(size, int) else size
     channels = 3 if opts.face.color else 1
     face = w * h * channels + (68 * opts.face.patch_size ** 2 if opts.face.patches else 0)
     clip = opts.frames * (opts.clip_size ** 2 * 3 + 68 * 2 * 4)
     total = sum((clip if it.kind == "clip" else face if it.kind == "image" else 0) + RECORD_OVERHEAD for it in items)
-    return int(total * (0.6 if opts.compress else 1.0))
+    return int(total * (0.6 if opts.compress else 1.0)) + shards * SHARD_OVERHEAD
 
 
-def check_space(out: str, items: Sequence[readers.Item], opts: PrepOptions) -> None:
+def check_space(out: str, items: Sequence[readers.Item], opts: PrepOptions, shards: int) -> None:
     """Refuses, before any work, a preparation whose records cannot fit on `out`'s device:
     a full disk hours into a prep would be found at the end otherwise."""
-    needed, free = space_needed(items, opts), free_bytes(out)
+    needed, free = space_needed(items, opts, shards), free_bytes(out)
     if free is not None and needed > free:
         raise UserError(f"--out {out}: its {len(items):,} items need about {human(needed)}, its device has "
                         f"{human(free)} free: free space or choose another --out")
