@@ -33,7 +33,9 @@ import numpy as np
 from fergate import config as config_lib
 from fergate import lock
 from fergate.errors import Interrupted, UserError
+from fergate.files import write_atomic
 from fergate.signals import StopSignals
+from fergate.sweep_table import report_markdown
 
 log = logging.getLogger(__name__)
 
@@ -175,7 +177,7 @@ def read_marker(workdir: str, cell: Cell) -> dict:
 
 def write_marker(workdir: str, cell: Cell, **fields) -> None:
     os.makedirs(os.path.join(workdir, cell.path), exist_ok=True)
-    _write(os.path.join(workdir, cell.path, MARKER),
+    write_atomic(os.path.join(workdir, cell.path, MARKER),
            json.dumps({"row": cell.row.name, "seed": cell.seed, "fold": cell.fold, **fields}, indent=1))
 
 
@@ -464,8 +466,8 @@ def aggregate(table: Table, workdir: str, cells: Sequence[Cell], budget: str, ov
               "seeds": len({c.seed for c in cells}), "folds": table.folds, "data": _data(workdir, cells, states),
               "complete": not waiting and not any(r["failed"] for r in out_rows), "rows": out_rows}
     os.makedirs(workdir, exist_ok=True)
-    _write(os.path.join(workdir, "table.json"), json.dumps(report, indent=1))
-    _write(os.path.join(workdir, "table.md"), markdown(report, table.decimals))
+    write_atomic(os.path.join(workdir, "table.json"), json.dumps(report, indent=1))
+    write_atomic(os.path.join(workdir, "table.md"), report_markdown(report, table.decimals))
     from fergate import plots
 
     plots.sweep_table(out_rows, table.scale, f"{table.title}\nbudget {budget}, {report['data']}",
@@ -485,39 +487,6 @@ def _data(workdir: str, cells: Sequence[Cell], states: dict) -> str:
             return f"data {data.dir}" if data.dir else \
                 f"built-in {data.dataset} ({', '.join(f'{k}={v}' for k, v in data.prep_options.items())})"
     return "no run finished"
-
-
-def markdown(report: dict, decimals: int) -> str:
-    """The table beside the paper's column, the budget and data in its caption; a column per
-    extra with each run's value (seed order), `-` where a run has none."""
-    scale, extras = report["scale"], report.get("extras", [])
-
-    def fmt(x: float) -> str:
-        return f"{x * scale:.{decimals}f}"
-
-    folds = f", each the mean of {report['folds']} folds" if report["folds"] else ""
-    lines = [f"**{report['title']}**: {report['metric']}{' (%)' if scale == 100 else ''}, mean ± std (n seeds"
-             f"{folds}); budget "
-             f"`{report['budget']}` ({', '.join(report['budget_overrides']) or 'the configs as they are'}"
-             f"{', ' + ', '.join(report['overrides']) if report['overrides'] else ''}); {report['data']}.", "",
-             "| " + " | ".join(["row", "fergate", "paper", "paper's setting", *extras]) + " |",
-             "|" + "---|" * (4 + len(extras))]
-    for r in report["rows"]:
-        cell = "-" if r["mean"] is None else fmt(r["mean"]) + (f" ± {r['std'] * scale:.{decimals}f}"
-                                                                if r["std"] is not None else "") + f" ({r['n']})"
-        notes = [f"{len(r[k])} {what}" for k, what in (("failed", "failed"), ("missing", "not run")) if r[k]]
-        cell += f" [{', '.join(notes)}]" if notes else ""
-        paper = "-" if r["paper"] is None else f"{r['paper']:g}"
-        more = [", ".join("-" if v is None else fmt(v) for v in values) if any(v is not None for v in values)
-                else "-" for values in ([run["extras"][e] for run in r["runs"]] for e in extras)]
-        lines.append("| " + " | ".join([r["name"], cell, paper, r["paper_note"], *more]) + " |")
-    return "\n".join(lines) + "\n"
-
-
-def _write(path: str, text: str) -> None:
-    with open(path + ".tmp", "w") as f:
-        f.write(text)
-    os.replace(path + ".tmp", path)
 
 
 def _hms(seconds: float) -> str:

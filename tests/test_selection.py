@@ -97,7 +97,7 @@ def test_validation_subjects_are_held_out_of_training(sample_data):
 def test_a_run_resumed_after_its_end_logs_its_final_evaluation_once(tmp_path):
     """Running a finished command again evaluates again: the earlier final row goes, the
     training rows up to the checkpoint stay."""
-    from fergate.train.trainer import MetricsWriter, read_metrics
+    from fergate.train.metrics import MetricsWriter, read_metrics
 
     (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in (
         {"step": 10, "loss": 1.0}, {"step": 20, "loss": 0.5}, {"step": 20, "val_accuracy": 0.5},

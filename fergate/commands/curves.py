@@ -23,7 +23,7 @@ def run(a: argparse.Namespace) -> None:
     import os
 
     from fergate import plots
-    from fergate.train.trainer import read_metrics
+    from fergate.train.metrics import read_metrics
 
     labels = a.labels or [os.path.basename(os.path.normpath(w)) for w in a.workdirs]
     if len(set(labels)) < len(labels):  # e.g. a/fold-01 and b/fold-01
