@@ -37,10 +37,7 @@ def get_table(arg=None):
         metric="misclassification_percent",
         scale=1.0,  # eval.json gives it in %
         seeds=3,
-        # readme: 300 steps at batch 32, faces at 112 x 112 (a quarter of the paper's pixels), as micro_table1
-        budgets={"smoke": common.smoke("input.face_size=112", common.SAMPLE_350, steps=20),
-                 "readme": ("train.steps=300", "input.face_size=112", "train.eval_every=0"),
-                 "paper": ("data.eval_split=val",)},
+        budgets=common.MICRO_BUDGETS,
         rows=[dict(name=name, config=f"configs/micro.py:{args}", paper=mis, paper_note=note)
               for name, (args, mis, note) in ROWS.items()],
     )
