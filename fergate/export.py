@@ -39,7 +39,7 @@ from fergate import lock, models
 from fergate.data import fields as fields_lib
 from fergate.data import pipeline
 from fergate.errors import UserError
-from fergate.files import disk_full, need_json, no_space, read_json, remove_settled
+from fergate.files import disk_full, need_json, read_json, remove_settled, space_errors
 
 log = logging.getLogger(__name__)
 
@@ -65,18 +65,16 @@ def export(workdir: str, out: str, step: int | None = None) -> dict:
     with lock.hold(tmp, "fergate export", shown=f"--out {out}") as held:
         moved = False
         try:
-            _clear(tmp)  # what a killed export left
-            manifest = _export(workdir, tmp, step)
-            if os.path.isdir(out):
-                os.rmdir(out)
-            os.replace(tmp, out)
-            moved = True
-            if held is not None:
-                held.moved(out)
-        except Exception as e:
-            if no_space(e) is None:
-                raise
-            raise disk_full(tmp, f"nothing in {out} (the partial export removed); {workdir} is untouched") from None
+            with space_errors(lambda e: disk_full(tmp, f"nothing in {out} (the partial export removed); {workdir} "
+                                                       "is untouched")):
+                _clear(tmp)  # what a killed export left
+                manifest = _export(workdir, tmp, step)
+                if os.path.isdir(out):
+                    os.rmdir(out)
+                os.replace(tmp, out)
+                moved = True
+                if held is not None:
+                    held.moved(out)
         finally:
             if not moved:
                 _clear(tmp, settle=True)

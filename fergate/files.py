@@ -74,6 +74,20 @@ def no_space(e: BaseException) -> str | None:
     return None
 
 
+@contextlib.contextmanager
+def space_errors(to_error: Callable[[BaseException], Exception]):
+    """Turns an error a full disk caused inside the block into `to_error(e)` (one line, what
+    was kept); a UserError and every other error pass unchanged."""
+    try:
+        yield
+    except UserError:
+        raise
+    except Exception as e:
+        if no_space(e) is None:
+            raise
+        raise to_error(e) from None
+
+
 def disk_full(path: str, kept: str, needs: int | None = None, doing: str = "") -> DiskFull:
     """The one line for a write that failed for space: `path` (and what was being done), the
     space needed when known and free now, and what was `kept`."""

@@ -24,7 +24,7 @@ from fergate import lock
 from fergate.data import pipeline, schema, shards
 from fergate.data.records import Records
 from fergate.errors import DiskFull, UserError
-from fergate.files import disk_full, no_space, read_json, write_atomic
+from fergate.files import disk_full, no_space, read_json, space_errors, write_atomic
 from fergate.train.data import Portion
 from fergate.train.mesh import global_batch
 from fergate.train.program import from_workdir
@@ -45,15 +45,8 @@ def extract(workdir: str, data: str, out: str, field: str, replace_stale: bool =
                         "output as --config.data.dir (with --config.data.features_from='')")
     if os.path.abspath(out) == os.path.abspath(data):
         raise UserError(f"--out {out} is the source data itself: name a new directory")
-    with lock.hold(out, "fergate features"):
-        try:
-            return _extract(workdir, data, out, field, replace_stale)
-        except UserError:
-            raise
-        except Exception as e:
-            if no_space(e) is None:
-                raise
-            raise _disk_full(e, out, data) from None
+    with lock.hold(out, "fergate features"), space_errors(lambda e: _disk_full(e, out, data)):
+        return _extract(workdir, data, out, field, replace_stale)
 
 
 def _extract(workdir: str, data: str, out: str, field: str, replace_stale: bool) -> dict:

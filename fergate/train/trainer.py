@@ -24,7 +24,7 @@ from jax.experimental import multihost_utils
 from fergate import config as config_lib
 from fergate import export, lock, models, options
 from fergate.errors import Interrupted, UserError
-from fergate.files import no_space, read_json, write_atomic
+from fergate.files import read_json, space_errors, write_atomic
 from fergate.signals import StopSignals
 from fergate.train import checkpoint, evaluate, features, perf
 from fergate.train.checkpoint import Checkpointer, Selection, restore_selected
@@ -51,15 +51,8 @@ def train(config, workdir: str) -> dict:
     lock (a second writer is refused, `fergate.lock`); a write that fails for space is one
     line saying what was kept, the partial checkpoint removed (`checkpoint.disk_full`)."""
     validate(config, workdir)
-    with lock.hold(workdir, "fergate train"):
-        try:
-            return _train(config, workdir)
-        except UserError:
-            raise
-        except Exception as e:
-            if no_space(e) is None:
-                raise
-            raise checkpoint.disk_full(e, workdir) from None
+    with lock.hold(workdir, "fergate train"), space_errors(lambda e: checkpoint.disk_full(e, workdir)):
+        return _train(config, workdir)
 
 
 def _train(config, workdir: str) -> dict:
