@@ -350,3 +350,40 @@ def test_init_weights_load_c3d_into_vshnn_frozen(tmp_path, monkeypatch):
     record = json.load(open(tmp_path / weights_init.RECORD))
     assert record == [{"file": "c3d.safetensors", "sha256": files.sha256(path), "arch": "c3d",
                        "backbones": ["cnn3d"]}]
+
+
+@pytest.mark.parametrize("spec,classes", [
+    ("thin.py:task=fer,variant=thin,paper=True", {"vgg16": 1000, "vggface": 2622}),
+    ("thin.py:task=fer,variant=baseline,paper=True,expression=vggface", {"vggface": 2622}),
+    ("vshnn.py:variant=c3d,paper=True", {"c3d": 487}),
+    ("vshnn.py:variant=resnet3d18,paper=True", {"resnet3d18": 700}),
+    ("vshnn.py:variant=resnext3d101,paper=True", {"resnext3d101": 400}),
+    ("vshnn.py:variant=frames,paper=True", {"densenet121": 1000}),
+])
+def test_the_paper_presets_backbones_have_the_published_shapes(spec, classes):
+    """Each backbone of a paper=True preset has, subtree by subtree, the shapes of the
+    published network's variables (abstract: nothing is allocated)."""
+    from fergate.models import family
+    from fergate.train.program import Program, resolve
+
+    cfg = config_lib.load(os.path.join(os.path.dirname(CONFIG), spec))
+    resolve(cfg, None)
+    backbones_ = family(cfg.model).backbones(cfg)
+    assert backbones_ and {a for b in backbones_.values() for a in b.archs} == set(classes)
+    state = Program(cfg).abstract_state
+    for b in backbones_.values():
+        (arch,) = b.archs
+        _, shapes = convert.network_shapes(archs.ARCHS[arch], classes[arch])
+        for src, dst in b.places.items():
+            for collection, tree in shapes.items():
+                model = state.params if collection == "params" else state.model_state[collection]
+                sub, want = weights_init._get(tree, src), weights_init._get(model, dst)
+                assert sub is not None and want is not None, (arch, src, dst, collection)
+                assert jax.tree.map(np.shape, sub) == jax.tree.map(np.shape, want), (arch, src, dst)
+    assert cfg.vshnn.freeze_convs if cfg.model == "vshnn" and cfg.variant != "frames" else True
+
+
+def test_the_command_line_names_every_arch():
+    from fergate.commands import weights as command
+
+    assert command.ARCH_NAMES == tuple(archs.ARCHS)

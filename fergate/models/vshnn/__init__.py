@@ -177,12 +177,13 @@ class VSHNN(Layer):
         if uses_c3d:
             if self.head_only:
                 v = batch[SCENE_FIELD].astype(self.dtype)
-            elif self.variant in RESNETS_3D:  # Table 2's ResNet3D / ResNeXt3D: the pooled trunk
-                h = ResNet3D(**RESNETS_3D[self.variant], norm=self.c3d_norm, dtype=self.dtype,
-                             name="c3d_convs")(batch["clip"], train and not self.c3d_frozen)
             else:
-                h = C3D(tuple(map(tuple, self.c3d_stages)), tuple(map(tuple, self.c3d_pools)), self.c3d_downsample,
-                        self.c3d_norm, dtype=self.dtype, name="c3d_convs")(batch["clip"])
+                if self.variant in RESNETS_3D:  # Table 2's ResNet3D / ResNeXt3D: the pooled trunk
+                    h = ResNet3D(**RESNETS_3D[self.variant], norm=self.c3d_norm, dtype=self.dtype,
+                                 name="c3d_convs")(batch["clip"], train and not self.c3d_frozen)
+                else:
+                    h = C3D(tuple(map(tuple, self.c3d_stages)), tuple(map(tuple, self.c3d_pools)),
+                            self.c3d_downsample, self.c3d_norm, dtype=self.dtype, name="c3d_convs")(batch["clip"])
                 v = nn.relu(nn.Dense(self.scene, dtype=self.dtype, name="scene")(h))
                 out["aux_logits"] = AuxClassifier(self.aux_hidden, self.num_classes, self.dropout, dtype=self.dtype,
                                                   name="aux")(v, train)
