@@ -387,3 +387,17 @@ def test_the_command_line_names_every_arch():
     from fergate.commands import weights as command
 
     assert command.ARCH_NAMES == tuple(archs.ARCHS)
+
+
+def test_thin_paper_preset_is_section_4_3_on_published_weights():
+    """VGG-16 at 224, Adam at 1e-5, the identity network VGG-Face's (no stage 1, frozen,
+    c_sigma over its 2622 identities); the identity network has no stage 1 to train."""
+    thin_cfg = os.path.join(os.path.dirname(CONFIG), "thin.py")
+    c = config_lib.load(thin_cfg + ":task=fer,variant=thin,paper=True")
+    assert (c.input.image_size, c.optim.lr, c.thin.backbone, c.thin.endo_norm) == (224, 1e-5, "vgg16", "imagenet")
+    assert c.thin.exo_classes == (2622,) and c.thin.exo_hidden == (4096, 4096) and not c.pretrain.configs
+    assert c.init.params_from == () and c.optim.frozen == ("exo_encoder_identity", "exo_classifier_identity")
+    assert config_lib.load(thin_cfg + ":task=fer,variant=thin,paper=True,expression=vggface").thin.endo_norm == \
+        "vggface"
+    with pytest.raises(UserError, match="paper=True is THIN's FER set-up"):
+        config_lib.load(thin_cfg + ":task=fer,variant=exo,paper=True")
