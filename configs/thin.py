@@ -9,6 +9,11 @@ Variants that read an exogenous network first train it (variant=exo, on the exog
 label) into W/pretrain/NAME, then load and freeze it: one command runs both stages.
     exo=rotation+scale: two exogenous networks, their representations concatenated (Table 3)
     task=fer,identity=cnn: an identity CNN trained on the faces instead of the dlib embedding
+    task=fer,paper=True: the paper's networks (4.3): VGG-16 at 224 x 224 whose convolutions
+        start from published weights (expression=vgg16: torchvision's ImageNet VGG-16;
+        expression=vggface: VGG-Face, Table 4), the identity network VGG-Face whole (its
+        convolutions gamma_tau, its fc6 - fc8 c_sigma over VGG-Face's identities), frozen, no
+        stage 1; Adam at 1e-5. Give the files: --config.init.weights=vgg16.safetensors,vgg_face.safetensors
 """
 
 import os
@@ -29,6 +34,8 @@ TASKS = {  # classes, image size, the default exogenous variable, the exogenous 
 #: exogenous variable: (record field, bins); dSprites has its own grid; FER's subjects are counted from the data
 EXOGENOUS = {"rotation": ("rotation_bin", 18), "scale": ("scale_bin", 10), "identity": ("subject", 0)}
 DSPRITES_BINS = {"scale": 6, "rotation": 40}
+#: identities VGG-Face was trained on (its fc8): THIN's frozen c_sigma with paper=True
+VGGFACE_IDENTITIES = 2622
 
 
 def matched_hidden(size: int, convs: tuple, classes: int, members: int, expert_hidden: tuple) -> tuple[int, int]:
@@ -48,12 +55,16 @@ def get_config(arg=None):
     (`identity=cnn`; `identity=embedding` reads the records' 128-d dlib embedding instead);
     `endo_init=identity` starts the expression network from its weights (Fig. 9)."""
     arg = parse_arg(arg, task="digits_rotated", variant="thin", exo="", identity="cnn", endo_init="scratch",
-                    experts="vmap", smoke=False)
+                    experts="vmap", smoke=False, paper=False, expression="vgg16")
     choice(arg.task, tuple(TASKS), "THIN task")
     choice(arg.identity, ("cnn", "embedding"), "identity (cnn: trained on the faces; embedding: the records' dlib "
                                                "embedding)")
     choice(arg.endo_init, ("scratch", "identity"), "endo_init")
+    choice(arg.expression, ("vgg16", "vggface"), "expression (the expression network's published weights)")
     task, fer = TASKS[arg.task], arg.task == "fer"
+    if arg.paper and not (fer and arg.identity == "cnn" and arg.endo_init == "scratch" and arg.variant != "exo"):
+        raise UserError("paper=True is THIN's FER set-up on published VGG-16 / VGG-Face weights: task=fer, "
+                        "identity=cnn, no endo_init, and no stage 1 (variant=exo: the identity network is VGG-Face's)")
     if fer and arg.variant == "oracle":
         raise UserError("variant=oracle gates on the true exogenous label; FER's exogenous variable (identity) has "
                         "none for unseen subjects: use exo_tree_gated or thin")
@@ -79,10 +90,11 @@ def get_config(arg=None):
     c.data.augment = "flip|rotate(10)|brightness_contrast|hue_saturation" if fer else ""
     c.data.label_field = EXOGENOUS[names[0]][0] if arg.variant == "exo" else "label"
     c.input.batch_size = 16 if fer else 32
-    c.input.image_size = task["size"]
+    c.input.image_size = 224 if arg.paper else task["size"]
     c.input.channels = 3 if fer else 1
     c.input.identity_width = 128  # identity=embedding: the records' 128-d dlib embedding
     endo_convs = (64, 128, 256, 512, 512) if fer else (16, 16)  # FER: VGG-style, 4608-d for 96 x 96
+    size = c.input.image_size
     members, expert_hidden = (32, (512, 512)) if fer else (8, (32,))
     c.thin = dict(
         num_classes=0 if fer else task["classes"],  # 0: the data's classes
@@ -95,9 +107,9 @@ def get_config(arg=None):
         exo_convs=endo_convs,  # the identity network has the expression network's architecture (3.3)
         # FER: 3 dense layers as large as the 32 experts together (4.3: every model ~100M);
         # synthetic tasks: the paper's 2-FC head with 256 hidden units (4.1)
-        baseline_hidden=matched_hidden(task["size"], endo_convs, task["classes"], members, expert_hidden) if fer
+        baseline_hidden=matched_hidden(size, endo_convs, task["classes"], members, expert_hidden) if fer
         else (256,),
-        exo_hidden=(256,),
+        exo_hidden=(4096, 4096) if arg.paper else (256,),  # paper: c_sigma is VGG-Face's fc6 - fc8
         members=members,
         expert_hidden=expert_hidden,
         depth=5 if fer else 3,
@@ -105,12 +117,18 @@ def get_config(arg=None):
         # balances the two terms "if we set lambda = 0.005 and, a fortiori lambda = 0.01"
         dispel_weight=0.01 if fer else 0.005,
         experts_impl=arg.experts,
+        # paper: VGG-16's 13 convolutions (25088-d at 224), each network normalising its input as its weights do
+        backbone="vgg16" if arg.paper else "conv",
+        endo_norm="vggface" if arg.expression == "vggface" else "imagenet",
+        exo_norm="vggface",
     )
+    if arg.paper:  # c_sigma predicts VGG-Face's 2622 identities (its fc8), not the training subjects
+        c.thin.exo_classes = (VGGFACE_IDENTITIES,)
     # with --config.mesh.model=M: the experts split over M devices, L / M each (the members axis)
     c.mesh.rules = ("experts/kernel0=-,model,-", "experts/bias0=model,-", r"experts/kernel[1-9]\d*=model,-,-",
                     r"experts/bias[1-9]\d*=model,-")
     # FER's expression network from scratch: 3e-4 (the paper fine-tunes a pretrained one at 1e-5)
-    c.optim.lr = c.optim.end_lr = 3e-4 if fer and arg.variant != "exo" else 1e-3
+    c.optim.lr = c.optim.end_lr = 1e-5 if arg.paper else 3e-4 if fer and arg.variant != "exo" else 1e-3
     # the paper selects the best model on a validation set taken from the training data (4.3); FER's
     # stage 1 learns the training subjects themselves, so it has no subject-independent validation
     if not (fer and arg.variant == "exo"):
@@ -125,12 +143,12 @@ def get_config(arg=None):
     parts = tuple(f"exo_{part}_{n}" for n in names for part in ("encoder", "classifier")
                   if exo_cnn or part != "encoder")
     here = os.path.basename(__file__)  # relative to this file's directory (fergate.options)
-    c.init.params_from = ("pretrain",) if exo_stage else ()
+    c.init.params_from = ("pretrain",) if exo_stage and not arg.paper else ()  # paper: VGG-Face from init.weights
     c.init.params = parts + (("endo=exo_encoder_identity",) if arg.endo_init == "identity" else ())
     c.optim.frozen = parts if exo_stage else ()
     # stage 1 runs on this run's data with this run's exogenous network shape
     c.pretrain.inherit = ("data.dir", "data.prep_options", "input.image_size", "input.identity_width",
                           "thin.exo_convs", "thin.endo_convs", "thin.exo_hidden", "train.dtype")
     c.pretrain.configs = {n: f"{here}:task={arg.task},variant=exo,exo={n},identity={arg.identity},smoke={arg.smoke}"
-                          for n in (names if exo_stage else ())}
+                          for n in (names if exo_stage and not arg.paper else ())}
     return common.smoke(c) if arg.smoke else c

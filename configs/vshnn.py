@@ -1,7 +1,8 @@
 """VSHNN's video backbone (Lee et al., Sensors 2020): Table 2's rows.
 
     fergate train --config configs/vshnn.py:variant=c3d_sagru_b --workdir W
-    variants: c3d (C3D), cnn_lstm / cnn_gru (CNN-LSTM / CNN-GRU), c3d_salstm_a|b|c and
+    variants: c3d (C3D), resnet3d18 / resnext3d101 (ResNet3D-18 / ResNeXt3D-101, Table 2's
+    other 3D CNNs), cnn_lstm / cnn_gru (CNN-LSTM / CNN-GRU), c3d_salstm_a|b|c and
     c3d_sagru_a|b|c (C3D and CNN-SALSTM / CNN-SAGRU, connection A, B or C); frames (stage 1,
     the per-frame CNN alone)
 
@@ -12,20 +13,21 @@ W/pretrain/frames, write its features of every clip into W/pretrain/frames/featu
     fs=True: the frame substitution module (3.4, K = 3 of 16) before the SARNN
     fusion=ic|ws|lrmf|lrmaf: the video model fused with LMED-CF (4.2, Tables 10 and 12)
     paper=True: the paper's sizes (DenseNet121-FC 4096-4096 frames at 112, C3D with FC 2048,
-    SARNN hidden 2048, head 1024; clips prepared at 112 x 112); the default is sized for a CPU
+    SARNN hidden 2048, head 1024; clips prepared at 112 x 112), each network normalising its
+    input as its published weights expect, the 3D CNN's convolutions frozen (3.3): give the
+    weights with --config.init.weights=FILE[,FILE] (torchvision's DenseNet-121 for the frame
+    CNN; the C3D port's Sports-1M C3D, or 3D-ResNets' Kinetics ResNet-18 / ResNeXt-101); the
+    default is sized for a CPU
     head_only=True: the SARNN head alone, v read from a `scene` input (`fergate bench` only)
 """
 
 import os
 
 from fergate.config import choice, parse_arg
+from fergate.models.backbones import C3D_POOLS, C3D_STAGES, RESNETS_3D
 from fergate.models.vshnn import FEATURES_FIELD, FUSIONS, VARIANTS, parse_variant
 
 from . import common
-
-#: C3D (Tran et al. 2015): conv1a | conv2a | conv3a-b | conv4a-b | conv5a-b, pools 1x2x2 then 2x2x2
-C3D_STAGES = ((64,), (128,), (256, 256), (512, 512), (512, 512))
-C3D_POOLS = ((1, 2, 2), (2, 2, 2), (2, 2, 2), (2, 2, 2), (2, 2, 2))
 
 
 def get_config(arg=None):
@@ -40,7 +42,8 @@ def get_config(arg=None):
     c.data.train_split, c.data.eval_split = "train_clips", "test_clips"
     if variant == "frames":  # 5.2.1: the frame CNN sees flips, rotations (and here brightness / contrast)
         c.data.augment = "flip|rotate(10)|brightness_contrast"
-    elif variant.startswith("c3d") and not arg.head_only:  # 5.2.2: the 3D CNN's only augmentation (clips)
+    elif (variant.startswith("c3d") or variant in RESNETS_3D) and not arg.head_only:  # 5.2.2: the 3D CNN's only
+        # augmentation (clips)
         c.data.augment = "flip"
     c.input.frames = 16
     c.input.clip_size = 112 if arg.paper else 64
@@ -59,7 +62,13 @@ def get_config(arg=None):
         scene=2048 if arg.paper else 256,  # v
         aux_hidden=2048 if arg.paper else 256,  # section 5.2.2: 2048 in both the main and the auxiliary FC
         aux_weight=0.5,  # lambda, Eq. 15
-        freeze_convs=False,  # True with a pretrained 3D CNN (init.params_from=W, init.params=c3d_convs)
+        # the paper's pretrained 3D CNN (init.weights, or init.params_from=W, init.params=c3d_convs) keeps its
+        # convolutions frozen (3.3); from scratch they train
+        freeze_convs=arg.paper,
+        # input normalisations the published weights expect (fergate.models.backbones.NORMS): torchvision's
+        # DenseNet-121 ImageNet's mean / std, the C3D port 0-255, 3D-ResNets Kinetics' mean / std
+        frame_norm="imagenet" if arg.paper else "unit",
+        c3d_norm=("kinetics" if variant in RESNETS_3D else "raw") if arg.paper else "unit",
         hidden=2048 if arg.paper else 256,
         head=1024 if arg.paper else 256,
         dropout=0.5,
@@ -89,7 +98,8 @@ def get_config(arg=None):
         c.pretrain.configs = {"frames": f"{here}:variant=frames,paper={arg.paper},smoke={arg.smoke}"}
         c.pretrain.inherit = ("data.dir", "data.prep_options", "data.train_split", "data.eval_split",
                               "input.frames", "input.train_frames", "input.clip_size", "input.channels",
-                              "vshnn.frame_trunk", "vshnn.frame_convs", "vshnn.frame_fc", "train.dtype")
+                              "vshnn.frame_trunk", "vshnn.frame_convs", "vshnn.frame_fc", "vshnn.frame_norm",
+                              "train.dtype", "init.weights")
     if arg.smoke:  # the smoke sample set every family's tests share (its 140 clips)
         c.data.prep_options = dict(size=350, **(dict(clip_size=112) if arg.paper else {}))
         c.input.batch_size = 16 if variant == "frames" else 8

@@ -28,13 +28,15 @@ from fergate.commands import (
     sweep,
     train,
     verify,
+    weights,
 )
 from fergate.commands import config as config_command
 from fergate.commands import eval as evaluate
 from fergate.errors import Interrupted, UserError
 
 #: fergate's own subcommands, in the order of `--help`, after those other packages add
-COMMANDS = (train, config_command, cv, sweep, evaluate, curves, export, predict, attend, features, verify, bench)
+COMMANDS = (train, config_command, cv, sweep, evaluate, curves, export, predict, attend, features, verify, bench,
+            weights)
 
 
 def parser(argv: list[str] | None = None) -> argparse.ArgumentParser:

@@ -4,7 +4,8 @@ An export is a directory:
 
     export.json      what it is: format and versions, model, classes, the inputs the function
                      reads, the preprocessing contract (face pipeline options, record fields),
-                     earlier stages, and a SHA-256 of the parameters
+                     earlier stages, a SHA-256 of the parameters, and the published weights the
+                     model started from (`weights`: file name, SHA-256, arch; `fergate.weights`)
     config.json      the resolved training config (for the family's input transforms)
     params/          the variables (params + statistics such as batch norm's), orbax, no optimizer
     infer.jax        the inference function serialized with `jax.export`: (variables, batch) ->
@@ -40,6 +41,7 @@ from fergate.data import fields as fields_lib
 from fergate.data import pipeline
 from fergate.errors import UserError
 from fergate.files import disk_full, need_json, read_json, remove_settled, space_errors
+from fergate.weights import init as weights_init
 
 log = logging.getLogger(__name__)
 
@@ -158,6 +160,7 @@ def _export(workdir: str, out: str, step: int | None) -> dict:
                                                           for k, (s, d) in inputs.items()})),
         "record_fields": fields, "kind": "clip" if any(fields_lib.get(f).temporal for f in fields) else "face",
         "data": data, "stages": stages, "params_sha256": checksum(variables),
+        "weights": weights_init.recorded(workdir),  # the published weights it started from (file, SHA-256)
     }
     with open(os.path.join(out, MANIFEST), "w") as f:
         json.dump(manifest, f, indent=1)

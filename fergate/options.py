@@ -75,6 +75,14 @@ class ParamCopy(NamedTuple):
     src: str
 
 
+class WeightsEntry(NamedTuple):
+    """`init.weights` "PATH" or "BACKBONE=PATH": a published weights file, loaded into the
+    named backbone of the family, or (no name) into every backbone that reads its layout."""
+
+    backbone: str
+    path: str
+
+
 class StageSpec(NamedTuple):
     """`pretrain.configs` value "FILE[:ARG]": an earlier stage's config file (relative to the
     directory of the config file naming it) and its argument."""
@@ -149,6 +157,16 @@ def parse_param_copy(entry: str) -> ParamCopy:
     if not dst.strip() or (eq and not src.strip()):
         raise UserError(f"config init.params: {entry!r} is not NAME or DST=SRC (a parameter subtree)")
     return ParamCopy(dst.strip(), src.strip() if eq else dst.strip())
+
+
+def parse_weights(entry: str) -> WeightsEntry:
+    name, eq, path = str(entry).partition("=")
+    if not eq:
+        name, path = "", name
+    if not path.strip() or (eq and not name.strip().isidentifier()):
+        raise UserError(f"config init.weights: {entry!r} is not PATH or BACKBONE=PATH (a weights file: .safetensors, "
+                        ".npz or .pth)")
+    return WeightsEntry(name.strip(), path.strip())
 
 
 def parse_stages(configs: Mapping[str, str] | Sequence[tuple[str, str]]) -> dict[str, StageSpec]:
@@ -294,6 +312,10 @@ KEYS: dict[str, KeySpec] = {
     # --- init / pretrain: earlier stages (trained into W/pretrain/NAME) and parameters loaded from them
     "init.params_from": K((), "workdirs, or 'pretrain' (this config's earlier stages)"),
     "init.params": K((), "parameter subtrees loaded, 'NAME' or 'dst=src'", parse=_each(parse_param_copy)),
+    "init.weights": K((), "published pretrained weights loaded into the family's backbones before the first step, "
+                          "'PATH' (into each backbone that reads its layout) or 'BACKBONE=PATH' (.safetensors, .npz; "
+                          ".pth with torch installed; `fergate weights inspect FILE` shows the mapping)", before=(),
+                      parse=_each(parse_weights)),
     "pretrain.steps": K(0, "> 0: every earlier stage's train.steps (0: each stage config's own)", before=0),
     "pretrain.inherit": K((), "keys every earlier stage takes from this config", before=()),
     "pretrain.configs": K({}, "NAME -> 'FILE:ARG', FILE relative to the directory of the config file naming it",

@@ -70,6 +70,7 @@ def test_exported_modul_equals_the_eval_step_and_describes_itself(modul_export):
     assert m["kind"] == "face" and set(m["inputs"]) == {"landmarks", "iod", "patches", "face"}
     assert "cpu" in m["platforms"] and m["classes"] == list(C.load_workdir(str(w)).data.classes)
     assert m["data"]["options"]["face"]["face_size"] and m["params_sha256"] == export.checksum(model.variables)
+    assert m["weights"] == []  # trained from scratch: no published weights (fergate.weights.init records them)
     # the serialized function alone, with jax: any batch size
     import jax
 

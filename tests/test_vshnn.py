@@ -164,8 +164,9 @@ def test_max_pool3d_matches_reduce_window_and_rounds_up():
     np.testing.assert_allclose(backbones.max_pool3d(x, (1, 2, 2)), nn.max_pool(x, (1, 2, 2), (1, 2, 2)))
     odd = jax.random.normal(jax.random.key(1), (1, 2, 7, 7, 2))
     y = backbones.max_pool3d(odd, (2, 2, 2))
-    assert y.shape == (1, 1, 4, 4, 2)  # C3D's pool5: 7 -> 4
-    np.testing.assert_allclose(y[0, 0, 3, 3], odd[0, :, 6, 6].max(0))
+    assert y.shape == (1, 1, 4, 4, 2)  # C3D's pool5: 7 -> 4, padded at the start as the port pads (0, 1, 1)
+    np.testing.assert_allclose(y[0, 0, 0, 0], odd[0, :, 0, 0].max(0))
+    np.testing.assert_allclose(y[0, 0, 3, 3], odd[0, :, 5:7, 5:7].max((0, 1, 2)))
 
 
 def _n_params(module, *args, **kwargs) -> int:

@@ -25,6 +25,9 @@ def run(a: argparse.Namespace, overrides: list[str]) -> None:
     from fergate.train import program
 
     program.validate(cfg, a.workdir)  # before data preparation and compilation
+    from fergate.weights import init
+
+    init.check(cfg)  # every init.weights file loads somewhere (its layout read from its tensors)
     jax_setup(a)
     builtin_data(cfg)
     from fergate.train import trainer

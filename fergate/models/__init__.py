@@ -48,6 +48,8 @@ Optional (defaults here):
     attend(config, module, variables, image) -> (h, w) map
                                   spatial attention over a whole image (`fergate attend`).
     stages(config)                earlier training stages {name: config} (`config.pretrain`).
+    backbones(config)             {name: Backbone}: where published weights load
+                                  (`--config.init.weights`, `fergate.weights.init`). Default: none.
 """
 
 from __future__ import annotations
@@ -107,6 +109,17 @@ class Results:
         """{class index: the record indices of its first `per_class` examples}."""
         return {i: self.index[self.labels == i][:per_class] for i in range(len(self.classes))
                 if (self.labels == i).any()}
+
+
+@dataclasses.dataclass(frozen=True)
+class Backbone:
+    """Where a model takes published weights (`fergate.weights`): `archs` the layouts it
+    reads, `places` {subtree of the arch's network: subtree of the model} ('/'-joined paths),
+    `required`: the model is not trained without them (a frozen network the paper loads)."""
+
+    archs: tuple[str, ...]
+    places: dict[str, str]
+    required: bool = False
 
 
 def masked_cross_entropy(logits: jax.Array, labels: jax.Array, mask: jax.Array) -> jax.Array:
@@ -186,7 +199,7 @@ def random_batch(inputs: dict, n: int) -> dict[str, np.ndarray]:
 CONTRACT = frozenset({
     "name", "section", "bench_classes", "fields", "augmentation_ops",
     "build", "inputs", "predict_inputs", "record_fields", "resolve", "statistics", "loss", "preprocess",
-    "augmentations", "example_batch", "reports", "compare", "attend", "stages"})
+    "augmentations", "example_batch", "reports", "compare", "attend", "stages", "backbones"})
 
 #: hooks of the earlier, module-function contract, and what replaces them
 RENAMED = {"transforms": "'preprocess' (the family's maps before / after config.data.augment's ops)"}
@@ -252,6 +265,9 @@ class Family:
 
     def stages(self, config) -> dict:
         return config_lib.pretrain_stages(config)
+
+    def backbones(self, config) -> dict[str, Backbone]:
+        return {}
 
     # composed from the hooks, not overridden
     def transforms(self, config, train: bool) -> list:

@@ -24,7 +24,8 @@ import numpy as np
 from fergate import plots
 from fergate.data import pipeline
 from fergate.errors import UserError
-from fergate.models import Family, Results, compute_dtype, num_classes_from_data
+from fergate.models import Backbone, Family, Results, compute_dtype, num_classes_from_data
+from fergate.models.backbones import VGG16
 from fergate.models.layers import ConvEncoder, Experts, Layer, LoopExperts, MLPClassifier, TreeGate
 
 VARIANTS = ("baseline", "ensemble", "tree_gated", "exo_tree_gated", "oracle", "thin", "exo")
@@ -52,15 +53,28 @@ class THIN(Layer):
     depth: int = 3
     dispel_weight: float = 0.005
     experts_impl: str = "vmap"  #: "loop" only to measure what vmap saves
+    #: the representation networks: "conv" (`ConvEncoder` of endo_convs / exo_convs) or "vgg16"
+    #: (4.3: VGG-16's 13 convolutions, the published weights' `endo_norm` / `exo_norm` input)
+    backbone: str = "conv"
+    endo_norm: str = "imagenet"  #: vgg16: torchvision's ImageNet weights ("imagenet") or VGG-Face's ("vggface")
+    exo_norm: str = "vggface"  #: vgg16: the identity network is VGG-Face (4.3)
+
+    def encode(self, image: jax.Array, convs: Sequence[int], norm: str, name: str, train: bool) -> jax.Array:
+        """A representation network on the uint8 image: VGG-16 (normalising as its weights
+        expect) or a ConvEncoder on [0, 1] pixels."""
+        if self.backbone == "vgg16":
+            return VGG16(norm=norm, dtype=self.dtype, name=name)(image)
+        if self.backbone != "conv":
+            raise ValueError(f"unknown THIN backbone {self.backbone!r}: conv or vgg16")
+        return ConvEncoder(tuple(convs), dtype=self.dtype, name=name)(image.astype(self.dtype) / 255.0, train)
 
     def exogenous(self, batch, train: bool) -> list[jax.Array]:
         """h_exo per exogenous variable: the frozen gamma_tau(I), or a stored representation
         such as the identity embedding."""
         if self.exo_input != "image":
             return [batch[self.exo_input].astype(jnp.float32)]
-        x = batch[self.image_field].astype(self.dtype) / 255.0
-        return [ConvEncoder(self.exo_convs, dtype=self.dtype, name=f"exo_encoder_{n}")(
-            x, train and self.variant == "exo") for n in self.exo_names]
+        return [self.encode(batch[self.image_field], self.exo_convs, self.exo_norm, f"exo_encoder_{n}",
+                            train and self.variant == "exo") for n in self.exo_names]
 
     def exo_classifier(self, i: int) -> nn.Module:
         """c_sigma of variable i: MLP on an exogenous-width representation -> its bins."""
@@ -74,8 +88,7 @@ class THIN(Layer):
                 raise ValueError("stage 1 (variant exo) trains one exogenous variable at a time")
             h = self.exogenous(batch, train)[0]
             return {"logits": self.exo_classifier(0)(h), "representations": {self.exo_names[0]: h}}
-        x = batch[self.image_field].astype(self.dtype) / 255.0
-        h_endo = ConvEncoder(self.endo_convs, dtype=self.dtype, name="endo")(x, train)
+        h_endo = self.encode(batch[self.image_field], self.endo_convs, self.endo_norm, "endo", train)
         # the spaces Fig. 9 / 11 compare on same / different-person pairs (`fergate eval --pairs`)
         out = {"introspect": {}, "losses": {}, "representations": {"expression": h_endo}}
         if self.variant == "baseline":
@@ -130,6 +143,22 @@ def fixed_projection(h: jax.Array, width: int) -> jax.Array:
 
 def build(config) -> THIN:
     return THIN(variant=config.variant, dtype=compute_dtype(config), **config.thin)
+
+
+def backbones(config) -> dict[str, Backbone]:
+    """With VGG-16 representation networks (`configs/thin.py:task=fer,paper=True`, 4.3): the
+    expression network's convolutions from VGG-16 on ImageNet or on VGG-Face (Table 4), and
+    the identity network whole from VGG-Face: gamma_tau its convolutions, c_sigma its fc6 -
+    fc8 (frozen, never trained: required)."""
+    t = config.thin
+    if t.get("backbone", "conv") != "vgg16":
+        return {}
+    out = {"expression": Backbone(("vggface" if t.endo_norm == "vggface" else "vgg16",), {"convs": "endo"})}
+    if config.variant in ("exo_tree_gated", "thin") and t.exo_input == "image":
+        n = t.exo_names[0]
+        out["identity"] = Backbone(("vggface",), {"convs": f"exo_encoder_{n}", "mlp": f"exo_classifier_{n}/mlp",
+                                                  "out": f"exo_classifier_{n}/out"}, required=True)
+    return out
 
 
 #: training subjects and classes assumed when there is no data to count them (`fergate bench`)
@@ -218,3 +247,4 @@ class FAMILY(Family):
     name, section, augmentation_ops = "thin", "thin", ("flip", "rotate", "brightness_contrast", "hue_saturation")
     build, resolve, inputs = staticmethod(build), staticmethod(resolve), staticmethod(inputs)
     preprocess, reports, compare = staticmethod(preprocess), staticmethod(reports), staticmethod(compare)
+    backbones = staticmethod(backbones)

@@ -33,6 +33,7 @@ from fergate.train.mesh import config_mesh, global_batch
 from fergate.train.metrics import MetricsWriter
 from fergate.train.optimizer import decay_horizon
 from fergate.train.program import Program, TrainState, from_workdir, validate
+from fergate.weights import init as weights_init
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +89,7 @@ def _train(config, workdir: str) -> dict:
     if restored is None:
         log.info(f"[train] no checkpoint in {ckpt.directory}: starting fresh")
         state, start = load_earlier_stages(prog, prog.new_state(), workdir), 0
+        state = weights_init.load_into(prog, state, workdir)  # published backbones (init.weights)
         t = time.time()
         stats = prog.family.statistics(config, data.input_pipeline(parts.train, train=False, all_processes=True))
         if stats:

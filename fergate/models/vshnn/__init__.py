@@ -35,8 +35,8 @@ import numpy as np
 from fergate import plots
 from fergate.data import pipeline
 from fergate.errors import UserError
-from fergate.models import Family, Results, compute_dtype, masked_cross_entropy, num_classes_from_data
-from fergate.models.backbones import C3D, DenseNet
+from fergate.models import Backbone, Family, Results, compute_dtype, masked_cross_entropy, num_classes_from_data
+from fergate.models.backbones import C3D, RESNETS_3D, DenseNet, ResNet3D, normalize
 from fergate.models.layers import ConvEncoder, Layer
 from fergate.models.vshnn.fusion import (  # noqa: F401 (the family's parts, as vshnn.X)
     LandmarkMLP,
@@ -48,10 +48,10 @@ from fergate.models.vshnn.fusion import (  # noqa: F401 (the family's parts, as 
 )
 from fergate.models.vshnn.sarnn import CELL_GATES, SARNN, gru_step, lstm_step  # noqa: F401
 
-#: Table 2's rows: the 3D CNN alone, the frame CNN with a plain RNN (CNN-LSTM / CNN-GRU),
-#: and VSHNN = C3D + CNN-SALSTM / CNN-SAGRU with connection A, B or C; `frames` is stage 1;
-#: `lmedcf` the landmark model alone (Table 9's LMED-CF MLP).
-VARIANTS = ("frames", "c3d", "cnn_lstm", "cnn_gru",
+#: Table 2's rows: the 3D CNN alone (C3D, ResNet3D-18, ResNeXt3D-101), the frame CNN with a
+#: plain RNN (CNN-LSTM / CNN-GRU), and VSHNN = C3D + CNN-SALSTM / CNN-SAGRU with connection A,
+#: B or C; `frames` is stage 1; `lmedcf` the landmark model alone (Table 9's LMED-CF MLP).
+VARIANTS = ("frames", "c3d", *RESNETS_3D, "cnn_lstm", "cnn_gru",
             *(f"c3d_sa{cell}_{t}" for cell in ("lstm", "gru") for t in "abc"), "lmedcf")
 #: `vshnn.fusion` of the video model with LMED-CF (section 4.2): "" none, intermediate
 #: concatenation, weighted summation, low-rank fusion, low-rank attention fusion
@@ -64,8 +64,8 @@ SCENE_FIELD = "scene"
 
 def parse_variant(variant: str) -> tuple[bool, str | None, str | None]:
     """(uses the 3D CNN, RNN cell or None, connection or None) of a variant name."""
-    if variant in ("frames", "c3d", "lmedcf"):
-        return variant == "c3d", None, None
+    if variant in ("frames", "c3d", "lmedcf", *RESNETS_3D):
+        return variant not in ("frames", "lmedcf"), None, None
     if variant.startswith("cnn_"):
         return False, variant.removeprefix("cnn_"), None
     cell, connection = variant.removeprefix("c3d_sa").split("_")
@@ -76,17 +76,19 @@ def parse_variant(variant: str) -> tuple[bool, str | None, str | None]:
 class FrameCNN(Layer):
     """Frames (N, H, W, C) uint8 -> (appearance features (N, F), logits (N, K)): a trunk
     ("small": Conv3x3 - BN - ReLU - MaxPool stages; "densenet121"), then FC - ReLU layers
-    `fc` (the paper: 4096, 4096), the last one's output being the appearance feature."""
+    `fc` (the paper: 4096, 4096), the last one's output being the appearance feature.
+    `norm`: the input normalisation (`backbones.NORMS`; ImageNet's for torchvision's weights)."""
 
     num_classes: int
     trunk: str = "small"
     convs: Sequence[int] = (16, 32, 64, 128)
     fc: Sequence[int] = (256, 256)
     dropout: float = 0.5
+    norm: str = "unit"
 
     @nn.compact
     def __call__(self, frames, train: bool):
-        x = frames.astype(self.dtype) / 127.5 - 1.0
+        x = normalize(frames, self.norm, self.dtype)
         if self.trunk == "densenet121":
             h = DenseNet(dtype=self.dtype, name="densenet")(x, train)
         elif self.trunk == "small":
@@ -127,6 +129,9 @@ class VSHNN(Layer):
     c3d_stages: Sequence[Sequence[int]] = ((16,), (32,), (64,), (128,))
     c3d_pools: Sequence[Sequence[int]] = ((1, 2, 2), (2, 2, 2), (2, 2, 2), (2, 2, 2))
     c3d_downsample: int = 1  #: the clip average-pooled this many times in space before the 3D CNN
+    c3d_norm: str = "unit"  #: the 3D CNN's input normalisation (the C3D port's weights: raw; 3D-ResNets': kinetics)
+    c3d_frozen: bool = False  #: the 3D CNN's convolutions frozen (config freeze_convs): its BatchNorm in inference mode
+    frame_norm: str = "unit"  #: the frame CNN's input normalisation (torchvision's DenseNet-121: imagenet)
     scene: int = 256  #: width of v (the paper: 2048)
     aux_hidden: int = 256
     aux_weight: float = 0.5  #: lambda of Eq. 15
@@ -157,7 +162,7 @@ class VSHNN(Layer):
             clip = batch["clip"]
             b, t = clip.shape[:2]
             feats, logits = FrameCNN(self.num_classes, self.frame_trunk, tuple(self.frame_convs),
-                                     tuple(self.frame_fc), self.dropout, dtype=self.dtype,
+                                     tuple(self.frame_fc), self.dropout, self.frame_norm, dtype=self.dtype,
                                      name="frame_cnn")(clip.reshape(b * t, *clip.shape[2:]), train)
             frame_logits = logits.reshape(b, t, -1)
             return {"logits": frame_logits.mean(1), "frame_logits": frame_logits,
@@ -173,8 +178,12 @@ class VSHNN(Layer):
             if self.head_only:
                 v = batch[SCENE_FIELD].astype(self.dtype)
             else:
-                h = C3D(tuple(map(tuple, self.c3d_stages)), tuple(map(tuple, self.c3d_pools)), self.c3d_downsample,
-                        dtype=self.dtype, name="c3d_convs")(batch["clip"])
+                if self.variant in RESNETS_3D:  # Table 2's ResNet3D / ResNeXt3D: the pooled trunk
+                    h = ResNet3D(**RESNETS_3D[self.variant], norm=self.c3d_norm, dtype=self.dtype,
+                                 name="c3d_convs")(batch["clip"], train and not self.c3d_frozen)
+                else:
+                    h = C3D(tuple(map(tuple, self.c3d_stages)), tuple(map(tuple, self.c3d_pools)),
+                            self.c3d_downsample, self.c3d_norm, dtype=self.dtype, name="c3d_convs")(batch["clip"])
                 v = nn.relu(nn.Dense(self.scene, dtype=self.dtype, name="scene")(h))
                 out["aux_logits"] = AuxClassifier(self.aux_hidden, self.num_classes, self.dropout, dtype=self.dtype,
                                                   name="aux")(v, train)
@@ -208,8 +217,24 @@ class VSHNN(Layer):
 # ----------------------------------------------------------------------------- the family contract
 def build(config) -> VSHNN:
     # freeze_convs acts through optim.frozen (`resolve`): the trainer makes frozen subtrees constants to autodiff
-    return VSHNN(variant=config.variant, dtype=compute_dtype(config),
+    return VSHNN(variant=config.variant, dtype=compute_dtype(config), c3d_frozen=config.vshnn.freeze_convs,
                  **{k: v for k, v in config.vshnn.items() if k != "freeze_convs"})
+
+
+def backbones(config) -> dict[str, Backbone]:
+    """Published weights (`--config.init.weights`): the frame CNN's DenseNet-121 trunk
+    (torchvision's, 3.2) and the 3D CNN's convolutions (3.3: C3D on Sports-1M, ResNet3D-18 /
+    ResNeXt3D-101 on Kinetics; the FC layers are the paper's own, trained). With
+    `freeze_convs` the 3D CNN is never trained: its weights are required."""
+    v, out = config.vshnn, {}
+    uses_3d, _, _ = parse_variant(config.variant)
+    if config.variant == "frames" and v.frame_trunk == "densenet121":
+        out["frame_cnn"] = Backbone(("densenet121",), {"densenet": "frame_cnn/densenet"})
+    if uses_3d and not v.head_only:
+        arch = config.variant if config.variant in RESNETS_3D else "c3d"
+        out["cnn3d"] = Backbone((arch,), {"resnet" if arch in RESNETS_3D else "convs": "c3d_convs"},
+                                required=bool(v.freeze_convs))
+    return out
 
 
 def train_frames(config) -> int:
@@ -380,7 +405,8 @@ def reports(results: Results, outdir: str) -> dict:
 
 class FAMILY(Family):
     name, section = "vshnn", "vshnn"
-    build, resolve, inputs = staticmethod(build), staticmethod(resolve), staticmethod(inputs)
+    build, resolve, inputs, backbones = staticmethod(build), staticmethod(resolve), staticmethod(inputs), \
+        staticmethod(backbones)
     predict_inputs, statistics, augmentations = staticmethod(predict_inputs), staticmethod(statistics), \
         staticmethod(augmentations)
     preprocess, loss, reports = staticmethod(preprocess), staticmethod(loss), staticmethod(reports)
