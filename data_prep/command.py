@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 
 from fergate.commands import named
+from fergate.detectors import DETECTORS
 from fergate.errors import UserError
 
 
@@ -50,10 +51,15 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     q.add_argument("--no_patches", action="store_true", help="skip the landmark patches (models without a patch "
                    "branch: smaller records, faster prep)")
     q.add_argument("--no_identity", action="store_true", help="skip the 128-d dlib embedding")
-    q.add_argument("--upsample", type=int, default=0, help="HOG detector upsampling")
-    q.add_argument("--min_score", type=float, default=0.0,
-                   help="detected faces scoring less (dlib's HOG SVM score, recorded as detector_score) are skipped "
-                        "as no_face; 0 is dlib's own threshold, below 0 admits weaker boxes")
+    q.add_argument("--detector", default="hog", choices=tuple(DETECTORS),
+                   help="the face detector: hog (dlib's, upright frontal faces of 80 px and more) or yunet (a CNN for "
+                        "faces in the wild: rolled, small, turned; pip install 'fergate[detectors]'); landmarks and "
+                        "alignment are the same after either")
+    q.add_argument("--upsample", type=int, default=0, help="detection on the image scaled up 2^N times (smaller faces)")
+    q.add_argument("--min_confidence", "--min_score", dest="min_score", type=float, default=None, metavar="S",
+                   help="detected faces scoring less (recorded as detector_score) are skipped as no_face; hog: dlib's "
+                        "SVM score, 0 (the default) is dlib's own threshold, below 0 admits weaker boxes; yunet: its "
+                        "confidence in [0, 1], default 0.5. --min_score is the old name")
     q.add_argument("--compress", action="store_true", help="store images as PNG (smaller, slower to read)")
     g = q.add_argument_group("clips (afew, video_folder, ckplus, bu4dfe, mmi, the sample set's clips)")
     g.add_argument("--clip_size", type=int, default=64, help="side of the aligned clip frames")
@@ -75,7 +81,8 @@ def run(a: argparse.Namespace) -> None:
     opts = prep.PrepOptions(
         face=face.FaceOptions(face_size=_face_size(a.face_size), color=not a.grey, patch_size=a.patch_size,
                               patches=not a.no_patches, identity=not a.no_identity, upsample=a.upsample,
-                              min_score=a.min_score,
+                              detector=a.detector,
+                              min_score=DETECTORS[a.detector].default_min if a.min_score is None else a.min_score,
                               illumination=a.illumination, align=a.align, face_scale=a.face_scale),
         clip_size=a.clip_size, compress=a.compress, records_per_file=a.records_per_file, test_fraction=a.test_fraction,
         frames=a.frames, max_gap=a.max_gap, min_faces=a.min_faces, max_frames=a.max_frames)

@@ -35,6 +35,7 @@ import threadpoolctl
 
 from data_prep import readers
 from data_prep.contact_sheet import contact_sheet
+from fergate import detectors
 from fergate import face as F
 from fergate.data import schema, shards
 from fergate.data.cache import builtin_dir, cache_root
@@ -302,6 +303,7 @@ def run(dataset: str, source: str | None, out: str, opts: PrepOptions = PrepOpti
         raise UserError(f"--test_fraction {opts.test_fraction}: must be in [0, 1)")
     if opts.face.illumination not in ("none", "diffusion"):
         raise UserError(f"--illumination {opts.face.illumination!r}: none or diffusion")
+    detector = detectors.get(opts.face.detector)  # an unknown name: one line naming the choices
     if opts.face.align not in F.ALIGNMENTS:
         raise UserError(f"--align {opts.face.align!r}: one of {', '.join(F.ALIGNMENTS)}")
     if not 0 < opts.face.face_scale <= 4:
@@ -323,7 +325,7 @@ def run(dataset: str, source: str | None, out: str, opts: PrepOptions = PrepOpti
     mine = json.loads(json.dumps({"dataset": dataset, "options": {**dataclasses.asdict(opts),
                                                                   "reader": reader_options}}))
     claim(out, mine, overwrite, num_shards)
-    made = json.dumps(mine, sort_keys=True)
+    made = json.dumps({**mine, "options": shards.digested_options(mine["options"])}, sort_keys=True)
     inputs = {shards.shard_name(split, f, len(fl)): shard_inputs(made, its)
               for split, fl in files.items() for f, its in enumerate(fl)}
     stale = remove_stale(out, set(inputs))
@@ -390,8 +392,9 @@ def run(dataset: str, source: str | None, out: str, opts: PrepOptions = PrepOpti
             pool.terminate()
     info = {"dataset": dataset, "source": source, "classes": list(rdr.classes),
             "options": {**dataclasses.asdict(opts), "reader": reader_options},
-            "detector": f"dlib HOG frontal detector (upsample {opts.face.upsample}, min score {opts.face.min_score:g}; "
-                        "false positives rejected, then a strong detection before a weak one, then the largest)",
+            "detector": f"{detector.name}: {detector.about} (upsample {opts.face.upsample}, min confidence "
+                        f"{opts.face.min_score:g}; false positives rejected, then a strong detection (>= "
+                        f"{detector.strong:g}) before a weak one, then the largest)",
             "landmark_model": f"dlib {F.LANDMARK_MODEL} (face-recognition-models)",
             "identity_model": f"dlib {F.IDENTITY_MODEL}" if opts.face.identity else None,
             **(rdr.manifest_extras() if hasattr(rdr, "manifest_extras") else {})}

@@ -149,7 +149,8 @@ def clip_record(frames: list[np.ndarray | F.FaceInput], opts: ClipOptions) -> di
     for f in inputs:
         rect = F.given_box(f)
         try:
-            rects.append(F.detect(f.image, opts.face.upsample, opts.face.min_score) if rect is None else rect)
+            face = opts.face
+            rects.append(F.detect(f.image, face.upsample, face.min_score, face.detector) if rect is None else rect)
         except F.SkipItem:
             rects.append(None)
     if all(r is None for r in rects):

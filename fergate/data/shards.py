@@ -197,6 +197,19 @@ def write_manifest(out: str, expected: dict[str, int], info: dict) -> dict:
 
 #: what a manifest's fingerprint covers besides its splits and shards: how the records were made
 FINGERPRINTED = ("schema_version", "dataset", "classes", "options")
+#: face options added since data was first fingerprinted, at the value every earlier
+#: preparation had: left out of fingerprints and shard digests at that value, so that data
+#: prepared before them keeps its fingerprint and its shards
+FACE_OPTIONS_ADDED = {"detector": "hog"}
+
+
+def digested_options(options: dict) -> dict:
+    """A preparation's options as digests see them: `FACE_OPTIONS_ADDED` at their old value
+    left out."""
+    face = options.get("face")
+    if not isinstance(face, dict):
+        return options
+    return {**options, "face": {k: v for k, v in face.items() if FACE_OPTIONS_ADDED.get(k, object()) != v}}
 
 
 def fingerprint(*manifests: dict) -> str:
@@ -210,5 +223,7 @@ def fingerprint(*manifests: dict) -> str:
         splits = {s: {k: v.get(k) for k in ("records", "files", "per_class", "subjects")}
                   for s, v in m["splits"].items()}
         made = {name: x for name, e in m.get("shards", {}).items() if (x := e.get("inputs") or e.get("sha256"))}
-        h.update(json.dumps([{k: m.get(k) for k in FINGERPRINTED}, splits, made], sort_keys=True).encode())
+        made_with = {k: digested_options(m[k]) if k == "options" and isinstance(m.get(k), dict) else m.get(k)
+                     for k in FINGERPRINTED}
+        h.update(json.dumps([made_with, splits, made], sort_keys=True).encode())
     return h.hexdigest()[:12]

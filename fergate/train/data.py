@@ -115,7 +115,6 @@ def mixed(config, manifest: dict) -> list[pipeline.Mix]:
     `data.train_split`, labels mapped onto `data.classes`; each is checked to hold records
     made the same way as the main data's (`MIX_OPTIONS`)."""
     out = []
-    mine = _prep_options(manifest)
     known = [manifest["classes"]]
     mapping = options.parsed(config, "data.label_map")
     for path, weight, entry in options.parsed(config, "data.mix"):
@@ -124,11 +123,10 @@ def mixed(config, manifest: dict) -> list[pipeline.Mix]:
         except UserError as e:
             raise UserError(f"config data.mix entry {entry!r}: {e}") from None
         known.append(other["classes"])
-        theirs = _prep_options(other)
-        for k in MIX_OPTIONS:
-            if k in mine and k in theirs and mine[k] != theirs[k]:
-                raise UserError(f"config data.mix: {path} was prepared with {k}={theirs[k]}, the main data with "
-                                f"{k}={mine[k]}: prepare both alike (fergate prep --{k} ...)")
+        if differ := unlike(manifest, other):
+            k, main, theirs = differ
+            raise UserError(f"config data.mix: {path} was prepared with {k}={theirs}, the main data with {k}={main}: "
+                            f"prepare both alike (fergate prep --{k} ...)")
         pipeline.split_parts(other, config.data.train_split, path)
         table = labels.relabel(other["classes"], config.data.classes, mapping,
                                f"config data.mix: {path} ({other.get('dataset', '?')})")
@@ -138,6 +136,14 @@ def mixed(config, manifest: dict) -> list[pipeline.Mix]:
         raise UserError(f"config data.label_map names {', '.join(sorted(unused))}, a class of none of the data "
                         f"(classes: {', '.join(sorted({c for cs in known for c in cs}))})")
     return out
+
+
+def unlike(manifest: dict, other: dict) -> tuple[str, Any, Any] | None:
+    """(option, `manifest`'s value, `other`'s) of the first of the `MIX_OPTIONS` two datasets
+    were prepared with differently (their records differ in shape or meaning), or None."""
+    mine, theirs = _prep_options(manifest), _prep_options(other)
+    return next(((k, mine[k], theirs[k]) for k in MIX_OPTIONS if k in mine and k in theirs and mine[k] != theirs[k]),
+                None)
 
 
 def _prep_options(manifest: dict) -> dict:
