@@ -24,6 +24,7 @@ from fergate.commands import (
     export,
     features,
     predict,
+    protocol,
     setup_logging,
     sweep,
     train,
@@ -34,7 +35,8 @@ from fergate.commands import eval as evaluate
 from fergate.errors import Interrupted, UserError
 
 #: fergate's own subcommands, in the order of `--help`, after those other packages add
-COMMANDS = (train, config_command, cv, sweep, evaluate, curves, export, predict, attend, features, verify, bench)
+COMMANDS = (train, config_command, cv, sweep, evaluate, curves, export, predict, attend, features, verify,
+            protocol, bench)
 
 
 def parser(argv: list[str] | None = None) -> argparse.ArgumentParser:

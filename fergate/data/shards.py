@@ -143,11 +143,12 @@ def subject_folds(labels: Sequence[int], subjects: Sequence[str], k: int = FOLDS
     return dict(sorted(out.items()))
 
 
-def write_manifest(out: str, expected: dict[str, int], info: dict) -> dict:
+def write_manifest(out: str, expected: dict[str, int], info: dict, folds: dict[str, int] | None = None) -> dict:
     """Assembles `manifest.json` from the stats of all finished shards; `complete` says
     whether every expected shard (split -> file count) is there; `folds` assigns the
     subjects of the written records of every split (skipped items are no subjects) to
-    `FOLDS` subject-independent folds balanced by class (`subject_folds`), `fold_counts` the
+    `FOLDS` subject-independent folds balanced by class (`subject_folds`), or as the given
+    `folds` say (a protocol file's: `fergate prep --splits`), `fold_counts` the
     records of each class in each fold; each split's `box_source` counts its records by where
     their face box came from, `crop_fitted` lists the records (indices in the split) whose
     landmarks were fitted in the whole pre-aligned crop."""
@@ -180,8 +181,12 @@ def write_manifest(out: str, expected: dict[str, int], info: dict) -> dict:
         if box_sources:
             splits[split]["box_source"] = dict(box_sources)
             splits[split]["crop_fitted"] = crop_fitted
-    folds = subject_folds(all_labels, all_subjects)
-    fold_counts = [[0] * len(classes) for _ in range(FOLDS)]
+    if folds is None:
+        folds, k = subject_folds(all_labels, all_subjects), FOLDS
+    else:
+        k = max(folds.values(), default=0) + 1
+        folds = {s: int(folds[s]) for s in sorted(set(all_subjects))}
+    fold_counts = [[0] * len(classes) for _ in range(k)]
     for y, s in zip(all_labels, all_subjects):
         fold_counts[folds[s]][y] += 1
     manifest = {"schema_version": SCHEMA_VERSION, **info, "splits": splits, "folds": folds,

@@ -321,16 +321,25 @@ def portions(config, data_dir: str, manifest: dict) -> Portions:
                     tuple(sorted(held)))
 
 
+def cv_folds(config, data_dir: str, manifest: dict) -> dict[str, int]:
+    """Subject -> fold of `data.folds` folds: the manifest's (its own class-balanced ones, or
+    a protocol file's) when it has that many for every subject of the pooled splits, else
+    recomputed the same way for this k (`shards.subject_folds`)."""
+    files = pipeline.split_files(data_dir, pipeline.training_split(manifest, config.data))
+    subjects = pipeline.split_subjects(files)
+    folds = manifest.get("folds", {})
+    if len(manifest.get("fold_counts", ())) != config.data.folds or not set(subjects) <= set(folds):
+        folds = shards.subject_folds(pipeline.split_labels(files), subjects, config.data.folds)
+    return folds
+
+
 def cv_fold(config, data_dir: str, manifest: dict) -> tuple[Portion, Portion]:
     """(training, held-out) records of fold `data.fold` of `data.folds`: the subjects of the
     training and held-out splits (those the data has) in the manifest's class-balanced folds
     (recomputed the same way for another k), the fold's subjects held out."""
     d, pool = config.data, pipeline.training_split(manifest, config.data)
-    files = pipeline.split_files(data_dir, pool)
-    subjects, ys = pipeline.split_subjects(files), pipeline.split_labels(files)
-    folds = manifest.get("folds", {})
-    if len(manifest.get("fold_counts", ())) != d.folds or not set(subjects) <= set(folds):
-        folds = shards.subject_folds(ys, subjects, d.folds)
+    subjects = pipeline.split_subjects(pipeline.split_files(data_dir, pool))
+    folds = cv_folds(config, data_dir, manifest)
     fold = np.array([folds[s] for s in subjects])
     held = fold == d.fold
     if not held.any():

@@ -110,9 +110,14 @@ def on_other_data(config, path: str, split: str | None = None, label_map: Sequen
 
 def data_identity(data: DataPlan) -> dict:
     """What eval.json says of the data it evaluated on: its directory, dataset, fingerprint
-    (`shards.fingerprint`) and the digest of its split protocol (`fergate protocol`)."""
+    (`shards.fingerprint`) and the digest of its split protocol (`fergate.data.protocol`:
+    its splits' subjects and folds, a cross-validation fold's those of `data.folds`)."""
+    from fergate.data import protocol
+    from fergate.train.data import cv_folds
+
+    folds = cv_folds(data.config, data.dir, data.manifest) if data.config.data.fold >= 0 else None
     return {"data": data.dir, "dataset": data.manifest.get("dataset"), "data_fingerprint": data.fingerprint,
-            "protocol_digest": data.manifest.get("protocol", {}).get("digest")}
+            "protocol_digest": protocol.of_manifest(data.manifest, folds)["digest"]}
 
 
 def absent_warning(m: dict) -> str | None:
