@@ -197,11 +197,7 @@ def fit_rolled(img: np.ndarray, box: Sequence[int], roll: float) -> tuple[np.nda
     m[:, 2] += (size / 2 - cx, size / 2 - cy)
     crop = warp(img, m, (size, size))
     half = (box[2] - box[0] + 1) / 2
-    rect = rectangle((size / 2 - half, size / 2 - half, size / 2 + half - 1, size / 2 + half - 1))
-    lm = landmarks(crop, rect)
-    for _ in range(CROP_REFITS):
-        rect = box_of(lm)
-        lm = landmarks(crop, rect)
+    rect, lm = refitted(crop, rectangle((size / 2 - half, size / 2 - half, size / 2 + half - 1, size / 2 + half - 1)))
     return apply_affine(cv2.invertAffineTransform(m), lm), mirror_drift(crop, rect, lm)
 
 
@@ -425,7 +421,13 @@ def fit_in_crop(img: np.ndarray) -> tuple[object, np.ndarray]:
     `CROP_INSET`, then refitted in `box_of` the landmarks `CROP_REFITS` times (the crop's
     framing varies by dataset; the landmarks' own box does not)."""
     h, w = img.shape[:2]
-    rect = rectangle((CROP_INSET * w, CROP_INSET * h, (1 - CROP_INSET) * w - 1, (1 - CROP_INSET) * h - 1))
+    inset = (CROP_INSET * w, CROP_INSET * h, (1 - CROP_INSET) * w - 1, (1 - CROP_INSET) * h - 1)
+    return refitted(img, rectangle(inset))
+
+
+def refitted(img: np.ndarray, rect) -> tuple[object, np.ndarray]:
+    """(box, landmarks) of a face fitted in `rect`, then `CROP_REFITS` times in the box HOG
+    would draw around the landmarks found (`box_of`): where the shape predictor expects it."""
     lm = landmarks(img, rect)
     for _ in range(CROP_REFITS):
         rect = box_of(lm)
