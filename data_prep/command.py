@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 
 from fergate.commands import named
+from fergate.detectors import DETECTORS
 from fergate.errors import UserError
 
 
@@ -36,6 +37,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                         "(rounded up to a multiple of --num_shards)")
     q.add_argument("--test_fraction", type=float, default=0.2,
                    help="a source without a test split: hold out this share of its subjects as `test` (0: none)")
+    q.add_argument("--splits", default=None, metavar="FILE",
+                   help="a protocol file (fergate protocol export DATA): each subject goes into the split it names "
+                        "(its items in no split are skipped as not_in_protocol), and into its fold if it names folds; "
+                        "default: the source's own splits, and --test_fraction")
     q.add_argument("--face_size", default="96", help="aligned crop: a side (96) or width x height (125x160)")
     q.add_argument("--illumination", default="none", choices=("none", "diffusion"),
                    help="isotropic-diffusion illumination normalisation of grey faces")
@@ -50,10 +55,16 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     q.add_argument("--no_patches", action="store_true", help="skip the landmark patches (models without a patch "
                    "branch: smaller records, faster prep)")
     q.add_argument("--no_identity", action="store_true", help="skip the 128-d dlib embedding")
-    q.add_argument("--upsample", type=int, default=0, help="HOG detector upsampling")
-    q.add_argument("--min_score", type=float, default=0.0,
-                   help="detected faces scoring less (dlib's HOG SVM score, recorded as detector_score) are skipped "
-                        "as no_face; 0 is dlib's own threshold, below 0 admits weaker boxes")
+    q.add_argument("--detector", default="hog", choices=tuple(DETECTORS),
+                   help="the face detector: hog (dlib's, upright frontal faces of 80 px and more) or yunet (a CNN for "
+                        "faces in the wild: rolled, small, turned; pip install 'fergate[detectors]'); landmarks and "
+                        "alignment are the same after either")
+    q.add_argument("--upsample", type=int, default=0, help="detection on the image scaled up 2^N times (smaller faces)")
+    # not --min_confidence, as `fergate predict` names it: that is ExpW's filter on its annotated boxes
+    q.add_argument("--min_score", type=float, default=None, metavar="S",
+                   help="detected faces the detector is less confident of (its score, recorded as detector_score) "
+                        "are skipped as no_face; hog: dlib's SVM score, 0 (the default) is dlib's own threshold, below "
+                        "0 admits weaker boxes; yunet: its confidence in [0, 1], default 0.5")
     q.add_argument("--compress", action="store_true", help="store images as PNG (smaller, slower to read)")
     g = q.add_argument_group("clips (afew, video_folder, ckplus, bu4dfe, mmi, the sample set's clips)")
     g.add_argument("--clip_size", type=int, default=64, help="side of the aligned clip frames")
@@ -75,12 +86,14 @@ def run(a: argparse.Namespace) -> None:
     opts = prep.PrepOptions(
         face=face.FaceOptions(face_size=_face_size(a.face_size), color=not a.grey, patch_size=a.patch_size,
                               patches=not a.no_patches, identity=not a.no_identity, upsample=a.upsample,
-                              min_score=a.min_score,
+                              detector=a.detector,
+                              min_score=DETECTORS[a.detector].default_min if a.min_score is None else a.min_score,
                               illumination=a.illumination, align=a.align, face_scale=a.face_scale),
         clip_size=a.clip_size, compress=a.compress, records_per_file=a.records_per_file, test_fraction=a.test_fraction,
         frames=a.frames, max_gap=a.max_gap, min_faces=a.min_faces, max_frames=a.max_frames)
     reader_options = readers.options_from_args(a.dataset, a)
-    prep.run(a.dataset, a.source, a.out, opts, reader_options, a.workers, a.shard_index, a.num_shards, a.overwrite)
+    prep.run(a.dataset, a.source, a.out, opts, reader_options, a.workers, a.shard_index, a.num_shards, a.overwrite,
+             a.splits)
 
 
 def _face_size(text: str):

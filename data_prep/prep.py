@@ -35,8 +35,10 @@ import threadpoolctl
 
 from data_prep import readers
 from data_prep.contact_sheet import contact_sheet
+from data_prep.splits import assign
+from fergate import detectors
 from fergate import face as F
-from fergate.data import schema, shards
+from fergate.data import protocol, schema, shards
 from fergate.data.cache import builtin_dir, cache_root
 from fergate.errors import UserError
 from fergate.files import free_bytes, human
@@ -291,17 +293,20 @@ def remove_stale(out: str, planned: set[str]) -> list[str]:
 
 def run(dataset: str, source: str | None, out: str, opts: PrepOptions = PrepOptions(),
         reader_options: dict | None = None, workers: int | None = None, shard_index: int = 0,
-        num_shards: int = 1, overwrite: bool = False) -> dict:
+        num_shards: int = 1, overwrite: bool = False, splits: str | None = None) -> dict:
     """Prepares a dataset into `out` (brought up to date when it holds an earlier preparation
     of other items, refused when of other options, unless `overwrite`: module docstring);
     returns the manifest, which holds what the reader's optional `manifest_extras()` adds
-    (LFW's pairs) besides the splits."""
+    (LFW's pairs) besides the splits. `splits`: a protocol file (`fergate protocol export`)
+    whose splits (and folds) the items go into (`data_prep.splits.assign`), recorded in the
+    manifest's `protocol`."""
     if not 0 <= shard_index < num_shards:
         raise UserError(f"--shard_index {shard_index} must be in [0, --num_shards {num_shards})")
     if not 0 <= opts.test_fraction < 1:
         raise UserError(f"--test_fraction {opts.test_fraction}: must be in [0, 1)")
     if opts.face.illumination not in ("none", "diffusion"):
         raise UserError(f"--illumination {opts.face.illumination!r}: none or diffusion")
+    detector = detectors.get(opts.face.detector)  # an unknown name: one line naming the choices
     if opts.face.align not in F.ALIGNMENTS:
         raise UserError(f"--align {opts.face.align!r}: one of {', '.join(F.ALIGNMENTS)}")
     if not 0 < opts.face.face_scale <= 4:
@@ -317,13 +322,14 @@ def run(dataset: str, source: str | None, out: str, opts: PrepOptions = PrepOpti
         raise UserError(f"--out {out} is a file, not a directory")
     reader_options = reader_options or {}
     rdr = make_reader(dataset, source, reader_options, opts)
-    items = hold_out(rdr.items(), opts.test_fraction)
+    proto = protocol.read(splits) if splits else None
+    items = assign(rdr.items(), proto["splits"], splits) if proto else hold_out(rdr.items(), opts.test_fraction)
     files = plan(items, opts.records_per_file, num_shards)
     os.makedirs(out, exist_ok=True)
     mine = json.loads(json.dumps({"dataset": dataset, "options": {**dataclasses.asdict(opts),
                                                                   "reader": reader_options}}))
     claim(out, mine, overwrite, num_shards)
-    made = json.dumps(mine, sort_keys=True)
+    made = json.dumps({**mine, "options": shards.digested_options(mine["options"])}, sort_keys=True)
     inputs = {shards.shard_name(split, f, len(fl)): shard_inputs(made, its)
               for split, fl in files.items() for f, its in enumerate(fl)}
     stale = remove_stale(out, set(inputs))
@@ -390,12 +396,15 @@ def run(dataset: str, source: str | None, out: str, opts: PrepOptions = PrepOpti
             pool.terminate()
     info = {"dataset": dataset, "source": source, "classes": list(rdr.classes),
             "options": {**dataclasses.asdict(opts), "reader": reader_options},
-            "detector": f"dlib HOG frontal detector (upsample {opts.face.upsample}, min score {opts.face.min_score:g}; "
-                        "false positives rejected, then a strong detection before a weak one, then the largest)",
+            "detector": f"{detector.name}: {detector.about} (upsample {opts.face.upsample}, min confidence "
+                        f"{opts.face.min_score:g}; false positives rejected, then a strong detection (>= "
+                        f"{detector.strong:g}) before a weak one, then the largest)",
             "landmark_model": f"dlib {F.LANDMARK_MODEL} (face-recognition-models)",
             "identity_model": f"dlib {F.IDENTITY_MODEL}" if opts.face.identity else None,
-            **(rdr.manifest_extras() if hasattr(rdr, "manifest_extras") else {})}
-    manifest = shards.write_manifest(out, {s: len(fl) for s, fl in files.items()}, info)
+            **(rdr.manifest_extras() if hasattr(rdr, "manifest_extras") else {}),
+            **({"protocol": {"file": os.path.abspath(splits), "digest": proto["digest"]}} if proto else {})}
+    manifest = shards.write_manifest(out, {s: len(fl) for s, fl in files.items()}, info,
+                                     (proto["folds"] or None) if proto else None)
     if manifest["complete"] and "train" in manifest["splits"]:
         contact_sheet(out, "train", list(rdr.classes), os.path.join(out, "contact_sheet.png"))
     if manifest["complete"] and (lacking := missing_classes(manifest)):

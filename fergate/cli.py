@@ -24,6 +24,7 @@ from fergate.commands import (
     export,
     features,
     predict,
+    protocol,
     setup_logging,
     sweep,
     train,
@@ -35,8 +36,8 @@ from fergate.commands import eval as evaluate
 from fergate.errors import Interrupted, UserError
 
 #: fergate's own subcommands, in the order of `--help`, after those other packages add
-COMMANDS = (train, config_command, cv, sweep, evaluate, curves, export, predict, attend, features, verify, bench,
-            weights)
+COMMANDS = (train, config_command, cv, sweep, evaluate, curves, export, predict, attend, features, verify,
+            protocol, weights, bench)
 
 
 def parser(argv: list[str] | None = None) -> argparse.ArgumentParser:

@@ -293,16 +293,17 @@ class Model:
         return jax.tree.map(lambda *xs: np.concatenate(xs), *outs)
 
 
-    def predict(self, inputs: Sequence, min_score: float | None = None) -> list[dict]:
+    def predict(self, inputs: Sequence, min_score: float | None = None, detector: str | None = None) -> list[dict]:
         """Per face (a face model: `inputs` are photos, as paths or RGB arrays) or per clip (a
         clip model: each input a video path or a sequence of RGB frames): a dict of the
         source, the face's box, detector score and landmarks in the photo, class
         probabilities, the label and the model's introspection; an input without a prediction
         gives {"source", "error"}, the error as `fergate predict` words it
-        (`fergate.predict.reason`). `min_score`: as `fergate predict --min_score`."""
+        (`fergate.predict.reason`). `min_score`, `detector`: as `fergate predict --min_confidence`,
+        `--detector`."""
         from fergate import predict as P
 
-        P.init_worker(self.manifest["data"], sorted(self.pipeline_fields()), min_score)
+        P.init_worker(self.manifest["data"], sorted(self.pipeline_fields()), min_score, detector)
         # as `fergate predict`'s work units give them, in input order, with its reasons for none
         items = [it for i, x in enumerate(inputs) for it in P.input_items(x, i, self.kind)]
         faces = [it for it in items if "error" not in it]

@@ -1,8 +1,10 @@
-"""The face pipeline: load -> dlib HOG detection -> 68 landmarks -> similarity alignment ->
-landmark patch stacks and identity embedding. Of the detector's boxes, those whose score is
-weak and whose landmarks do not fit a face are false positives (`Candidate.poor`), rejected;
-of the rest, a strong detection goes before a weak one, then the largest (`best_face`), and
-its score is recorded (`detector_score`). A dataset's own face box or
+"""The face pipeline: load -> detection (`fergate.detectors`: dlib's HOG by default, or YuNet)
+-> 68 landmarks -> similarity alignment -> landmark patch stacks and identity embedding. Of
+the detector's boxes, those whose score is weak and whose landmarks do not fit a face are
+false positives (`Candidate.poor`), rejected; of the rest, a strong detection goes before a
+weak one, then the largest (`best_face`), and its score is recorded (`detector_score`). A
+rolled face (YuNet's eye points say how far) is turned upright before its landmarks are fitted
+(`fit_upright`): the shape predictor knows upright faces only. A dataset's own face box or
 landmarks replace detection (`FaceInput`), and a pre-aligned crop the detector misses is
 fitted as a whole (`fit_in_crop`); each record's `box_source` says which.
 
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import functools
 import importlib.util
+import math
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -27,6 +30,7 @@ import cv2
 import numpy as np
 from skimage.transform import SimilarityTransform
 
+from fergate import detectors
 from fergate.data.landmarks import (  # noqa: F401  (re-exported for the pipeline's users)
     INTRAFACE_49,
     LEFT_EYE,
@@ -38,6 +42,7 @@ from fergate.data.landmarks import (  # noqa: F401  (re-exported for the pipelin
     pairwise_distances,
 )
 from fergate.data.schema import BOX_SOURCES
+from fergate.images import IMAGE_EXTS, SkipItem, load_image, to_rgb8  # noqa: F401  (re-exported)
 
 #: Canonical template in units of the crop side: eye centres and mouth centre. The whole face
 #: fits, brows to chin and jaw to jaw, a jaw drop included: measured on the sample photos, the
@@ -51,18 +56,6 @@ TEMPLATE = np.array([[0.33, 0.26], [0.67, 0.26], [0.5, 0.61]], np.float32)
 TEMPLATE_EYES_LIP = np.array([[0.5, 20 / 55], [0.5, 38 / 55]], np.float32)
 UPPER_LIP = 51
 ALIGNMENTS = ("eyes_mouth", "eyes_lip")
-
-
-#: file name endings of the images `load_image` is meant for (listing a folder of frames or photos)
-IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif", ".pgm", ".ppm")
-
-
-class SkipItem(Exception):
-    """An input that cannot become a record; `reason` is the manifest's counter key."""
-
-    def __init__(self, reason: str, detail: str = ""):
-        super().__init__(f"{reason}: {detail}" if detail else reason)
-        self.reason = reason
 
 
 def model_path(name: str) -> str:
@@ -99,47 +92,6 @@ def models() -> DlibModels:
     )
 
 
-def to_rgb8(img: np.ndarray) -> np.ndarray:
-    """Any decoded image (grey, grey+alpha, RGB, RGBA; 8/16-bit or float) -> H x W x 3 uint8."""
-    img = np.asarray(img)
-    if img.dtype == np.uint16 or (img.dtype.kind in "iu" and img.dtype.itemsize > 1):
-        img = (img.astype(np.float32) / max(1.0, float(np.iinfo(img.dtype).max)) * 255.0).round()
-    elif img.dtype.kind == "f":
-        img = np.clip(img, 0, 1) * 255.0 if img.max(initial=0) <= 1.0 else np.clip(img, 0, 255)
-    elif img.dtype == np.bool_:
-        img = img * 255
-    img = img.astype(np.uint8)
-    if img.ndim == 2:
-        img = img[..., None]
-    if img.ndim != 3:
-        raise SkipItem("not_an_image", f"array of shape {img.shape}")
-    if img.shape[-1] in (2, 4):  # drop alpha
-        img = img[..., :-1]
-    if img.shape[-1] == 1:
-        img = np.repeat(img, 3, axis=-1)
-    return np.ascontiguousarray(img[..., :3])
-
-
-def load_image(path: str) -> np.ndarray:
-    """Reads an image file as H x W x 3 uint8; raises SkipItem with the reason it can't."""
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(path) as im:
-            im.load()
-            if im.mode in ("P", "PA", "CMYK", "YCbCr", "LAB", "HSV", "1"):
-                im = im.convert("RGBA" if "A" in im.mode or "transparency" in im.info else "RGB")
-            arr = np.array(im)
-    except UnidentifiedImageError as e:
-        raise SkipItem("not_an_image", str(e)) from None
-    except OSError as e:
-        reason = "truncated" if "truncated" in str(e).lower() or "broken data" in str(e).lower() else "unreadable"
-        raise SkipItem(reason, f"{path}: {e}") from None
-    except Exception as e:  # decoder bugs on hostile files
-        raise SkipItem("unreadable", f"{path}: {e}") from None
-    return to_rgb8(arr)
-
-
 #: A detection scoring at least this (dlib's HOG SVM score; dlib reports boxes from 0) is taken
 #: as a face whatever its landmark fit; a weaker one must also fit well (`MAX_MIRROR_DRIFT`).
 STRONG_SCORE = 0.5
@@ -156,19 +108,23 @@ MAX_MIRROR_DRIFT = 0.1
 
 @dataclass(frozen=True, eq=False)
 class Candidate:
-    """A box dlib's detector reports, its SVM `score`, the 68 landmarks fitted in it and how
-    well they fit (`mirror_drift`, iod units)."""
+    """A face box, its detector's `score`, the 68 landmarks fitted in it and how well they fit
+    (`mirror_drift`, iod units); `strong`: the score above which the fit is not asked
+    (`detectors.Detector.strong`). The box of a detector other than HOG is the one HOG would
+    draw around the landmarks (`box_of`), so that a record's box means the same whichever
+    detector found it."""
 
     rect: object
     score: float
     landmarks: np.ndarray
     drift: float
+    strong: float = STRONG_SCORE
 
     @property
     def poor(self) -> bool:
         """A weak detection whose landmarks do not fit a face: a false positive (a badge, a
         pattern), rejected."""
-        return self.score < STRONG_SCORE and self.drift > MAX_MIRROR_DRIFT
+        return self.score < self.strong and self.drift > MAX_MIRROR_DRIFT
 
     @property
     def area(self) -> int:
@@ -192,24 +148,76 @@ def mirror_drift(img: np.ndarray, rect, lm: np.ndarray) -> float:
     return float(np.linalg.norm(back - lm, axis=1).mean() / max(float(iod(lm)), 1e-6))
 
 
-def candidates(img: np.ndarray, upsample: int = 0, threshold: float = 0.0) -> list[Candidate]:
-    """Every box dlib's HOG detector finds scoring at least `threshold` (dlib's default: 0),
-    with its landmarks and their fit, in the detector's order."""
+def candidates(img: np.ndarray, upsample: int = 0, threshold: float = 0.0, detector: str = "hog") -> list[Candidate]:
+    """Every box `detector` finds scoring at least `threshold` (dlib's default: 0), with its
+    landmarks and their fit, in the detector's order: fitted in HOG's own box, or, for a
+    detector with eye points (YuNet), in the face turned upright (`fit_upright`)."""
     if min(img.shape[:2]) < 20:
         raise SkipItem("too_small", f"image of {img.shape[1]}x{img.shape[0]} pixels")
-    rects, scores, _ = models().detector.run(img, upsample, threshold)
+    strong = detectors.get(detector).strong
     out = []
-    for rect, score in zip(rects, scores):
-        lm = landmarks(img, rect)
-        out.append(Candidate(rect, float(score), lm, mirror_drift(img, rect, lm)))
+    for d in detectors.detect(img, detector, upsample, threshold):
+        if d.points is None:
+            rect = rectangle(d.box)
+            lm = landmarks(img, rect)
+            out.append(Candidate(rect, d.score, lm, mirror_drift(img, rect, lm), strong))
+        else:
+            lm, drift = fit_upright(img, d)
+            out.append(Candidate(box_of(lm), d.score, lm, drift, strong))
     return out
 
 
-def faces(img: np.ndarray, upsample: int = 0, min_score: float = 0.0) -> list[Candidate]:
+#: `fit_upright`'s crop around a detection: this many box sides (the face and one side of
+#: margin each way, all `mirror_drift` reads)
+UPRIGHT_CROP = 3
+#: The rolls (degrees) `fit_upright` tries after the detector's own when its fit drifts more
+#: than `UPRIGHT_DRIFT`: YuNet's eye points follow a face rolled by 30-60 degrees only at times
+#: (the astronaut rolled 30 / 45 degrees: they say -1 / -3), and the shape predictor, which
+#: knows upright faces only, fits a rolled one badly; of the tries, the fit that drifts least
+#: wins, then its own eyes give the roll of one last fit.
+ROLLS = (0.0, 30.0, -30.0, 60.0, -60.0)
+UPRIGHT_DRIFT = 0.05
+
+
+def roll_of(lm: np.ndarray) -> float:
+    """The roll in degrees of 68 landmarks: their eye line against the horizontal."""
+    left, right = eye_centres(lm)
+    return math.degrees(math.atan2(right[1] - left[1], right[0] - left[0]))
+
+
+def fit_rolled(img: np.ndarray, box: Sequence[int], roll: float) -> tuple[np.ndarray, float]:
+    """(68 landmarks in image pixels, their `mirror_drift`) of the face in `box` (left, top,
+    right, bottom) rolled by `roll` degrees: fitted in a crop rotated about the box's centre
+    so that the face stands upright, first in a square of the box's width, then `CROP_REFITS`
+    times in the box HOG would draw around the landmarks (`box_of`, as `fit_in_crop`)."""
+    side = float(max(box[2] - box[0], box[3] - box[1]) + 1)
+    size = int(math.ceil(UPRIGHT_CROP * side))
+    cx, cy = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
+    m = cv2.getRotationMatrix2D((cx, cy), roll, 1.0)  # image -> upright crop
+    m[:, 2] += (size / 2 - cx, size / 2 - cy)
+    crop = warp(img, m, (size, size))
+    half = (box[2] - box[0] + 1) / 2
+    rect, lm = refitted(crop, rectangle((size / 2 - half, size / 2 - half, size / 2 + half - 1, size / 2 + half - 1)))
+    return apply_affine(cv2.invertAffineTransform(m), lm), mirror_drift(crop, rect, lm)
+
+
+def fit_upright(img: np.ndarray, d: detectors.Detection) -> tuple[np.ndarray, float]:
+    """(68 landmarks, their drift) of a detection with eye points (YuNet): `fit_rolled` at
+    the roll its points say, else (a drifting fit) at the best of `ROLLS`, refitted at the
+    roll its own eyes say; an upright face costs one fit."""
+    best = fit_rolled(img, d.box, d.roll)
+    if best[1] <= UPRIGHT_DRIFT:
+        return best
+    for roll in ROLLS:
+        best = min(best, fit_rolled(img, d.box, roll), key=lambda f: f[1])
+    return min(best, fit_rolled(img, d.box, roll_of(best[0])), key=lambda f: f[1])
+
+
+def faces(img: np.ndarray, upsample: int = 0, min_score: float = 0.0, detector: str = "hog") -> list[Candidate]:
     """The faces of a photo: the detector's `candidates` scoring at least `min_score` (below
     0: weaker boxes than dlib reports by default), the poor ones rejected; SkipItem "no_face",
     saying what was rejected, when none is left."""
-    found = candidates(img, upsample, min(0.0, min_score))
+    found = candidates(img, upsample, min(0.0, min_score), detector)
     good = [c for c in found if c.score >= min_score and not c.poor]
     if good:
         return good
@@ -221,19 +229,19 @@ def faces(img: np.ndarray, upsample: int = 0, min_score: float = 0.0) -> list[Ca
     if poor:
         c = max(poor, key=lambda c: c.score)
         why.append(f"{len(poor)} rejected as no face (the best scoring {c.score:.2f}, its landmarks {c.drift:.2f} iod "
-                   f"apart mirrored; a face scores >= {STRONG_SCORE:g} or fits within {MAX_MIRROR_DRIFT:g})")
+                   f"apart mirrored; a face scores >= {c.strong:g} or fits within {MAX_MIRROR_DRIFT:g})")
     raise SkipItem("no_face", "; ".join(why))
 
 
-def best_face(img: np.ndarray, upsample: int = 0, min_score: float = 0.0) -> Candidate:
+def best_face(img: np.ndarray, upsample: int = 0, min_score: float = 0.0, detector: str = "hog") -> Candidate:
     """The face of a photo: of its `faces`, a strong detection before a weak one, then the
     largest (a dataset's subject fills its photo)."""
-    return max(faces(img, upsample, min_score), key=lambda c: (c.score >= STRONG_SCORE, c.area, c.score))
+    return max(faces(img, upsample, min_score, detector), key=lambda c: (c.score >= c.strong, c.area, c.score))
 
 
-def detect(img: np.ndarray, upsample: int = 0, min_score: float = 0.0):
+def detect(img: np.ndarray, upsample: int = 0, min_score: float = 0.0, detector: str = "hog"):
     """The box (a dlib.rectangle) of `best_face`, or SkipItem."""
-    return best_face(img, upsample, min_score).rect
+    return best_face(img, upsample, min_score, detector).rect
 
 
 def landmarks(img: np.ndarray, rect) -> np.ndarray:
@@ -345,8 +353,9 @@ class FaceOptions:
     patch_side: float = 0.3  #: patch side as a fraction of the iod
     patches: bool = True
     identity: bool = True
-    upsample: int = 0  #: HOG detector upsampling
-    min_score: float = 0.0  #: detections scoring less are no face (dlib's own threshold: 0; see `best_face`)
+    upsample: int = 0  #: detection on the image scaled up 2^upsample times (small faces)
+    min_score: float = 0.0  #: detections scoring less are no face (dlib's own threshold: 0; YuNet's: 0.5)
+    detector: str = "hog"  #: `fergate.detectors.DETECTORS`: "hog" or "yunet"
     min_iod: float = 8.0  #: faces with a smaller iod (source pixels) are degenerate
     align: str = "eyes_mouth"  #: the alignment template (`ALIGNMENTS`, see `alignment`)
     face_scale: float = 1.0  #: the template shrunk about the crop's centre: < 1 keeps more of the scene around the face
@@ -412,7 +421,13 @@ def fit_in_crop(img: np.ndarray) -> tuple[object, np.ndarray]:
     `CROP_INSET`, then refitted in `box_of` the landmarks `CROP_REFITS` times (the crop's
     framing varies by dataset; the landmarks' own box does not)."""
     h, w = img.shape[:2]
-    rect = rectangle((CROP_INSET * w, CROP_INSET * h, (1 - CROP_INSET) * w - 1, (1 - CROP_INSET) * h - 1))
+    inset = (CROP_INSET * w, CROP_INSET * h, (1 - CROP_INSET) * w - 1, (1 - CROP_INSET) * h - 1)
+    return refitted(img, rectangle(inset))
+
+
+def refitted(img: np.ndarray, rect) -> tuple[object, np.ndarray]:
+    """(box, landmarks) of a face fitted in `rect`, then `CROP_REFITS` times in the box HOG
+    would draw around the landmarks found (`box_of`): where the shape predictor expects it."""
     lm = landmarks(img, rect)
     for _ in range(CROP_REFITS):
         rect = box_of(lm)
@@ -427,7 +442,8 @@ def given_box(face: FaceInput):
     return box_of(np.asarray(face.landmarks, np.float32)) if face.landmarks is not None else None
 
 
-def locate(face: FaceInput, upsample: int = 0, min_score: float = 0.0) -> tuple[object, np.ndarray, int, float | None]:
+def locate(face: FaceInput, upsample: int = 0, min_score: float = 0.0,
+           detector: str = "hog") -> tuple[object, np.ndarray, int, float | None]:
     """(box, 68 landmarks, box_source, detector score) of the face: the dataset's landmarks,
     else dlib's fit in the dataset's box, else in the detector's box (`best_face`; the only
     case with a score), else (a pre-aligned crop) in the whole crop; raises SkipItem when
@@ -437,7 +453,7 @@ def locate(face: FaceInput, upsample: int = 0, min_score: float = 0.0) -> tuple[
         lm = face.landmarks if face.landmarks is not None else landmarks(face.image, rect)
         return rect, np.asarray(lm, np.float32), DATASET, None
     try:
-        found = best_face(face.image, upsample, min_score)
+        found = best_face(face.image, upsample, min_score, detector)
     except SkipItem:
         if not face.crop:
             raise
@@ -451,7 +467,7 @@ def process_face(image: np.ndarray | FaceInput, opts: FaceOptions = FaceOptions(
     detector was when it found it (raises SkipItem)."""
     inp = as_input(image)
     img = inp.image
-    rect, lm, box_source, score = locate(inp, opts.upsample, opts.min_score)
+    rect, lm, box_source, score = locate(inp, opts.upsample, opts.min_score, opts.detector)
     if not np.isfinite(lm).all() or iod(lm) < opts.min_iod:
         raise SkipItem("degenerate_face", f"iod {iod(lm):.1f} px")
     m = alignment(lm, opts.face_size, opts.align, opts.face_scale)

@@ -152,12 +152,13 @@ def read_frames(path: str, start: int, stop: int | None, every: int = 1) -> list
 _WORKER: dict = {}
 
 
-def init_worker(data: dict, fields: Sequence[str], min_score: float | None = None) -> None:
+def init_worker(data: dict, fields: Sequence[str], min_score: float | None = None, detector: str | None = None) -> None:
     """The face pipeline's options, from the export's record of the training data's;
-    `min_score`: the detector score a face needs (default: the training data's, 0 unless
-    `fergate prep --min_score` set it)."""
+    `detector` (`fergate.detectors`) and `min_score`, the detector score a face needs, default
+    to the training data's (a detector other than the data's: its own default minimum)."""
     import cv2
 
+    from fergate import detectors
     from fergate import face as F
     from fergate.video import ClipOptions
 
@@ -167,6 +168,8 @@ def init_worker(data: dict, fields: Sequence[str], min_score: float | None = Non
     face["face_size"] = F.parse_size(face.get("face_size", 96))
     face.update(patches="patches" in fields and face.get("patches", True),
                 identity="identity" in fields and face.get("identity", True))
+    if detector is not None and detector != face.get("detector", "hog"):
+        face.update(detector=detector, min_score=detectors.get(detector).default_min)
     if min_score is not None:
         face["min_score"] = float(min_score)
     clip_fields = {f.name for f in dataclasses.fields(ClipOptions)} - {"face"}
@@ -181,7 +184,8 @@ def faces_in(img: np.ndarray) -> list[tuple[dict, dict]]:
 
     opts = _WORKER["opts"].face
     out = []
-    for c in sorted(F.faces(img, opts.upsample, opts.min_score), key=lambda c: (c.rect.left(), c.rect.top())):
+    found = F.faces(img, opts.upsample, opts.min_score, opts.detector)
+    for c in sorted(found, key=lambda c: (c.rect.left(), c.rect.top())):
         box = (c.rect.left(), c.rect.top(), c.rect.right(), c.rect.bottom())
         try:
             rec = F.process_face(F.FaceInput(img, box=box, landmarks=c.landmarks), opts)
@@ -333,13 +337,13 @@ def predict_faces(model, faces: list[dict]) -> tuple[list[dict], dict]:
 def run(model, inputs: Sequence[str], out, workers: int | None = None, every: int = 1,
         window: int | None = None, stride: int | None = None, annotate: str | None = None,
         heatmaps: str | None = None, pipeline_only: bool = False, min_score: float | None = None,
-        frames: bool = False) -> dict:
+        frames: bool = False, detector: str | None = None) -> dict:
     """Predicts with `model` (a loaded export, `fergate.export.Model`) on `inputs`, writing
     JSON lines to the file object `out`, and with `annotate` the inputs with their
     predictions drawn (`fergate.annotate`: a video as one video, its frames as images too with
-    `frames`); returns counts and rates. `min_score`: faces the detector scores lower are not
-    predicted (`init_worker`). Nothing predicted while some inputs do not exist is a
-    UserError naming them (a mistyped path)."""
+    `frames`); returns counts and rates. `detector` finds the faces, `min_score` is the
+    score they need (both default to the training data's: `init_worker`). Nothing predicted
+    while some inputs do not exist is a UserError naming them (a mistyped path)."""
     batch_size = model.batch_size
     window = window or int(model.manifest["data"].get("options", {}).get("frames", 16))  # T, as in training
     stride = stride or max(1, window // 2)
@@ -358,7 +362,7 @@ def run(model, inputs: Sequence[str], out, workers: int | None = None, every: in
             raise UserError(missing_error(missing, len(missing) < len(inputs)))
         return {"faces": 0, "errors": len(errors), "seconds": 0.0, "kind": model.kind}
     fields = sorted(model.pipeline_fields())
-    init = (model.manifest["data"], fields, min_score)
+    init = (model.manifest["data"], fields, min_score, detector)
     workers = workers or os.cpu_count() or 1
     pool = None
     if workers > 1 and len(units) > 1:

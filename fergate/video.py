@@ -143,29 +143,34 @@ def clip_record(frames: list[np.ndarray | F.FaceInput], opts: ClipOptions) -> di
     by `carry_boxes`, frames beyond a gap dropped), landmarks and alignment of every kept
     frame, then both resampled in time to T (`resample`): T x S x S x C frames and
     T x 68 x 2 landmarks from a clip of any length. `box_source` is the dataset's when every
-    kept frame came with its landmarks or box, else detected."""
+    kept frame came with its landmarks or box, else detected. A frame's own detection keeps the
+    landmarks fitted with it (a rolled face's, fitted upright); a carried box is fitted anew."""
     inputs = [F.as_input(f) for f in frames]
-    rects = []
-    for f in inputs:
+    rects, fitted = [], {}  # fitted: frame index -> the landmarks its own detection fitted
+    for i, f in enumerate(inputs):
         rect = F.given_box(f)
         try:
-            rects.append(F.detect(f.image, opts.face.upsample, opts.face.min_score) if rect is None else rect)
+            if rect is None:
+                c = F.best_face(f.image, opts.face.upsample, opts.face.min_score, opts.face.detector)
+                rect, fitted[i] = c.rect, c.landmarks
+            rects.append(rect)
         except F.SkipItem:
             rects.append(None)
     if all(r is None for r in rects):
         raise F.SkipItem("no_face", "in any frame of the clip")
-    kept = [(f, r) for f, r in zip(inputs, carry_boxes(rects, opts.max_gap)) if r is not None]
+    kept = [(i, f, r) for i, (f, r) in enumerate(zip(inputs, carry_boxes(rects, opts.max_gap))) if r is not None]
     if len(kept) < min(opts.min_faces, len(frames)):
         raise F.SkipItem("too_few_faces", f"{len(kept)} of {len(frames)} frames have a face "
                          f"(min_faces {opts.min_faces}, max_gap {opts.max_gap})")
     clip, lms = [], []
-    for f, rect in kept:
-        lm = np.asarray(f.landmarks, np.float32) if f.landmarks is not None else F.landmarks(f.image, rect)
+    for i, f, rect in kept:
+        lm = np.asarray(f.landmarks, np.float32) if f.landmarks is not None else \
+            fitted[i] if i in fitted else F.landmarks(f.image, rect)
         m = F.alignment(lm, opts.clip_size, opts.face.align)
         face = F.warp(f.image, m, (opts.clip_size, opts.clip_size))
         clip.append(face if opts.face.color else face.mean(-1, keepdims=True).astype(np.uint8))
         lms.append(F.apply_affine(m, lm))
-    given = all(f.box is not None or f.landmarks is not None for f, _ in kept)
+    given = all(f.box is not None or f.landmarks is not None for _, f, _ in kept)
     return {"clip": resample(np.stack(clip), opts.frames),
             "clip_landmarks": resample(np.stack(lms), opts.frames),
             "box_source": F.DATASET if given else F.DETECTED}

@@ -241,3 +241,48 @@ def test_training_on_fewer_classes_drops_the_rest_from_training_and_evaluation(s
     cfg = C.load("configs/modul.py:smoke=True", [f"--config.data.dir={sample_data}", f"--config.data.classes={six}"])
     with pytest.raises(UserError, match="class neutral is not one of"):
         resolve(cfg, manifest)
+
+
+def test_eval_on_another_dataset_maps_its_classes_by_name(sample_data, renamed, tmp_path):
+    """`fergate eval --data` on the sample data's copy whose classes are spelled and ordered as
+    FER-2013's (angry, ..., neutral): the same records, so the same confusion matrix as the
+    model's evaluation on its own test split, once its labels are mapped back by name; eval.json
+    names the other data, its fingerprint and protocol digest. A class the model lacks is a
+    one-line error naming --label_map, which maps it onto one of the model's or drops it."""
+    from fergate.data import protocol
+
+    other, fer_index = renamed
+    w = str(tmp_path / "w")
+    r = subprocess.run([sys.executable, "-m", "fergate", "train", "--config", "configs/modul.py:smoke=True",
+                        "--workdir", w, f"--config.data.dir={sample_data}", "--config.train.steps=4", *SMALL],
+                       capture_output=True, text=True, cwd=REPO)
+    assert r.returncode == 0, r.stderr[-3000:]
+    own = json.load(open(os.path.join(w, "eval.json")))
+    assert own["data_fingerprint"] == shards.fingerprint(pipeline.read_manifest(sample_data))
+
+    def evaluate(data, *extra):
+        return subprocess.run([sys.executable, "-m", "fergate", "eval", "--workdir", w, "--data", data, *extra],
+                              capture_output=True, text=True, cwd=REPO)
+
+    r = evaluate(other)
+    assert r.returncode == 0, r.stderr[-3000:]
+    rep = json.load(open(os.path.join(w, f"eval-{os.path.basename(other)}-test", "eval.json")))
+    m = pipeline.read_manifest(other)
+    assert rep["confusion_matrix"] == own["confusion_matrix"] and rep["classes"] == own["classes"]
+    assert rep["data"] == other and rep["dataset"] == "fer2013-like" and rep["split"] == "test"
+    assert rep["data_fingerprint"] == shards.fingerprint(m) != own["data_fingerprint"]
+    assert rep["protocol_digest"] == protocol.of_manifest(m)["digest"] == own["protocol_digest"]  # same subjects
+    # FER-2013's "neutral" renamed to a class the model lacks
+    calm = str(tmp_path / "calm")
+    shutil.copytree(other, calm)
+    m["classes"] = [("calm" if c == "neutral" else c) for c in m["classes"]]
+    json.dump(m, open(os.path.join(calm, "manifest.json"), "w"))
+    r = evaluate(calm)
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr[-3000:]
+    assert "class calm is not one of neutral" in r.stderr and "--label_map calm=CLASS" in r.stderr
+    r = evaluate(calm, "--label_map", "calm=-", "--out", str(tmp_path / "dropped"))
+    assert r.returncode == 0, r.stderr[-3000:]
+    dropped = json.load(open(tmp_path / "dropped" / "eval.json"))
+    neutral = own["classes"].index("neutral")
+    assert dropped["examples"] == own["examples"] - sum(own["confusion_matrix"][neutral])
+    assert dropped["absent_classes"] == ["neutral"]

@@ -313,3 +313,21 @@ def test_landmarks_stay_visible_on_a_large_photo_seen_whole():
         return int(seen[..., 1].max())  # the yellow's green channel
 
     assert dot(640, 480) == 255 and dot(4000, 3000) > 200
+
+
+def test_predict_with_another_detector_finds_the_rolled_face(modul_export, photos):
+    """The astronaut rolled by 45 degrees: the training data's detector (HOG, the export's
+    record of it) finds no face; `detector="yunet"` (`fergate predict --detector yunet`) finds
+    it, its confidence on the line, at YuNet's own default minimum; a minimum above it drops it."""
+    from data_prep import detect_bench as B
+    from fergate import face as F
+
+    _, model = modul_export
+    assert model.manifest["data"]["options"]["face"].get("detector", "hog") == "hog"
+    img = B.rolled(photos["astronaut"], F.best_face(photos["astronaut"]).landmarks, 45)[0]
+    (hog,) = model.predict([img])
+    assert hog["error"].startswith("no_face"), hog
+    (line,) = model.predict([img], detector="yunet")
+    assert "error" not in line and 0.5 <= line["score"] <= 1 and line["label"] in model.classes, line
+    (none,) = model.predict([img], detector="yunet", min_score=min(1.0, line["score"] + 0.01))
+    assert re.fullmatch(r"no_face: \d box\(es\) scoring below the minimum 0\.\d+", none["error"]), none

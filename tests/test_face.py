@@ -165,3 +165,47 @@ def test_a_photo_whose_only_detection_is_a_false_positive_has_no_face(photos):
     score = F.best_face(photos["astronaut"]).score
     with pytest.raises(F.SkipItem, match=f"1 box\\(es\\) scoring below the minimum {score + 0.1:g}"):
         F.best_face(photos["astronaut"], min_score=score + 0.1)
+
+
+@pytest.mark.parametrize("case", ["rolled 45", "rolled -60", "small 32px"])
+def test_yunet_finds_the_rolled_or_small_face_hog_misses(photos, case):
+    """The astronaut's face rolled by 45 / -60 degrees, or shrunk to a 32 px box: HOG finds
+    no face, YuNet finds it, and the 68 landmarks fitted after its box (the face turned
+    upright for the shape predictor) lie within 0.1 iod of those HOG's box gave in the photo,
+    moved alike; its confidence is the record's detector_score."""
+    from data_prep import detect_bench as B
+
+    img = photos["astronaut"]
+    lm = F.best_face(img).landmarks
+    kind, arg = case.split()
+    moved_img, moved = B.rolled(img, lm, float(arg)) if kind == "rolled" else B.small(img, lm, int(arg[:-2]))
+    with pytest.raises(F.SkipItem, match="no_face"):
+        F.best_face(moved_img)
+    c = F.best_face(moved_img, 0, 0.5, "yunet")
+    err = np.linalg.norm(c.landmarks - moved, axis=1).mean() / F.iod(moved)
+    assert err < 0.1 and 0.5 <= c.score <= 1, (err, c.score)
+    rec = F.process_face(moved_img, F.FaceOptions(detector="yunet", min_score=0.5, patches=False, identity=False))
+    assert rec["detector_score"] == c.score and rec["box_source"] == F.DETECTED
+    # aligned upright: the eyes level in the crop, as in any other record
+    assert abs(F.roll_of(rec["landmarks"])) < 5
+
+
+def test_yunet_keeps_no_face_on_faceless_photos():
+    """scikit-image's cat and coffee, where YuNet's raw boxes score 0.25-0.35: no face at its
+    default minimum confidence (0.5), skipped as no_face saying so."""
+    import skimage.data
+
+    from fergate import detectors
+
+    for name in ("chelsea", "coffee"):
+        img = F.to_rgb8(getattr(skimage.data, name)())
+        assert detectors.detect(img, "yunet", 0, 0.2)  # boxes there are
+        with pytest.raises(F.SkipItem, match="scoring below the minimum 0.5"):
+            F.faces(img, 0, detectors.DETECTORS["yunet"].default_min, "yunet")
+
+
+def test_an_unknown_detector_is_a_one_line_error(photos):
+    from fergate.errors import UserError
+
+    with pytest.raises(UserError, match="--detector 'cnn': one of hog, yunet"):
+        F.faces(photos["astronaut"], 0, 0.0, "cnn")

@@ -322,3 +322,40 @@ def test_a_prep_that_cannot_fit_is_refused_before_any_work(photos, tmp_path, mon
     assert len(err) == 1 and err[0].startswith(f"fergate prep: error: --out {tmp_path / 'full'}: its 2 items need "
                                                "about ") and "free: free space or choose another --out" in err[0]
     assert not glob.glob(str(tmp_path / "full" / "*.array_record"))
+
+
+def test_prep_splits_reproduces_a_protocol_and_its_digest_tells_a_moved_subject(tmp_path):
+    """A protocol exported from one preparation (`fergate protocol export`), one subject moved
+    from `train` to `test` and the folds renumbered by hand: `fergate prep --splits` puts every
+    subject exactly where the file says (not where --test_fraction would), the manifest has the
+    file's folds, and the result's exported protocol has the file's digest, which differs from
+    the first preparation's by the one moved subject."""
+    from fergate.data import protocol
+
+    opts, reader = prep.PrepOptions(face=F.FaceOptions(patches=False, identity=False)), {"size": 21, "clips": 0}
+    first = str(tmp_path / "first")
+    prep.run("sample", None, first, opts, reader, workers=1)
+    r = _cli("protocol", "export", first, "--out", str(tmp_path / "p0.json"))
+    assert r.returncode == 0, r.stderr[-2000:]
+    p0 = json.load(open(tmp_path / "p0.json"))
+    assert f"digest {p0['digest']}" in r.stderr and p0["digest"] == protocol.digest(p0["splits"], p0["folds"])
+    moved = p0["splits"]["train"][0]
+    p1 = {"format": protocol.FORMAT, "splits": {"train": p0["splits"]["train"][1:],
+                                                "test": sorted(p0["splits"]["test"] + [moved])},
+          "folds": {s: i % 3 for i, s in enumerate(sorted(p0["folds"]))}}
+    (tmp_path / "p1.json").write_text(json.dumps(p1))
+    again = str(tmp_path / "again")
+    r = _cli("prep", "--dataset", "sample", "--out", again, "--splits", str(tmp_path / "p1.json"), "--workers", "1",
+             "--no_patches", "--no_identity", "--size", "21", "--clips", "0")
+    assert r.returncode == 0, r.stderr[-2000:]
+    m = json.load(open(os.path.join(again, "manifest.json")))
+    assert {s: m["splits"][s]["subjects"] for s in ("train", "test")} == p1["splits"]
+    assert m["folds"] == p1["folds"] and len(m["fold_counts"]) == 3
+    p1_digest = protocol.digest(p1["splits"], p1["folds"])
+    assert m["protocol"]["digest"] == protocol.of_manifest(m)["digest"] == p1_digest != p0["digest"]
+    # moving the subject back is the first preparation's splits, with p1's folds
+    assert protocol.digest(p0["splits"], p1["folds"]) != p1_digest
+    # a file edited after it was written is refused in one line
+    (tmp_path / "p2.json").write_text(json.dumps({**p0, "splits": p1["splits"]}))
+    r = _cli("prep", "--dataset", "sample", "--out", str(tmp_path / "x"), "--splits", str(tmp_path / "p2.json"))
+    assert r.returncode == 2 and "was edited since it was written" in r.stderr and len(r.stderr.splitlines()) == 1

@@ -6,6 +6,7 @@ import argparse
 import sys
 
 from fergate.commands import add_command, jax_setup
+from fergate.detectors import DETECTORS
 from fergate.errors import UserError
 
 
@@ -21,10 +22,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    "an image")
     q.add_argument("--heatmaps", default=None, metavar="DIR", help="write each face's attention map over the "
                    "model's input (models with spatial introspection: the attention CNN)")
-    q.add_argument("--min_score", type=float, default=None, metavar="S",
-                   help="predict only faces the detector scores at least S (dlib's HOG SVM score, on each line as "
-                        "`score`; faces mostly 0.5-3, false positives below 0.5; below 0 admits weaker boxes than "
-                        "dlib reports; default: the training data's, 0 unless `fergate prep --min_score` set it)")
+    q.add_argument("--detector", default=None, choices=tuple(DETECTORS),
+                   help="the face detector (fergate prep --detector; default: the one the training data used)")
+    q.add_argument("--min_confidence", "--min_score", dest="min_score", type=float, default=None, metavar="S",
+                   help="predict only faces the detector scores at least S, on each line as `score` (hog: dlib's SVM "
+                        "score, faces mostly 0.5-3, false positives below 0.5, below 0 admits weaker boxes than dlib "
+                        "reports; yunet: its confidence in [0, 1]); default: the training data's, or with another "
+                        "--detector its own (hog 0, yunet 0.5). --min_score is the old name")
     q.add_argument("--batch", type=int, default=32, help="faces per model call")
     q.add_argument("--workers", type=int, default=None, help="face pipeline processes (default: all cores)")
     q.add_argument("--every", type=int, default=1, help="face models on videos: every K-th frame")
@@ -52,7 +56,7 @@ def run(a: argparse.Namespace) -> None:
     out = open(a.out, "w") if a.out else sys.stdout
     try:
         c = predict.run(model, a.inputs, out, a.workers, a.every, a.window, a.stride, a.annotate, a.heatmaps,
-                        a.pipeline_only, a.min_score, a.frames)
+                        a.pipeline_only, a.min_score, a.frames, a.detector)
     finally:
         if a.out:
             out.close()

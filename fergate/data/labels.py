@@ -77,11 +77,15 @@ def parse_mapping(entries: Sequence[str] | Mapping[str, str]) -> dict[str, str]:
     return out
 
 
+#: how a mapping is given, in `relabel`'s error: a config's, by default
+CONFIG_MAPPING = "data.label_map=('{name}=CLASS',) or drop it with '{name}=-'"
+
+
 def relabel(classes: Sequence[str], target: Sequence[str], mapping: Mapping[str, str] | None = None,
-            what: str = "the data") -> list[int]:
+            what: str = "the data", how: str = CONFIG_MAPPING) -> list[int]:
     """For each of `classes`, its index in `target` (-1: dropped), matched by canonical name
     after `mapping` ({canonical name: target name or DROP}). A class that matches nothing is a
-    UserError naming it and the ways out."""
+    UserError naming it and the ways out (`how`, with the class's `{name}`)."""
     mapping = dict(mapping or {})
     index = {canonical(t): i for i, t in enumerate(target)}
     out, missing = [], []
@@ -97,6 +101,5 @@ def relabel(classes: Sequence[str], target: Sequence[str], mapping: Mapping[str,
             missing.append(c if dst == c else f"{c} (mapped to {dst})")
     if missing:
         raise UserError(f"{what}: class {', '.join(missing)} is not one of {', '.join(target)}; map it with "
-                        f"data.label_map=('{canonical(missing[0].split(' ')[0])}=CLASS',) or drop it with "
-                        f"'{canonical(missing[0].split(' ')[0])}=-'")
+                        + how.format(name=canonical(missing[0].split(" ")[0])))
     return out

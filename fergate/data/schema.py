@@ -48,10 +48,11 @@ FIELDS: dict[str, tuple[str, str | None, tuple | None, str]] = {
     "image": ("array", "uint8", (None, None, None), "a non-face image, H x W x C (synthetic benchmarks)"),
     "rotation_bin": ("int", None, None, "exogenous label: rotation bin (synthetic benchmarks)"),
     "scale_bin": ("int", None, None, "exogenous label: scale bin (synthetic benchmarks)"),
-    "box_source": ("int", None, None, "where the face box came from (`BOX_SOURCES`): 0 dlib's detector, 1 the "
+    "box_source": ("int", None, None, "where the face box came from (`BOX_SOURCES`): 0 the detector, 1 the "
                    "dataset's annotation, 2 the whole crop (a pre-aligned face the detector missed)"),
-    "detector_score": ("float", None, None, "dlib's HOG detector score of the face's box (box_source 0 only; "
-                       "added in version 1, absent from records written before)"),
+    "detector_score": ("float", None, None, "the detector's score of the face's box: dlib HOG's SVM score or "
+                       "YuNet's confidence (the manifest's detector; box_source 0 only; added in version 1, absent "
+                       "from records written before)"),
 }
 #: `box_source` values, by name (the manifest counts records by these names)
 BOX_SOURCES = ("detected", "dataset", "crop")

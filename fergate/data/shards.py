@@ -143,11 +143,12 @@ def subject_folds(labels: Sequence[int], subjects: Sequence[str], k: int = FOLDS
     return dict(sorted(out.items()))
 
 
-def write_manifest(out: str, expected: dict[str, int], info: dict) -> dict:
+def write_manifest(out: str, expected: dict[str, int], info: dict, folds: dict[str, int] | None = None) -> dict:
     """Assembles `manifest.json` from the stats of all finished shards; `complete` says
     whether every expected shard (split -> file count) is there; `folds` assigns the
     subjects of the written records of every split (skipped items are no subjects) to
-    `FOLDS` subject-independent folds balanced by class (`subject_folds`), `fold_counts` the
+    `FOLDS` subject-independent folds balanced by class (`subject_folds`), or as the given
+    `folds` say (a protocol file's: `fergate prep --splits`), `fold_counts` the
     records of each class in each fold; each split's `box_source` counts its records by where
     their face box came from, `crop_fitted` lists the records (indices in the split) whose
     landmarks were fitted in the whole pre-aligned crop."""
@@ -180,8 +181,12 @@ def write_manifest(out: str, expected: dict[str, int], info: dict) -> dict:
         if box_sources:
             splits[split]["box_source"] = dict(box_sources)
             splits[split]["crop_fitted"] = crop_fitted
-    folds = subject_folds(all_labels, all_subjects)
-    fold_counts = [[0] * len(classes) for _ in range(FOLDS)]
+    if folds is None:
+        folds, k = subject_folds(all_labels, all_subjects), FOLDS
+    else:
+        k = max(folds.values(), default=0) + 1
+        folds = {s: int(folds[s]) for s in sorted(set(all_subjects))}
+    fold_counts = [[0] * len(classes) for _ in range(k)]
     for y, s in zip(all_labels, all_subjects):
         fold_counts[folds[s]][y] += 1
     manifest = {"schema_version": SCHEMA_VERSION, **info, "splits": splits, "folds": folds,
@@ -197,6 +202,19 @@ def write_manifest(out: str, expected: dict[str, int], info: dict) -> dict:
 
 #: what a manifest's fingerprint covers besides its splits and shards: how the records were made
 FINGERPRINTED = ("schema_version", "dataset", "classes", "options")
+#: face options added since data was first fingerprinted, at the value every earlier
+#: preparation had: left out of fingerprints and shard digests at that value, so that data
+#: prepared before them keeps its fingerprint and its shards
+FACE_OPTIONS_ADDED = {"detector": "hog"}
+
+
+def digested_options(options: dict) -> dict:
+    """A preparation's options as digests see them: `FACE_OPTIONS_ADDED` at their old value
+    left out."""
+    face = options.get("face")
+    if not isinstance(face, dict):
+        return options
+    return {**options, "face": {k: v for k, v in face.items() if FACE_OPTIONS_ADDED.get(k, object()) != v}}
 
 
 def fingerprint(*manifests: dict) -> str:
@@ -210,5 +228,7 @@ def fingerprint(*manifests: dict) -> str:
         splits = {s: {k: v.get(k) for k in ("records", "files", "per_class", "subjects")}
                   for s, v in m["splits"].items()}
         made = {name: x for name, e in m.get("shards", {}).items() if (x := e.get("inputs") or e.get("sha256"))}
-        h.update(json.dumps([{k: m.get(k) for k in FINGERPRINTED}, splits, made], sort_keys=True).encode())
+        made_with = {k: digested_options(m[k]) if k == "options" and isinstance(m.get(k), dict) else m.get(k)
+                     for k in FINGERPRINTED}
+        h.update(json.dumps([made_with, splits, made], sort_keys=True).encode())
     return h.hexdigest()[:12]

@@ -138,6 +138,11 @@ def _finished(out: str) -> bool:
     return read_json(os.path.join(out, "fold.json"), {}).get("status") == "done"
 
 
+def _common(values: list):
+    """The one value all folds share, else all of them (folds trained on other data)."""
+    return values[0] if len(set(values)) == 1 else values
+
+
 def aggregate(workdir: str, folds: int, partial: bool = False) -> dict | None:
     """`W/cv.json` and `W/confusion_matrix.png` from the finished folds; with `partial`, only
     when every fold has finished (None otherwise, the missing ones logged)."""
@@ -190,6 +195,8 @@ def aggregate(workdir: str, folds: int, partial: bool = False) -> dict | None:
                    "mean_class_accuracy": float(np.nanmean([v for v in per_class.values() if v is not None])),
                    "per_class_accuracy": per_class},
         "confusion_matrix": conf.tolist(), "classes": classes,
+        # the folds' data and protocol (`fergate protocol`): one value when every fold read the same
+        **{k: _common([done[i].get(k) for i in sorted(done)]) for k in ("data_fingerprint", "protocol_digest")},
     }
     if jax.process_index() != 0:
         return report

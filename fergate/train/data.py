@@ -115,7 +115,6 @@ def mixed(config, manifest: dict) -> list[pipeline.Mix]:
     `data.train_split`, labels mapped onto `data.classes`; each is checked to hold records
     made the same way as the main data's (`MIX_OPTIONS`)."""
     out = []
-    mine = _prep_options(manifest)
     known = [manifest["classes"]]
     mapping = options.parsed(config, "data.label_map")
     for path, weight, entry in options.parsed(config, "data.mix"):
@@ -124,11 +123,10 @@ def mixed(config, manifest: dict) -> list[pipeline.Mix]:
         except UserError as e:
             raise UserError(f"config data.mix entry {entry!r}: {e}") from None
         known.append(other["classes"])
-        theirs = _prep_options(other)
-        for k in MIX_OPTIONS:
-            if k in mine and k in theirs and mine[k] != theirs[k]:
-                raise UserError(f"config data.mix: {path} was prepared with {k}={theirs[k]}, the main data with "
-                                f"{k}={mine[k]}: prepare both alike (fergate prep --{k} ...)")
+        if differ := unlike(manifest, other):
+            k, main, theirs = differ
+            raise UserError(f"config data.mix: {path} was prepared with {k}={theirs}, the main data with {k}={main}: "
+                            f"prepare both alike (fergate prep --{k} ...)")
         pipeline.split_parts(other, config.data.train_split, path)
         table = labels.relabel(other["classes"], config.data.classes, mapping,
                                f"config data.mix: {path} ({other.get('dataset', '?')})")
@@ -138,6 +136,14 @@ def mixed(config, manifest: dict) -> list[pipeline.Mix]:
         raise UserError(f"config data.label_map names {', '.join(sorted(unused))}, a class of none of the data "
                         f"(classes: {', '.join(sorted({c for cs in known for c in cs}))})")
     return out
+
+
+def unlike(manifest: dict, other: dict) -> tuple[str, Any, Any] | None:
+    """(option, `manifest`'s value, `other`'s) of the first of the `MIX_OPTIONS` two datasets
+    were prepared with differently (their records differ in shape or meaning), or None."""
+    mine, theirs = _prep_options(manifest), _prep_options(other)
+    return next(((k, mine[k], theirs[k]) for k in MIX_OPTIONS if k in mine and k in theirs and mine[k] != theirs[k]),
+                None)
 
 
 def _prep_options(manifest: dict) -> dict:
@@ -315,16 +321,25 @@ def portions(config, data_dir: str, manifest: dict) -> Portions:
                     tuple(sorted(held)))
 
 
+def cv_folds(config, data_dir: str, manifest: dict) -> dict[str, int]:
+    """Subject -> fold of `data.folds` folds: the manifest's (its own class-balanced ones, or
+    a protocol file's) when it has that many for every subject of the pooled splits, else
+    recomputed the same way for this k (`shards.subject_folds`)."""
+    files = pipeline.split_files(data_dir, pipeline.training_split(manifest, config.data))
+    subjects = pipeline.split_subjects(files)
+    folds = manifest.get("folds", {})
+    if len(manifest.get("fold_counts", ())) != config.data.folds or not set(subjects) <= set(folds):
+        folds = shards.subject_folds(pipeline.split_labels(files), subjects, config.data.folds)
+    return folds
+
+
 def cv_fold(config, data_dir: str, manifest: dict) -> tuple[Portion, Portion]:
     """(training, held-out) records of fold `data.fold` of `data.folds`: the subjects of the
     training and held-out splits (those the data has) in the manifest's class-balanced folds
     (recomputed the same way for another k), the fold's subjects held out."""
     d, pool = config.data, pipeline.training_split(manifest, config.data)
-    files = pipeline.split_files(data_dir, pool)
-    subjects, ys = pipeline.split_subjects(files), pipeline.split_labels(files)
-    folds = manifest.get("folds", {})
-    if len(manifest.get("fold_counts", ())) != d.folds or not set(subjects) <= set(folds):
-        folds = shards.subject_folds(ys, subjects, d.folds)
+    subjects = pipeline.split_subjects(pipeline.split_files(data_dir, pool))
+    folds = cv_folds(config, data_dir, manifest)
     fold = np.array([folds[s] for s in subjects])
     held = fold == d.fold
     if not held.any():

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+from collections.abc import Sequence
 
 import jax
 import numpy as np
@@ -69,6 +70,54 @@ def classification_metrics(logits: np.ndarray, labels: np.ndarray, classes: list
         "confusion_matrix": conf.tolist(),
         "classes": list(classes),
     }
+
+
+def on_other_data(config, path: str, split: str | None = None, label_map: Sequence[str] | None = None) -> str:
+    """Points a trained `config` at the prepared dataset `path` (`fergate eval --data`) and
+    returns the split to evaluate (`split`, else its `test`, else the config's eval split).
+    Its classes map onto the model's by name as `data.mix` maps them (`labels.relabel`), after
+    `label_map` ("FROM=TO", "FROM=-" drops; default: the training's); a class that maps onto
+    none, records made otherwise (`data.unlike`: another face size, ...) or a model that reads
+    an earlier stage's features are one-line errors."""
+    from fergate import options
+    from fergate.data import labels, pipeline
+    from fergate.errors import UserError
+    from fergate.train import data as data_lib
+
+    other = pipeline.read_manifest(path)
+    if config.data.get("features_from") or config.data.label_field != "label":
+        raise UserError(f"--data {path}: this model reads " + ("its earlier stage's features (data.features_from), "
+                        "which only its own data holds" if config.data.get("features_from") else
+                        f"{config.data.label_field} labels, not classes") + ": evaluate it on its own data")
+    trained = os.path.join(data_lib.source_dir(config, checked=False), "manifest.json")
+    if os.path.exists(trained) and (differ := data_lib.unlike(need_json(trained, ""), other)):
+        k, mine, theirs = differ
+        raise UserError(f"--data {path} was prepared with {k}={theirs}, the model's data with {k}={mine}: prepare it "
+                        f"alike (fergate prep --{k} ...)")
+    split = split or ("test" if "test" in other["splits"] else config.data.eval_split)
+    pipeline.split_parts(other, split, path)
+    mapping = labels.parse_mapping(label_map) if label_map is not None else options.parsed(config, "data.label_map")
+    labels.relabel(other["classes"], config.data.classes, mapping, f"--data {path} ({other.get('dataset', '?')})",
+                   how="--label_map {name}=CLASS or drop it with --label_map {name}=-")
+    with config.unlocked():
+        config.data.dir = path
+        config.data.train_split = config.data.eval_split = split
+        config.data.val_split, config.data.fold, config.data.mix = "", -1, ()
+        if label_map is not None:
+            config.data.label_map = tuple(label_map)
+    return split
+
+
+def data_identity(data: DataPlan) -> dict:
+    """What eval.json says of the data it evaluated on: its directory, dataset, fingerprint
+    (`shards.fingerprint`) and the digest of its split protocol (`fergate.data.protocol`:
+    its splits' subjects and folds, a cross-validation fold's those of `data.folds`)."""
+    from fergate.data import protocol
+    from fergate.train.data import cv_folds
+
+    folds = cv_folds(data.config, data.dir, data.manifest) if data.config.data.fold >= 0 else None
+    return {"data": data.dir, "dataset": data.manifest.get("dataset"), "data_fingerprint": data.fingerprint,
+            "protocol_digest": protocol.of_manifest(data.manifest, folds)["digest"]}
 
 
 def absent_warning(m: dict) -> str | None:

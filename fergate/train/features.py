@@ -32,7 +32,7 @@ from fergate.train.program import from_workdir
 log = logging.getLogger(__name__)
 
 #: manifest keys copied from the source data
-KEPT = ("dataset", "source", "classes", "options", "detector", "landmark_model", "identity_model")
+KEPT = ("dataset", "source", "classes", "options", "detector", "landmark_model", "identity_model", "protocol")
 
 
 def extract(workdir: str, data: str, out: str, field: str, replace_stale: bool = False) -> dict:
@@ -90,7 +90,8 @@ def _extract(workdir: str, data: str, out: str, field: str, replace_stale: bool)
     info = {k: manifest.get(k) for k in KEPT}
     info["features"] = {"field": field, "workdir": os.path.abspath(workdir), "step": step, "width": width,
                         "model": f"{config.model}/{config.variant}", "source_data": os.path.abspath(data)}
-    result = shards.write_manifest(out, {s: len(pipeline.split_files(data, s)) for s in splits}, info)
+    given = manifest.get("folds") if manifest.get("protocol") else None  # a protocol file's folds, kept
+    result = shards.write_manifest(out, {s: len(pipeline.split_files(data, s)) for s in splits}, info, given)
     log.info(f"[features] {field} of {config.model}/{config.variant} (step {step}) -> {out}: "
              + ", ".join(f"{s}: {v['records']}" for s, v in result["splits"].items()))
     return result

@@ -177,13 +177,14 @@ class Trained:
 
 
 def from_workdir(workdir: str, step: int | None = None, *, data: bool | str = True,
-                 selected: bool = True) -> Trained:
+                 selected: bool = True, config=None) -> Trained:
     """The model of `workdir`: its config resolved the way the trainer resolved it, against
     its training data (`DataPlan.build`; `data`: another prepared directory; False: without
     data, for what reads none: an export, `fergate attend`), its `Program`, and the state of
     checkpoint `step`, else of the checkpoint `train.select` kept, else (or not `selected`)
-    the newest. A config.json without keys this fergate reads is a one-line error naming them."""
-    config = config_lib.load_workdir(workdir)
+    the newest (`config`: the workdir's, already read and changed: `fergate eval --data`). A
+    config.json without keys this fergate reads is a one-line error naming them."""
+    config = config or config_lib.load_workdir(workdir)
     try:
         if data is False:
             plan = None

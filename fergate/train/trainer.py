@@ -195,7 +195,7 @@ def _train(config, workdir: str) -> dict:
         log.info(f"[eval] the selected checkpoint: step {evaluated} ({chosen['split']} {chosen['metric']} "
                  f"{chosen['value']:.3f})")
     results = evaluate.evaluate(prog, state, data, parts.eval)
-    results.metrics.update(step=evaluated, split=parts.eval.name)
+    results.metrics.update(step=evaluated, split=parts.eval.name, **evaluate.data_identity(data))
     if config.data.fold >= 0:
         results.metrics.update(fold=config.data.fold, folds=config.data.folds)
     if selection is not None:
