@@ -1,4 +1,4 @@
-r"""The micro-emotion network's two comparisons (paper 001): the geometry input, the landmark
+"""The micro-emotion network's two comparisons (paper 001): the geometry input, the landmark
 displacement (Eq. 1-2) against the landmarks without the subject mean, with the linear SVM
 (section III-A); the loss, the squared hinge against the softmax cross-entropy, on the
 fused network (section V-B). The challenge's misclassification (% of the held-out faces)
@@ -6,12 +6,9 @@ beside the paper's numbers where it gives them: V-B and III-A state the comparis
 without a number for the cross-entropy or the raw landmarks.
 
     fergate sweep configs/tables/micro_loss_geometry.py --workdir W --budget readme
-    fergate prep ROOT --dataset icv_mefed --val_subjects 9 --test_fraction 0 --face_size 224 --align eyes_lip \
-        --no_patches --no_identity --out ICV_MEFED
     fergate sweep configs/tables/micro_loss_geometry.py --workdir W --budget paper --config.data.dir=ICV_MEFED
 
-The `paper` budget evaluates on the `val` split: the last 9 subjects (IV-C), or the
-challenge's own validation labels (a label file whose name says `valid`).
+ICV_MEFED, and the `val` split the `paper` budget evaluates on, as micro_table1.py says.
 """
 
 from . import common
@@ -32,12 +29,5 @@ ROWS = {  # row: (config arguments, the paper's misclassification % or None, whe
 
 
 def get_table(arg=None):
-    return dict(
-        title="Micro-emotion network (paper 001): geometry input (III-A) and loss (V-B)",
-        metric="misclassification_percent",
-        scale=1.0,  # eval.json gives it in %
-        seeds=3,
-        budgets=common.MICRO_BUDGETS,
-        rows=[dict(name=name, config=f"configs/micro.py:{args}", paper=mis, paper_note=note)
-              for name, (args, mis, note) in ROWS.items()],
-    )
+    return common.micro_table("Micro-emotion network (paper 001): geometry input (III-A) and loss (V-B)",
+                              [(name, *row) for name, row in ROWS.items()])

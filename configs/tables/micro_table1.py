@@ -20,12 +20,5 @@ ROWS = {  # variant: (the paper's row, its validation misclassification %)
 
 
 def get_table(arg=None):
-    return dict(
-        title="Micro-emotion network Table I (paper 001): the branches",
-        metric="misclassification_percent",
-        scale=1.0,  # eval.json gives it in %
-        seeds=3,
-        budgets=common.MICRO_BUDGETS,
-        rows=[dict(name=v, config=f"configs/micro.py:variant={v}", paper=mis, paper_note=f"{row}: iCV-MEFED")
-              for v, (row, mis) in ROWS.items()],
-    )
+    return common.micro_table("Micro-emotion network Table I (paper 001): the branches",
+                              [(v, f"variant={v}", mis, f"{row}: iCV-MEFED") for v, (row, mis) in ROWS.items()])

@@ -28,8 +28,7 @@ def get_table(arg=None):
         seeds=3,
         # the premise of 3.2: the exogenous network identifies the rotation well (Table 1: 98.32% on MNIST-R)
         extras={"stage-1 rotation accuracy": ("pretrain/rotation", "accuracy")},
-        # readme: the configs' 6,000 steps at batch 32, the best of ten checkpoints on a 10% validation split
-        budgets={"smoke": common.smoke(steps=20, eval_every=10), "readme": ()},
+        budgets=common.THIN_BUDGETS,
         rows=[dict(name=v, config=f"configs/thin.py:task={task},variant={v}", paper=acc,
                    paper_note=f"{row}: MNIST-R", shares=("exo_tree_gated",) if v == "thin" else ())
               for v, (row, acc) in VARIANTS.items()],

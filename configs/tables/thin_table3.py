@@ -23,7 +23,7 @@ def get_table(arg=None):
         metric="accuracy",
         seeds=3,
         extras={f"stage-1 {n} accuracy": (f"pretrain/{n}", "accuracy") for n in ("rotation", "scale")},
-        budgets={"smoke": common.smoke(steps=20, eval_every=10), "readme": ()},
+        budgets=common.THIN_BUDGETS,
         rows=[dict(name=name, config=f"configs/thin.py:task=digits_rotated_scaled,{args}", paper=acc,
                    paper_note=f"gating variable {var}: MNIST-RS",
                    shares=("rotation", "scale") if name == "rotation_scale" else ())

@@ -27,7 +27,7 @@ def get_table(arg=None):
         title="VSHNN fusions (paper 004, Tables 9, 10, 12): video, landmarks and their fusions",
         metric="mean_class_accuracy",
         seeds=3,
-        budgets={"smoke": common.VSHNN_SMOKE, "readme": ()},  # readme: the configs' 1,500 steps a stage
+        budgets=common.VSHNN_BUDGETS,
         rows=[dict(name=name, config=f"configs/vshnn.py:{args}", paper=ckplus if ck else afew,
                    paper_note=f"{row}: {'CK+' if ck else 'AFEW'}",
                    shares=("video",) if name not in ("video", "lmedcf") else ())

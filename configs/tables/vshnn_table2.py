@@ -23,7 +23,7 @@ def get_table(arg=None):
         title="VSHNN Table 2 (paper 004): single models and VSHNN without frame substitution",
         metric="mean_class_accuracy",
         seeds=1,  # the README's one seed; --seeds 3 for a spread
-        budgets={"smoke": common.VSHNN_SMOKE, "readme": ()},  # readme: the configs' 1,500 steps a stage
+        budgets=common.VSHNN_BUDGETS,
         rows=[dict(name=v, config=f"configs/vshnn.py:variant={v}", paper=acc, paper_note=f"{row}: AFEW",
                    shares=(FIRST,) if v not in ("c3d", "frames", FIRST) else ())
               for v, (row, acc) in ROWS.items()],
