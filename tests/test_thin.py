@@ -103,6 +103,21 @@ def _thin_on_random_digits(arg: str, n: int) -> tuple:
     return cfg, variables["params"], m.apply(variables, batch)
 
 
+def _assert_experts_mixed_by_gate(out: dict, p: dict, cfg, h_endo: np.ndarray, h_gate: np.ndarray | None) -> None:
+    """The module's logits are z = Z g (Eq. 1-2), Z the experts' logits on h_endo and g the tree
+    gate (Eq. 3-5) on h_gate, which is also the gate the module reports (h_gate None: 1/L each,
+    the simple deep ensemble's g_0), each in NumPy from the parameters."""
+    members = cfg.thin.members
+    if h_gate is None:
+        g = np.full((len(h_endo), members), 1 / members)
+    else:
+        g = numpy_tree_gate(h_gate, np.asarray(p["gate"]["nodes"]["kernel"]), np.asarray(p["gate"]["nodes"]["bias"]),
+                            cfg.thin.depth)
+        np.testing.assert_allclose(out["introspect"]["gate"], g, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(out["logits"], np.einsum("blk,bl->bk", numpy_experts(p["experts"], h_endo), g),
+                               rtol=1e-4, atol=1e-5)
+
+
 @pytest.mark.parametrize("variant", ["ensemble", "tree_gated", "oracle"])
 def test_each_ensemble_mixes_its_experts_by_its_gate(variant):
     """z = Z g (Eq. 1-2) with Z the experts' logits on h_endo and g: 1/L each for the simple
@@ -110,16 +125,9 @@ def test_each_ensemble_mixes_its_experts_by_its_gate(variant):
     true rotation bin (oracle), each in NumPy from the parameters."""
     cfg, p, out = _thin_on_random_digits(f"task=digits_rotated,variant={variant}", 5)
     h_endo = np.asarray(out["representations"]["expression"])
-    members = cfg.thin.members
-    if variant == "ensemble":
-        g = np.full((5, members), 1 / members)
-    else:
-        h_g = h_endo if variant == "tree_gated" else np.eye(18)[np.asarray(_random_digits(5)["rotation_bin"])]
-        g = numpy_tree_gate(h_g, np.asarray(p["gate"]["nodes"]["kernel"]), np.asarray(p["gate"]["nodes"]["bias"]),
-                            cfg.thin.depth)
-        np.testing.assert_allclose(out["introspect"]["gate"], g, rtol=1e-4, atol=1e-6)
-    np.testing.assert_allclose(out["logits"], np.einsum("blk,bl->bk", numpy_experts(p["experts"], h_endo), g),
-                               rtol=1e-4, atol=1e-5)
+    h_gate = None if variant == "ensemble" else h_endo if variant == "tree_gated" else \
+        np.eye(18)[np.asarray(_random_digits(5)["rotation_bin"])]
+    _assert_experts_mixed_by_gate(out, p, cfg, h_endo, h_gate)
 
 
 def test_thin_is_equations_2_to_8_on_its_own_representations():
@@ -129,11 +137,7 @@ def test_thin_is_equations_2_to_8_on_its_own_representations():
     cfg, p, out = _thin_on_random_digits("task=digits_rotated,variant=thin", 6)
     reps = out["representations"]
     h_endo, h_exo = np.asarray(reps["expression"]), np.asarray(reps["rotation"])
-    g = numpy_tree_gate(h_exo, np.asarray(p["gate"]["nodes"]["kernel"]), np.asarray(p["gate"]["nodes"]["bias"]),
-                        cfg.thin.depth)
-    np.testing.assert_allclose(out["introspect"]["gate"], g, rtol=1e-4, atol=1e-6)
-    np.testing.assert_allclose(out["logits"], np.einsum("blk,bl->bk", numpy_experts(p["experts"], h_endo), g),
-                               rtol=1e-4, atol=1e-5)
+    _assert_experts_mixed_by_gate(out, p, cfg, h_endo, h_exo)
     c_sigma = p["exo_classifier_rotation"]
     cos = numpy_abs_cos(numpy_mlp_classifier(c_sigma, h_exo), numpy_mlp_classifier(c_sigma, h_endo))
     np.testing.assert_allclose(out["introspect"]["abs_cos"][:, 0], cos, rtol=1e-4, atol=1e-6)

@@ -55,6 +55,14 @@ def _reverse(path) -> None:
     writer.close()
 
 
+def _damaged_copy(sample_data, tmp_path, damage=_flip, split="train", name="data") -> tuple[str, str]:
+    """A copy of the sample data whose first `split` shard `damage` changed, and that shard's name."""
+    data = _copy(sample_data, tmp_path, name)
+    shard = _names(data, split)[0]
+    damage(os.path.join(data, shard))
+    return data, shard
+
+
 def test_verify_names_each_damaged_changed_truncated_and_stray_shard(sample_data, tmp_path, capsys):
     assert run_fergate("verify", sample_data) == 0
     lines = capsys.readouterr().out.splitlines()
@@ -90,9 +98,7 @@ def test_verify_names_each_damaged_changed_truncated_and_stray_shard(sample_data
 
 
 def test_reading_a_damaged_shard_stops_in_one_line_naming_it_in_process_and_in_workers(sample_data, tmp_path):
-    data = _copy(sample_data, tmp_path)
-    shard = _names(data, "train")[0]
-    _flip(os.path.join(data, shard))
+    data, shard = _damaged_copy(sample_data, tmp_path)
     record = int(re.search(r"record (\d+)", V.check_shard(data, shard, None).detail)[1])
     for workers in (0, 1):  # grain's worker processes hand the same message back
         with pytest.raises(UserError) as e:
@@ -102,9 +108,7 @@ def test_reading_a_damaged_shard_stops_in_one_line_naming_it_in_process_and_in_w
                             rf"Riegeli/records file: [a-z ]+ hash mismatch\); run `fergate verify {data}` to check "
                             "every shard and see what to do", str(e.value))
     # a truncated shard reads as fewer records without an error: every later index would shift
-    cut = _copy(sample_data, tmp_path, "cut")
-    shard = _names(cut, "test")[0]
-    _truncate(os.path.join(cut, shard))
+    cut, shard = _damaged_copy(sample_data, tmp_path, _truncate, "test", "cut")
     with pytest.raises(UserError) as e:
         next(iter(pipeline.make_dataset(cut, "test", ("face",), 4, train=False)))
     assert re.match(rf"damaged shard {cut}/{shard}: it (holds 0 records, prep wrote \d+|cannot be opened)",
@@ -132,9 +136,7 @@ def test_a_workdir_resumes_only_on_the_data_it_trained_on(uninterrupted, sample_
 
 
 def test_training_on_a_damaged_shard_stops_in_one_line(sample_data, tmp_path):
-    data = _copy(sample_data, tmp_path)
-    shard = _names(data, "train")[0]
-    _flip(os.path.join(data, shard))
+    data, shard = _damaged_copy(sample_data, tmp_path)
     r = subprocess.run(train_cmd(tmp_path / "w", data, "--config.train.steps=6"), capture_output=True, text=True)
     assert r.returncode == 2, r.stderr[-2000:]
     assert r.stderr.startswith(f"fergate train: error: damaged shard {data}/{shard}: record ")

@@ -200,8 +200,8 @@ def small(name: str) -> archs.Arch:
         "vggface": lambda k: archs.VGGNet(k, "vggface", SMALL_VGG, (16, 16)),
         "densenet121": lambda k: archs.DenseNetNet(k, growth=4, stem=8),
         "c3d": lambda k: archs.C3DNet(k, SMALL_C3D, (16, 16)),
-        "resnet3d18": lambda k: archs.ResNet3DNet(k, (2, 2, 2, 2), (8, 8, 16, 16), 0, stem=8),
-        "resnext3d101": lambda k: archs.ResNet3DNet(k, (3, 4, 23, 3), (32, 32, 64, 64), 4, stem=8),
+        "resnet3d18": lambda k: archs.ResNet3DNet(k, backbones.ResNet3D((2, 2, 2, 2), (8, 8, 16, 16), 0, stem=8)),
+        "resnext3d101": lambda k: archs.ResNet3DNet(k, backbones.ResNet3D((3, 4, 23, 3), (32, 32, 64, 64), 4, stem=8)),
     }[name]
     flat = {"c3d": {("fc6",): ((1, 4, 4), 8)}}.get(name, {k: (s, 8) for k, (s, _) in a.flattened.items()})
     return dataclasses.replace(a, build=build, flattened=flat)

@@ -83,14 +83,14 @@ def setup_logging(lead: bool = True) -> None:
 
 
 def add_command(sub: argparse._SubParsersAction, name: str, run: Callable, *, overrides: bool = False,
-                jax_flags: bool = True, **kw) -> argparse.ArgumentParser:
+                jax: bool = True, **kw) -> argparse.ArgumentParser:
     """Subcommand `name`'s parser (`kw`: argparse's help, epilog...) dispatching to `run`, which
-    also gets the --config.key=value overrides when `overrides`; one that runs JAX (`jax_flags`)
-    takes the JAX / multi-host flags."""
+    also gets the --config.key=value overrides when `overrides`. One that runs JAX takes the JAX /
+    multi-host flags; one that does not (`jax=False`) has its logging set up by `fergate.cli`."""
     q = sub.add_parser(name, **kw)
-    if jax_flags:
+    if jax:
         add_jax_args(q)
-    q.set_defaults(func=run, overrides=overrides)
+    q.set_defaults(func=run, overrides=overrides, jax=jax)
     return q
 
 

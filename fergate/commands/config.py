@@ -13,14 +13,13 @@ from fergate.commands import add_command
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    q = add_command(sub, "config", run, overrides=True, jax_flags=False,
+    q = add_command(sub, "config", run, overrides=True, jax=False,  # reads config files; runs nothing on devices
                     help="show a config's keys and values (what --config.KEY=VALUE may set)")
     actions = q.add_subparsers(dest="action", required=True, metavar="ACTION", help="what to do with a config")
     show = actions.add_parser("show", help="print every key of a config and its value, as they resolve",
                               epilog=catalogue)
     show.add_argument("config", metavar="CONFIG", help="configs/X.py[:arg=value,...], or a training workdir (the "
                       "config it was trained with); --config.KEY=VALUE overrides after it are applied")
-    q.set_defaults(jax=False)  # reads config files; runs nothing on devices
 
 
 def run(a: argparse.Namespace, overrides: list[str]) -> None:

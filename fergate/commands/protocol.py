@@ -10,7 +10,7 @@ from fergate.commands import add_command
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    q = add_command(sub, "protocol", run, jax_flags=False,
+    q = add_command(sub, "protocol", run, jax=False,
                     help="a prepared dataset's subjects per split and per fold, as a protocol file for "
                          "`fergate prep --splits` on another machine",
                     epilog="The file's digest (also printed) is the protocol_digest of eval.json and cv.json: equal "
@@ -18,7 +18,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     q.add_argument("action", choices=("export",), help="export: write DATA's protocol file")
     q.add_argument("data", metavar="DATA", help="prepared data (a `fergate prep --out` directory)")
     q.add_argument("--out", default=None, metavar="FILE", help="the protocol file (default: standard output)")
-    q.set_defaults(jax=False)
 
 
 def run(a: argparse.Namespace) -> None:

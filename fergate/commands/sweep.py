@@ -9,7 +9,7 @@ from fergate.commands import add_command
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    q = add_command(sub, "sweep", run, overrides=True, jax_flags=False,
+    q = add_command(sub, "sweep", run, overrides=True, jax=False,  # the runs start JAX, each in its own process
                     help="a paper's table: every (row, seed) of a table file trained as a resumable run, then "
                          "W/table.json, table.md, table.png beside the paper's numbers",
                     epilog="Overrides: --config.key=value, applied to every run (e.g. --config.data.dir=DIR). As a "
@@ -22,7 +22,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     q.add_argument("--task", type=int, default=0, help="this task's index: it runs every --tasks-th cell")
     q.add_argument("--tasks", type=int, default=1, help="tasks sharing the cells; the last to finish writes the table")
     q.add_argument("--aggregate", action="store_true", help="only write the table from the finished cells")
-    q.set_defaults(jax=False)  # the runs start JAX, each in its own process
 
 
 def run(a: argparse.Namespace, overrides: list[str]) -> None:

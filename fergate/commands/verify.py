@@ -9,13 +9,12 @@ from fergate.commands import add_command
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    q = add_command(sub, "verify", run, jax_flags=False,
+    q = add_command(sub, "verify", run, jax=False,
                     help="read every shard of prepared data: records readable, counts and digests as the manifest "
                          "says (a shard damaged, or changed since prep); exit status 1 when anything is wrong",
                     epilog="One line per shard, then a summary saying what to do. Training, eval and features name "
                            "this command when they meet a damaged shard.")
     q.add_argument("data", nargs="+", metavar="DATA", help="prepared data (a `fergate prep --out` directory)")
-    q.set_defaults(jax=False)
 
 
 def run(a: argparse.Namespace) -> int:

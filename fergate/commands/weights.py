@@ -13,11 +13,10 @@ ARCH_NAMES = ("vgg16", "vggface", "densenet121", "c3d", "resnet3d18", "resnext3d
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    q = add_command(sub, "weights", run, jax_flags=False,
+    q = add_command(sub, "weights", run, jax=False,
                     help="published pretrained weights: inspect a file's mapping onto fergate's networks, convert a "
                          ".pth to .safetensors",
                     epilog="Training loads them with --config.init.weights=FILE (README, 'Pretrained backbones').")
-    q.set_defaults(jax=False)
     ops = q.add_subparsers(dest="op", required=True, parser_class=Parser)
     i = ops.add_parser("inspect", help="each tensor of FILE and the fergate variable it fills; what is missing, "
                        "extra or mis-shaped (exit status 1 when the file does not load)")

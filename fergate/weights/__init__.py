@@ -33,7 +33,7 @@ def read(path: str, arch: str | Arch | None = None) -> tuple[Arch, dict[str, np.
             raise UserError(f"weights file {path}: its {len(tensors)} tensors follow none of the layouts fergate reads "
                             f"({', '.join(ARCHS)}); name one with --arch to see what differs")
         arch = name
-    return (get(arch) if isinstance(arch, str) else arch), tensors
+    return get(arch), tensors
 
 
 def load(path: str, arch: str | Arch | None = None) -> dict:
@@ -47,7 +47,7 @@ def load(path: str, arch: str | Arch | None = None) -> dict:
 
 def network(arch: str | Arch, variables: dict):
     """The flax module of `arch` for `variables` (its classifier's width read from them)."""
-    arch = get(arch) if isinstance(arch, str) else arch
+    arch = get(arch)
     kernels = _classifier_leaves(arch, variables)
     if len(kernels) != 1:
         raise UserError(f"these variables are not a {arch.name} network's (no {arch.classes} among them)")
@@ -66,7 +66,7 @@ def _classifier_leaves(arch: Arch, variables: dict):
 def features(arch: str | Arch, variables: dict, images: np.ndarray, batch_size: int = 8) -> np.ndarray:
     """The network's penultimate features of uint8 RGB `images` (N x H x W x 3 at the native
     size; clips N x 16 x 112 x 112 x 3), normalised inside as the weights' source expects."""
-    arch = get(arch) if isinstance(arch, str) else arch
+    arch = get(arch)
     images = np.asarray(images)
     if images.dtype != np.uint8 or images.shape[1:] != arch.input_shape:
         raise UserError(f"{arch.name} reads uint8 RGB of shape N x {' x '.join(map(str, arch.input_shape))}, got "

@@ -70,19 +70,21 @@ class C3DNet(Layer):
 
 
 class ResNet3DNet(Layer):
-    """A 3D-ResNets network (`backbones.ResNet3D`, "resnet") and its fc; features: the
-    pooled trunk."""
+    """A 3D-ResNets network: its trunk (a `backbones.ResNet3D`, "resnet", e.g. of
+    `backbones.RESNETS_3D`'s sizes) and fc; features: the pooled trunk."""
 
     num_classes: int
-    layers: Sequence[int] = (2, 2, 2, 2)
-    widths: Sequence[int] = (64, 128, 256, 512)
-    cardinality: int = 0
-    stem: int = 64
+    resnet: backbones.ResNet3D
 
     @nn.compact
     def __call__(self, clips, train: bool = False):
-        h = backbones.ResNet3D(self.layers, self.widths, self.cardinality, self.stem, name="resnet")(clips, train)
+        h = self.resnet(clips, train)
         return h, nn.Dense(self.num_classes, name="fc")(h)
+
+
+def _resnet3d(name: str) -> Callable[[int], ResNet3DNet]:
+    """The network of 3D-ResNets' `name` (`backbones.RESNETS_3D`) with k classes."""
+    return lambda k: ResNet3DNet(k, backbones.ResNet3D(**backbones.RESNETS_3D[name]))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -186,21 +188,24 @@ ARCHS: dict[str, Arch] = {a.name: a for a in (
     Arch("c3d", C3DNet, c3d_source, "fc8.weight", (16, 112, 112, 3), "conv3a.weight",
          {("fc6",): ((1, 4, 4), 512)},
          what="C3D on Sports-1M in its PyTorch port's layout (c3d.pickle; conv1 ... fc8)"),
-    Arch("resnet3d18", lambda k: ResNet3DNet(k, **backbones.RESNETS_3D["resnet3d18"]), resnet3d_source, "fc.weight",
+    Arch("resnet3d18", _resnet3d("resnet3d18"), resnet3d_source, "fc.weight",
          (16, 112, 112, 3), "layer1.0.conv2.weight",
          what="3D-ResNets' ResNet-18 on Kinetics (r3d18_K_200ep.pth; conv1, layerS.I.*, fc)"),
-    Arch("resnext3d101", lambda k: ResNet3DNet(k, **backbones.RESNETS_3D["resnext3d101"]), resnet3d_source,
+    Arch("resnext3d101", _resnet3d("resnext3d101"), resnet3d_source,
          "fc.weight", (16, 112, 112, 3), "layer1.0.conv3.weight",
          what="3D-ResNets' ResNeXt-101 (cardinality 32) on Kinetics (resnext-101-kinetics.pth)"),
 )}
 
 
-def get(name: str) -> Arch:
+def get(arch: str | Arch) -> Arch:
+    """`arch` itself, or the architecture it names (a UserError naming those fergate reads otherwise)."""
     from fergate.errors import UserError
 
-    if name not in ARCHS:
-        raise UserError(f"unknown architecture {name!r}; fergate reads {', '.join(ARCHS)}")
-    return ARCHS[name]
+    if isinstance(arch, Arch):
+        return arch
+    if arch not in ARCHS:
+        raise UserError(f"unknown architecture {arch!r}; fergate reads {', '.join(ARCHS)}")
+    return ARCHS[arch]
 
 
 def detect(keys) -> str | None:
