@@ -1,5 +1,6 @@
 """What the table files share: the smoke budget (a few steps, for a first try on a CPU), the
-budgets of tables of one family, and the micro-emotion network's tables (`micro_table`)."""
+budgets of tables of one family, and what the tables of THIN and of the micro-emotion network
+share (`thin_table`, `micro_table`)."""
 
 
 def smoke(*extra: str, steps: int = 60, eval_every: int = 0) -> tuple[str, ...]:
@@ -39,4 +40,18 @@ def micro_table(title: str, rows: list[tuple[str, str, float | None, str]]) -> d
         budgets=MICRO_BUDGETS,
         rows=[dict(name=name, config=f"configs/micro.py:{args}", paper=mis, paper_note=note)
               for name, args, mis, note in rows],
+    )
+
+
+def thin_table(title: str, exo: tuple[str, ...], rows: list[dict]) -> dict:
+    """A table of THIN (paper 003) from its rows: test accuracy over three seeds, `THIN_BUDGETS`,
+    and beside each run the test accuracy on their bins of its stage-1 exogenous networks
+    (`exo`: the variables they predict), a column each (`extras`)."""
+    return dict(
+        title=title,
+        metric="accuracy",
+        seeds=3,
+        extras={f"stage-1 {n} accuracy": (f"pretrain/{n}", "accuracy") for n in exo},
+        budgets=THIN_BUDGETS,
+        rows=rows,
     )

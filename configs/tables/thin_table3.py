@@ -18,14 +18,9 @@ ROWS = {  # row: (config arguments, the paper's gating variable, MNIST-RS accura
 
 
 def get_table(arg=None):
-    return dict(
-        title="THIN Table 3 (paper 003): the gating variable on digits_rotated_scaled",
-        metric="accuracy",
-        seeds=3,
-        extras={f"stage-1 {n} accuracy": (f"pretrain/{n}", "accuracy") for n in ("rotation", "scale")},
-        budgets=common.THIN_BUDGETS,
-        rows=[dict(name=name, config=f"configs/thin.py:task=digits_rotated_scaled,{args}", paper=acc,
-                   paper_note=f"gating variable {var}: MNIST-RS",
-                   shares=("rotation", "scale") if name == "rotation_scale" else ())
-              for name, (args, var, acc) in ROWS.items()],
-    )
+    return common.thin_table("THIN Table 3 (paper 003): the gating variable on digits_rotated_scaled",
+                             ("rotation", "scale"),
+                             [dict(name=name, config=f"configs/thin.py:task=digits_rotated_scaled,{args}", paper=acc,
+                                   paper_note=f"gating variable {var}: MNIST-RS",
+                                   shares=("rotation", "scale") if name == "rotation_scale" else ())
+                              for name, (args, var, acc) in ROWS.items()])

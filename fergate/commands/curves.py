@@ -9,7 +9,7 @@ from fergate.errors import UserError
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    q = add_command(sub, "curves", run, jax=False,
+    q = add_command(sub, "curves", run, jax=False,  # reads metrics.jsonl, draws with matplotlib
                     help="the training curves of several runs in one figure (loss, training and held-out accuracy "
                          "against the step)")
     q.add_argument("workdirs", nargs="+", metavar="WORKDIR", help="training workdirs (their metrics.jsonl), one "

@@ -10,7 +10,7 @@ from fergate.commands import add_command
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    q = add_command(sub, "protocol", run, jax=False,
+    q = add_command(sub, "protocol", run, jax=False,  # reads a manifest, writes JSON: runs nothing on devices
                     help="a prepared dataset's subjects per split and per fold, as a protocol file for "
                          "`fergate prep --splits` on another machine",
                     epilog="The file's digest (also printed) is the protocol_digest of eval.json and cv.json: equal "

@@ -9,7 +9,7 @@ from fergate.commands import add_command
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    q = add_command(sub, "verify", run, jax=False,
+    q = add_command(sub, "verify", run, jax=False,  # reads the shards back: runs nothing on devices
                     help="read every shard of prepared data: records readable, counts and digests as the manifest "
                          "says (a shard damaged, or changed since prep); exit status 1 when anything is wrong",
                     epilog="One line per shard, then a summary saying what to do. Training, eval and features name "

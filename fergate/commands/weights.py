@@ -13,7 +13,7 @@ ARCH_NAMES = ("vgg16", "vggface", "densenet121", "c3d", "resnet3d18", "resnext3d
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    q = add_command(sub, "weights", run, jax=False,
+    q = add_command(sub, "weights", run, jax=False,  # tensor names and shapes (jax.eval_shape): runs nothing on devices
                     help="published pretrained weights: inspect a file's mapping onto fergate's networks, convert a "
                          ".pth to .safetensors",
                     epilog="Training loads them with --config.init.weights=FILE (README, 'Pretrained backbones').")
