@@ -25,6 +25,7 @@ from typing import Any, ClassVar
 from data_prep.readers.layout import child
 from fergate import face as F
 from fergate import video
+from fergate.data.labels import DATASET_CLASSES
 from fergate.errors import UserError
 
 
@@ -79,6 +80,13 @@ class Reader:
     title: ClassVar[str] = ""
     Options: ClassVar[type] = NoOptions
     classes: tuple[str, ...] = ()
+
+    def __init_subclass__(cls, **kw):
+        """A published dataset's classes, in its own label order, are those fergate knows it by
+        (`fergate.data.labels.DATASET_CLASSES[name]`) unless the reader says otherwise."""
+        super().__init_subclass__(**kw)
+        if "classes" not in cls.__dict__ and cls.name in DATASET_CLASSES:
+            cls.classes = DATASET_CLASSES[cls.name]
 
     def __init__(self, source: str | None, options):
         self.source, self.options = source, options

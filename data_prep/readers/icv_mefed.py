@@ -11,7 +11,6 @@ from data_prep.readers.layout import fields, text_lines
 from fergate import face as F
 from fergate import video
 from fergate.data import compound as compound_labels
-from fergate.data.labels import DATASET_CLASSES
 from fergate.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -37,7 +36,6 @@ class IcvMefedReader(Reader):
     name = "icv_mefed"
     title = "iCV-MEFED"
     Options = IcvMefedOptions
-    classes = DATASET_CLASSES["icv_mefed"]
 
     def __init__(self, source: str | None, options):
         super().__init__(self.source_folder(source, "SOURCE: the folder of the photos and label files"), options)

@@ -125,7 +125,6 @@ class Bu4dfeReader(LayoutReader):
     name = "bu4dfe"
     Options = Bu4dfeOptions
     layout = "ROOT/<F001|M001...>/<Angry|Disgust|Fear|Happy|Sad|Surprise>/<frame images>"
-    classes = DATASET_CLASSES["bu4dfe"]
     SUBJECT = re.compile(r"[FM]\d+", re.IGNORECASE)
 
     def __init__(self, source: str | None, options: Bu4dfeOptions):
@@ -175,7 +174,6 @@ class MmiReader(LayoutReader):
     name = "mmi"
     Options = ClipOptions
     layout = "ROOT/Sessions/<n>/S001-002.avi with its metadata S001-002.xml (<Metatag Name=\"Emotion\" Value=\"1-6\"/>)"
-    classes = DATASET_CLASSES["mmi"]
     SUBJECT = re.compile(r"(S\d+)[-_]", re.IGNORECASE)
 
     def __init__(self, source: str | None, options: ClipOptions):

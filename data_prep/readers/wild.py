@@ -47,7 +47,6 @@ class RafDbReader(LayoutReader):
     Options = RafDbOptions
     layout = ("ROOT/basic/EmoLabel/list_patition_label.txt (lines `train_00001.jpg 5`) and "
               "ROOT/basic/Image/aligned/train_00001_aligned.jpg (--original: ROOT/basic/Image/original/)")
-    classes = DATASET_CLASSES["rafdb"]
 
     def __init__(self, source: str | None, options: RafDbOptions):
         super().__init__(source, options)
@@ -174,7 +173,6 @@ class Fer2013Reader(LayoutReader):
 
     name = "fer2013"
     layout = "ROOT/fer2013.csv (header emotion,pixels,Usage; a row's pixels: 48 x 48 grey levels)"
-    classes = DATASET_CLASSES["fer2013"]
     USAGE = {"training": "train", "publictest": "val", "privatetest": "test"}
     SIDE = 48
 
@@ -225,7 +223,6 @@ class SfewReader(LayoutReader):
 
     name = "sfew"
     layout = "ROOT/Train/Train_Aligned_Faces/<Emotion>/*.png and ROOT/Val/Val_Aligned_Faces/<Emotion>/*.png"
-    classes = DATASET_CLASSES["sfew"]
     SPLITS = {"train": "Train", "test": "Val"}
 
     def __init__(self, source: str | None, options):
@@ -272,7 +269,6 @@ class ExpwReader(LayoutReader):
     Options = ExpwOptions
     layout = ("ROOT/label/label.lst (lines `image_name face_id top left right bottom confidence label`) and "
               "ROOT/image/origin/<image_name>")
-    classes = DATASET_CLASSES["expw"]
 
     def __init__(self, source: str | None, options: ExpwOptions):
         super().__init__(source, options)
