@@ -15,7 +15,7 @@ from fergate.train.mesh import global_batch
 
 class DevicePrefetch:
     """`next` -> the next global batch of `iterator` (a grain iterator of this process's
-    parts), already on the devices of `sharding`, `depth` batches having been fetched ahead;
+    parts), already on the devices of `sharding`, with `depth` - 1 more on their way there;
     `get_state` is what grain's checkpoint handler saves: the iterator's state after the
     last batch `next` returned."""
 

@@ -29,7 +29,6 @@ from fergate.train.data import DataPlan, resolve
 from fergate.train.mesh import config_mesh, global_batch, state_shardings
 from fergate.train.optimizer import make_optimizer
 
-
 #: folded into a step's key for its augmentations (dropout takes the step's key itself)
 AUGMENT_STREAM = 1
 
