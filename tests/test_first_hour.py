@@ -11,7 +11,15 @@ import time
 import cv2
 import numpy as np
 import pytest
-from helpers import RESUME_AUGMENT, RESUME_STEPS, SMALL, assert_same_final_params, interrupted_run, metrics_lines, train_cmd
+from helpers import (
+    RESUME_AUGMENT,
+    RESUME_STEPS,
+    SMALL,
+    assert_same_final_params,
+    interrupted_run,
+    metrics_lines,
+    train_cmd,
+)
 
 from fergate.train.checkpoint import Checkpointer
 
