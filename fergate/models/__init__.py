@@ -264,7 +264,9 @@ class Family:
     def host_transforms(self, config, train: bool) -> list:
         """The transforms the input pipeline runs: `transforms`, less the augmentation ops
         when they run in the jitted step (`device_ops`); the family's maps then all come
-        before them (a resize: the ops act on the model's input size)."""
+        before them (a resize: the ops act on the model's input size and colour, so that
+        hue_saturation leaves a model's grey input alone, where on the host it changed the
+        colour face the grey input was made from)."""
         if not (train and self.device_ops(config)):
             return self.transforms(config, train)
         before, after = self.preprocess(config, train)
