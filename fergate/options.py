@@ -260,6 +260,9 @@ KEYS: dict[str, KeySpec] = {
     "data.weight": K(1.0, "the main data's share of training draws", check=_weight, before=1.0),
     "data.balance": K(False),
     "data.workers": K(0, resumable=True),
+    "data.cache_mb": K(4096, "host memory (MiB per process) that keeps training records decoded and resized "
+                             "after their first read (0: read each time)", check=at_least(0), resumable=True,
+                       before=0),
     "data.augment": K("", "augmentation in training: ops separated by '|' (fergate.data.augment), e.g. "
                           "'flip|rotate(10)|brightness_contrast(20, 0.2)|hue_saturation'; each family says which "
                           "it takes (a workdir written with the older flip / rotate / ... keys reads as their ops)",

@@ -49,10 +49,10 @@ def uninterrupted(sample_data, tmp_path_factory):
     signalled and resumed run must end equal to (trained once for all of them)."""
     import subprocess
 
-    from helpers import RESUME_STEPS, train_cmd
+    from helpers import RESUME_AUGMENT, RESUME_STEPS, train_cmd
 
     w = tmp_path_factory.mktemp("uninterrupted") / "w"
-    r = subprocess.run(train_cmd(w, sample_data, f"--config.train.steps={RESUME_STEPS}"), capture_output=True,
-                       text=True)
+    r = subprocess.run(train_cmd(w, sample_data, f"--config.train.steps={RESUME_STEPS}", RESUME_AUGMENT),
+                       capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-2000:]
     return w

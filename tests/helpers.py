@@ -48,6 +48,8 @@ def final_params(workdir) -> tuple[int, dict]:
 #: The run the interrupted ones are compared with (`uninterrupted` in conftest.py): how often a
 #: run logs or checkpoints does not change its parameters.
 RESUME_STEPS = 40
+#: ... with augmentations drawn in the jitted step: a resumed run must draw the same ones
+RESUME_AUGMENT = "--config.data.augment=flip|rotate(10)|brightness_contrast"
 
 
 def interrupted_run(w, data, extra, ready: Callable[[], bool], sig: int) -> subprocess.Popen:

@@ -14,7 +14,7 @@ import sys
 import time
 
 import pytest
-from helpers import RESUME_STEPS, assert_same_final_params, holder, run_fergate, train_cmd
+from helpers import RESUME_AUGMENT, RESUME_STEPS, assert_same_final_params, holder, run_fergate, train_cmd
 
 from fergate import lock
 from fergate.errors import DiskFull, UserError
@@ -156,7 +156,8 @@ def test_a_full_disk_while_checkpointing_is_one_line_and_the_rerun_ends_like_an_
         return write_text(self, *a, **k)
 
     monkeypatch.setattr(cls, "write_text", full)
-    args = train_cmd(w, sample_data, f"--config.train.steps={RESUME_STEPS}", "--config.train.ckpt_every=10")[3:]
+    args = train_cmd(w, sample_data, f"--config.train.steps={RESUME_STEPS}", "--config.train.ckpt_every=10",
+                     RESUME_AUGMENT)[3:]
     assert run_fergate(*args) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "Traceback" not in err, err

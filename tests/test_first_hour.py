@@ -11,7 +11,15 @@ import time
 import cv2
 import numpy as np
 import pytest
-from helpers import RESUME_STEPS, SMALL, assert_same_final_params, interrupted_run, metrics_lines, train_cmd
+from helpers import (
+    RESUME_AUGMENT,
+    RESUME_STEPS,
+    SMALL,
+    assert_same_final_params,
+    interrupted_run,
+    metrics_lines,
+    train_cmd,
+)
 
 from fergate.train.checkpoint import Checkpointer
 
@@ -80,7 +88,8 @@ def test_training_on_your_own_photos_as_the_readme_says(own_folder, tmp_path):
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_a_signal_saves_where_the_run_is_and_the_rerun_ends_like_an_uninterrupted_one(sample_data, uninterrupted,
                                                                                      tmp_path, sig):
-    extra = (f"--config.train.steps={RESUME_STEPS}", "--config.train.ckpt_every=1000", "--config.train.log_every=2")
+    extra = (f"--config.train.steps={RESUME_STEPS}", "--config.train.ckpt_every=1000", "--config.train.log_every=2",
+             RESUME_AUGMENT)
     w = tmp_path / "w"
     p = interrupted_run(w, sample_data, extra, lambda: metrics_lines(w) >= 5, sig)
     err = p.err

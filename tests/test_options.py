@@ -41,7 +41,8 @@ def test_every_shared_key_has_one_spec():
     # today's resumable keys and the values older workdirs get, now read from the table
     assert set(options.RESUMABLE_CHANGES) == {
         "train.steps", "optim.decay_steps", "train.log_every", "train.ckpt_every", "train.eval_every", "train.keep",
-        "train.profile_steps", "data.workers", "eval.batch_size", "eval.top_k", "mesh.model", "mesh.rules"}
+        "train.profile_steps", "data.workers", "data.cache_mb", "eval.batch_size", "eval.top_k", "mesh.model",
+        "mesh.rules"}
 
 
 #: (config, override, the error): a malformed option, or a config argument its file does not know,

@@ -10,7 +10,7 @@ import sys
 import jax
 import numpy as np
 import pytest
-from helpers import RESUME_STEPS, SMALL, assert_same_final_params, interrupted_run, prepared, train_cmd
+from helpers import RESUME_AUGMENT, RESUME_STEPS, SMALL, assert_same_final_params, interrupted_run, prepared, train_cmd
 
 from fergate import config as C
 from fergate.errors import UserError
@@ -74,7 +74,8 @@ def test_two_processes_train_like_one(sample_data, four_devices, tmp_path):
 
 
 def test_killed_run_resumes_to_the_same_parameters(sample_data, uninterrupted, tmp_path):
-    extra = (f"--config.train.steps={RESUME_STEPS}", "--config.train.ckpt_every=10", "--config.train.log_every=5")
+    extra = (f"--config.train.steps={RESUME_STEPS}", "--config.train.ckpt_every=10", "--config.train.log_every=5",
+             RESUME_AUGMENT)
     w = tmp_path / "killed"
     p = interrupted_run(w, sample_data, extra, lambda: os.path.isdir(w / "checkpoints" / "20"), signal.SIGKILL)
     assert not os.path.exists(w / "eval.json"), "the run finished before it could be killed"

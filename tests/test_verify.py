@@ -12,7 +12,7 @@ from types import SimpleNamespace
 
 import pytest
 from array_record.python.array_record_module import ArrayRecordReader, ArrayRecordWriter
-from helpers import RESUME_STEPS, run_fergate, train_cmd
+from helpers import RESUME_AUGMENT, RESUME_STEPS, run_fergate, train_cmd
 
 from fergate.data import pipeline, shards
 from fergate.data import verify as V
@@ -121,8 +121,8 @@ def test_a_workdir_resumes_only_on_the_data_it_trained_on(uninterrupted, sample_
     assert saved["dir"] == sample_data
     w = shutil.copytree(uninterrupted, tmp_path / "w")
     json.dump({**saved, "fingerprint": "0123456789ab", "dir": "/data/before"}, open(w / "data.json", "w"))
-    r = subprocess.run(train_cmd(w, sample_data, f"--config.train.steps={RESUME_STEPS}"), capture_output=True,
-                       text=True)
+    r = subprocess.run(train_cmd(w, sample_data, f"--config.train.steps={RESUME_STEPS}", RESUME_AUGMENT),
+                       capture_output=True, text=True)
     assert r.returncode == 2 and len(r.stderr.splitlines()) == 1, r.stderr[-2000:]
     assert f"workdir {w} trained on data 0123456789ab (/data/before), this run reads data {saved['fingerprint']} " \
            f"({sample_data}): it was prepared again since" in r.stderr

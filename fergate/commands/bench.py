@@ -22,7 +22,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     q.add_argument("--data", default=None, help="also time the input pipeline on this prepared directory (and "
                    "report its rate over the step's)")
     q.add_argument("--pipeline", action="store_true", help="only the input pipeline, no model: on --data, else "
-                   "on the config's own data (the built-in set, prepared on first use)")
+                   "on the config's own data (the built-in set, prepared on first use); examples/s after the first "
+                   "epoch and in it, bytes per example and MB/s sent to the devices")
     q.add_argument("--prep", action="store_true", help="only data_prep: faces/s of `fergate prep` on the sample set "
                    "with each of --prep_workers")
     q.add_argument("--prep_workers", default="1,2", help="worker counts for --prep, comma-separated")

@@ -9,10 +9,15 @@ serves every family, and a family only says which ops it can take
 (`Family.augmentations`); an op it cannot take is a one-line error at config time.
 
 An op draws its random parameters (`draw(rng)`) apart from applying them (`apply(rec,
-params)`), so that the same parameters can be applied elsewhere (on the device, in a jitted
-step) and a resumed run draws the same ones. A new op is a `register`ed `Op` subclass (one
-on pixels alone: a `Photometric` one, which writes `pixels`), in any module a config imports
-(a family's, or one of the user's).
+params)`). Training runs them in its jitted step (`on_device`): per example of the batch,
+`draw` gets a `KeyRng` of a key folded from the step's (so a resumed run draws the same
+augmentations) and `apply` the example's fields as jax arrays, vectorised over the batch;
+the host pipeline then only reads, decodes and batches. An op marked `device = True` is
+written with what numpy and jax arrays share (array methods, `fields`' kinds, `fields.select`
+for a drawn choice); an augmentation string with an op that is not runs all its ops on the
+host as grain transforms, in their order, as before. A new op is a `register`ed `Op`
+subclass (one on pixels alone: a `Photometric` one, which writes `pixels`), in any module a
+config imports (a family's, or one of the user's).
 """
 
 from __future__ import annotations
@@ -42,6 +47,8 @@ class Op(grain.transforms.RandomMap):
     """One augmentation: random in training (seeded per example), never in evaluation."""
 
     name: ClassVar[str]
+    #: `draw` and `apply` run on jax values too (the jitted step): see the module docstring
+    device: ClassVar[bool] = False
 
     def draw(self, rng: np.random.Generator) -> Any:
         raise NotImplementedError
@@ -59,13 +66,14 @@ class Flip(Op):
     """Mirror left-right with probability `p`: every field as its kind mirrors it."""
 
     name: ClassVar[str] = "flip"
+    device: ClassVar[bool] = True
     p: float = 0.5
 
     def draw(self, rng):
         return rng.random() < self.p
 
     def apply(self, rec, flipped):
-        return F.flip(rec) if flipped else rec
+        return F.select(flipped, F.flip(rec), rec)
 
 
 @register
@@ -76,6 +84,7 @@ class Rotate(Op):
     image; borders replicated."""
 
     name: ClassVar[str] = "rotate"
+    device: ClassVar[bool] = True
     degrees: float = 10.0
 
     def draw(self, rng):
@@ -105,6 +114,7 @@ class BrightnessContrast(Photometric):
     draw per example."""
 
     name: ClassVar[str] = "brightness_contrast"
+    device: ClassVar[bool] = True
     brightness: float = 20.0
     contrast: float = 0.2
 
@@ -115,7 +125,7 @@ class BrightnessContrast(Photometric):
     def pixels(self, img, params):
         c, b = params
         x = img.astype(np.float32)
-        return np.clip((x - x.mean()) * c + x.mean() + b, 0, 255).astype(np.uint8)
+        return ((x - x.mean()) * c + x.mean() + b).clip(0, 255).astype(np.uint8)
 
 
 @register
@@ -125,6 +135,7 @@ class HueSaturation(Photometric):
     [1 - `saturation`, 1 + `saturation`]; grey ones are left alone."""
 
     name: ClassVar[str] = "hue_saturation"
+    device: ClassVar[bool] = True
     hue: float = 10.0
     saturation: float = 0.2
 
@@ -136,6 +147,10 @@ class HueSaturation(Photometric):
         if img.shape[-1] != 3:
             return img
         dh, ds = params
+        if F.on_device(img):
+            from fergate.data import device
+
+            return device.hue_saturation(img, dh, ds)
         hsv = cv2.cvtColor(img.reshape(-1, img.shape[-2], 3), cv2.COLOR_RGB2HSV).astype(np.float32)
         hsv[..., 0] = (hsv[..., 0] + dh) % 180
         hsv[..., 1] = np.clip(hsv[..., 1] * ds, 0, 255)
@@ -190,6 +205,30 @@ def for_family(config, family) -> list[Op]:
             can = f"it takes {', '.join(takes)}" if takes else "it takes none"
             raise UserError(f"config data.augment: {op.name} does not apply to {family.name}/{config.variant} ({can})")
     return ops
+
+
+def runs_on_device(ops: list[Op]) -> bool:
+    """Whether `ops` run in the jitted step: there are some, and every one can (`Op.device`)."""
+    return bool(ops) and all(op.device for op in ops)
+
+
+def on_device(ops: list[Op], batch: dict, key) -> dict:
+    """`ops` applied in order to every example of `batch` (fields with a leading batch axis,
+    jax arrays in a jitted step), each example's parameters drawn from its own key: example
+    i, op j draws from fold_in(split(key, n)[i], j). The batch's `label`, `mask` and `index`
+    are plain arrays that no op moves."""
+    import jax
+
+    from fergate.data.device import KeyRng
+
+    n = next(iter(batch.values())).shape[0]
+
+    def one(rec, k):
+        for j, op in enumerate(ops):
+            rec = op.apply(rec, op.draw(KeyRng(jax.random.fold_in(k, j))))
+        return rec
+
+    return jax.vmap(one)(batch, jax.random.split(key, n))
 
 
 #: the legacy augmentation keys of `config.data` (workdirs written before `data.augment`)

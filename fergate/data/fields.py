@@ -26,19 +26,35 @@ import numpy as np
 from fergate.data.landmarks import MIRROR_68, iod
 
 
+def on_device(x: Any) -> bool:
+    """Whether `x` is a jax value (an op applied in a jitted step) rather than a numpy one."""
+    return not isinstance(x, (np.ndarray, np.generic, int, float, bool))
+
+
 def warp(img: np.ndarray, m: np.ndarray) -> np.ndarray:
     """H x W x C, or T x H x W x C frame by frame, through the 2 x 3 matrix m (borders
-    replicated)."""
+    replicated): OpenCV's on the host, `fergate.data.device.warp` in a jitted step."""
+    if on_device(img) or on_device(m):
+        from fergate.data import device
+
+        return device.warp(img, m)
     if img.ndim == 4:
         return np.stack([warp(f, m) for f in img])
     out = cv2.warpAffine(img, m, (img.shape[1], img.shape[0]), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
     return out.reshape(img.shape)
 
 
-def rotation(shape: tuple[int, int], degrees: float) -> np.ndarray:
-    """The 2 x 3 matrix rotating an (h, w) image by `degrees` about its centre."""
+def rotation(shape: tuple[int, int], degrees: Any) -> np.ndarray:
+    """The 2 x 3 matrix rotating an (h, w) image by `degrees` about its centre (OpenCV's
+    `getRotationMatrix2D`, written out so that a traced angle gives a jax matrix)."""
+    xp = np
+    if on_device(degrees):
+        import jax.numpy as xp
     h, w = shape
-    return cv2.getRotationMatrix2D(((w - 1) / 2, (h - 1) / 2), degrees, 1.0)
+    cx, cy = (w - 1) / 2, (h - 1) / 2
+    a = xp.deg2rad(degrees)
+    c, s = xp.cos(a), xp.sin(a)
+    return xp.stack([xp.stack([c, s, (1 - c) * cx - s * cy]), xp.stack([-s, c, s * cx + (1 - c) * cy])])
 
 
 def resize_image(img: np.ndarray, size: tuple[int, int], grey: bool) -> np.ndarray:
@@ -53,7 +69,9 @@ def resize_image(img: np.ndarray, size: tuple[int, int], grey: bool) -> np.ndarr
 class Kind:
     """What a kind of field does under each geometric change; the default: nothing (an
     identity embedding, a label, features). Each method gets the field's value and the
-    `Field` (for its `on` and `mirror`); `rec` is the record before the change."""
+    `Field` (for its `on` and `mirror`); `rec` is the record before the change. `flip` and
+    `rotate` take numpy values on the host and jax values (one example of a batch, traced)
+    in the jitted step alike: they use the array methods both share."""
 
     photometric = False  #: uint8 pixels that brightness / contrast / colour changes apply to
     spatial = False  #: an image whose (height, width) axes are `spatial_axes`: points may be `on` it
@@ -122,9 +140,8 @@ class Points(Kind):
     def flip(self, x, field, rec):
         img = self._image(field, rec)
         w = img.shape[FIELDS[field.on].kind.spatial_axes[1]]
-        out = (x[..., field.mirror, :] if field.mirror is not None else x).copy()
-        out[..., 0] = w - 1 - out[..., 0]
-        return out
+        out = x[..., field.mirror, :] if field.mirror is not None else x
+        return out * np.float32([-1, 1]) + np.float32([w - 1, 0])  # x -> w - 1 - x, exactly
 
     def rotate(self, x, field, rec, degrees):
         img = self._image(field, rec)
@@ -233,8 +250,19 @@ def flip(rec: dict) -> dict:
     for k, v in rec.items():
         f = get(k)
         y = f.kind.flip(v, f, rec)
-        out[k] = y if y is v else np.ascontiguousarray(y)
+        out[k] = np.ascontiguousarray(y) if isinstance(y, np.ndarray) and y is not v else y
     return out
+
+
+def select(cond: Any, a: dict, b: dict) -> dict:
+    """Record `a` where `cond` holds, else `b`: a Python choice on the host, an elementwise
+    one of every field for a traced `cond` (both sides are computed in a jitted step)."""
+    if not on_device(cond):
+        return a if cond else b
+    import jax
+    import jax.numpy as jnp
+
+    return jax.tree.map(lambda x, y: jnp.where(cond, x, y), a, b)
 
 
 def rotate(rec: dict, degrees: float) -> dict:

@@ -1,7 +1,13 @@
 """grain input pipelines: ArrayRecord shards -> per-process batches of numpy arrays.
 
-    EpochSampler (seeded shuffle / class balancing, repeat) -> slice by process
-      -> Load+Decode -> the model family's transforms (augmentation, resizing) -> batch
+    EpochSampler (seeded shuffle / class balancing, repeat)
+      -> Load: decode + the family's deterministic maps (resizing), cached in host memory
+      -> the family's random maps (on the host only when an augmentation cannot run in the
+         jitted step) -> slice by process -> batch
+
+Training's augmentation runs in the jitted step (`fergate.data.augment.on_device`), so the
+host reads, decodes and batches fixed-shape uint8 arrays: each record is decoded and
+resized once, then served from `Load`'s cache (up to `config.data.cache_mb` per process).
 
 Every random choice derives from (seed, epoch) or (seed, element index), so the stream is
 a pure function of the seed and the iterator's position: the iterator state saved in a
@@ -220,10 +226,16 @@ class Load(grain.transforms.Map):
     or `labels[index]` when given: classes mapped onto another list; an unmapped value or a
     negative one gets mask 0), a `mask` (0 for padding) and, with `with_index`, the
     record's `index` in the split (for evaluation reports). Derived fields
-    (`fields.Field.derive`, e.g. a subject's mean landmarks) are computed over these `files`."""
+    (`fields.Field.derive`, e.g. a subject's mean landmarks) are computed over these `files`.
+
+    `maps` (deterministic grain `Map`s: resizing) then bring it to the model's fixed shapes,
+    `keep` (with label, mask, index) selects the fields batches hold, and the result is kept
+    in memory, up to `cache_mb` MiB in this process (its worker's own in a grain worker): an
+    epoch after the first reads and decodes nothing."""
 
     def __init__(self, files: Sequence[str], fields: Sequence[str], label_field: str = "label",
-                 label_map: dict | None = None, with_index: bool = False, labels: np.ndarray | None = None):
+                 label_map: dict | None = None, with_index: bool = False, labels: np.ndarray | None = None,
+                 maps: Sequence = (), keep: Sequence[str] | None = None, cache_mb: float = 0):
         self.files, self.label_field, self.label_map = list(files), label_field, label_map
         self.counts = expected_counts(self.files)  #: each file's records by its sidecar, read once, not per worker
         self.labels = None if labels is None else np.asarray(labels, np.int32)
@@ -232,16 +244,29 @@ class Load(grain.transforms.Map):
         self.derived = {n: _fields.get(n) for n in _fields.derived(fields)}
         needs = [k for f in self.derived.values() for k in f.derive.needs]
         self.fields = tuple(dict.fromkeys([*(f for f in fields if f not in self.derived), label_field, *needs]))
-        self._source, self._derive = None, None
+        self.maps, self.keep, self.cache_bytes = tuple(maps), keep, int(cache_mb * 2**20)
+        self._source, self._derive, self._cache, self._cached = None, None, {}, 0
 
     def __getstate__(self):
-        return {**self.__dict__, "_source": None, "_derive": None}
+        return {**self.__dict__, "_source": None, "_derive": None, "_cache": {}, "_cached": 0}
 
     def map(self, element: tuple[int, bool]) -> dict[str, Any]:
+        index, valid = element
+        hit = self._cache.get(index)
+        if hit is None:
+            hit = self.read(index)
+            size = sum(v.nbytes for v in hit[0].values() if isinstance(v, np.ndarray))
+            if self._cached + size <= self.cache_bytes:
+                self._cache[index], self._cached = hit, self._cached + size
+        rec, labelled = hit
+        return {**rec, "mask": np.float32(valid and labelled)}
+
+    def read(self, index: int) -> tuple[dict[str, Any], bool]:
+        """Record `index` decoded, labelled and mapped (without its mask), and whether its
+        label is one trained on."""
         if self._source is None:
             self._source = Records(self.files, self.counts)
             self._derive = {n: f.derive.over_files(self.files) for n, f in self.derived.items()}
-        index, valid = element
         try:
             rec = schema.decode(self._source[index], self.fields)
         except schema.ForeignRecord as e:  # read, but no record prep wrote: the shard was replaced
@@ -252,12 +277,14 @@ class Load(grain.transforms.Map):
         label = rec[self.label_field] if self.labels is None else int(self.labels[index])
         if self.label_map is not None:
             label = self.label_map.get(label, -1)
-        valid = valid and label >= 0
         out["label"] = np.int32(max(label, 0))
-        out["mask"] = np.float32(valid)
         if self.with_index:
             out["index"] = np.int32(index)
-        return out
+        for t in self.maps:
+            out = t.map(out)
+        if self.keep is not None:
+            out = {k: out[k] for k in (*self.keep, "label", "index") if k in out}
+        return out, label >= 0
 
 
 def record_for_model(rec: dict) -> dict:
@@ -358,7 +385,7 @@ def make_dataset(data_dir: str, split: str, fields: Sequence[str], batch_size: i
                  process_count: int = 1, num_epochs: int | None = None, workers: int = 0, read_threads: int = 4,
                  label_field: str = "label", label_map: dict | None = None,
                  records: np.ndarray | None = None, labels: np.ndarray | None = None,
-                 mix: Sequence[Mix] = (), weight: float = 1.0) -> grain.IterDataset:
+                 mix: Sequence[Mix] = (), weight: float = 1.0, cache_mb: float = 0) -> grain.IterDataset:
     """Per-process batches (dicts of numpy arrays, leading axis `batch_size`) of a split.
 
     Train: shuffled (and class-balanced with `balance`), repeated forever unless
@@ -371,6 +398,8 @@ def make_dataset(data_dir: str, split: str, fields: Sequence[str], batch_size: i
     `labels` (one per record of the split; -1: dropped), those are the labels. `mix`: other
     datasets' records drawn alongside, each in proportion to its weight against `weight`
     (the split's own; `EpochSampler`), their labels mapped onto this split's classes.
+    The deterministic transforms before the first random one run in `Load`, whose results
+    are cached up to `cache_mb` MiB.
     """
     from absl import flags
 
@@ -394,17 +423,21 @@ def make_dataset(data_dir: str, split: str, fields: Sequence[str], batch_size: i
                            num_epochs=num_epochs if train else 1,
                            pad_to=1 if train else batch_size * process_count, records=records,
                            groups=groups if mix and train else None, weights=weights)
+    random = [isinstance(t, grain.transforms.RandomMap) for t in transforms]
+    first = random.index(True) if train and any(random) else len(transforms)  # evaluation: no random map runs
+    maps = [t for t, r in zip(transforms[:first], random) if not r]
+    rest = transforms[first:]
     ds = grain.MapDataset.source(sampler).map(Load(files, fields, label_field, label_map, with_index=not train,
-                                                   labels=override))
+                                                   labels=override, maps=maps, keep=None if rest else keep,
+                                                   cache_mb=cache_mb))
     n_random = 0
-    for t in transforms:
+    for t in rest:
         if isinstance(t, grain.transforms.RandomMap):
-            if train:
-                n_random += 1
-                ds = ds.random_map(t, seed=seed * 1000 + n_random)
+            n_random += 1
+            ds = ds.random_map(t, seed=seed * 1000 + n_random)
         else:
             ds = ds.map(t)
-    if keep is not None:
+    if keep is not None and rest:
         ds = ds.map(Select((*keep, "label", "mask", "index")))
     if process_count > 1:  # after the random maps, which draw by global element index: any process count sees
         ds = ds.slice(slice(process_index, None, process_count))  # the same augmentations (the map is lazy)

@@ -271,10 +271,28 @@ class Family:
 
     # composed from the hooks, not overridden
     def transforms(self, config, train: bool) -> list:
-        """The input transforms of a batch: `preprocess`'s before, in training the config's
-        augmentation ops, then its after."""
+        """The input transforms of a record, all on the host: `preprocess`'s before, in
+        training the config's augmentation ops, then its after (what `fergate export` and the
+        evaluation reports apply to a record)."""
         before, after = self.preprocess(config, train)
         return [*before, *(augment.for_family(config, self) if train else ()), *after]
+
+    def host_transforms(self, config, train: bool) -> list:
+        """The transforms the input pipeline runs: `transforms`, less the augmentation ops
+        when they run in the jitted step (`device_ops`); the family's maps then all come
+        before them (a resize: the ops act on the model's input size and colour, so that
+        hue_saturation leaves a model's grey input alone, where on the host it changed the
+        colour face the grey input was made from)."""
+        if not (train and self.device_ops(config)):
+            return self.transforms(config, train)
+        before, after = self.preprocess(config, train)
+        return [*before, *after]
+
+    def device_ops(self, config) -> list:
+        """The augmentation ops the training step applies to each batch (`augment.on_device`):
+        the config's, when every one of them can run there; else none (they run on the host)."""
+        ops = augment.for_family(config, self)
+        return ops if augment.runs_on_device(ops) else []
 
     def check(self, config) -> None:
         """The config's augmentation ops, checked against what this family takes."""

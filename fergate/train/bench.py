@@ -17,6 +17,7 @@ import jax
 import numpy as np
 
 from fergate import models
+from fergate.data.pipeline import num_records
 from fergate.errors import UserError
 from fergate.train import perf
 from fergate.train.data import DataPlan, resolve
@@ -116,30 +117,42 @@ def bench(config, batch: int | None = None, steps: int = 20, warmup: int = 3, in
         res["vs"] = runs[1].report(peaks[runs[1].dtype])
         res["speedup"] = round(statistics.median(runs[1].times) / statistics.median(runs[0].times), 3)
     if data:
-        res["input_examples_per_sec"] = round(input_rate(runs[0].data), 1)
+        res["input_examples_per_sec"] = round(input_rate(runs[0].data)[0], 1)
         res["input_over_train"] = round(res["input_examples_per_sec"] / res["examples_per_sec"], 2)
     return res
 
 
 def pipeline_bench(config, data_dir: str, batch: int | None = None, batches: int = 50) -> dict:
     """The config's training input pipeline alone on a prepared directory (no model): the
-    rate to hold against the step's (`bench(..., data=...)` gives both and their ratio)."""
+    rate to hold against the step's (`bench(..., data=...)` gives both and their ratio), and
+    what it sends to the devices (`bytes_per_example`, `mb_per_sec`: uint8 where the data
+    is; the augmentations that run in the step, `device_ops`, are not in it)."""
     with config.unlocked():
         if batch is not None:
             config.input.batch_size = batch
     plan = DataPlan.build(config, data=data_dir)
+    epoch = -(-num_records(data_dir, config.data.train_split) // config.input.batch_size)
+    first, _ = input_rate(plan, epoch)  # the first epoch: every record read and decoded
+    rate, nbytes = input_rate(plan, batches, warm=epoch)  # after it: what the cache holds is served
+    ops = [op.name for op in models.family(config.model).device_ops(config)]
     return {"model": f"{config.model}/{config.variant}", "mode": "pipeline", "batch": config.input.batch_size,
-            "examples_per_sec": round(input_rate(plan, batches), 1), "workers": config.data.workers,
-            "data": data_dir}
+            "examples_per_sec": round(rate, 1), "first_epoch_examples_per_sec": round(first, 1),
+            "bytes_per_example": nbytes,
+            "mb_per_sec": round(rate * nbytes / 1e6, 2), "device_ops": ops, "workers": config.data.workers,
+            "cache_mb": config.data.get("cache_mb", 0), "data": data_dir}
 
 
-def input_rate(data: DataPlan, batches: int = 50) -> float:
-    """Examples/s the training input pipeline of `data` delivers (this process)."""
+def input_rate(data: DataPlan, batches: int = 50, warm: int = 1) -> tuple[float, int]:
+    """(examples/s, bytes per example) the training input pipeline of `data` delivers (this
+    process), timed over `batches` batches after `warm` untimed ones."""
     it = iter(data.input_pipeline(data.config.data.train_split, train=True))
-    next(it)
+    first = next(it)
+    for _ in range(warm - 1):
+        next(it)
     t = time.perf_counter()
     n = sum(len(next(it)["label"]) for _ in range(batches))
-    return n / (time.perf_counter() - t)
+    rate = n / (time.perf_counter() - t)
+    return rate, int(sum(v.nbytes for v in first.values()) // len(first["label"]))
 
 
 def to_json(res: dict) -> str:

@@ -245,14 +245,17 @@ class DataPlan:
         fields and transforms, the training batch size (shuffled, balanced, augmented,
         repeated) or the evaluation one (one ordered, padded pass); labels mapped onto
         `classes`, and with `mix` the `data.mix` datasets drawn alongside. This process's part
-        of each global batch, or with `all_processes` the whole pass in every process."""
+        of each global batch, or with `all_processes` the whole pass in every process.
+        Training batches are not yet augmented where the step augments them
+        (`Family.device_ops`); their records are cached up to `data.cache_mb`."""
         config, portion = self.config, Portion(portion) if isinstance(portion, str) else portion
         fam = models.family(config.model)
         n = 1 if all_processes else jax.process_count()
         batch = (config.input.batch_size if train else config.eval.batch_size) // n
         return pipeline.make_dataset(
             self.dir, portion.split, fam.record_fields(config), batch, seed=config.seed, train=train,
-            keep=tuple(fam.inputs(config)), balance=config.data.balance, transforms=fam.transforms(config, train),
+            keep=tuple(fam.inputs(config)), balance=config.data.balance,
+            transforms=fam.host_transforms(config, train), cache_mb=config.data.get("cache_mb", 0) if train else 0,
             process_index=0 if all_processes else jax.process_index(), process_count=n,
             workers=config.data.workers if train else 0, label_field=config.data.label_field,
             label_map=self.label_map, records=portion.records, labels=self.relabelled(portion.split),

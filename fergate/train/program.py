@@ -21,12 +21,16 @@ import optax
 
 from fergate import config as config_lib
 from fergate import models, options
+from fergate.data import augment
 from fergate.errors import UserError
 from fergate.options import SELECT_METRICS as SELECT_METRICS  # noqa: E402 (where callers read it)
 from fergate.train.checkpoint import Checkpointer, restore_selected
 from fergate.train.data import DataPlan, resolve
 from fergate.train.mesh import config_mesh, global_batch, state_shardings
 from fergate.train.optimizer import make_optimizer
+
+#: folded into a step's key for its augmentations (dropout takes the step's key itself)
+AUGMENT_STREAM = 1
 
 
 @flax.struct.dataclass
@@ -49,7 +53,9 @@ def validate(config, workdir: str | None = None) -> None:
 class Program:
     """The compiled program of a config: the family's module, the optimizer, shardings,
     and the jitted `init(rng, batch)`, `train_step(state, batch) -> (state, metrics)` and
-    `predict(state, batch) -> outputs` (logits, introspection, label, mask, index)."""
+    `predict(state, batch) -> outputs` (logits, introspection, label, mask, index). The
+    train step first applies the config's augmentation ops to the batch where they run on
+    the device (`augment`)."""
 
     def __init__(self, config):
         self.config = config
@@ -58,6 +64,7 @@ class Program:
         self.replicated = jax.NamedSharding(self.mesh, jax.P())
         self.batch_sharding = jax.NamedSharding(self.mesh, jax.P("data"))
         self.module = self.family.build(config)
+        self.ops = self.family.device_ops(config)  #: the augmentations the train step applies
         self.tx, self.schedule = make_optimizer(config)
         n = self.mesh.shape["data"]  # the batch is split over the data axis
         for name, b in (("input.batch_size", config.input.batch_size), ("eval.batch_size", config.eval.batch_size)):
@@ -107,8 +114,17 @@ class Program:
         correct = (jnp.argmax(logits, -1) == batch["label"]) * batch["mask"]
         return {"loss": loss, **metrics, "accuracy": models.masked_mean(correct, batch["mask"])}, grads, model_state
 
+    def augment(self, batch: dict, step) -> dict:
+        """The training batch of `step` augmented (`augment.on_device`) from the step's key:
+        the same draws whatever the devices, and again in a resumed run."""
+        if not self.ops:
+            return batch
+        key = jax.random.fold_in(jax.random.fold_in(jax.random.key(self.config.seed), step), AUGMENT_STREAM)
+        return augment.on_device(self.ops, batch, key)
+
     def _train_step(self, state: TrainState, batch):
         rng = jax.random.fold_in(jax.random.key(self.config.seed), state.step)
+        batch = self.augment(batch, state.step)
         k = self.config.train.get("accumulate", 1)
         if k == 1:
             metrics, grads, model_state = self._grads(state.params, state.model_state, batch, rng)

@@ -29,9 +29,10 @@ from fergate.signals import StopSignals
 from fergate.train import checkpoint, evaluate, features, perf
 from fergate.train.checkpoint import Checkpointer, Selection, restore_selected
 from fergate.train.data import DataPlan, features_dir, source_dir
-from fergate.train.mesh import config_mesh, global_batch
+from fergate.train.mesh import config_mesh
 from fergate.train.metrics import MetricsWriter
 from fergate.train.optimizer import decay_horizon
+from fergate.train.prefetch import DevicePrefetch
 from fergate.train.program import Program, TrainState, from_workdir, validate
 from fergate.weights import init as weights_init
 
@@ -101,6 +102,7 @@ def _train(config, workdir: str) -> dict:
     else:
         state, start = restored
         log.info(f"[train] resumed from step {start} ({ckpt.directory})")
+    feed = DevicePrefetch(it, prog.batch_sharding)  # batches on the devices a step ahead; saves what steps read
     if prog.num_classes != len(classes):
         raise UserError(f"the model has {prog.num_classes} outputs but the data {len(classes)} classes "
                         f"({', '.join(classes[:8])}{', ...' if len(classes) > 8 else ''})")
@@ -134,7 +136,7 @@ def _train(config, workdir: str) -> dict:
     try:
         with Preemption() as preemption:
             for step in range(start + 1, c.steps + 1):
-                batch = global_batch(next(it), prog.batch_sharding)
+                batch = next(feed)
                 if step == start + 1:
                     check_batch(batch, prog.example)
                 with profile.step(step):
@@ -171,7 +173,7 @@ def _train(config, workdir: str) -> dict:
                     log.info(f"[train] step {step}/{c.steps} loss {row['loss']:.4f} acc {row['accuracy']:.3f} "
                              f"lr {row['lr']:.2e}{_pace(row, eta)}")
                 if do_ckpt:
-                    ckpt.save(step, state, it)
+                    ckpt.save(step, state, feed)
                 if stop:
                     ckpt.close()
                     raise Interrupted(f"{preemption.name} at step {step}: checkpoint saved in {ckpt.directory}; "
