@@ -14,6 +14,7 @@ from collections.abc import Callable
 import numpy as np
 
 from fergate import face as F
+from fergate.images import SkipItem
 
 
 def soft_box_mask(shape: tuple[int, int], boxes: list, softness: float = 0.25) -> np.ndarray:
@@ -77,11 +78,14 @@ class Attender:
         from fergate import plots
 
         boxes = []
-        if faces:
-            rects = F.models().detector(img, 1)
-            boxes = [(r.left(), r.top(), r.right(), r.bottom()) for r in rects]
-            if rects and scale is None:  # faces at the size the model was trained on
-                scale = self.iod / float(np.median([F.iod(F.landmarks(img, r)) for r in rects]))
+        if faces:  # the faces predict and prep would take: false positives (a badge, a pattern) rejected
+            try:
+                detected = F.faces(img, upsample=1)
+            except SkipItem:
+                detected = []
+            boxes = [(c.rect.left(), c.rect.top(), c.rect.right(), c.rect.bottom()) for c in detected]
+            if detected and scale is None:  # faces at the size the model was trained on
+                scale = self.iod / float(np.median([F.iod(c.landmarks) for c in detected]))
         scale = scale or 1.0
         grey = cv2.cvtColor(img, cv2.COLOR_RGB2GRAY)
         small = cv2.resize(grey, (max(16, round(grey.shape[1] * scale)), max(16, round(grey.shape[0] * scale))),
