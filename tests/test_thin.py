@@ -147,7 +147,7 @@ def test_thin_is_equations_2_to_8_on_its_own_representations():
 
 def test_vmapped_experts_equal_members_applied_one_by_one():
     x = jax.random.normal(jax.random.key(0), (4, 20))
-    ens = Experts(6, (16, 8), 5)
+    ens = Experts((16, 8), 5, members=6)
     params = ens.init(jax.random.key(1), x)["params"]
     assert params["kernel0"].shape == (20, 6, 16) and params["kernel1"].shape == (6, 16, 8)
     assert params["bias2"].shape == (6, 5)
@@ -159,7 +159,7 @@ def test_vmapped_experts_equal_members_applied_one_by_one():
                 "out": {"kernel": kernel[2][i], "bias": params["bias2"][i]}} for i in range(6)]
     for i in range(6):
         np.testing.assert_allclose(z[:, i], member.apply({"params": members[i]}, x), rtol=1e-5, atol=1e-6)
-    loop = LoopExperts(6, (16, 8), 5)
+    loop = LoopExperts((16, 8), 5, members=6)
     lp = {f"member{i}": members[i] for i in range(6)}
     np.testing.assert_allclose(loop.apply({"params": lp}, x), z, rtol=1e-5, atol=1e-6)
 

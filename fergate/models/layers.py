@@ -149,10 +149,22 @@ class TreeGate(nn.Module):
         return tree_gate(d)
 
 
-class Experts(Layer):
-    """L weak predictors with identical architecture as ONE module whose parameters carry
-    an ensemble axis, never a Python loop: a shared input x (B, F) gives logits (B, L, K)
-    through `hidden` Dense-ReLU layers and a Dense(K).
+class MLPClassifier(Layer):
+    """MLP (Dense - ReLU) then Dense(outputs): logits. One weak predictor, or a head."""
+
+    hidden: Sequence[int]
+    outputs: int
+
+    @nn.compact
+    def __call__(self, x):
+        x = MLP(self.hidden, dtype=self.dtype, name="mlp")(x)
+        return nn.Dense(self.outputs, dtype=self.dtype, name="out")(x).astype(jnp.float32)
+
+
+class Experts(MLPClassifier):
+    """L = `members` weak predictors, each an `MLPClassifier` (`hidden` Dense-ReLU layers and
+    a Dense(K = `outputs`)), as ONE module whose parameters carry an ensemble axis, never a
+    Python loop: a shared input x (B, F) gives logits (B, L, K).
 
     The first layer reads the input every member shares, so it is one GEMM over all
     members: its kernel is stored (F, L, H) and used as an F x (L H) matrix. The other
@@ -162,8 +174,6 @@ class Experts(Layer):
     pass: both measured slower on CPU than this layout."""
 
     members: int
-    hidden: Sequence[int]
-    outputs: int
 
     @nn.compact
     def __call__(self, x):
@@ -180,18 +190,6 @@ class Experts(Layer):
             bias = self.param(f"bias{i}", nn.initializers.zeros, (n, width))
             h = jnp.einsum("lbf,lfh->lbh", h, k.astype(self.dtype)) + bias[:, None, :].astype(self.dtype)
         return h.astype(jnp.float32).transpose(1, 0, 2)
-
-
-class MLPClassifier(Layer):
-    """MLP (Dense - ReLU) then Dense(outputs): logits. One weak predictor, or a head."""
-
-    hidden: Sequence[int]
-    outputs: int
-
-    @nn.compact
-    def __call__(self, x):
-        x = MLP(self.hidden, dtype=self.dtype, name="mlp")(x)
-        return nn.Dense(self.outputs, dtype=self.dtype, name="out")(x).astype(jnp.float32)
 
 
 class LoopExperts(Experts):

@@ -96,7 +96,8 @@ class THIN(Layer):
                                           name="classifier")(h_endo)
             return out
         experts = Experts if self.experts_impl == "vmap" else LoopExperts
-        z = experts(self.members, tuple(self.expert_hidden), self.num_classes, dtype=self.dtype, name="experts")(h_endo)
+        z = experts(tuple(self.expert_hidden), self.num_classes, members=self.members, dtype=self.dtype,
+                    name="experts")(h_endo)
         if self.variant in ("exo_tree_gated", "thin"):  # gamma_tau is frozen
             h_exo = [jax.lax.stop_gradient(h) for h in self.exogenous(batch, False)]
             out["representations"].update(zip(self.exo_names, h_exo))
