@@ -22,7 +22,7 @@ import types
 import typing
 from collections.abc import Mapping
 
-from data_prep.readers.base import ClipOptions, Item, LayoutReader, NoOptions, Reader, option  # noqa: F401 (API)
+from data_prep.readers.base import ClipOptions, ClipReader, Item, LayoutReader, NoOptions, Reader, option  # noqa: F401 (API)
 from fergate import plugins
 from fergate.errors import UserError
 

@@ -114,8 +114,9 @@ class Reader:
 
 
 class LayoutReader(Reader):
-    """A reader of a dataset's official layout: ROOT checked, the parts of the layout found
-    (`find`) or a one-line UserError naming the path and the expected `layout`."""
+    """A reader of a dataset's official layout: ROOT checked, then the parts of the layout
+    found (`locate`, with `find`) or a one-line UserError naming the path and the expected
+    `layout`."""
 
     layout: ClassVar[str] = ""
 
@@ -125,6 +126,11 @@ class LayoutReader(Reader):
         if not os.path.exists(source):
             raise self.error("ROOT not found", source)
         super().__init__(source, options)
+        self.locate()
+
+    def locate(self) -> None:
+        """What `items` and `load_item` read, found in ROOT (`self.source`, there) once: the
+        reader's part of making it (its options are `self.options`)."""
 
     def error(self, problem: str, path: str) -> UserError:
         return UserError(f"--dataset {self.name}: {problem}: {path} (expected {self.layout})")
@@ -139,3 +145,14 @@ class LayoutReader(Reader):
                 raise self.error(f"no {'/'.join(parts)}", path)
             path = found
         return path
+
+
+class ClipReader(LayoutReader):
+    """A layout reader of clips (videos or frame folders), its options `ClipOptions`: a clip
+    item is decoded by `fergate.video.read_clip`, at most `max_frames` frames evenly spaced."""
+
+    Options: ClassVar[type] = ClipOptions
+
+    def load_item(self, item: Item):
+        return video.read_clip(item.source, self.options.max_frames) if item.kind == "clip" else \
+            super().load_item(item)

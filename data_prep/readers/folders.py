@@ -63,8 +63,7 @@ class CsvReader(LayoutReader):
     layout = "SOURCE: a .csv file of rows path,label[,subject,split] (header optional)"
     FIELDS = ("path", "label", "subject", "split")
 
-    def __init__(self, source: str | None, options):
-        super().__init__(source, options)
+    def locate(self):
         if not os.path.isfile(self.source):
             raise self.error("not a CSV file", self.source)
         rows = list(csv_rows(self.source))

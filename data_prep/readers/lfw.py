@@ -35,9 +35,8 @@ class LfwReader(LayoutReader):
     layout = "ROOT/lfw/<Name>/<Name>_0001.jpg and ROOT/pairs.txt (View 2: `10<TAB>300`, then the folds' pairs)"
     FOLDERS = ("lfw", "lfw-deepfunneled", "lfw_funneled", "lfw-funneled")
 
-    def __init__(self, source: str | None, options: LfwOptions):
-        super().__init__(source, options)
-        pairs = options.pairs
+    def locate(self):
+        pairs = self.options.pairs
         folder = next((f for f in (child(self.source, n) for n in self.FOLDERS) if f), None)
         if folder is None:
             raise self.error("no lfw/ folder of <Name>/<Name>_0001.jpg", self.source)

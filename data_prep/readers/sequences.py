@@ -9,9 +9,7 @@ import re
 from dataclasses import dataclass
 from xml.etree import ElementTree
 
-import numpy as np
-
-from data_prep.readers.base import ClipOptions, Item, LayoutReader, bad_item, option
+from data_prep.readers.base import ClipOptions, ClipReader, Item, bad_item, option
 from data_prep.readers.layout import child, points, read_numbers, subfolders
 from fergate import face as F
 from fergate import video
@@ -27,14 +25,23 @@ class CkPlusOptions(ClipOptions):
     contempt: bool = option(True, "drop the contempt sequences (7 classes; default 8)")
     sequences: bool = option(True, "images only (by default every labelled sequence is also a clip, in train_clips)")
 
+    def __post_init__(self):
+        if self.apex_frames < 1 or self.neutral_frames < 0:
+            raise UserError(f"--apex_frames {self.apex_frames} / --neutral_frames {self.neutral_frames}: "
+                            "at least 1 / 0")
+
 
 @dataclass(frozen=True)
 class Bu4dfeOptions(ClipOptions):
     apex_frames: int = option(0, "the middle K frames of each sequence also as images (default {default}: clips "
                               "only)", metavar="K")
 
+    def __post_init__(self):
+        if self.apex_frames < 0:
+            raise UserError(f"--apex_frames {self.apex_frames}: at least 0")
 
-class CkPlusReader(LayoutReader):
+
+class CkPlusReader(ClipReader):
     """CK+ (the extended Cohn-Kanade set): frames `ROOT/cohn-kanade-images/S005/001/
     S005_001_00000011.png`, labels `ROOT/Emotion/S005/001/S005_001_00000011_emotion.txt` (one
     float, `3.0000000e+00`: 0 neutral, 1 anger, 2 contempt, 3 disgust, 4 fear, 5 happy,
@@ -54,19 +61,13 @@ class CkPlusReader(LayoutReader):
     layout = ("ROOT/cohn-kanade-images/S005/001/S005_001_00000011.png and "
               "ROOT/Emotion/S005/001/S005_001_00000011_emotion.txt (ROOT/Landmarks/... optional)")
 
-    def __init__(self, source: str | None, options: CkPlusOptions):
-        super().__init__(source, options)
-        apex_frames, neutral_frames = options.apex_frames, options.neutral_frames
-        if apex_frames < 1 or neutral_frames < 0:
-            raise UserError(f"--apex_frames {apex_frames} / --neutral_frames {neutral_frames}: at least 1 / 0")
+    def locate(self):
         self.images, self.emotions = self.find("cohn-kanade-images"), self.find("Emotion")
         self.landmarks = child(self.source, "Landmarks")
-        self.apex, self.neutral, self.sequences, self.max_frames = \
-            apex_frames, neutral_frames, options.sequences, options.max_frames
-        self.classes = tuple(c for c in DATASET_CLASSES["ckplus"] if options.contempt or c != "contempt")
+        self.classes = tuple(c for c in DATASET_CLASSES["ckplus"] if self.options.contempt or c != "contempt")
 
     def items(self) -> list[Item]:
-        out, all_classes = [], DATASET_CLASSES["ckplus"]
+        out, all_classes, o = [], DATASET_CLASSES["ckplus"], self.options
         for path in sorted(glob.glob(os.path.join(glob.escape(self.emotions), "*", "*", "*_emotion.txt"))):
             subject, seq = path.split(os.sep)[-3:-1]
             key = f"{subject}/{seq}"
@@ -87,11 +88,11 @@ class CkPlusReader(LayoutReader):
                 out.append(bad_item(key, "train", path, "missing_file", f"no frames in {folder}"))
                 continue
             label = self.classes.index(all_classes[code])
-            neutral = frames[: max(0, min(self.neutral, len(frames) - self.apex))]
+            neutral = frames[: max(0, min(o.neutral_frames, len(frames) - o.apex_frames))]
             for name, y in [(n, self.classes.index("neutral")) for n in neutral] + \
-                           [(n, label) for n in frames[-self.apex:]]:
+                           [(n, label) for n in frames[-o.apex_frames:]]:
                 out.append(Item(f"{key}/{name}", "train", y, subject, os.path.join(folder, name)))
-            if self.sequences:
+            if o.sequences:
                 out.append(Item(key, "train_clips", label, subject, folder, "clip"))
         if not any(it.kind != "bad" for it in out):
             raise self.error("no labelled sequence with frames", self.emotions)
@@ -110,11 +111,11 @@ class CkPlusReader(LayoutReader):
         if item.kind == "clip":
             names = video.frame_names(item.source)
             return [self.face(os.path.join(item.source, names[j]))
-                    for j in video.even_indices(len(names), self.max_frames)]
+                    for j in video.even_indices(len(names), self.options.max_frames)]
         return self.face(item.source)
 
 
-class Bu4dfeReader(LayoutReader):
+class Bu4dfeReader(ClipReader):
     """BU-4DFE's 2D frames: `ROOT/<F001|M001...>/<Angry|Disgust|Fear|Happy|Sad|Surprise>/`
     folders of frame images (.jpg / .png / .bmp, natural name order), each a clip
     (`train_clips`) labelled with its folder's expression; subject = F001. With
@@ -127,18 +128,13 @@ class Bu4dfeReader(LayoutReader):
     layout = "ROOT/<F001|M001...>/<Angry|Disgust|Fear|Happy|Sad|Surprise>/<frame images>"
     SUBJECT = re.compile(r"[FM]\d+", re.IGNORECASE)
 
-    def __init__(self, source: str | None, options: Bu4dfeOptions):
-        super().__init__(source, options)
-        apex_frames = options.apex_frames
+    def locate(self):
         self.subjects = [n for n in subfolders(self.source).values() if self.SUBJECT.fullmatch(n)]
         if not self.subjects:
             raise self.error("no subject folders (F001, M001...)", self.source)
-        if apex_frames < 0:
-            raise UserError(f"--apex_frames {apex_frames}: at least 0")
-        self.apex, self.max_frames = apex_frames, options.max_frames
 
     def items(self) -> list[Item]:
-        out = []
+        out, apex = [], self.options.apex_frames
         for subject in self.subjects:
             for label, c in enumerate(self.classes):
                 folder = child(os.path.join(self.source, subject), c)
@@ -149,17 +145,13 @@ class Bu4dfeReader(LayoutReader):
                         out.append(bad_item(key, "train_clips", folder, "missing_file", f"no frames in {folder}"))
                     continue
                 out.append(Item(key, "train_clips", label, subject, folder, "clip"))
-                start = max(0, (len(frames) - self.apex) // 2)
+                start = max(0, (len(frames) - apex) // 2)
                 out += [Item(f"{key}/{n}", "train", label, subject, os.path.join(folder, n))
-                        for n in frames[start:start + self.apex]]
+                        for n in frames[start:start + apex]]
         return out
 
-    def load_item(self, item: Item):
-        return video.read_frame_folder(item.source, self.max_frames) if item.kind == "clip" else \
-            F.load_image(item.source)
 
-
-class MmiReader(LayoutReader):
+class MmiReader(ClipReader):
     """The MMI Facial Expression Database's videos: `ROOT/Sessions/<n>/<S001-002>.avi` with the
     session's metadata `<S001-002>.xml` holding `<Metatag Name="Emotion" Value="1"/>` (1 anger,
     2 disgust, 3 fear, 4 happiness, 5 sadness, 6 surprise; the AU annotations `*-oao_aucs.xml`
@@ -172,15 +164,12 @@ class MmiReader(LayoutReader):
     subjects out."""
 
     name = "mmi"
-    Options = ClipOptions
     layout = "ROOT/Sessions/<n>/S001-002.avi with its metadata S001-002.xml (<Metatag Name=\"Emotion\" Value=\"1-6\"/>)"
     SUBJECT = re.compile(r"(S\d+)[-_]", re.IGNORECASE)
 
-    def __init__(self, source: str | None, options: ClipOptions):
-        super().__init__(source, options)
+    def locate(self):
         named = os.path.basename(os.path.normpath(self.source)).lower() == "sessions"
         self.sessions = self.source if named and os.path.isdir(self.source) else self.find("Sessions")
-        self.max_frames = options.max_frames
 
     @staticmethod
     def metadata(paths: list[str]) -> tuple[str | None, str | None, str]:
@@ -227,9 +216,6 @@ class MmiReader(LayoutReader):
         if not names:
             raise self.error("no session folders", self.sessions)
         return out
-
-    def load_item(self, item: Item) -> list[np.ndarray]:
-        return video.read_clip(item.source, self.max_frames)
 
 
 READERS = (CkPlusReader, Bu4dfeReader, MmiReader)

@@ -5,9 +5,7 @@ from __future__ import annotations
 import logging
 import os
 
-import numpy as np
-
-from data_prep.readers.base import ClipOptions, Item, LayoutReader
+from data_prep.readers.base import ClipReader, Item
 from data_prep.readers.layout import class_layout, subfolders, subject_of
 from fergate import video
 from fergate.data.labels import DATASET_CLASSES
@@ -15,7 +13,7 @@ from fergate.data.labels import DATASET_CLASSES
 log = logging.getLogger(__name__)
 
 
-class VideoFolderReader(LayoutReader):
+class VideoFolderReader(ClipReader):
     """Clips in one sub-folder per class: `ROOT/<class>/<clip>`, or `ROOT/<split>/<class>/...`
     when ROOT holds `train/` or `test/`; a clip is a video file (`video.VIDEO_EXTS`) or a
     folder of frame images (CK+ / MMI style, natural name order); other files are ignored.
@@ -24,15 +22,12 @@ class VideoFolderReader(LayoutReader):
     empty or faceless clip is skipped and counted by reason."""
 
     name = "video_folder"
-    Options = ClipOptions
     layout = "ROOT/<class>/<video file or folder of frames>, or ROOT/{train,test}/<class>/..."
 
-    def __init__(self, source: str | None, options: ClipOptions):
-        super().__init__(source, options)
-        if not os.path.isdir(source):
-            raise self.error("ROOT is not a folder", source)
-        self.max_frames = options.max_frames
-        self.roots, self.classes = self.find_layout(source)
+    def locate(self):
+        if not os.path.isdir(self.source):
+            raise self.error("ROOT is not a folder", self.source)
+        self.roots, self.classes = self.find_layout(self.source)
 
     def find_layout(self, source: str) -> tuple[dict[str, str], tuple[str, ...]]:
         roots, classes = class_layout(source)
@@ -55,9 +50,6 @@ class VideoFolderReader(LayoutReader):
             raise self.error(f"no video ({', '.join(video.VIDEO_EXTS)}) or frame folder in the class folders",
                              self.source)
         return out
-
-    def load_item(self, item: Item) -> list[np.ndarray]:
-        return video.read_clip(item.source, self.max_frames)
 
 
 class AfewReader(VideoFolderReader):

@@ -48,14 +48,11 @@ class RafDbReader(LayoutReader):
     layout = ("ROOT/basic/EmoLabel/list_patition_label.txt (lines `train_00001.jpg 5`) and "
               "ROOT/basic/Image/aligned/train_00001_aligned.jpg (--original: ROOT/basic/Image/original/)")
 
-    def __init__(self, source: str | None, options: RafDbOptions):
-        super().__init__(source, options)
-        original = options.original
+    def locate(self):
         basic = child(self.source, "basic") or self.source
         self.label_file = self.find("EmoLabel", "list_patition_label.txt", folder=False, base=basic)
-        self.image_dir = self.find("Image", "original" if original else "aligned", base=basic)
+        self.image_dir = self.find("Image", "original" if self.options.original else "aligned", base=basic)
         self.box_dir = child(child(basic, "Annotation") or "", "boundingbox")
-        self.original = original
 
     def items(self) -> list[Item]:
         out = []
@@ -70,7 +67,7 @@ class RafDbReader(LayoutReader):
                 out.append(bad_item(key, split, self.label_file, "label_out_of_range", f"{key}: {code} not in 1-7"))
                 continue
             stem = os.path.splitext(name)[0]
-            path = os.path.join(self.image_dir, name if self.original else f"{stem}_aligned.jpg")
+            path = os.path.join(self.image_dir, name if self.options.original else f"{stem}_aligned.jpg")
             if not os.path.isfile(path):
                 out.append(bad_item(f"{key} {name}", split, path, "missing_file", f"no {path}"))
                 continue
@@ -79,7 +76,7 @@ class RafDbReader(LayoutReader):
 
     def load_item(self, item: Item) -> F.FaceInput:
         img = F.load_image(item.source)
-        if not self.original:
+        if not self.options.original:
             return F.FaceInput(img, crop=True)
         box = read_numbers(os.path.join(self.box_dir, f"{item.key}_boundingbox.txt"), 4) if self.box_dir else None
         return F.FaceInput(img, box=None if box is None else tuple(box))
@@ -105,8 +102,7 @@ class AffectNetReader(LayoutReader):
     #: the codes past the 8 expressions
     EXCLUDED = {8: "none", 9: "uncertain", 10: "non_face"}
 
-    def __init__(self, source: str | None, options: AffectNetOptions):
-        super().__init__(source, options)
+    def locate(self):
         lists = self.find("Manually_Annotated_file_lists")
         self.image_dir = self.find("Manually_Annotated_Images")
         files = {split: child(lists, name, folder=False) for split, name in
@@ -117,7 +113,7 @@ class AffectNetReader(LayoutReader):
         #: each list's column indices by name: its header's, else `COLUMNS` in order
         self.columns = {path: self.header(path) or {c: i for i, c in enumerate(self.COLUMNS)}
                         for path in self.files.values()}
-        self.classes = DATASET_CLASSES["affectnet"][: 8 if options.contempt else 7]
+        self.classes = DATASET_CLASSES["affectnet"][: 8 if self.options.contempt else 7]
 
     @classmethod
     def header(cls, path: str) -> dict[str, int] | None:
@@ -176,8 +172,7 @@ class Fer2013Reader(LayoutReader):
     USAGE = {"training": "train", "publictest": "val", "privatetest": "test"}
     SIDE = 48
 
-    def __init__(self, source: str | None, options):
-        super().__init__(source, options)
+    def locate(self):
         self.csv = self.source if os.path.isfile(self.source) else self.find("fer2013.csv", folder=False)
         names = [c.strip().lower() for c in next(csv_rows(self.csv), (0, 0, []))[2]]
         if not {"emotion", "pixels", "usage"} <= set(names):
@@ -225,8 +220,7 @@ class SfewReader(LayoutReader):
     layout = "ROOT/Train/Train_Aligned_Faces/<Emotion>/*.png and ROOT/Val/Val_Aligned_Faces/<Emotion>/*.png"
     SPLITS = {"train": "Train", "test": "Val"}
 
-    def __init__(self, source: str | None, options):
-        super().__init__(source, options)
+    def locate(self):
         self.roots = {}
         for split, top in self.SPLITS.items():
             folder = child(self.source, top) or ""
@@ -270,14 +264,12 @@ class ExpwReader(LayoutReader):
     layout = ("ROOT/label/label.lst (lines `image_name face_id top left right bottom confidence label`) and "
               "ROOT/image/origin/<image_name>")
 
-    def __init__(self, source: str | None, options: ExpwOptions):
-        super().__init__(source, options)
+    def locate(self):
         self.label_file = self.find("label", "label.lst", folder=False)
         self.image_dir = self.find("image", "origin")
-        self.min_confidence = options.min_confidence
 
     def items(self) -> list[Item]:
-        out = []
+        out, min_confidence = [], self.options.min_confidence
         for number, line in text_lines(self.label_file):
             key = f"label.lst:{number}"
             try:
@@ -291,7 +283,7 @@ class ExpwReader(LayoutReader):
                 continue
             path = os.path.join(self.image_dir, name)
             problem = ("label_out_of_range", f"{code} not in 0-6") if not 0 <= code < len(self.classes) else \
-                ("low_confidence", f"{conf} < {self.min_confidence}") if conf < self.min_confidence else \
+                ("low_confidence", f"{conf} < {min_confidence}") if conf < min_confidence else \
                 ("missing_file", f"no {path}") if not os.path.isfile(path) else ()
             out.append(bad_item(f"{key} {name}", "train", path, *problem) if problem else
                        Item(f"{name}#{face}", "train", code, name, path, "image", ((left, top, right, bottom),)))
