@@ -47,12 +47,7 @@ def photos():
 def uninterrupted(sample_data, tmp_path_factory):
     """The narrow MoDuL trained `RESUME_STEPS` steps without a stop: what every killed,
     signalled and resumed run must end equal to (trained once for all of them)."""
-    import subprocess
+    from helpers import RESUME_AUGMENT, RESUME_STEPS, trained
 
-    from helpers import RESUME_AUGMENT, RESUME_STEPS, train_cmd
-
-    w = tmp_path_factory.mktemp("uninterrupted") / "w"
-    r = subprocess.run(train_cmd(w, sample_data, f"--config.train.steps={RESUME_STEPS}", RESUME_AUGMENT),
-                       capture_output=True, text=True)
-    assert r.returncode == 0, r.stderr[-2000:]
-    return w
+    return trained(tmp_path_factory, "uninterrupted", sample_data, f"--config.train.steps={RESUME_STEPS}",
+                   RESUME_AUGMENT)

@@ -1,6 +1,6 @@
 """What several test modules share: data prepared once per module, the narrow MoDuL they train
-through `fergate train`, and the run interrupted and resumed that must end where an
-uninterrupted one ends."""
+through `fergate train` (once per module: `trained`), and the run interrupted and resumed that
+must end where an uninterrupted one ends."""
 
 import logging
 import os
@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import jax
 import numpy as np
@@ -17,6 +18,7 @@ from fergate import config as C
 from fergate.train.checkpoint import Checkpointer
 from fergate.train.program import Program
 
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 #: A narrow MoDuL (all gates on) for tests of the machinery, not of accuracy.
 SMALL = ["--config.modul.dist_hidden=(64, 32)", "--config.modul.patch_convs=(8, 16, 16)",
          "--config.modul.patch_hidden=(64, 32)", "--config.modul.gate_convs=(4, 8, 8)",
@@ -37,6 +39,15 @@ def train_cmd(workdir, data, *extra, config="configs/modul.py:smoke=True") -> li
     """`fergate train` of the narrow MoDuL on `data` in `workdir`."""
     return [sys.executable, "-m", "fergate", "train", "--config", config, "--workdir", str(workdir),
             f"--config.data.dir={data}", *SMALL, *extra]
+
+
+def trained(tmp_path_factory, name: str, data, *extra) -> Path:
+    """The workdir `name`/w, in a new temporary folder `name`, of a `fergate train` of the narrow
+    MoDuL on `data` (`train_cmd`'s `extra` overrides) that must succeed."""
+    w = tmp_path_factory.mktemp(name) / "w"
+    r = subprocess.run(train_cmd(w, data, *extra), capture_output=True, text=True, cwd=REPO)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return w
 
 
 def final_params(workdir) -> tuple[int, dict]:

@@ -13,14 +13,13 @@ import sys
 import grain
 import numpy as np
 import pytest
-from helpers import train_cmd
+from helpers import REPO, trained
 
 from fergate import config as C
 from fergate import export
 from fergate.data import fields, pipeline, schema
 from fergate.errors import UserError
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 #: exported logits against the evaluation step's: the same XLA graph compiled for another batch
 #: shape reorders float32 sums, nothing more
 RTOL, ATOL = 1e-4, 1e-4
@@ -56,11 +55,8 @@ def check_export(workdir, out, split: str, n: int = 24) -> export.Model:
 
 @pytest.fixture(scope="module")
 def modul_export(sample_data, tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("export")
-    w = tmp / "w"
-    r = subprocess.run(train_cmd(w, sample_data, "--config.train.steps=6"), capture_output=True, text=True, cwd=REPO)
-    assert r.returncode == 0, r.stderr[-3000:]
-    return w, check_export(w, tmp / "E", "test")
+    w = trained(tmp_path_factory, "export", sample_data, "--config.train.steps=6")
+    return w, check_export(w, w.parent / "E", "test")
 
 
 def test_exported_modul_equals_the_eval_step_and_describes_itself(modul_export):

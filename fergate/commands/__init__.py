@@ -138,6 +138,12 @@ def compilation_cache(jax) -> None:
         jax.config.update("jax_enable_compilation_cache", False)
 
 
+def add_workdir(q: argparse.ArgumentParser, help: str) -> None:
+    """--workdir, the trained workdir a command reads (`workdir_setup`): required; `help` says
+    what the command takes from it."""
+    q.add_argument("--workdir", required=True, help=help)
+
+
 def workdir_setup(a: argparse.Namespace) -> ml_collections.ConfigDict:
     """The config `a.workdir` was trained with, read first (a wrong workdir fails before JAX
     starts; an export, which holds a config too, is named as one), then JAX set up

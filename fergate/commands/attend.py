@@ -6,13 +6,12 @@ from __future__ import annotations
 import argparse
 import sys
 
-from fergate.commands import add_command, workdir_setup
+from fergate.commands import add_command, add_workdir, workdir_setup
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     q = add_command(sub, "attend", run, help="a trained model's attention over whole images of any size (group photos)")
-    q.add_argument("--workdir", required=True, help="a trained workdir of a family that draws attention maps "
-                   "(configs/attention.py)")
+    add_workdir(q, "a trained workdir of a family that draws attention maps (configs/attention.py)")
     q.add_argument("images", nargs="+", metavar="IMAGE", help="photos of any size")
     q.add_argument("--faces", action="store_true", help="detect the faces: scale them to the training size, and "
                    "weigh the map by soft face boxes (the paper's suppression of background false positives)")

@@ -6,12 +6,12 @@ from __future__ import annotations
 
 import argparse
 
-from fergate.commands import add_command, builtin_data, workdir_setup
+from fergate.commands import add_command, add_workdir, builtin_data, workdir_setup
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     q = add_command(sub, "eval", run, help="evaluate the newest checkpoint of a workdir")
-    q.add_argument("--workdir", required=True, help="a training workdir (its config.json and checkpoints)")
+    add_workdir(q, "a training workdir (its config.json and checkpoints)")
     q.add_argument("--split", default=None, help="the split to evaluate (default: the config's data.eval_split; with "
                    "--data: its test split if it has one)")
     q.add_argument("--data", default=None, metavar="DIR",

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import argparse
 
-from fergate.commands import add_command, jax_setup
+from fergate.commands import add_command, add_workdir, jax_setup
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     q = add_command(sub, "export", run, help="a trained model as a self-contained directory: parameters, config, "
                     "classes, preprocessing contract and a serialized inference function (jax.export)")
-    q.add_argument("--workdir", required=True, help="a training workdir (fergate train)")
+    add_workdir(q, "a training workdir (fergate train)")
     q.add_argument("--out", required=True, help="a new directory")
     q.add_argument("--step", type=int, default=None, help="this checkpoint step (default: the selected, else newest)")
 

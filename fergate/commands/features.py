@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import argparse
 
-from fergate.commands import add_command, builtin_data, workdir_setup
+from fergate.commands import add_command, add_workdir, builtin_data, workdir_setup
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     q = add_command(sub, "features", run, help="write a trained model's per-example features into a copy of the "
                     "data (VSHNN: the frame CNN's appearance features of every clip frame)")
-    q.add_argument("--workdir", required=True, help="the trained model (its selected or newest checkpoint)")
+    add_workdir(q, "the trained model (its selected or newest checkpoint)")
     q.add_argument("--data", default=None, help="prepared data (default: the data the workdir trained on)")
     q.add_argument("--out", required=True, help="output directory: the data's records plus the new field; "
                    "finished shards are kept, so a killed run resumes")
