@@ -84,6 +84,47 @@ def test_hue_saturation_on_the_device_is_opencvs_hsv(record, params):
     np.testing.assert_array_equal(dev["patches"], record["patches"])  # grey: untouched
 
 
+def test_a_crop_on_the_device_is_the_hosts_exactly(record):
+    """The family's random crop (the attention CNN's) cuts the same window on the device
+    as on the host, the landmarks shifted with it; the evaluation's centre crop is the
+    window at the middle offset."""
+    rec = {k: record[k] for k in ("face", "landmarks", "iod", "label")}
+    op = augment.Crop((80, 72), (96, 96))
+    host, dev = _both(op, rec, (5, 11))
+    for k in rec:
+        np.testing.assert_array_equal(dev[k], host[k], err_msg=k)
+    np.testing.assert_array_equal(dev["face"], record["face"][5:85, 11:83])
+    np.testing.assert_allclose(dev["landmarks"], record["landmarks"] - [11, 5], atol=1e-5)
+    centre = P.CenterCrop((80, 72)).map(dict(rec))
+    np.testing.assert_array_equal(centre["face"], op.apply(rec, (8, 12))["face"])
+    # every offset of the window can be drawn, none outside it
+    ys, xs = jax.device_get(jax.vmap(lambda k: op.draw(KeyRng(k)))(jax.random.split(jax.random.key(0), 2000)))
+    assert set(ys.tolist()) == set(range(17)) and set(xs.tolist()) == set(range(25))
+    with pytest.raises(ValueError, match=r"expects \(96, 96\)"):
+        op.apply({"face": record["face"][:90]}, (0, 0))
+
+
+def test_the_attention_cnn_crops_in_the_step():
+    """The attention CNN's random crop joins its ops in the step: the host sends the whole
+    record-size face, the step compiles for it and feeds the model its crop size."""
+    from fergate import config as C
+    from fergate import models
+    from fergate.train.data import resolve
+    from fergate.train.program import Program
+
+    cfg = C.load("configs/attention.py:smoke=True", ["--config.input.batch_size=4"])
+    fam = models.family("attention")
+    assert [op.name for op in fam.device_ops(cfg)] == ["crop", "flip"]
+    assert [type(t).__name__ for t in fam.host_transforms(cfg, True)] == ["ResizeFace"]
+    assert [type(t).__name__ for t in fam.transforms(cfg, True)] == ["ResizeFace", "Crop", "Flip"]
+    resolve(cfg, None)
+    prog = Program(cfg)
+    assert prog.train_example["face"].shape == (4, 160, 125, 1) and prog.example["face"].shape == (4, 144, 112, 1)
+    aug = jax.eval_shape(prog.augment, prog.train_example, 0)
+    assert aug["face"].shape == (4, 144, 112, 1) and aug["landmarks"].shape == (4, 68, 2)
+    jax.eval_shape(prog.train_step, prog.abstract_state, prog.train_example)
+
+
 def test_a_batch_is_augmented_example_by_example_from_its_key(record):
     """`on_device` over a batch: example i gets the parameters op j draws from
     fold_in(split(key, n)[i], j), applied as the host applies them; examples differ."""

@@ -59,6 +59,11 @@ class Op(grain.transforms.RandomMap):
     def random_map(self, rec: dict, rng: np.random.Generator) -> dict:
         return self.apply(rec, self.draw(rng))
 
+    def host_shapes(self, shapes: dict[str, tuple]) -> dict[str, tuple]:
+        """Each field's per-example shape before the op from its shape after it: what the
+        host sends a step that applies the op. Default: the op keeps every shape."""
+        return shapes
+
 
 @register
 @dataclasses.dataclass
@@ -92,6 +97,53 @@ class Rotate(Op):
 
     def apply(self, rec, angle):
         return F.rotate(rec, angle)
+
+
+@dataclasses.dataclass
+class Crop(Op):
+    """A `size` (height, width) window at a random position of each image field of `images`
+    in records of `within` (height, width), the points on it shifted: a family's training
+    crop (the attention CNN's, section 4.1). Not a `data.augment` op, since it changes the
+    input's shape: a family's `preprocess` ends its maps with it, and it runs where the
+    config's ops run (in the step, the host then sends the whole `within` face)."""
+
+    name: ClassVar[str] = "crop"
+    device: ClassVar[bool] = True
+    size: tuple[int, int]
+    within: tuple[int, int]
+    images: tuple[str, ...] = ("face",)
+
+    def __post_init__(self):
+        if self.size[0] > self.within[0] or self.size[1] > self.within[1]:
+            raise UserError(f"cannot crop {tuple(self.size)} from records of {tuple(self.within)} (height, width)")
+
+    def draw(self, rng):
+        return rng.integers(0, self.within[0] - self.size[0] + 1), rng.integers(0, self.within[1] - self.size[1] + 1)
+
+    def apply(self, rec, offset):
+        for f in self.images:
+            if f in rec:
+                if tuple(rec[f].shape[:2]) != tuple(self.within):
+                    raise ValueError(f"crop: {f!r} is {tuple(rec[f].shape[:2])}, the crop expects {tuple(self.within)}")
+                rec = F.crop(rec, f, (*offset, *self.size))
+        return rec
+
+    def host_shapes(self, shapes):
+        return {k: (*self.within, *s[2:]) if k in self.images else s for k, s in shapes.items()}
+
+
+def host_shapes(ops: list[Op], shapes: dict[str, tuple]) -> dict[str, tuple]:
+    """The per-example shapes of a batch before `ops`, from their shapes after them."""
+    for op in reversed(ops):
+        shapes = op.host_shapes(shapes)
+    return shapes
+
+
+def host_batch(batch: dict, ops: list[Op]) -> dict:
+    """An example `batch` (leading batch axis) with each field at its shape before `ops`
+    (its values repeated to fill): what the host sends a step that applies them."""
+    shapes = host_shapes(ops, {k: v.shape[1:] for k, v in batch.items()})
+    return {k: v if v.shape[1:] == tuple(shapes[k]) else np.resize(v, (len(v), *shapes[k])) for k, v in batch.items()}
 
 
 @dataclasses.dataclass

@@ -153,6 +153,10 @@ class Points(Kind):
         return (x * np.float32(scale)).astype(np.float32)
 
     def crop(self, x, field, rec, offset):
+        if any(on_device(o) for o in offset):
+            import jax.numpy as jnp
+
+            return x - jnp.stack(offset).astype(jnp.float32)
         return (x - np.float32(offset)).astype(np.float32)
 
 
@@ -291,10 +295,16 @@ def resize(rec: dict, field: str, size: tuple[int, int], grey: bool = False) -> 
 
 
 def crop(rec: dict, field: str, box: tuple[int, int, int, int]) -> dict:
-    """Image `field` cut to `box` (y, x, height, width); the points on it shifted."""
+    """Image `field` cut to `box` (y, x, height, width); the points on it shifted. A traced
+    (y, x) (a crop drawn in the jitted step) cuts with `dynamic_slice`."""
     y, x, h, w = box
-    out = dict(rec)
-    out[field] = np.ascontiguousarray(rec[field][y : y + h, x : x + w])
+    out, img = dict(rec), rec[field]
+    if on_device(y) or on_device(x):
+        import jax
+
+        out[field] = jax.lax.dynamic_slice(img, (y, x, *(0,) * (img.ndim - 2)), (h, w, *img.shape[2:]))
+    else:
+        out[field] = np.ascontiguousarray(img[y : y + h, x : x + w])
     for k, v in rec.items():
         g = get(k)
         if g.on == field and k != field:

@@ -332,40 +332,21 @@ class ResizeClip(ResizeFace):
 
 
 @dataclasses.dataclass
-class Crop(grain.transforms.RandomMap):
-    """A `size` (height, width) crop of each image field of `images` (the points on it
-    follow) at a random position. As a RandomMap it runs in training only; `CenterCrop` is
-    the evaluation's."""
-
-    size: tuple[int, int]
-    images: Sequence[str] = ("face",)
-
-    def offsets(self, shape: tuple[int, ...], rng: np.random.Generator | None) -> tuple[int, int]:
-        dy, dx = shape[0] - self.size[0], shape[1] - self.size[1]
-        if dy < 0 or dx < 0:
-            raise ValueError(f"cannot crop {tuple(self.size)} from an image of {shape[:2]}")
-        return (int(rng.integers(0, dy + 1)), int(rng.integers(0, dx + 1))) if rng is not None else (dy // 2, dx // 2)
-
-    def crop(self, rec: dict, rng: np.random.Generator | None) -> dict:
-        for image_field in self.images:
-            if image_field in rec:
-                y, x = self.offsets(rec[image_field].shape, rng)
-                rec = _fields.crop(rec, image_field, (y, x, *self.size))
-        return rec
-
-    def random_map(self, rec: dict, rng: np.random.Generator) -> dict:
-        return self.crop(rec, rng)
-
-
-@dataclasses.dataclass
 class CenterCrop(grain.transforms.Map):
-    """The centre `size` crop of `Crop`, for evaluation."""
+    """The centre `size` (height, width) of each image field of `images` (the points on it
+    follow): the evaluation's counterpart of a training crop (`augment.Crop`)."""
 
     size: tuple[int, int]
     images: Sequence[str] = ("face",)
 
     def map(self, rec: dict) -> dict:
-        return Crop(self.size, self.images).crop(rec, None)
+        for f in self.images:
+            if f in rec:
+                dy, dx = rec[f].shape[0] - self.size[0], rec[f].shape[1] - self.size[1]
+                if dy < 0 or dx < 0:
+                    raise ValueError(f"cannot crop {tuple(self.size)} from an image of {rec[f].shape[:2]}")
+                rec = _fields.crop(rec, f, (dy // 2, dx // 2, *self.size))
+        return rec
 
 
 # ----------------------------------------------------------------------------- pipeline

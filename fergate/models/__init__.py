@@ -39,7 +39,9 @@ Optional (defaults here):
     loss(config, outputs, batch)  -> (loss, {name: scalar}). Default: `cross_entropy`.
     preprocess(config, train)     -> (before, after): the family's deterministic transforms
                                   (grain `Map`s; a `RandomMap` runs in training only) before and
-                                  after `config.data.augment`'s ops (`transforms` composes them).
+                                  after `config.data.augment`'s ops (`transforms` composes them);
+                                  `augment.Op`s that end `before` (a random crop) run with those
+                                  ops, in the step when they can (`device_ops`).
     augmentations(config)         the ops it takes for this config. Default: `augmentation_ops`.
     example_batch(config, n)      a batch of `n` realistic examples, plus "label" and "mask".
     reports(results, outdir)      the family's figures from an evaluation (`Results`) -> entries
@@ -285,14 +287,24 @@ class Family:
         colour face the grey input was made from)."""
         if not (train and self.device_ops(config)):
             return self.transforms(config, train)
-        before, after = self.preprocess(config, train)
-        return [*before, *after]
+        maps, _, after = self._preprocess_ops(config, train)
+        return [*maps, *after]
 
     def device_ops(self, config) -> list:
-        """The augmentation ops the training step applies to each batch (`augment.on_device`):
-        the config's, when every one of them can run there; else none (they run on the host)."""
-        ops = augment.for_family(config, self)
+        """The ops the training step applies to each batch (`augment.on_device`): the family's
+        own (`preprocess`'s trailing `augment.Op`s, a random crop) and then the config's, when
+        every one of them can run there; else none (they run on the host)."""
+        _, own, _ = self._preprocess_ops(config, True)
+        ops = [*own, *augment.for_family(config, self)]
         return ops if augment.runs_on_device(ops) else []
+
+    def _preprocess_ops(self, config, train: bool) -> tuple[list, list, list]:
+        """`preprocess`'s before maps split into its maps and its trailing ops, and its after."""
+        before, after = self.preprocess(config, train)
+        n = len(before)
+        while n and isinstance(before[n - 1], augment.Op):
+            n -= 1
+        return list(before[:n]), list(before[n:]), list(after)
 
     def check(self, config) -> None:
         """The config's augmentation ops, checked against what this family takes."""

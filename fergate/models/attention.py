@@ -32,7 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from fergate import plots
-from fergate.data import pipeline
+from fergate.data import augment, pipeline
 from fergate.models import Family, Results, compute_dtype, random_batch
 from fergate.models.layers import Layer, max_pool2
 
@@ -141,7 +141,7 @@ def preprocess(config, train: bool) -> tuple[list, list]:
     training takes random `input.crop` crops (then the augmentations: a mirror, 4.1),
     evaluation the centre crop (the landmarks follow, for the reports)."""
     size, crop = tuple(config.input.record_size), tuple(config.input.crop)
-    return [pipeline.ResizeFace(size, grey=True), (pipeline.Crop if train else pipeline.CenterCrop)(crop)], []
+    return [pipeline.ResizeFace(size, grey=True), augment.Crop(crop, size) if train else pipeline.CenterCrop(crop)], []
 
 
 def example_batch(config, n: int) -> dict:

@@ -17,6 +17,7 @@ import jax
 import numpy as np
 
 from fergate import models
+from fergate.data import augment
 from fergate.data.pipeline import num_records
 from fergate.errors import UserError
 from fergate.train import perf
@@ -47,7 +48,7 @@ class _Timed:
         self.state = prog.new_state()
         local = prog.family.example_batch(config, config.input.batch_size // jax.process_count())
         local["label"] = np.random.default_rng(0).integers(0, prog.num_classes, local["label"].shape).astype(np.int32)
-        self.batch = global_batch(local, prog.batch_sharding)
+        self.batch = global_batch(local if infer else augment.host_batch(local, prog.ops), prog.batch_sharding)
         t = time.perf_counter()
         lowered = (prog.predict if infer else prog.train_step).lower(self.state, self.batch)
         self.compiled = lowered.compile()

@@ -108,7 +108,7 @@ def _train(config, workdir: str) -> dict:
                         f"({', '.join(classes[:8])}{', ...' if len(classes) > 8 else ''})")
 
     # compile once; FLOPs for MFU from the whole step (XLA cost analysis before partitioning)
-    lowered = prog.train_step.lower(state, prog.example)
+    lowered = prog.train_step.lower(state, prog.train_example)
     compiled = lowered.compile()
     flops = perf.step_flops(lowered)
     peak = perf.peak(models.compute_dtype(config).name) if flops else None
@@ -138,7 +138,7 @@ def _train(config, workdir: str) -> dict:
             for step in range(start + 1, c.steps + 1):
                 batch = next(feed)
                 if step == start + 1:
-                    check_batch(batch, prog.example)
+                    check_batch(batch, prog.train_example)
                 with profile.step(step):
                     state, metrics = compiled(state, batch)
                 profile.after(step, metrics)
