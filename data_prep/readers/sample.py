@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from data_prep import sample as S
+from data_prep import sample_au as U
 from data_prep.readers.base import Item, Reader, option
 from fergate.data import compound as compound_labels
 from fergate.errors import UserError
@@ -23,6 +24,20 @@ class SampleOptions:
     seed: int = option(0, "seed of the expressions, intensities and jitter drawn")
     compound: bool = option(False, "the 50 compound classes of iCV-MEFED (two expressions blended) instead of the 7 "
                             "basic ones")
+    style: str = option("warp", "how expressions and subjects are made: warp (the source faces' landmarks moved, one "
+                        "subject a face) or au (each action unit's move and appearance: teeth, folds, wrinkles, eye "
+                        "whites; subjects morphed from pairs of source faces, test_subjects of the source faces held "
+                        "out; data_prep.sample_au)")
+
+    def __post_init__(self):
+        if self.style not in STYLES:
+            raise UserError(f"--style {self.style}: one of {', '.join(STYLES)}")
+        if self.style == "au" and self.compound:
+            raise UserError("--style au: the 7 basic classes only (not --compound)")
+
+
+#: the sample set's styles (SampleOptions.style)
+STYLES = ("warp", "au")
 
 
 class SampleReader(Reader):
@@ -52,6 +67,17 @@ class SampleReader(Reader):
         names = sorted(self.subjects, reverse=True)
         count = min(options.test_subjects, len(names) - 1)
         self.test = set(names[:: max(1, len(names) // count)][:count]) if count > 0 else set()
+        self.morphs: dict[str, tuple] = {}
+        self.identities: dict[str, U.Identity] = {}
+        if options.style == "au":  # subjects: identities morphed within the training / held-out source faces
+            first = [(n, *self.subjects[n][0]) for n in sorted(self.subjects)]
+            if not 2 <= count <= len(names) - 2:
+                raise UserError(f"--style au: {len(names)} source faces, --test_subjects {options.test_subjects}: "
+                                "identities are morphed from pairs, so at least 2 faces are held out and 2 train")
+            morphs = U.identities(first, self.test)
+            self.morphs = {name: params for name, params, _ in morphs}
+            self.test = {name for name, _, held in morphs if held}
+            self.subjects = {name: [(params[0][1], 0)] for name, params in self.morphs.items()}
 
     def _items(self, n: int, kind: str) -> list[Item]:
         out, names = [], sorted(self.subjects)
@@ -84,8 +110,21 @@ class SampleReader(Reader):
     def _subject(name: str, path: str, index: int) -> S.Subject:
         return S.Subject(name, path, index)
 
+    def _identity(self, name: str) -> U.Identity:
+        """A morphed identity, made once per process (the prep workers each hold the reader)."""
+        if name not in self.identities:
+            (na, *pa), (nb, *pb), alpha, seed = self.morphs[name]
+            self.identities[name] = U.Identity(name, self._subject(na, *pa), self._subject(nb, *pb), alpha,
+                                               np.random.default_rng(seed))
+        return self.identities[name]
+
     def load_item(self, item: Item):
         expression, intensity, seed, index = item.params
+        if self.morphs:
+            identity, rng = self._identity(item.subject), np.random.default_rng(seed)
+            if item.kind == "clip":
+                return U.clip_au(identity, expression, intensity, self.options.frames, rng)
+            return U.synthesize_au(identity, expression, intensity, rng)
         subject = self._subject(item.subject, item.source, index)
         rng = np.random.default_rng(seed)
         if item.kind == "clip":
