@@ -57,8 +57,10 @@ def get_config(arg=None):
     if arg.fusion:
         choice(arg.fusion, FUSIONS[1:], "VSHNN fusion")
     choice(arg.lmed, LMEDS, "VSHNN landmark feature (lmed)")
-    fit = choice(arg.fit, FUSION_FITS, "VSHNN fusion fit") if arg.fusion in LATE_FUSIONS else "joint"
-    stacked = fit == "held_out" and not arg.head_only  # the fusion layer alone, on stage "branches"' scores
+    # head_only (benchmarks): the SARNN head with the fusion in the graph
+    fit = choice(arg.fit, FUSION_FITS, "VSHNN fusion fit") if arg.fusion in LATE_FUSIONS and not arg.head_only \
+        else "joint"
+    stacked = fit == "held_out"  # the fusion layer alone, on stage "branches"' scores
     _, cell, _ = parse_variant(variant)
     c = common.base("vshnn", variant)
     # the sample set's clips only (neutral -> apex, T = 16), split by subject into train_clips / test_clips

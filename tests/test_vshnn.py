@@ -233,14 +233,15 @@ def run(*args, timeout=900):
 
 
 def test_two_stages_in_one_command(tmp_path):
-    """`fergate train` on a SARNN variant (here VSHNN-LRMAF with FS, the paper's full model)
-    trains the frame CNN, writes its features of every clip (the model's own output for that
+    """`fergate train` on a SARNN variant (here VSHNN-LRMAF with FS in one model, fitted jointly,
+    stage 1 in-sample: `test_vshnn_stacking` runs the paper's protocol) trains the frame CNN,
+    writes its features of every clip (the model's own output for that
     clip), then trains C3D + SAGRU fused with LMED-CF on them, and reports the fusion's
     attention and the substituted frames per class; a second `fergate features` run finds
     every shard done."""
     w = tmp_path / "w"
-    r = run("train", "--config", f"{CONFIG}:variant=c3d_sagru_b,fs=True,fusion=lrmaf,smoke=True", "--workdir",
-            str(w), "--config.train.steps=10", "--config.pretrain.steps=10")
+    r = run("train", "--config", f"{CONFIG}:variant=c3d_sagru_b,fs=True,fusion=lrmaf,fit=joint,smoke=True",
+            "--workdir", str(w), "--config.train.steps=10", "--config.pretrain.steps=10", "--config.pretrain.folds=0")
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     report = json.loads((w / "eval.json").read_text())
     intro = json.loads((w / "introspection.json").read_text())

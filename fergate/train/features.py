@@ -105,7 +105,7 @@ def _extract(workdir: str, data: str, out: str, field: str, replace_stale: bool,
                         "model": f"{config.model}/{config.variant}", "source_data": os.path.abspath(data)}
     if folds:  # which model wrote each record: 0 the stage itself, i the out-of-fold model folds[i - 1]
         info["features"]["out_of_fold"] = {
-            "models": [os.path.abspath(workdir), *map(os.path.abspath, folds)],
+            "models": [os.path.realpath(workdir), *map(os.path.realpath, folds)],
             "owners": {s: owners[s].tolist() for s in splits if s in owners}}
     given = manifest.get("folds") if manifest.get("protocol") else None  # a protocol file's folds, kept
     result = shards.write_manifest(out, {s: len(pipeline.split_files(data, s)) for s in splits}, info, given)
