@@ -338,6 +338,16 @@ def test_lmed_cf_has_222_dimensions_for_16_frames_and_matches_its_definition():
     f3 = np.asarray(vshnn.lmed_cf(lm3))
     assert f3.shape == f.shape and not np.allclose(f3[:, :34], f[:, :34])
     assert vshnn.lmed_cf_width(8) == 102 + 28
+    # LMED (Table 9's row, `lmed=distances`): the 102 statistics alone, and the model's landmark
+    # branch (its scaling statistics and its MLP's input) that wide
+    d = np.asarray(vshnn.lmed_cf(lm, correlations=False))
+    assert d.shape == (2, 102) == (2, vshnn.lmed_cf_width(16, correlations=False))
+    np.testing.assert_allclose(d, f[:, :102], rtol=1e-6)
+    cfg = config_lib.load(f"{CONFIG}:variant=lmedcf,lmed=distances")
+    resolve(cfg, None)
+    state = jax.eval_shape(Program(cfg).new_state)
+    assert state.model_state["stats"]["lmed_min"].shape == (102,)
+    assert state.params["lmed_mlp"]["fc0"]["kernel"].shape == (102, cfg.vshnn.lmed_blocks[0])
 
 
 def test_lmed_cf_scaling_comes_from_the_training_batches_only():

@@ -7,25 +7,13 @@ paper's (AFEW validation; `:paper=ckplus`: its CK+ 10-fold accuracy, Table 5).
     fergate sweep configs/tables/vshnn_fs.py --workdir W --budget readme   # 1,500 steps a stage
 """
 
-from fergate.config import choice, parse_arg
+from .vshnn_fusion import paper_table
 
-from . import common
-
-ROWS = {  # row: (config arguments, the paper's row, AFEW %, CK+ %)
-    "no_fs": ("variant=c3d_sagru_b", "C3D and CNN-SAGRU (B), no FS", 49.87, 97.25),
-    "fs": ("variant=c3d_sagru_b,fs=True", "C3D and CNN-SAGRU (B) with FS (K = 3 of 16)", 50.76, 97.55),
+ROWS = {  # row: (config arguments, the paper's row, AFEW %, CK+ %, the row whose stage 1 it reuses)
+    "no_fs": ("variant=c3d_sagru_b", "C3D and CNN-SAGRU (B), no FS", 49.87, 97.25, ""),
+    "fs": ("variant=c3d_sagru_b,fs=True", "C3D and CNN-SAGRU (B) with FS (K = 3 of 16)", 50.76, 97.55, "no_fs"),
 }
 
 
 def get_table(arg=None):
-    arg = parse_arg(arg, paper="afew")
-    ck = choice(arg.paper, ("afew", "ckplus"), "paper column") == "ckplus"
-    return dict(
-        title="VSHNN frame substitution on / off (paper 004, 3.4): the same seeds and stage 1",
-        metric="mean_class_accuracy",
-        seeds=3,
-        budgets=common.VSHNN_BUDGETS,
-        rows=[dict(name=name, config=f"configs/vshnn.py:{args}", paper=ckplus if ck else afew,
-                   paper_note=f"{row}: {'CK+' if ck else 'AFEW'}", shares=("no_fs",) if name != "no_fs" else ())
-              for name, (args, row, afew, ckplus) in ROWS.items()],
-    )
+    return paper_table("VSHNN frame substitution on / off (paper 004, 3.4): the same seeds and stage 1", ROWS, arg)

@@ -28,16 +28,21 @@ ROWS = {  # row: (config arguments, the paper's row, AFEW %, CK+ %, the row whos
 }
 
 
-def get_table(arg=None):
+def paper_table(title: str, rows: dict, arg=None) -> dict:
+    """A 3-seed VSHNN table of `rows` {name: (config arguments, the paper's row, AFEW %, CK+ %,
+    the row whose stages it reuses)} beside the paper's AFEW column (`:paper=ckplus`: CK+)."""
     arg = parse_arg(arg, paper="afew")
     ck = choice(arg.paper, ("afew", "ckplus"), "paper column") == "ckplus"
     return dict(
-        title="VSHNN fusions (paper 004, Tables 9, 10, 12): video, landmarks and their fusions",
+        title=title,
         metric="mean_class_accuracy",
         seeds=3,
         budgets=common.VSHNN_BUDGETS,
         rows=[dict(name=name, config=f"configs/vshnn.py:{args}", paper=ckplus if ck else afew,
-                   paper_note=f"{row}: {'CK+' if ck else 'AFEW'}",
-                   shares=(shared,) if shared else ())
-              for name, (args, row, afew, ckplus, shared) in ROWS.items()],
+                   paper_note=f"{row}: {'CK+' if ck else 'AFEW'}", shares=(shared,) if shared else ())
+              for name, (args, row, afew, ckplus, shared) in rows.items()],
     )
+
+
+def get_table(arg=None):
+    return paper_table("VSHNN fusions (paper 004, Tables 9, 10, 12): video, landmarks and their fusions", ROWS, arg)
