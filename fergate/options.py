@@ -247,6 +247,10 @@ KEYS: dict[str, KeySpec] = {
                    before=-1),
     "data.folds": K(10, before=10),
     "data.cv_splits": K((), before=()),
+    "data.oof_fold": K(-1, "oof_fold >= 0: an out-of-fold model of an earlier stage (`pretrain.folds`): fold "
+                           "`oof_fold` of `oof_folds` subject folds of the training records is held out of training "
+                           "and evaluated on", before=-1),
+    "data.oof_folds": K(0, before=0),
     "data.features_from": K("", "an earlier stage (config.pretrain) whose model's `features` output of every record "
                                 "is written as field `features_field` into a copy of the data (`fergate features`) "
                                 "that this config then reads (VSHNN)", before=""),
@@ -321,6 +325,10 @@ KEYS: dict[str, KeySpec] = {
                       parse=_each(parse_weights)),
     "pretrain.steps": K(0, "> 0: every earlier stage's train.steps (0: each stage config's own)", before=0),
     "pretrain.inherit": K((), "keys every earlier stage takes from this config", before=()),
+    "pretrain.folds": K(3, "k > 0: the `data.features_from` stage's features of a training record come from one of k "
+                           "models of that stage that never trained on its subject (out-of-fold; held-out records: "
+                           "the stage trained on every training subject); 0: all from that one model (in-sample)",
+                        check=at_least(0), before=0),
     "pretrain.configs": K({}, "NAME -> 'FILE:ARG', FILE relative to the directory of the config file naming it",
                           before={}, parse=parse_stages),
 }

@@ -233,14 +233,15 @@ def run(*args, timeout=900):
 
 
 def test_two_stages_in_one_command(tmp_path):
-    """`fergate train` on a SARNN variant (here VSHNN-LRMAF with FS, the paper's full model)
-    trains the frame CNN, writes its features of every clip (the model's own output for that
+    """`fergate train` on a SARNN variant (here VSHNN-LRMAF with FS in one model, fitted jointly,
+    stage 1 in-sample: `test_vshnn_stacking` runs the paper's protocol) trains the frame CNN,
+    writes its features of every clip (the model's own output for that
     clip), then trains C3D + SAGRU fused with LMED-CF on them, and reports the fusion's
     attention and the substituted frames per class; a second `fergate features` run finds
     every shard done."""
     w = tmp_path / "w"
-    r = run("train", "--config", f"{CONFIG}:variant=c3d_sagru_b,fs=True,fusion=lrmaf,smoke=True", "--workdir",
-            str(w), "--config.train.steps=10", "--config.pretrain.steps=10")
+    r = run("train", "--config", f"{CONFIG}:variant=c3d_sagru_b,fs=True,fusion=lrmaf,fit=joint,smoke=True",
+            "--workdir", str(w), "--config.train.steps=10", "--config.pretrain.steps=10", "--config.pretrain.folds=0")
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     report = json.loads((w / "eval.json").read_text())
     intro = json.loads((w / "introspection.json").read_text())
@@ -337,6 +338,16 @@ def test_lmed_cf_has_222_dimensions_for_16_frames_and_matches_its_definition():
     f3 = np.asarray(vshnn.lmed_cf(lm3))
     assert f3.shape == f.shape and not np.allclose(f3[:, :34], f[:, :34])
     assert vshnn.lmed_cf_width(8) == 102 + 28
+    # LMED (Table 9's row, `lmed=distances`): the 102 statistics alone, and the model's landmark
+    # branch (its scaling statistics and its MLP's input) that wide
+    d = np.asarray(vshnn.lmed_cf(lm, correlations=False))
+    assert d.shape == (2, 102) == (2, vshnn.lmed_cf_width(16, correlations=False))
+    np.testing.assert_allclose(d, f[:, :102], rtol=1e-6)
+    cfg = config_lib.load(f"{CONFIG}:variant=lmedcf,lmed=distances")
+    resolve(cfg, None)
+    state = jax.eval_shape(Program(cfg).new_state)
+    assert state.model_state["stats"]["lmed_min"].shape == (102,)
+    assert state.params["lmed_mlp"]["fc0"]["kernel"].shape == (102, cfg.vshnn.lmed_blocks[0])
 
 
 def test_lmed_cf_scaling_comes_from_the_training_batches_only():

@@ -55,8 +55,10 @@ def run(a: argparse.Namespace, overrides: list[str]) -> None:
         data = a.data
         if not data:  # the config's own data: the built-in set, prepared on first use
             if cfg.data.get("features_from"):
+                k = cfg.pretrain.get("folds", 0)
                 raise UserError(f"{cfg.model}/{cfg.variant} reads an earlier stage's features: add --data "
-                                f"W/pretrain/{cfg.data.features_from}/features of a trained workdir W")
+                                f"W/pretrain/{cfg.data.features_from}/features of a trained workdir W"
+                                + (f" (oof-{k}/features there: out-of-fold, pretrain.folds={k})" if k else ""))
             builtin_data(cfg)
             from fergate.train.data import data_dir
 

@@ -35,7 +35,7 @@ def data_dir(config, workdir: str | None = None) -> str:
     in the training `workdir` (`features_dir`; the trainer writes it)."""
     stage = config.data.get("features_from", "")
     if stage and workdir is not None:
-        out = features_dir(workdir, stage)
+        out = features_dir(workdir, stage, config.pretrain.get("folds", 0))
         if not features_ready(out):
             raise UserError(f"{out} holds no complete features: train {workdir} first (it writes them)")
         return out
@@ -47,9 +47,10 @@ def features_ready(out: str) -> bool:
     return bool(read_json(os.path.join(out, "manifest.json"), {}).get("complete"))
 
 
-def features_dir(workdir: str, stage: str) -> str:
-    """Where a run keeps its data with the features of its earlier stage `stage`."""
-    return os.path.join(workdir, "pretrain", stage, "features")
+def features_dir(workdir: str, stage: str, folds: int = 0) -> str:
+    """Where a run keeps its data with the features of its earlier stage `stage`: with
+    `folds` (`pretrain.folds`), the out-of-fold ones, beside that stage's fold models."""
+    return os.path.join(workdir, "pretrain", stage, *((f"oof-{folds}",) if folds else ()), "features")
 
 
 def source_dir(config, checked: bool = True) -> str:
@@ -305,6 +306,8 @@ def portions(config, data_dir: str, manifest: dict) -> Portions:
         train, test = Portion(d.train_split), Portion(d.eval_split)
     else:
         train, test = cv_fold(config, data_dir, manifest)
+    if d.get("oof_folds", 0):  # an earlier stage's out-of-fold model: one subject fold of its training records
+        train, test = oof_fold(train, d.oof_fold, d.oof_folds, data_dir)
     name = d.val_split
     if not name:
         return Portions(train, None, test)
@@ -334,6 +337,23 @@ def cv_folds(config, data_dir: str, manifest: dict) -> dict[str, int]:
     if len(manifest.get("fold_counts", ())) != config.data.folds or not set(subjects) <= set(folds):
         folds = shards.subject_folds(pipeline.split_labels(files), subjects, config.data.folds)
     return folds
+
+
+def oof_fold(train: Portion, fold: int, folds: int, data_dir: str) -> tuple[Portion, Portion]:
+    """(training, held-out) records of an out-of-fold model (`pretrain.folds`): the subjects of
+    `train`'s records in `folds` class-balanced subject folds (`shards.subject_folds`, as `fergate
+    cv` draws its folds), fold `fold` held out."""
+    files = pipeline.split_files(data_dir, train.split)
+    records = np.arange(len(pipeline.split_labels(files))) if train.records is None else train.records
+    subjects = pipeline.split_subjects(files)[records]
+    if len(set(subjects)) < folds:
+        raise UserError(f"config pretrain.folds={folds}: the training records ({train.name}) have "
+                        f"{len(set(subjects))} subjects, so at most that many out-of-fold models")
+    assign = shards.subject_folds(pipeline.split_labels(files)[records], subjects, folds)
+    held = np.array([assign[s] == fold for s in subjects], bool)
+    tag = f"out-of-fold {fold} of {folds}"
+    return Portion(train.split, records[~held], f"{train.name} ({tag}: training)"), \
+        Portion(train.split, records[held], f"{train.name} ({tag}: held out)")
 
 
 def cv_fold(config, data_dir: str, manifest: dict) -> tuple[Portion, Portion]:

@@ -28,7 +28,7 @@ from fergate.files import read_json, space_errors, write_atomic
 from fergate.signals import StopSignals
 from fergate.train import checkpoint, evaluate, features, perf
 from fergate.train.checkpoint import Checkpointer, Selection, restore_selected
-from fergate.train.data import DataPlan, features_dir, source_dir
+from fergate.train.data import DataPlan, data_dir, features_dir, source_dir
 from fergate.train.mesh import config_mesh
 from fergate.train.metrics import MetricsWriter
 from fergate.train.optimizer import decay_horizon
@@ -334,16 +334,42 @@ def load_earlier_stages(prog: Program, state: TrainState, workdir: str) -> Train
 def write_stage_features(config, workdir: str) -> str:
     """The data with the features of the earlier stage `config.data.features_from`: the stage
     trained into W/pretrain/NAME unless finished, then its `features` output of every record
-    written into W/pretrain/NAME/features (resumed shard by shard if interrupted)."""
-    name = config.data.features_from
+    written into W/pretrain/NAME/features (resumed shard by shard if interrupted). With
+    `pretrain.folds` = k, the training records' features come from k out-of-fold models of
+    the stage instead (`train_out_of_fold`), written into W/pretrain/NAME/oof-k/features."""
+    name, k = config.data.features_from, config.pretrain.get("folds", 0)
     stages = models.family(config.model).stages(config)
     if name not in stages:
         raise UserError(f"config data.features_from={name!r} names no earlier stage (config.pretrain.configs has "
                         f"{', '.join(stages) or 'none'})")
+    if k and source_dir(stages[name], checked=False) != source_dir(config, checked=False):
+        raise UserError(f"config pretrain.folds={k}: stage {name} trains on other data ({source_dir(stages[name])}), "
+                        "so it never saw these records: set --config.pretrain.folds=0")
     stage_dir = _train_stage(stages[name], os.path.join(workdir, "pretrain", name))
-    out = features_dir(workdir, name)
-    # finished shards are kept (a resumed extraction), unless another checkpoint wrote them (a retrained stage)
-    features.extract(stage_dir, source_dir(config), out, config.data.features_field, replace_stale=True)
+    out = features_dir(workdir, name, k)
+    data = data_dir(config_lib.load_workdir(stage_dir), stage_dir)  # what the stage read (its own stage's features)
+    # finished shards are kept (a resumed extraction), unless other checkpoints wrote them (a retrained stage)
+    features.extract(stage_dir, data, out, config.data.features_field, replace_stale=True,
+                     folds=train_out_of_fold(stage_dir, k) if k else ())
+    return out
+
+
+def train_out_of_fold(stage_dir: str, folds: int) -> list[str]:
+    """The `folds` out-of-fold models of the stage trained in `stage_dir`, each trained (unless
+    finished) into stage_dir/oof-k/fold-NN with the stage's config but for `data.oof_fold`:
+    one subject fold of the stage's training records held out (`data.oof_fold`). Each reuses
+    the stage's own earlier stages (linked: they are the same configs)."""
+    out = []
+    for j in range(folds):
+        cfg = config_lib.load_workdir(stage_dir)
+        with cfg.unlocked():
+            cfg.data.oof_fold, cfg.data.oof_folds = j, folds
+        where = os.path.join(stage_dir, f"oof-{folds}", f"fold-{j:02d}")  # as `fergate cv` names its folds
+        if os.path.isdir(os.path.join(stage_dir, "pretrain")) and not os.path.lexists(os.path.join(where, "pretrain")):
+            os.makedirs(where, exist_ok=True)
+            os.symlink(os.path.join("..", "..", "pretrain"), os.path.join(where, "pretrain"))
+        log.info(f"[train] out-of-fold model {j} of {folds} of {cfg.model}/{cfg.variant}")
+        out.append(_train_stage(cfg, where))
     return out
 
 

@@ -23,6 +23,7 @@ fusion with the video model (`vshnn.fusion`): IC (Eq. 16), WS (Eq. 17), LRMF (Li
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 from collections.abc import Sequence
 
@@ -56,8 +57,20 @@ VARIANTS = ("frames", "c3d", *RESNETS_3D, "cnn_lstm", "cnn_gru",
 #: `vshnn.fusion` of the video model with LMED-CF (section 4.2): "" none, intermediate
 #: concatenation, weighted summation, low-rank fusion, low-rank attention fusion
 FUSIONS = ("", "ic", "ws", "lrmf", "lrmaf")
+#: the late fusions: of the two branches' score vectors
+LATE_FUSIONS = ("ws", "lrmf", "lrmaf")
+#: `vshnn.fusion_fit` of a late fusion: "held_out" (the paper's: the fusion layer alone, fitted
+#: on the out-of-fold scores of the two branches trained beforehand, each on its own, as the
+#: earlier stage "branches"), "branches" (that stage: both branches, each by its own
+#: cross-entropy, their scores as its `features`), "joint" (one model: branches and fusion
+#: trained together on the training clips)
+FUSION_FITS = ("held_out", "branches", "joint")
+#: `vshnn.lmed`: the landmark feature, LMED-CF (4.1) or LMED alone (Table 9's LMED row)
+LMEDS = ("cf", "distances")
 #: the record field `fergate features` writes: (T, F) appearance features per clip
 FEATURES_FIELD = "clip_features"
+#: the record field of the "branches" stage's scores, [p, q] (2K), a held-out late fusion reads
+SCORES_FIELD = "branch_scores"
 #: the input a head-only model reads v from (`fergate bench` of the SARNN against PyTorch)
 SCENE_FIELD = "scene"
 
@@ -145,11 +158,13 @@ class VSHNN(Layer):
     fusion_rank: int = 4  #: gamma of Eq. 20
     lmed_blocks: Sequence[int] = (256, 256)  #: LMED-CF MLP widths (2 blocks lab data, 3 in the wild)
     branch_weight: float = 1.0  #: late fusions: each branch's own cross-entropy also trains it, this weighted
+    fusion_fit: str = "joint"  #: a late fusion's protocol (`FUSION_FITS`)
+    lmed: str = "cf"  #: the landmark feature: "cf" (LMED-CF) or "distances" (LMED, no correlations)
 
     def landmarks(self, clip_landmarks: jax.Array, train: bool) -> tuple[jax.Array, jax.Array]:
         """The landmark branch: LMED-CF mapped to [-1, 1] by the training split's range (the
         "stats" collection; sown as intermediates "lmed_cf"), through its MLP: (l', q)."""
-        f = lmed_cf(clip_landmarks)
+        f = lmed_cf(clip_landmarks, self.lmed == "cf")
         lo = self.variable("stats", "lmed_min", jnp.zeros, f.shape[-1:], jnp.float32).value
         hi = self.variable("stats", "lmed_max", jnp.ones, f.shape[-1:], jnp.float32).value
         f = 2.0 * (f - lo) / jnp.maximum(hi - lo, 1e-6) - 1.0
@@ -169,8 +184,11 @@ class VSHNN(Layer):
                     "features": feats.reshape(b, t, -1)}
         if self.variant == "lmedcf":
             return {"logits": self.landmarks(batch["clip_landmarks"], train)[1]}
-        uses_c3d, cell, connection = parse_variant(self.variant)
         out: dict = {"introspect": {}}
+        if self.fusion in LATE_FUSIONS and self.fusion_fit == "held_out":  # the fusion layer alone: [p, q] read
+            p, q = jnp.split(batch[SCORES_FIELD].astype(jnp.float32), 2, -1)
+            return self.fuse(p, q, out)
+        uses_c3d, cell, connection = parse_variant(self.variant)
         l_feat = q = v = None
         if self.fusion:
             l_feat, q = self.landmarks(batch["clip_landmarks"], train)
@@ -200,9 +218,19 @@ class VSHNN(Layer):
                          dtype=self.dtype, name="sarnn")(x, v, train)
         if self.fusion in ("", "ic"):
             out["logits"] = p
-        else:  # late fusions of the two score vectors; each branch also learns from its own loss
-            out["branch_logits"] = {"video": p, "landmark": q}
-            if self.fusion == "ws":  # Eq. 17 on the softmax scores; its log is what the loss and argmax read
+            return self.fuse(None, None, out)
+        # late fusions of the two score vectors; each branch also learns from its own loss
+        out["branch_logits"] = {"video": p, "landmark": q}
+        if self.fusion_fit == "branches":  # the scores a held-out fusion is fitted on
+            out["features"] = jnp.concatenate([p, q], -1).astype(jnp.float32)
+        return self.fuse(p, q, out)
+
+    def fuse(self, p: jax.Array | None, q: jax.Array | None, out: dict) -> dict:
+        """`out` with the logits of the late fusion of scores p (video) and q (landmarks):
+        WS (Eq. 17), LRMF or LRMAF (Eq. 18-21); p, q None: `out` as it is."""
+        if p is not None:
+            if self.fusion == "ws" or self.fusion_fit == "branches":  # Eq. 17 on the softmax scores; its log is
+                # what the loss and argmax read
                 mix = self.ws_alpha * jax.nn.softmax(p) + (1.0 - self.ws_alpha) * jax.nn.softmax(q)
                 out["logits"] = jnp.log(jnp.maximum(mix, 1e-30))
             else:
@@ -228,6 +256,7 @@ def backbones(config) -> dict[str, Backbone]:
     `freeze_convs` the 3D CNN is never trained: its weights are required."""
     v, out = config.vshnn, {}
     uses_3d, _, _ = parse_variant(config.variant)
+    uses_3d = uses_3d and not stacked(config)
     if config.variant == "frames" and v.frame_trunk == "densenet121":
         out["frame_cnn"] = Backbone(("densenet121",), {"densenet": "frame_cnn/densenet"})
     if uses_3d and not v.head_only:
@@ -243,9 +272,20 @@ def train_frames(config) -> int:
     return config.input.get("train_frames", config.input.frames)
 
 
+def stacked(config) -> bool:
+    """Whether the model is a late fusion layer alone, fitted on its branches' held-out scores
+    (`vshnn.fusion_fit` = "held_out")."""
+    return config.vshnn.get("fusion", "") in LATE_FUSIONS and config.vshnn.get("fusion_fit", "joint") == "held_out"
+
+
 def uses_landmarks(config) -> bool:
-    """Whether the model reads the clips' landmarks (LMED-CF alone or fused)."""
-    return config.variant == "lmedcf" or bool(config.vshnn.get("fusion", ""))
+    """Whether the model reads the clips' landmarks (LMED-CF alone or fused in the graph)."""
+    return config.variant == "lmedcf" or (bool(config.vshnn.get("fusion", "")) and not stacked(config))
+
+
+def _lmed(config):
+    """The landmark feature function of the config (`vshnn.lmed`)."""
+    return functools.partial(lmed_cf, correlations=config.vshnn.get("lmed", "cf") == "cf")
 
 
 def resolve(config, manifest: dict | None) -> None:
@@ -264,6 +304,14 @@ def resolve(config, manifest: dict | None) -> None:
     if fusion == "ic" and not (uses_c3d and cell):
         raise UserError(f"config vshnn.fusion=ic concatenates v with the landmark feature as the SARNN's scene input: "
                         f"it needs a C3D + SARNN variant (c3d_sa*), not {variant}")
+    fit = v.get("fusion_fit", "joint")
+    if fit not in FUSION_FITS:
+        raise UserError(f"config vshnn.fusion_fit={fit!r}: expected one of {', '.join(FUSION_FITS)}")
+    if fit != "joint" and fusion not in LATE_FUSIONS:
+        raise UserError(f"config vshnn.fusion_fit={fit}: fits a late fusion (vshnn.fusion={'|'.join(LATE_FUSIONS)}), "
+                        f"not fusion={fusion!r}")
+    if v.get("lmed", "cf") not in LMEDS:
+        raise UserError(f"config vshnn.lmed={v.lmed!r}: expected one of {', '.join(LMEDS)}")
     if not 0.0 <= v.get("ws_alpha", 0.5) <= 1.0:
         raise UserError(f"config vshnn.ws_alpha={v.ws_alpha}: must be in [0, 1]")
     if v.get("fs_k", 0):
@@ -281,6 +329,8 @@ def inputs(config) -> dict:
     evaluation batches all T (the model reads any number; `fergate bench` times the
     training shape)."""
     v, t, s = config.vshnn, config.input.frames, config.input.clip_size
+    if stacked(config):  # the fusion layer alone: the two branches' scores [p, q]
+        return {SCORES_FIELD: ((2 * v.num_classes,), np.float32)}
     uses_c3d, cell, _ = parse_variant(config.variant)
     spec = {}
     if config.variant == "frames":  # training batches: `train_frames` frames of each clip (SampleFrames)
@@ -309,7 +359,7 @@ def statistics(config, batches) -> dict:
     with these (4.1), so no held-out clip informs the scaling."""
     if not uses_landmarks(config):
         return {}
-    f = jax.jit(lmed_cf)
+    f = jax.jit(_lmed(config))
     lo = hi = None
     for b in batches:
         keep = b["mask"] > 0
@@ -362,8 +412,10 @@ def loss(config, outputs: dict, batch: dict) -> tuple[jax.Array, dict]:
         fl = outputs["frame_logits"]
         ce = masked_cross_entropy(fl, jnp.broadcast_to(batch["label"][:, None], fl.shape[:2]), batch["mask"])
         return ce, {"ce": ce}
-    total = masked_cross_entropy(outputs["logits"], batch["label"], batch["mask"])
-    metrics = {"ce": total}
+    ce = masked_cross_entropy(outputs["logits"], batch["label"], batch["mask"])
+    metrics = {"ce": ce}
+    # the "branches" stage of a held-out fusion: each branch by its own loss alone, as two networks
+    total = 0.0 if config.vshnn.get("fusion_fit", "joint") == "branches" else ce
     if "aux_logits" in outputs:
         aux = masked_cross_entropy(outputs["aux_logits"], batch["label"], batch["mask"])
         total = total + config.vshnn.aux_weight * aux

@@ -55,25 +55,29 @@ def frame_substitution(x: jax.Array, k: int) -> tuple[jax.Array, jax.Array]:
     return jnp.take_along_axis(x, source[..., None], -2), (source != jnp.arange(n)).astype(jnp.float32)
 
 
-def lmed_cf_width(frames: int) -> int:
-    """LMED-CF's length: 3 statistics of the 34 distances + N(N - 1) / 2 correlations (222 at 16)."""
-    return 3 * len(LMED_PAIRS) + frames * (frames - 1) // 2
+def lmed_cf_width(frames: int, correlations: bool = True) -> int:
+    """LMED-CF's length: 3 statistics of the 34 distances + N(N - 1) / 2 correlations (222 at
+    16); LMED without the correlations (Table 9's LMED row): 102."""
+    return 3 * len(LMED_PAIRS) + (frames * (frames - 1) // 2 if correlations else 0)
 
 
-def lmed_cf(landmarks: jax.Array) -> jax.Array:
+def lmed_cf(landmarks: jax.Array, correlations: bool = True) -> jax.Array:
     """LMED-CF (4.1, Fig. 6) of clips' landmarks (B, N, 68, 2 or 3): per frame the 34
     `LMED_PAIRS` distances over the inter-ocular distance (l_n); their max, mean and std over
     the frames (LMED, 102); and the upper triangle (no diagonal) of R computed from L L^T as
-    in Eq. 1-2 (CF, N(N - 1) / 2). 3D landmarks give 3D distances. Unscaled: the model scales
-    it to [-1, 1] with the training split's range (`statistics`)."""
+    in Eq. 1-2 (CF, N(N - 1) / 2); without `correlations`, LMED alone (Table 9's LMED row). 3D
+    landmarks give 3D distances. Unscaled: the model scales it to [-1, 1] with the training
+    split's range (`statistics`)."""
     lm = landmarks.astype(jnp.float32)
     pairs = np.asarray(LMED_PAIRS)
     d = jnp.linalg.norm(lm[..., pairs[:, 0], :] - lm[..., pairs[:, 1], :], axis=-1)  # (B, N, 34)
     iod = jnp.linalg.norm(lm[..., LEFT_EYE, :].mean(-2) - lm[..., RIGHT_EYE, :].mean(-2), axis=-1)
     l_ = d / jnp.maximum(iod, 1e-6)[..., None]
+    stats = [l_.max(-2), l_.mean(-2), l_.std(-2)]
+    if not correlations:
+        return jnp.concatenate(stats, -1)
     upper = np.triu_indices(l_.shape[-2], 1)
-    return jnp.concatenate([l_.max(-2), l_.mean(-2), l_.std(-2), frame_correlation(l_)[..., upper[0], upper[1]]],
-                           -1)
+    return jnp.concatenate([*stats, frame_correlation(l_)[..., upper[0], upper[1]]], -1)
 
 
 class LandmarkMLP(Layer):
