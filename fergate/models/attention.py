@@ -75,15 +75,6 @@ def scale_input(x: jax.Array, dtype) -> jax.Array:
     return x.astype(dtype) / 127.5 - 1.0
 
 
-def standardise(z: jax.Array, eps: float = 1e-6) -> jax.Array:
-    """z (N, C) made zero-mean, unit-variance over its channels, per example, with no parameters
-    (a layer norm without gain or bias). From scratch, the pooled features' common scale is the
-    one direction every early gradient agrees on: Adam shrank it 40x in 20 steps until the ReLUs
-    died (tools/attention_diagnose.py); standardised, the logits do not change with that scale."""
-    z = z - jnp.mean(z, -1, keepdims=True)
-    return z * jax.lax.rsqrt(jnp.mean(jnp.square(z), -1, keepdims=True) + eps)
-
-
 def attention_weights(a2: jax.Array, beta: float, symmetric: bool) -> jax.Array:
     """B (N, H, W) from the scores A_2 (N, H, W): softmax of beta A_2 over all locations
     (Eq. 4); `symmetric` first averages the scores with their left-right mirror (Eq. 5)."""
@@ -100,8 +91,8 @@ class AttentionCNN(Layer):
     hidden: int = 66  #: C_1, the scorer's hidden units
     beta: float = 1.0  #: softmax temperature of Eq. 4 (the paper: 1)
     dropout: float = 0.5
-    #: the pooled heads' z standardised before the classifier (`standardise`; workdirs written
-    #: before the option have none: off, as they were trained)
+    #: the pooled heads' z standardised over the batch before the classifier, no parameters
+    #: (workdirs written before the option have none: off, as they were trained)
     standardise: bool = False
 
     def setup(self):
@@ -113,6 +104,13 @@ class AttentionCNN(Layer):
         init = nn.initializers.zeros if self.variant != "baseline" else nn.initializers.lecun_normal()
         self.classifier = nn.Dense(self.num_classes, dtype=self.dtype, kernel_init=init)
         self.drop = nn.Dropout(self.dropout)
+        if self.standardise and self.variant != "baseline":
+            # z per channel over the batch to zero mean, unit variance, with no parameters (running
+            # statistics in evaluation). From scratch the pooled z of a random trunk is nearly the
+            # same vector for every face (spread 0.28 of its mean): the gradients carry no class, Adam
+            # moves the trunk at full rate anyway, A_0 shrank 40x in 20 steps and its ReLUs died
+            # (tools/attention_diagnose.py). Standardised, the classifier sees the faces' differences.
+            self.zstd = nn.BatchNorm(use_bias=False, use_scale=False, dtype=self.dtype)
 
     def __call__(self, batch: dict, train: bool = False) -> dict:
         a0 = self.features(scale_input(batch["face"], self.dtype))  # (N, 9, 7, 128)
@@ -126,7 +124,7 @@ class AttentionCNN(Layer):
             b = attention_weights(self.scorer(a0), self.beta, self.variant == "symmetric")
         z = jnp.einsum("nhw,nhwc->nc", b.astype(a0.dtype), a0)  # Eq. 1
         if self.standardise:
-            z = standardise(z.astype(jnp.float32)).astype(a0.dtype)
+            z = self.zstd(z, use_running_average=not train)
         logits = self.classifier(self.drop(z, deterministic=not train)).astype(jnp.float32)
         return {"logits": logits, "introspect": {"attention": b}}
 
