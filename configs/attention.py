@@ -9,13 +9,14 @@ Faces are 125 x 160 grey crops with isotropic-diffusion illumination normalisati
 set is prepared so); training reads random 112 x 144 crops, half of them mirrored,
 evaluation the centre crop (section 4.1).
 
-The pooled heads are added to a trained baseline's convolutions (`from_baseline=True`, the
-default), which stay fixed: section 4.3 builds the attention CNN by "modifying the baseline
-CNN", and trained from scratch (or fine-tuned with the trunk, even at a tenth of the rate)
-Adam shrinks the pooled features to nothing before the head can tell the classes apart, so
-the loss stays at ln 7 for hundreds of steps (the paper trains for 10,000 epochs). One
-command trains the baseline into W/pretrain/baseline first; `from_baseline=False` trains
-from scratch; `--config.optim.frozen= --config.optim.lr_scale=features=0.1` fine-tunes the trunk.
+The whole network trains from scratch, as the paper trains it; the pooled heads' z is
+standardised over the batch before the classifier (`attention.standardise`, no parameters:
+without it the pooled features of a random trunk hardly differ between faces, Adam shrinks
+the trunk until its ReLUs die and the loss stays at ln 7; `tools/attention_diagnose.py`
+measures it). `from_baseline=True` instead adds a pooled head to a trained baseline's
+convolutions, which stay fixed (section 4.3 "modifies the baseline CNN"): one command trains
+W/pretrain/baseline first, then the head at 1e-2; `--config.optim.frozen=
+--config.optim.lr_scale=features=0.1` fine-tunes the trunk too.
 
     context=0.6: faces at 0.6 of the template's size in the same crop, the scene around them
     kept (`fergate prep --face_scale 0.6`): the paper's fully-convolutional model learns on
@@ -32,7 +33,7 @@ from . import common
 
 
 def get_config(arg=None):
-    arg = parse_arg(arg, variant="attention", smoke=False, from_baseline=True, context=1.0)
+    arg = parse_arg(arg, variant="attention", smoke=False, from_baseline=False, context=1.0)
     c = common.base("attention", choice(arg.variant, VARIANTS, "attention variant"))
     c.data.prep_options = dict(size=2800, face_size="125x160", color=False, illumination="diffusion",
                                patches=False, identity=False)
@@ -42,7 +43,8 @@ def get_config(arg=None):
     c.input.batch_size = 32
     c.input.record_size = (160, 125)  # (height, width) the records are brought to
     c.input.crop = (144, 112)  # (height, width) of the network's input
-    c.attention = dict(num_classes=0, trunk=TRUNK, hidden=66, beta=1.0, dropout=0.5)  # 0: the data's classes
+    c.attention = dict(num_classes=0, trunk=TRUNK, hidden=66, beta=1.0, dropout=0.5,
+                       standardise=True)  # 0: the data's classes
     # Adam (section 4.3; its rate is not given), constant
     c.optim.lr = c.optim.end_lr = 1e-3
     c.train.steps = 10_000

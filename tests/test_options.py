@@ -47,7 +47,7 @@ def test_every_shared_key_has_one_spec():
 
 #: (config, override, the error): a malformed option, or a config argument its file does not know,
 #: is refused as the config loads, in one line
-CONFIG_ERRORS = [("configs/attention.py", override, message) for override, message in [
+CONFIG_ERRORS = [("configs/attention.py:from_baseline=True", override, message) for override, message in [
     ("--config.mesh.rules=('kernel0=-,tensor',)", "config mesh.rules: 'kernel0=-,tensor' is not REGEX=AXES"),
     ("--config.mesh.rules=('(kernel=model',)", "config mesh.rules: '(kernel=model': missing"),
     ("--config.optim.lr_scale=features", "config optim.lr_scale: 'features' is not subtree=factor"),

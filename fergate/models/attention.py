@@ -91,6 +91,9 @@ class AttentionCNN(Layer):
     hidden: int = 66  #: C_1, the scorer's hidden units
     beta: float = 1.0  #: softmax temperature of Eq. 4 (the paper: 1)
     dropout: float = 0.5
+    #: the pooled heads' z standardised over the batch before the classifier, no parameters
+    #: (workdirs written before the option have none: off, as they were trained)
+    standardise: bool = False
 
     def setup(self):
         self.features = Trunk(self.trunk, dtype=self.dtype)
@@ -101,6 +104,13 @@ class AttentionCNN(Layer):
         init = nn.initializers.zeros if self.variant != "baseline" else nn.initializers.lecun_normal()
         self.classifier = nn.Dense(self.num_classes, dtype=self.dtype, kernel_init=init)
         self.drop = nn.Dropout(self.dropout)
+        if self.standardise and self.variant != "baseline":
+            # z per channel over the batch to zero mean, unit variance, with no parameters (running
+            # statistics in evaluation). From scratch the pooled z of a random trunk is nearly the
+            # same vector for every face (spread 0.28 of its mean): the gradients carry no class, Adam
+            # moves the trunk at full rate anyway, A_0 shrank 40x in 20 steps and its ReLUs died
+            # (tools/attention_diagnose.py). Standardised, the classifier sees the faces' differences.
+            self.zstd = nn.BatchNorm(use_bias=False, use_scale=False, dtype=self.dtype)
 
     def __call__(self, batch: dict, train: bool = False) -> dict:
         a0 = self.features(scale_input(batch["face"], self.dtype))  # (N, 9, 7, 128)
@@ -113,6 +123,8 @@ class AttentionCNN(Layer):
         else:
             b = attention_weights(self.scorer(a0), self.beta, self.variant == "symmetric")
         z = jnp.einsum("nhw,nhwc->nc", b.astype(a0.dtype), a0)  # Eq. 1
+        if self.standardise:
+            z = self.zstd(z, use_running_average=not train)
         logits = self.classifier(self.drop(z, deterministic=not train)).astype(jnp.float32)
         return {"logits": logits, "introspect": {"attention": b}}
 

@@ -1,0 +1,128 @@
+"""Why an attention-CNN run does or does not leave ln K: per step of a from-scratch run, the
+statistics of the trunk's output A_0 and of the pooled feature z, the attention map's entropy,
+the gradient norm and the relative update of each layer, and the loss (not a test: a
+measurement for the README and for whoever changes the model's initialisation or optimizer).
+
+    python tools/attention_diagnose.py --config configs/attention.py:variant=attention,from_baseline=False \
+        --steps 200 --out diag.jsonl [--config.optim.warmup_steps=50 ...]
+
+It trains as `fergate train` does (the config's data, pipeline, optimizer and step) on the
+config's data (the built-in sample set is prepared on first use) and prints one line per
+`--every` steps; `--out` keeps every step as JSON lines. Columns:
+
+- loss: the training batch's cross-entropy before the step (ln K: chance);
+- a0_mean, a0_zero: the mean of A_0 and the fraction of its units at 0 (dead ReLUs);
+- z_mean, z_zero, z_spread: the pooled feature's mean over the batch and its channels, the
+  fraction of channels that are 0 for every example, and the mean over channels of its
+  spread across examples relative to its mean (0: every face pooled to the same vector);
+- entropy: the attention map's entropy over its locations, in units of ln(H W) (1: uniform);
+- grad/<layer>: the gradient's norm; upd/<layer>: the step's update norm over the weights'.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+
+import jax
+import jax.numpy as jnp
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from fergate import config as C  # noqa: E402
+from fergate.models.attention import attention_weights, scale_input  # noqa: E402
+from fergate.train.data import DataPlan  # noqa: E402
+from fergate.train.mesh import global_batch  # noqa: E402
+from fergate.train.program import Program  # noqa: E402
+
+
+def layers(tree: dict) -> dict[str, jax.Array]:
+    """{'features/conv0_0': norm, ...}: the norm of each layer's parameters (kernel and bias)."""
+    out = {}
+    for path, leaf in jax.tree_util.tree_leaves_with_path(tree):
+        keys = [str(getattr(p, "key", p)) for p in path[:-1]]
+        name = "/".join(keys)
+        out[name] = out.get(name, 0.0) + jnp.sum(jnp.square(leaf.astype(jnp.float32)))
+    return {k: jnp.sqrt(v) for k, v in out.items()}
+
+
+def pooled(module, batch):
+    """A_0, the weights B (None for the baseline) and the pooled z of a batch, as in training
+    without dropout (the module's own trunk and scorer; Eq. 1-4)."""
+    a0 = module.features(scale_input(batch["face"], module.dtype)).astype(jnp.float32)
+    n, h, w, _ = a0.shape
+    if module.variant == "baseline":
+        return a0, None, a0.reshape(n, -1)
+    if module.variant == "gap":
+        b = jnp.full((n, h, w), 1.0 / (h * w), jnp.float32)
+    else:
+        b = attention_weights(module.scorer(a0), module.beta, module.variant == "symmetric")
+    return a0, b, jnp.einsum("nhw,nhwc->nc", b, a0)
+
+
+def make_probe(prog: Program):
+    """probe(state, batch) -> the statistics of one step (the columns above) and the next state."""
+
+    def probe(state, batch):
+        batch = prog.augment(batch, state.step)
+        a0, b, z = prog.module.apply({"params": state.params, **state.model_state}, batch, method=pooled)
+        rng = jax.random.fold_in(jax.random.key(prog.config.seed), state.step)
+        metrics, grads, _ = prog._grads(state.params, state.model_state, batch, rng)
+        zm = jnp.mean(z, 0)
+        stats = {"loss": metrics["loss"], "accuracy": metrics["accuracy"],
+                 "a0_mean": jnp.mean(a0), "a0_zero": jnp.mean(a0 <= 0),
+                 "z_mean": jnp.mean(z), "z_zero": jnp.mean(jnp.all(z <= 0, 0)),
+                 "z_spread": jnp.mean(jnp.std(z, 0) / (jnp.abs(zm) + 1e-12) * (zm > 0)) / jnp.maximum(jnp.mean(zm > 0),
+                                                                                                      1e-12)}
+        if b is not None:
+            hw = b.shape[1] * b.shape[2]
+            stats["entropy"] = jnp.mean(-jnp.sum(b * jnp.log(b + 1e-30), (1, 2))) / math.log(hw)
+            stats["b_max"] = jnp.mean(jnp.max(b, (1, 2)))
+        stats.update({f"grad/{k}": v for k, v in layers(grads).items()})
+        new, _ = prog._train_step(state, batch)
+        before = layers(state.params)
+        moved = layers(jax.tree.map(lambda x, y: x - y, new.params, state.params))
+        stats.update({f"upd/{k}": moved[k] / (before[k] + 1e-12) for k in moved})
+        return new, stats
+
+    return jax.jit(probe)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--config", default="configs/attention.py:variant=attention,from_baseline=False",
+                    help="the config file and its arguments (default: %(default)s)")
+    ap.add_argument("--steps", type=int, default=200, help="steps to run (default: %(default)s)")
+    ap.add_argument("--every", type=int, default=10, help="print every this many steps (default: %(default)s)")
+    ap.add_argument("--out", default="", help="JSON lines of every step's statistics (default: none)")
+    args, rest = ap.parse_known_args(argv)
+    bad = [r for r in rest if not r.startswith("--config.")]
+    if bad:
+        ap.error(f"unknown arguments {' '.join(bad)} (config overrides are --config.a.b=value)")
+    config = C.load(args.config, rest)
+    data = DataPlan.build(config)
+    prog = Program(config)
+    state = prog.new_state()
+    it = iter(data.input_pipeline(data.portions.train, train=True))
+    probe = make_probe(prog)
+    print(f"{config.model}/{config.variant}: {prog.n_params():,} parameters, ln K = {math.log(prog.num_classes):.3f}")
+    out = open(args.out, "w") if args.out else None
+    shown = ("loss", "a0_mean", "a0_zero", "z_mean", "z_zero", "z_spread", "entropy", "grad/features/conv0_0",
+             "grad/features/conv3_1", "grad/classifier", "upd/features/conv3_1", "upd/classifier")
+    for step in range(args.steps):
+        batch = global_batch(next(it), prog.batch_sharding)
+        state, stats = probe(state, batch)
+        row = {"step": step, **{k: float(v) for k, v in jax.device_get(stats).items()}}
+        if out:
+            out.write(json.dumps(row) + "\n")
+        if step % args.every == 0 or step == args.steps - 1:
+            print(" ".join(f"{k.split('/', 1)[-1] if k.startswith('grad') else k}={row[k]:.3g}"
+                           for k in ("step", *shown) if k in row), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
