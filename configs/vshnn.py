@@ -49,6 +49,9 @@ from fergate.models.vshnn import (
 
 from . import common
 
+#: out-of-fold models of a stage whose outputs this config reads (`pretrain.folds`)
+OOF_FOLDS = 3
+
 
 def get_config(arg=None):
     arg = parse_arg(arg, variant="c3d_sagru_b", paper=False, head_only=False, smoke=False, fs=False, fusion="",
@@ -124,6 +127,7 @@ def get_config(arg=None):
     data_keys = ("data.dir", "data.prep_options", "data.train_split", "data.eval_split")
     if stacked:  # stage "branches": the video model and LMED-CF, each by its own loss; their scores [p, q]
         c.data.features_from, c.data.features_field = "branches", SCORES_FIELD
+        c.pretrain.folds = OOF_FOLDS  # the fusion layer fits the branches' out-of-fold scores
         c.pretrain.configs = {"branches": f"{here}:variant={variant},fs={arg.fs},fusion=ws,fit=branches,"
                                           f"lmed={arg.lmed},paper={arg.paper},smoke={arg.smoke},"
                                           f"frames_data={arg.frames_data}"}
@@ -139,8 +143,7 @@ def get_config(arg=None):
         c.pretrain.inherit = (*(data_keys[2:] if arg.frames_data else data_keys), "input.frames",
                               "input.train_frames", "input.clip_size", "input.channels", "vshnn.frame_trunk",
                               "vshnn.frame_convs", "vshnn.frame_fc", "vshnn.frame_norm", "train.dtype", "init.weights")
-        if arg.frames_data:
-            c.pretrain.folds = 0
+        c.pretrain.folds = 0 if arg.frames_data else OOF_FOLDS
     if variant == "frames" and arg.frames_data:
         c.data.dir = arg.frames_data
     if arg.smoke:  # the smoke sample set every family's tests share (its 140 clips)

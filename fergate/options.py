@@ -325,9 +325,10 @@ KEYS: dict[str, KeySpec] = {
                       parse=_each(parse_weights)),
     "pretrain.steps": K(0, "> 0: every earlier stage's train.steps (0: each stage config's own)", before=0),
     "pretrain.inherit": K((), "keys every earlier stage takes from this config", before=()),
-    "pretrain.folds": K(3, "k > 0: the `data.features_from` stage's features of a training record come from one of k "
+    "pretrain.folds": K(0, "k > 0: the `data.features_from` stage's features of a training record come from one of k "
                            "models of that stage that never trained on its subject (out-of-fold; held-out records: "
-                           "the stage trained on every training subject); 0: all from that one model (in-sample)",
+                           "the stage trained on every training subject; VSHNN's configs: 3); 0: all from that "
+                           "one model (in-sample)",
                         check=at_least(0), before=0),
     "pretrain.configs": K({}, "NAME -> 'FILE:ARG', FILE relative to the directory of the config file naming it",
                           before={}, parse=parse_stages),

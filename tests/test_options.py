@@ -100,6 +100,26 @@ def test_an_older_workdir_gets_the_values_that_mean_what_it_did(tmp_path):
     assert (old.data.mix, old.train.accumulate, old.optim.lr_scale, dict(old.pretrain.configs)) == ((), 1, (), {})
 
 
+def test_a_workdir_written_before_a_key_existed_resumes_under_the_same_config(tmp_path):
+    """Keys added since a workdir was written (here the out-of-fold keys) count at the value
+    meaning what it did: the same config resumes it, a changed one is refused naming the key."""
+    from fergate.train.trainer import check_workdir_config
+
+    for spec in ("configs/attention.py", "configs/vshnn.py:variant=c3d"):
+        cfg = C.load(spec)
+        saved = json.loads(C.to_json(cfg))
+        for section, key in (("data", "oof_fold"), ("data", "oof_folds"), ("pretrain", "folds")):
+            del saved[section][key]
+        (tmp_path / "config.json").write_text(json.dumps(saved))
+        check_workdir_config(str(tmp_path), cfg)
+    cfg = C.load("configs/vshnn.py:variant=c3d_sagru_b")  # stacked: out-of-fold by default, not what it did
+    saved = json.loads(C.to_json(cfg))
+    del saved["pretrain"]["folds"]
+    (tmp_path / "config.json").write_text(json.dumps(saved))
+    with pytest.raises(UserError, match="pretrain.folds"):
+        check_workdir_config(str(tmp_path), cfg)
+
+
 def test_a_moved_workdir_evaluates(sample_data, tmp_path):
     """A run with an earlier stage, its config files then gone and its workdir copied
     elsewhere (cp -r W W2): `fergate eval --workdir W2` reads every stage from W2."""

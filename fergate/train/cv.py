@@ -88,13 +88,11 @@ def _same_config(out: str, cfg) -> list[str]:
     """The config keys a fold's workdir was trained with that differ from `cfg`'s (resolved
     against the data, as the trainer saves it)."""
     from fergate.train.data import DataPlan
-    from fergate.train.trainer import RESUMABLE_CHANGES
+    from fergate.train.trainer import changed_keys
 
     DataPlan.build(cfg)  # cfg resolved as the trainer resolves it
     with open(os.path.join(out, "config.json")) as f:
-        saved = config_lib.flatten(json.load(f))
-    now = config_lib.flatten(json.loads(config_lib.to_json(cfg)))
-    return [k for k in sorted(set(saved) | set(now)) if saved.get(k) != now.get(k) and k not in RESUMABLE_CHANGES]
+        return changed_keys(json.load(f), cfg)
 
 
 def run(spec: str, overrides: list[str], workdir: str, folds: int, only: int | None = None) -> dict | None:

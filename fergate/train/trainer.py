@@ -382,14 +382,22 @@ def _train_stage(config, workdir: str) -> str:
 
 
 # ----------------------------------------------------------------------------- workdir
+def changed_keys(saved: dict, config) -> list[str]:
+    """The keys in which `config` differs from a workdir's saved config that a resume cannot
+    take; a key added since the workdir was written counts at the value meaning what it did."""
+    saved = json.loads(json.dumps(saved))
+    options.fill_missing(saved)
+    old, new = config_lib.flatten(saved), config_lib.flatten(json.loads(config_lib.to_json(config)))
+    return [k for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k) and k not in RESUMABLE_CHANGES]
+
+
 def check_workdir_config(workdir: str, config) -> None:
     """A workdir belongs to one config: refuse to resume another's state, or to change the
     learning-rate schedule under it (raising `train.steps` moves the decay horizon unless
     `optim.decay_steps` pins it)."""
     saved = read_json(os.path.join(workdir, "config.json"))
     if saved is not None:
-        old, new = config_lib.flatten(saved), config_lib.flatten(json.loads(config_lib.to_json(config)))
-        diff = [k for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k) and k not in RESUMABLE_CHANGES]
+        diff = changed_keys(saved, config)
         if diff:
             raise UserError(f"workdir {workdir} was written by another config (differs in {', '.join(diff[:6])}); "
                             "use a new --workdir")
