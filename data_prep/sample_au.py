@@ -225,7 +225,7 @@ class Identity:
 
     def __init__(self, name: str, a: S.Subject, b: S.Subject, alpha: float, rng: np.random.Generator):
         la, lb = a.landmarks + a.neutralise, b.landmarks + b.neutralise
-        ia, ib = S.render(a, np.zeros_like(la)), S.render(b, np.zeros_like(lb))
+        ia, ib = (relaxed(S.render(x, np.zeros_like(lx)), lx, smile_left(x)) for x, lx in ((a, la), (b, lb)))
         m, _ = cv2.estimateAffinePartial2D(lb.astype(np.float32), la.astype(np.float32))
         size = ia.shape[1], ia.shape[0]
         ib, lb = cv2.warpAffine(ib, m, size, borderMode=cv2.BORDER_REFLECT), F.apply_affine(m, lb)
@@ -246,6 +246,44 @@ class Identity:
         self.landmarks = self.warp_source = turned
         self.neutralise = np.zeros_like(turned)
         self.teeth = None
+
+
+#: A source's smile (`sample.smile` of its photo, iod units) at which its folds and cheek
+#: bulges are fully smoothed away; neutral photos measure up to 0.05.
+RELAX_SMILE = 0.1
+
+
+def smile_left(subject: S.Subject) -> float:
+    """How much of a smile the neutralised source still shows in its skin, 0-1: the source
+    photo's smile beyond a neutral one's (`sample.NEUTRAL_SMILE`), of RELAX_SMILE."""
+    return float(np.clip((S.smile(subject.landmarks) - S.NEUTRAL_SMILE) / (RELAX_SMILE - S.NEUTRAL_SMILE), 0, 1))
+
+
+def relaxed(img: np.ndarray, lm: np.ndarray, k: float) -> np.ndarray:
+    """The inverse of a smile's appearance (AU6 + AU12), which `sample.neutralising_displacement`
+    cannot undo by moving landmarks: the nasolabial folds, the creases running up from the lip
+    corners, the bulging cheek apples and crow's feet are smoothed (a blur of 0.12 iod over
+    those regions, lips and eyes kept), by `k` (0-1)."""
+    if k <= 0:
+        return img
+    f = Frame(lm)
+    s = f.s
+    h, w = img.shape[:2]
+    m = np.zeros((h, w), np.float32)
+    for side in (-1.0, 1.0):
+        cv2.ellipse(m, tuple(int(v) for v in f.px(0.5 * side, -0.6)), (int(0.3 * s), int(0.3 * s)), 0, 0, 360,
+                    1.0, -1)
+        corner, wing, eye = (lm[54], lm[35], lm[45]) if side > 0 else (lm[48], lm[31], lm[36])
+        _line(m, [f.px(0.05, 0.0, wing, side), f.px(0.12, -0.05, corner, side), f.px(0.05, -0.25, corner, side)],
+              0.22 * s)
+        _line(m, [f.px(0.05, 0.0, eye, side), f.px(0.3, -0.05, eye, side)], 0.2 * s)
+    keep = np.zeros_like(m)
+    for idx in (range(48, 60), range(36, 42), range(42, 48)):
+        cv2.fillPoly(keep, [np.round(lm[list(idx)] * 4).astype(np.int32)], 1.0, cv2.LINE_AA, shift=2)
+    keep = cv2.dilate(keep, np.ones((3, 3), np.uint8), iterations=max(1, int(0.03 * s)))
+    m = _soft(m * (1 - keep), 0.06 * s)[..., None] * min(1.0, k)
+    smooth = cv2.GaussianBlur(img.astype(np.float32), (0, 0), 0.12 * s)
+    return (img * (1 - m) + smooth * m).astype(np.uint8)
 
 
 def forehead(lm: np.ndarray) -> np.ndarray:
@@ -306,10 +344,4 @@ def clip_au(identity: Identity, expression: str, apex: float, frames: int, rng: 
     """A neutral -> apex clip: every AU's geometry and appearance eases in together."""
     aus = style_aus(expression, apex, rng)
     jitter = S.shape_jitter(identity.landmarks, rng, 0.5)
-    pose_seed = int(rng.integers(2**31))
-    out = []
-    for t in range(frames):
-        e = 0.5 - 0.5 * np.cos(np.pi * t / max(1, frames - 1))
-        img = render_au(identity, {a: e * v for a, v in aus.items()}, jitter)
-        out.append(S.photometric(img, np.random.default_rng(pose_seed), 6.0))
-    return out
+    return S.eased_clip(lambda k: render_au(identity, {a: k * v for a, v in aus.items()}, jitter), frames, rng, 6.0)

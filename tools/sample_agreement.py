@@ -204,8 +204,8 @@ def main(argv: list[str] | None = None) -> dict:
     faces, labels, subjects = read_split(a.data_dir, a.split)
     scores = classify(load_classifier(), faces)
     predicted = [CLASSIFIER_CLASSES[k] for k in scores.argmax(1)]
-    result = {"data_dir": os.path.abspath(a.data_dir), "split": a.split, "crop": "fer2013", "subjects": len(set(subjects)),
-              **agreement(labels, predicted)}
+    result = {"data_dir": os.path.abspath(a.data_dir), "split": a.split, "crop": "fer2013",
+              "subjects": len(set(subjects)), **agreement(labels, predicted)}
     out = a.out or os.path.join(a.data_dir, f"agreement_{a.split}")
     with open(out + ".json", "w") as f:
         json.dump(result, f, indent=1)
