@@ -35,7 +35,7 @@ STYLE_AUS: dict[str, dict[int, float]] = {
     "happiness": {6: 1.0, 12: 1.3, 25: 1.0},
     "sadness": {1: 1.2, 4: 0.6, 15: 1.3, 17: 1.0},
     "surprise": {1: 1.2, 2: 1.2, 5: 1.2, 26: 1.2, 27: 1.0},
-    "fear": {1: 1.2, 2: 0.8, 4: 0.7, 5: 1.3, 20: 1.3, 16: 0.8, 25: 0.8},
+    "fear": {1: 1.2, 2: 0.8, 4: 0.7, 5: 1.3, 20: 1.3, 26: 0.8, 25: 0.8},
     "anger": {4: 1.4, 5: 0.5, 7: 1.0, 23: 1.2, 24: 1.0},
     "disgust": {9: 1.2, 10: 1.0, 15: 0.8, 16: 0.6, 25: 0.6},
 }
@@ -156,8 +156,8 @@ def appearance(img: np.ndarray, lm: np.ndarray, aus: dict[int, float]) -> np.nda
         out = eye_whites(out, lm, f, k[5])
     # teeth: a broad smile's and disgust's upper row (AU25 with AU12 / AU10), fear's lower row
     # (AU20 stretching the parted lips), only the upper row's edge in a surprised jaw drop
-    upper = 0.13 * min(1.0, k.get(25, 0.0)) if not k.get(20) else 0.03
-    upper = max(upper, 0.04 if k.get(26) else 0.0)
+    upper = 0.13 * min(1.0, k.get(25, 0.0)) if not k.get(20) else 0.0
+    upper = max(upper, 0.04 if k.get(26) and not k.get(20) else 0.0)
     lower = 0.08 * min(1.0, k.get(20, 0.0))
     return mouth_interior(np.clip(out, 0, 255), lm, f, upper, lower).astype(np.uint8)
 
@@ -224,8 +224,7 @@ class Identity:
     neutral face (its open mouth closed, its teeth painted over, no warp left to undo)."""
 
     def __init__(self, name: str, a: S.Subject, b: S.Subject, alpha: float, rng: np.random.Generator):
-        la, lb = a.landmarks + a.neutralise, b.landmarks + b.neutralise
-        ia, ib = (relaxed(S.render(x, np.zeros_like(lx)), lx, smile_left(x)) for x, lx in ((a, la), (b, lb)))
+        (ia, la), (ib, lb) = (neutral_source(x) for x in (a, b))
         m, _ = cv2.estimateAffinePartial2D(lb.astype(np.float32), la.astype(np.float32))
         size = ia.shape[1], ia.shape[0]
         ib, lb = cv2.warpAffine(ib, m, size, borderMode=cv2.BORDER_REFLECT), F.apply_affine(m, lb)
@@ -257,6 +256,22 @@ def smile_left(subject: S.Subject) -> float:
     """How much of a smile the neutralised source still shows in its skin, 0-1: the source
     photo's smile beyond a neutral one's (`sample.NEUTRAL_SMILE`), of RELAX_SMILE."""
     return float(np.clip((S.smile(subject.landmarks) - S.NEUTRAL_SMILE) / (RELAX_SMILE - S.NEUTRAL_SMILE), 0, 1))
+
+
+def neutral_source(subject: S.Subject) -> tuple[np.ndarray, np.ndarray]:
+    """(image, landmarks) of a source face at neutral: `sample.Subject`'s neutralisation plus,
+    for a smiling source, the rest of an inverse AU6 (the lower lids down off the eyes, which
+    the smile's squint had narrowed) and its skin `relaxed`."""
+    k = smile_left(subject)
+    lm = subject.landmarks + subject.neutralise
+    d = S.face_frame_displacement(lm, [(UNSQUINT, k)])
+    return relaxed(S.render(subject, d), lm + d, k), lm + d
+
+
+#: The lower lids and cheeks come down (iod units) on a neutralised smiling source beyond
+#: `sample.neutralising_displacement`'s inverse AU6.
+UNSQUINT = S._sym({40: (0.0, -0.04), 41: (0.0, -0.04), 39: (0.0, -0.01), 36: (0.0, -0.01), 1: (0.0, -0.03),
+                   2: (0.0, -0.03), 3: (0.0, -0.02)})
 
 
 def relaxed(img: np.ndarray, lm: np.ndarray, k: float) -> np.ndarray:
