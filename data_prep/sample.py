@@ -18,6 +18,7 @@ import functools
 import glob
 import importlib.util
 import os
+from collections.abc import Callable
 
 import cv2
 import numpy as np
@@ -481,16 +482,21 @@ def render(subject: Subject, d: np.ndarray) -> np.ndarray:
     return darken_mouth(img, dst, lip_line=True)
 
 
+def eased_clip(render_at: Callable[[float], np.ndarray], frames: int, rng: np.random.Generator,
+               max_rot: float = 10.0) -> list[np.ndarray]:
+    """A neutral -> apex clip: `render_at(k)` for k easing 0 -> 1 (half a cosine) over
+    `frames`, every frame with the clip's one pose (`photometric`, one seed drawn from rng)."""
+    pose_seed = int(rng.integers(2**31))
+    return [photometric(render_at(0.5 - 0.5 * np.cos(np.pi * t / max(1, frames - 1))),
+                        np.random.default_rng(pose_seed), max_rot) for t in range(frames)]
+
+
 def clip_frames(subject: Subject, expression: str, apex: float, frames: int,
                 rng: np.random.Generator) -> list[np.ndarray]:
     """A neutral -> apex clip: AU intensity eases in over `frames`; one pose per clip."""
     aus = expression_aus(expression, apex, rng)
     lm = subject.landmarks
     identity = shape_jitter(lm, rng)  # one shape per clip
-    pose_seed = int(rng.integers(2**31))
-    out = []
-    for t in range(frames):
-        k = 0.5 - 0.5 * np.cos(np.pi * t / max(1, frames - 1))
-        d = identity + au_displacement(lm + subject.neutralise, {a: k * v for a, v in aus.items()})
-        out.append(photometric(render(subject, d), np.random.default_rng(pose_seed)))
-    return out
+    return eased_clip(lambda k: render(subject, identity + au_displacement(lm + subject.neutralise,
+                                                                           {a: k * v for a, v in aus.items()})),
+                      frames, rng)

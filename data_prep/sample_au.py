@@ -35,7 +35,7 @@ STYLE_AUS: dict[str, dict[int, float]] = {
     "happiness": {6: 1.0, 12: 1.3, 25: 1.0},
     "sadness": {1: 1.2, 4: 0.6, 15: 1.3, 17: 1.0},
     "surprise": {1: 1.2, 2: 1.2, 5: 1.2, 26: 1.2, 27: 1.0},
-    "fear": {1: 1.2, 2: 0.8, 4: 0.7, 5: 1.3, 20: 1.3, 16: 0.8, 25: 0.8},
+    "fear": {1: 1.2, 2: 0.8, 4: 0.7, 5: 1.3, 20: 1.3, 26: 0.8, 25: 0.8},
     "anger": {4: 1.4, 5: 0.5, 7: 1.0, 23: 1.2, 24: 1.0},
     "disgust": {9: 1.2, 10: 1.0, 15: 0.8, 16: 0.6, 25: 0.6},
 }
@@ -156,8 +156,8 @@ def appearance(img: np.ndarray, lm: np.ndarray, aus: dict[int, float]) -> np.nda
         out = eye_whites(out, lm, f, k[5])
     # teeth: a broad smile's and disgust's upper row (AU25 with AU12 / AU10), fear's lower row
     # (AU20 stretching the parted lips), only the upper row's edge in a surprised jaw drop
-    upper = 0.13 * min(1.0, k.get(25, 0.0)) if not k.get(20) else 0.03
-    upper = max(upper, 0.04 if k.get(26) else 0.0)
+    upper = 0.13 * min(1.0, k.get(25, 0.0)) if not k.get(20) else 0.0
+    upper = max(upper, 0.04 if k.get(26) and not k.get(20) else 0.0)
     lower = 0.08 * min(1.0, k.get(20, 0.0))
     return mouth_interior(np.clip(out, 0, 255), lm, f, upper, lower).astype(np.uint8)
 
@@ -224,8 +224,7 @@ class Identity:
     neutral face (its open mouth closed, its teeth painted over, no warp left to undo)."""
 
     def __init__(self, name: str, a: S.Subject, b: S.Subject, alpha: float, rng: np.random.Generator):
-        la, lb = a.landmarks + a.neutralise, b.landmarks + b.neutralise
-        ia, ib = S.render(a, np.zeros_like(la)), S.render(b, np.zeros_like(lb))
+        (ia, la), (ib, lb) = (neutral_source(x) for x in (a, b))
         m, _ = cv2.estimateAffinePartial2D(lb.astype(np.float32), la.astype(np.float32))
         size = ia.shape[1], ia.shape[0]
         ib, lb = cv2.warpAffine(ib, m, size, borderMode=cv2.BORDER_REFLECT), F.apply_affine(m, lb)
@@ -246,6 +245,60 @@ class Identity:
         self.landmarks = self.warp_source = turned
         self.neutralise = np.zeros_like(turned)
         self.teeth = None
+
+
+#: A source's smile (`sample.smile` of its photo, iod units) at which its folds and cheek
+#: bulges are fully smoothed away; neutral photos measure up to 0.05.
+RELAX_SMILE = 0.1
+
+
+def smile_left(subject: S.Subject) -> float:
+    """How much of a smile the neutralised source still shows in its skin, 0-1: the source
+    photo's smile beyond a neutral one's (`sample.NEUTRAL_SMILE`), of RELAX_SMILE."""
+    return float(np.clip((S.smile(subject.landmarks) - S.NEUTRAL_SMILE) / (RELAX_SMILE - S.NEUTRAL_SMILE), 0, 1))
+
+
+def neutral_source(subject: S.Subject) -> tuple[np.ndarray, np.ndarray]:
+    """(image, landmarks) of a source face at neutral: `sample.Subject`'s neutralisation plus,
+    for a smiling source, the rest of an inverse AU6 (the lower lids down off the eyes, which
+    the smile's squint had narrowed) and its skin `relaxed`."""
+    k = smile_left(subject)
+    lm = subject.landmarks + subject.neutralise
+    d = S.face_frame_displacement(lm, [(UNSQUINT, k)])
+    return relaxed(S.render(subject, d), lm + d, k), lm + d
+
+
+#: The lower lids and cheeks come down (iod units) on a neutralised smiling source beyond
+#: `sample.neutralising_displacement`'s inverse AU6.
+UNSQUINT = S._sym({40: (0.0, -0.04), 41: (0.0, -0.04), 39: (0.0, -0.01), 36: (0.0, -0.01), 1: (0.0, -0.03),
+                   2: (0.0, -0.03), 3: (0.0, -0.02)})
+
+
+def relaxed(img: np.ndarray, lm: np.ndarray, k: float) -> np.ndarray:
+    """The inverse of a smile's appearance (AU6 + AU12), which `sample.neutralising_displacement`
+    cannot undo by moving landmarks: the nasolabial folds, the creases running up from the lip
+    corners, the bulging cheek apples and crow's feet are smoothed (a blur of 0.12 iod over
+    those regions, lips and eyes kept), by `k` (0-1)."""
+    if k <= 0:
+        return img
+    f = Frame(lm)
+    s = f.s
+    h, w = img.shape[:2]
+    m = np.zeros((h, w), np.float32)
+    for side in (-1.0, 1.0):
+        cv2.ellipse(m, tuple(int(v) for v in f.px(0.5 * side, -0.6)), (int(0.3 * s), int(0.3 * s)), 0, 0, 360,
+                    1.0, -1)
+        corner, wing, eye = (lm[54], lm[35], lm[45]) if side > 0 else (lm[48], lm[31], lm[36])
+        _line(m, [f.px(0.05, 0.0, wing, side), f.px(0.12, -0.05, corner, side), f.px(0.05, -0.25, corner, side)],
+              0.22 * s)
+        _line(m, [f.px(0.05, 0.0, eye, side), f.px(0.3, -0.05, eye, side)], 0.2 * s)
+    keep = np.zeros_like(m)
+    for idx in (range(48, 60), range(36, 42), range(42, 48)):
+        cv2.fillPoly(keep, [np.round(lm[list(idx)] * 4).astype(np.int32)], 1.0, cv2.LINE_AA, shift=2)
+    keep = cv2.dilate(keep, np.ones((3, 3), np.uint8), iterations=max(1, int(0.03 * s)))
+    m = _soft(m * (1 - keep), 0.06 * s)[..., None] * min(1.0, k)
+    smooth = cv2.GaussianBlur(img.astype(np.float32), (0, 0), 0.12 * s)
+    return (img * (1 - m) + smooth * m).astype(np.uint8)
 
 
 def forehead(lm: np.ndarray) -> np.ndarray:
@@ -306,10 +359,4 @@ def clip_au(identity: Identity, expression: str, apex: float, frames: int, rng: 
     """A neutral -> apex clip: every AU's geometry and appearance eases in together."""
     aus = style_aus(expression, apex, rng)
     jitter = S.shape_jitter(identity.landmarks, rng, 0.5)
-    pose_seed = int(rng.integers(2**31))
-    out = []
-    for t in range(frames):
-        e = 0.5 - 0.5 * np.cos(np.pi * t / max(1, frames - 1))
-        img = render_au(identity, {a: e * v for a, v in aus.items()}, jitter)
-        out.append(S.photometric(img, np.random.default_rng(pose_seed), 6.0))
-    return out
+    return S.eased_clip(lambda k: render_au(identity, {a: k * v for a, v in aus.items()}, jitter), frames, rng, 6.0)

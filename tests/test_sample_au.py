@@ -78,3 +78,22 @@ def test_cheek_raiser_and_brow_lowerer_shade_where_facs_says(grace):
     assert abs(_mean(au6, glabella) - _mean(base, glabella)) < 1  # each where its AU acts only
     weak = U.appearance(base, lm, {6: 0.3})
     assert _mean(au6, crow) < _mean(weak, crow) < _mean(base, crow)  # scaled by intensity
+
+
+def test_relaxing_a_smile_smooths_the_cheeks_and_leaves_lips_and_eyes(grace):
+    img, lm = U.neutral_source(grace)
+    assert U.relaxed(img, lm, 0.0) is img  # a neutral source keeps its skin
+    out = U.relaxed(img, lm, 1.0).astype(np.float32)
+    f = U.Frame(lm)
+    cheek = tuple(int(v) for v in f.px(0.5, -0.6))
+    r = int(0.12 * f.s)
+
+    def detail(a):  # high-frequency energy (creases) in a patch of the cheek
+        grey = cv2.cvtColor(a.astype(np.uint8), cv2.COLOR_RGB2GRAY)
+        patch = grey[cheek[1] - r:cheek[1] + r, cheek[0] - r:cheek[0] + r]
+        return float(np.abs(cv2.Laplacian(patch.astype(np.float32), cv2.CV_32F)).mean())
+
+    assert detail(out) < 0.5 * detail(img)
+    for i in (51, 57, 37, 44):  # the lips and the eyes are kept
+        x, y = np.round(lm[i]).astype(int)
+        assert np.allclose(out[y, x], img[y, x], atol=2)

