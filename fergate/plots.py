@@ -229,9 +229,11 @@ def training_curves(runs: dict[str, list[dict]], path: str, title: str = "") -> 
     return _save(fig, path)
 
 
-def sweep_table(rows: list[dict], scale: float, title: str, xlabel: str, path: str) -> str:
+def sweep_table(rows: list[dict], scale: float, title: str, xlabel: str, path: str,
+                chance: float | None = None) -> str:
     """A sweep's table (`fergate sweep`): per row each seed's value (grey), their mean with
-    the std as a bar, and the paper's number (red cross) on the same axis."""
+    the std as a bar, and the paper's number (red cross) on the same axis; `chance`, a
+    uniform guess's value, as a dashed line."""
     plt = _plt()
     fig, ax = plt.subplots(figsize=(7, 1.2 + 0.45 * len(rows)))
     shown = set()
@@ -252,6 +254,9 @@ def sweep_table(rows: list[dict], scale: float, title: str, xlabel: str, path: s
                         xycoords=("axes fraction", "data"), va="center", fontsize=8, color="0.4")
         if r["paper"] is not None:
             ax.scatter([r["paper"]], [y], marker="x", color="C3", s=50, zorder=4, label=once("paper"))
+    if chance is not None:
+        ax.axvline(chance * scale, color="0.5", linestyle="--", linewidth=1, zorder=1,
+                   label=once(f"chance ({chance * scale:.3g})"))
     ax.set_yticks(range(len(rows)), [r["name"] for r in rows])
     ax.set_ylim(len(rows) - 0.5, -0.5)  # the first row on top
     ax.set_xlabel(xlabel)

@@ -346,6 +346,20 @@ def metric_value(table: Table, out: str) -> float:
     return float(report[table.metric])
 
 
+#: metrics whose value by chance is one over the number of classes (marked on the table)
+CHANCE_METRICS = ("accuracy", "mean_class_accuracy")
+
+
+def chance(table: Table, outs: Sequence[str]) -> float | None:
+    """A uniform guess's `table.metric` (1 / the classes of a run's confusion matrix), where
+    that is what chance means for it."""
+    if table.metric not in CHANCE_METRICS or not outs:
+        return None
+    with open(os.path.join(outs[0], "eval.json")) as f:
+        classes = len(json.load(f).get("confusion_matrix") or [])
+    return 1.0 / classes if classes else None
+
+
 def extra_values(table: Table, out: str) -> dict[str, float | None]:
     """The table's `extras` of the run in `out`: None where its folder has no such number (a
     row without that earlier stage)."""
@@ -464,14 +478,17 @@ def aggregate(table: Table, workdir: str, cells: Sequence[Cell], budget: str, ov
               "budget": budget, "budget_overrides": list(table.budgets[budget]),
               "overrides": [o.removeprefix("--config.") for o in overrides],
               "seeds": len({c.seed for c in cells}), "folds": table.folds, "data": _data(workdir, cells, states),
-              "complete": not waiting and not any(r["failed"] for r in out_rows), "rows": out_rows}
+              "complete": not waiting and not any(r["failed"] for r in out_rows),
+              "chance": chance(table, [os.path.join(workdir, r["workdir"]) for row in out_rows for r in row["runs"]]),
+              "rows": out_rows}
     os.makedirs(workdir, exist_ok=True)
     write_atomic(os.path.join(workdir, "table.json"), json.dumps(report, indent=1))
     write_atomic(os.path.join(workdir, "table.md"), report_markdown(report, table.decimals))
     from fergate import plots
 
     plots.sweep_table(out_rows, table.scale, f"{table.title}\nbudget {budget}, {report['data']}",
-                      f"{table.metric}{' (%)' if table.scale == 100 else ''}", os.path.join(workdir, "table.png"))
+                      f"{table.metric}{' (%)' if table.scale == 100 else ''}", os.path.join(workdir, "table.png"),
+                      report["chance"])
     bad = sum(len(r["failed"]) for r in out_rows)
     log.info(f"[sweep] table of {len(out_rows)} rows -> {os.path.join(workdir, 'table.md')}, table.json, table.png"
              f"{f'; {bad} failed cells listed, not averaged in' if bad else ''}"

@@ -13,10 +13,11 @@ def report_markdown(report: dict, decimals: int) -> str:
         return f"{x * scale:.{decimals}f}"
 
     folds = f", each the mean of {report['folds']} folds" if report["folds"] else ""
+    chance = f"; chance {fmt(report['chance'])}" if report.get("chance") else ""
     lines = [f"**{report['title']}**: {report['metric']}{' (%)' if scale == 100 else ''}, mean ± std (n seeds"
              f"{folds}); budget "
              f"`{report['budget']}` ({', '.join(report['budget_overrides']) or 'the configs as they are'}"
-             f"{', ' + ', '.join(report['overrides']) if report['overrides'] else ''}); {report['data']}.", "",
+             f"{', ' + ', '.join(report['overrides']) if report['overrides'] else ''}); {report['data']}{chance}.", "",
              "| " + " | ".join(["row", "fergate", "paper", "paper's setting", *extras]) + " |",
              "|" + "---|" * (4 + len(extras))]
     for r in report["rows"]:

@@ -101,6 +101,7 @@ def test_two_rows_two_seeds_resumed_after_kill_9(swept):
     assert "train.no_such_key" in rows["bad"]["failed"][0]["error"] and not t["complete"]
     md = (w / "table.md").read_text()
     assert "| narrow | " in md and "88.51" in md and "- [2 failed]" in md and "budget `smoke`" in md
+    assert t["chance"] == pytest.approx(1 / 7) and "; chance 14.3." in md  # the sample set's 7 classes
     assert os.path.getsize(w / "table.png") > 0
     # progress: one line per cell started and finished, with the sweep's ETA; TensorBoard hparams per run
     assert "[sweep] 1/5 wide seed 0" in out and "ETA" in out and "4 left" in out
