@@ -94,6 +94,9 @@ class AttentionCNN(Layer):
     #: the pooled heads' z standardised over the batch before the classifier, no parameters
     #: (workdirs written before the option have none: off, as they were trained)
     standardise: bool = False
+    #: the scorer reads A_0 standardised per channel over the batch and locations, no parameters
+    #: (Eq. 2's W_1, b_1 reparameterised; workdirs written before the option: off, as trained)
+    standardise_scores: bool = False
 
     def setup(self):
         self.features = Trunk(self.trunk, dtype=self.dtype)
@@ -111,6 +114,13 @@ class AttentionCNN(Layer):
             # moves the trunk at full rate anyway, A_0 shrank 40x in 20 steps and its ReLUs died
             # (tools/attention_diagnose.py). Standardised, the classifier sees the faces' differences.
             self.zstd = nn.BatchNorm(use_bias=False, use_scale=False, dtype=self.dtype)
+        if self.standardise_scores and self.variant in ("attention", "symmetric"):
+            # With z standardised the loss no longer depends on A_0's scale but through the scorer,
+            # and Adam grows it freely (on faces in context 0.45 -> 15 in 100 steps): A_0 W_1 then
+            # saturates the tanh (98% of A_1 beyond 0.95), A_2 is the same at every location and the
+            # map stays uniform (tools/attention_diagnose.py). (A_0 - mu) / sigma W_1 + b_1 is Eq. 2
+            # with W_1, b_1 rescaled per channel: the same functions, at a scale the tanh can use.
+            self.a0std = nn.BatchNorm(use_bias=False, use_scale=False, dtype=self.dtype)
 
     def __call__(self, batch: dict, train: bool = False) -> dict:
         a0 = self.features(scale_input(batch["face"], self.dtype))  # (N, 9, 7, 128)
@@ -121,7 +131,7 @@ class AttentionCNN(Layer):
         if self.variant == "gap":
             b = jnp.full((n, h, w), 1.0 / (h * w), jnp.float32)
         else:
-            b = attention_weights(self.scorer(a0), self.beta, self.variant == "symmetric")
+            b = attention_weights(self.scores(a0, train), self.beta, self.variant == "symmetric")
         z = jnp.einsum("nhw,nhwc->nc", b.astype(a0.dtype), a0)  # Eq. 1
         if self.standardise:
             z = self.zstd(z, use_running_average=not train)
@@ -136,7 +146,13 @@ class AttentionCNN(Layer):
             return jnp.full(a0.shape[:3], 1.0 / np.prod(a0.shape[1:3]), jnp.float32)
         if self.variant == "baseline":
             raise ValueError("the baseline head has no attention map")
-        return attention_weights(self.scorer(a0), self.beta, self.variant == "symmetric")
+        return attention_weights(self.scores(a0, False), self.beta, self.variant == "symmetric")
+
+    def scores(self, a0: jax.Array, train: bool = False) -> jax.Array:
+        """A_2 (N, H, W) of Eq. 2-3 at every location of A_0 (N, H, W, C)."""
+        if self.standardise_scores:
+            a0 = self.a0std(a0, use_running_average=not train)
+        return self.scorer(a0)
 
 
 def build(config) -> AttentionCNN:
