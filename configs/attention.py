@@ -44,7 +44,7 @@ def get_config(arg=None):
     c.input.record_size = (160, 125)  # (height, width) the records are brought to
     c.input.crop = (144, 112)  # (height, width) of the network's input
     c.attention = dict(num_classes=0, trunk=TRUNK, hidden=66, beta=1.0, dropout=0.5,
-                       standardise=True, standardise_scores=True)  # 0: the data's classes
+                       standardise=True, standardise_scores=True, stats_momentum=0.9)  # 0: the data's classes
     # Adam (section 4.3; its rate is not given), constant
     c.optim.lr = c.optim.end_lr = 1e-3
     c.train.steps = 10_000

@@ -97,6 +97,11 @@ class AttentionCNN(Layer):
     #: the scorer reads A_0 standardised per channel over the batch and locations, no parameters
     #: (Eq. 2's W_1, b_1 reparameterised; workdirs written before the option: off, as trained)
     standardise_scores: bool = False
+    #: the standardisations' running statistics (evaluation): mean <- m mean + (1 - m) batch's.
+    #: A_0's scale is free under them and drifts (0.45 -> 20-50 in 400 steps from scratch): at
+    #: flax's 0.99 the statistics lagged 1.6-2x behind and the held-out predictions fell on 2
+    #: classes (mean class accuracy 0.17; 0.40 with the statistics re-estimated, same weights)
+    stats_momentum: float = 0.99
 
     def setup(self):
         self.features = Trunk(self.trunk, dtype=self.dtype)
@@ -113,14 +118,14 @@ class AttentionCNN(Layer):
             # same vector for every face (spread 0.28 of its mean): the gradients carry no class, Adam
             # moves the trunk at full rate anyway, A_0 shrank 40x in 20 steps and its ReLUs died
             # (tools/attention_diagnose.py). Standardised, the classifier sees the faces' differences.
-            self.zstd = nn.BatchNorm(use_bias=False, use_scale=False, dtype=self.dtype)
+            self.zstd = nn.BatchNorm(use_bias=False, use_scale=False, momentum=self.stats_momentum, dtype=self.dtype)
         if self.standardise_scores and self.variant in ("attention", "symmetric"):
             # With z standardised the loss no longer depends on A_0's scale but through the scorer,
             # and Adam grows it freely (on faces in context 0.45 -> 15 in 100 steps): A_0 W_1 then
             # saturates the tanh (98% of A_1 beyond 0.95), A_2 is the same at every location and the
             # map stays uniform (tools/attention_diagnose.py). (A_0 - mu) / sigma W_1 + b_1 is Eq. 2
             # with W_1, b_1 rescaled per channel: the same functions, at a scale the tanh can use.
-            self.a0std = nn.BatchNorm(use_bias=False, use_scale=False, dtype=self.dtype)
+            self.a0std = nn.BatchNorm(use_bias=False, use_scale=False, momentum=self.stats_momentum, dtype=self.dtype)
 
     def __call__(self, batch: dict, train: bool = False) -> dict:
         a0 = self.features(scale_input(batch["face"], self.dtype))  # (N, 9, 7, 128)
