@@ -33,7 +33,6 @@ import math
 import os
 import sys
 
-import cv2
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -41,7 +40,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from fergate import config as C  # noqa: E402
-from fergate.models.attention import attention_weights, scale_input, upsample  # noqa: E402
+from fergate.models.attention import attention_weights, mass_in_hull, scale_input  # noqa: E402
 from fergate.train.data import DataPlan  # noqa: E402
 from fergate.train.mesh import global_batch  # noqa: E402
 from fergate.train.program import Program  # noqa: E402
@@ -112,13 +111,7 @@ def make_probe(prog: Program):
 def in_face(b, landmarks) -> float:
     """The maps' mean mass inside the landmarks' hull over the hull's mean share of the crop
     (the evaluation report's measure, `attention.reports`, on one batch)."""
-    shape = (b.shape[1] * 16, b.shape[2] * 16)
-    mass, area = [], []
-    for m, lm in zip(b, landmarks):
-        hull = np.zeros(shape, np.uint8)
-        cv2.fillConvexPoly(hull, cv2.convexHull(np.round(lm).astype(np.int32)), 1)
-        mass.append(float((upsample(m, shape) * hull).sum()))
-        area.append(float(hull.mean()))
+    mass, area = zip(*(mass_in_hull(m, lm, (b.shape[1] * 16, b.shape[2] * 16)) for m, lm in zip(b, landmarks)))
     return float(np.mean(mass) / max(np.mean(area), 1e-12))
 
 

@@ -198,6 +198,14 @@ def upsample(b: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     return up / max(float(up.sum()), 1e-12)
 
 
+def mass_in_hull(b: np.ndarray, landmarks: np.ndarray, shape: tuple[int, int]) -> tuple[float, float]:
+    """(the map's mass inside the landmarks' convex hull, the hull's share of the image) of one
+    map (h, w) over an image of `shape` (height, width)."""
+    hull = np.zeros(shape, np.uint8)
+    cv2.fillConvexPoly(hull, cv2.convexHull(np.round(landmarks).astype(np.int32)), 1)
+    return float((upsample(b, hull.shape) * hull).sum()), float(hull.mean())
+
+
 #: records read per class for the mean face, and examples for the attention-in-face measure
 MEAN_FACE_EXAMPLES = 200
 
@@ -214,10 +222,9 @@ def reports(results: Results, outdir: str) -> dict:
         faces[results.classes[i]] = rec["face"].astype(np.float32).mean(0)[..., 0]
         pos = np.flatnonzero(results.labels == i)[: len(idx)]
         for b, lm in zip(results.introspect["attention"][pos], rec["landmarks"]):
-            hull = np.zeros(rec["face"].shape[1:3], np.uint8)
-            cv2.fillConvexPoly(hull, cv2.convexHull(np.round(lm).astype(np.int32)), 1)
-            mass.append(float((upsample(b, hull.shape) * hull).sum()))
-            area.append(float(hull.mean()))
+            m, a = mass_in_hull(b, lm, rec["face"].shape[1:3])
+            mass.append(m)
+            area.append(a)
     means = results.class_means("attention")
     shown = {c: faces[c] / 255.0 * upsample(means[c], faces[c].shape) * faces[c].size for c in faces}
     plots.maps_on_images(shown, f"{results.config.model}/{results.config.variant}: mean face x mean attention "
