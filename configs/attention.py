@@ -13,7 +13,10 @@ The whole network trains from scratch, as the paper trains it; the pooled heads'
 standardised over the batch before the classifier (`attention.standardise`, no parameters:
 without it the pooled features of a random trunk hardly differ between faces, Adam shrinks
 the trunk until its ReLUs die and the loss stays at ln 7; `tools/attention_diagnose.py`
-measures it). `from_baseline=True` instead adds a pooled head to a trained baseline's
+measures it), and the scorer reads A_0 standardised per channel (`attention.standardise_scores`:
+A_0's scale is then free and grows, and read raw it saturated the scorer's tanh, a uniform map),
+their running statistics at momentum 0.9 (`attention.stats_momentum`: A_0's scale drifts).
+`from_baseline=True` instead adds a pooled head to a trained baseline's
 convolutions, which stay fixed (section 4.3 "modifies the baseline CNN"): one command trains
 W/pretrain/baseline first, then the head at 1e-2; `--config.optim.frozen=
 --config.optim.lr_scale=features=0.1` fine-tunes the trunk too.
@@ -44,7 +47,7 @@ def get_config(arg=None):
     c.input.record_size = (160, 125)  # (height, width) the records are brought to
     c.input.crop = (144, 112)  # (height, width) of the network's input
     c.attention = dict(num_classes=0, trunk=TRUNK, hidden=66, beta=1.0, dropout=0.5,
-                       standardise=True)  # 0: the data's classes
+                       standardise=True, standardise_scores=True, stats_momentum=0.9)  # 0: the data's classes
     # Adam (section 4.3; its rate is not given), constant
     c.optim.lr = c.optim.end_lr = 1e-3
     c.train.steps = 10_000

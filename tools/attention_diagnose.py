@@ -16,6 +16,12 @@ config's data (the built-in sample set is prepared on first use) and prints one 
   fraction of channels that are 0 for every example, and the mean over channels of its
   spread across examples relative to its mean (0: every face pooled to the same vector);
 - entropy: the attention map's entropy over its locations, in units of ln(H W) (1: uniform);
+- in_face: the map's mass inside the landmarks' convex hull over the hull's share of the crop
+  (eval.json's `attention_in_face.ratio` on the training batch; 1: no better than uniform);
+- h1_std, a1_sat: the spread of the scorer's hidden pre-activation A_0 W_1 + b_1 and the
+  fraction of A_1 = tanh(.) beyond 0.95 in magnitude (a saturated tanh passes no gradient);
+- a2_loc: the spread of A_2 over one face's locations (mean over faces), a2_range its max
+  minus min: beta times it is the log of the most and least weighted locations' ratio;
 - grad/<layer>: the gradient's norm; upd/<layer>: the step's update norm over the weights'.
 """
 
@@ -29,11 +35,12 @@ import sys
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from fergate import config as C  # noqa: E402
-from fergate.models.attention import attention_weights, scale_input  # noqa: E402
+from fergate.models.attention import attention_weights, mass_in_hull, scale_input  # noqa: E402
 from fergate.train.data import DataPlan  # noqa: E402
 from fergate.train.mesh import global_batch  # noqa: E402
 from fergate.train.program import Program  # noqa: E402
@@ -51,7 +58,8 @@ def layers(tree: dict) -> dict[str, jax.Array]:
 
 def pooled(module, batch):
     """A_0, the weights B (None for the baseline) and the pooled z of a batch, as in training
-    without dropout (the module's own trunk and scorer; Eq. 1-4)."""
+    (batch statistics) without dropout (the module's own trunk and scorer; Eq. 1-4). Applied
+    with capture_intermediates, the scorer's W1 and W2 outputs are kept too."""
     a0 = module.features(scale_input(batch["face"], module.dtype)).astype(jnp.float32)
     n, h, w, _ = a0.shape
     if module.variant == "baseline":
@@ -59,16 +67,17 @@ def pooled(module, batch):
     if module.variant == "gap":
         b = jnp.full((n, h, w), 1.0 / (h * w), jnp.float32)
     else:
-        b = attention_weights(module.scorer(a0), module.beta, module.variant == "symmetric")
+        b = attention_weights(module.scores(a0, True), module.beta, module.variant == "symmetric")
     return a0, b, jnp.einsum("nhw,nhwc->nc", b, a0)
 
 
 def make_probe(prog: Program):
     """probe(state, batch) -> the statistics of one step (the columns above) and the next state."""
 
-    def probe(state, batch):
-        batch = prog.augment(batch, state.step)
-        a0, b, z = prog.module.apply({"params": state.params, **state.model_state}, batch, method=pooled)
+    def probe(state, raw):
+        batch = prog.augment(raw, state.step)  # as the step augments it (the same draws)
+        (a0, b, z), inter = prog.module.apply({"params": state.params, **state.model_state}, batch, method=pooled,
+                                              capture_intermediates=True, mutable=["intermediates", "batch_stats"])
         rng = jax.random.fold_in(jax.random.key(prog.config.seed), state.step)
         metrics, grads, _ = prog._grads(state.params, state.model_state, batch, rng)
         zm = jnp.mean(z, 0)
@@ -81,14 +90,29 @@ def make_probe(prog: Program):
             hw = b.shape[1] * b.shape[2]
             stats["entropy"] = jnp.mean(-jnp.sum(b * jnp.log(b + 1e-30), (1, 2))) / math.log(hw)
             stats["b_max"] = jnp.mean(jnp.max(b, (1, 2)))
+        if "scorer" in inter.get("intermediates", {}):
+            h1 = inter["intermediates"]["scorer"]["W1"]["__call__"][0].astype(jnp.float32)
+            a2 = jnp.tanh(inter["intermediates"]["scorer"]["W2"]["__call__"][0][..., 0].astype(jnp.float32))
+            stats["h1_std"] = jnp.std(h1)
+            stats["a1_sat"] = jnp.mean(jnp.abs(jnp.tanh(h1)) > 0.95)
+            stats["a2_loc"] = jnp.mean(jnp.std(a2, (1, 2)))
+            stats["a2_range"] = jnp.mean(jnp.max(a2, (1, 2)) - jnp.min(a2, (1, 2)))
+            stats["a2_mean"] = jnp.mean(a2)
         stats.update({f"grad/{k}": v for k, v in layers(grads).items()})
-        new, _ = prog._train_step(state, batch)
+        new, _ = prog._train_step(state, raw)
         before = layers(state.params)
         moved = layers(jax.tree.map(lambda x, y: x - y, new.params, state.params))
         stats.update({f"upd/{k}": moved[k] / (before[k] + 1e-12) for k in moved})
-        return new, stats
+        return new, stats, b, batch.get("landmarks")
 
     return jax.jit(probe)
+
+
+def in_face(b, landmarks) -> float:
+    """The maps' mean mass inside the landmarks' hull over the hull's mean share of the crop
+    (the evaluation report's measure, `attention.reports`, on one batch)."""
+    mass, area = zip(*(mass_in_hull(m, lm, (b.shape[1] * 16, b.shape[2] * 16)) for m, lm in zip(b, landmarks)))
+    return float(np.mean(mass) / max(np.mean(area), 1e-12))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -98,6 +122,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--steps", type=int, default=200, help="steps to run (default: %(default)s)")
     ap.add_argument("--every", type=int, default=10, help="print every this many steps (default: %(default)s)")
     ap.add_argument("--out", default="", help="JSON lines of every step's statistics (default: none)")
+    ap.add_argument("--random_classifier", action="store_true",
+                    help="start the pooled heads' classifier from LeCun-normal weights instead of the model's zeros "
+                         "(to measure whether the zero start still matters; default: the model's)")
     args, rest = ap.parse_known_args(argv)
     bad = [r for r in rest if not r.startswith("--config.")]
     if bad:
@@ -106,20 +133,27 @@ def main(argv: list[str] | None = None) -> int:
     data = DataPlan.build(config)
     prog = Program(config)
     state = prog.new_state()
+    if args.random_classifier:
+        k = state.params["classifier"]["kernel"]
+        init = jax.nn.initializers.lecun_normal()(jax.random.key(config.seed), k.shape, k.dtype)
+        state = state.replace(params={**state.params, "classifier": {**state.params["classifier"], "kernel": init}})
     it = iter(data.input_pipeline(data.portions.train, train=True))
     probe = make_probe(prog)
     print(f"{config.model}/{config.variant}: {prog.n_params():,} parameters, ln K = {math.log(prog.num_classes):.3f}")
     out = open(args.out, "w") if args.out else None
-    shown = ("loss", "a0_mean", "a0_zero", "z_mean", "z_zero", "z_spread", "entropy", "grad/features/conv0_0",
-             "grad/features/conv3_1", "grad/classifier", "upd/features/conv3_1", "upd/classifier")
+    shown = ("loss", "a0_mean", "a0_zero", "z_spread", "entropy", "in_face", "h1_std", "a1_sat", "a2_loc",
+             "grad/features/conv0_0", "grad/features/conv3_1", "grad/scorer/W1", "grad/scorer/W2", "grad/classifier",
+             "upd/features/conv3_1", "upd/scorer/W1", "upd/classifier")
     for step in range(args.steps):
         batch = global_batch(next(it), prog.batch_sharding)
-        state, stats = probe(state, batch)
+        state, stats, b, landmarks = probe(state, batch)
         row = {"step": step, **{k: float(v) for k, v in jax.device_get(stats).items()}}
+        if b is not None and landmarks is not None:
+            row["in_face"] = in_face(np.asarray(b), np.asarray(landmarks))
         if out:
             out.write(json.dumps(row) + "\n")
         if step % args.every == 0 or step == args.steps - 1:
-            print(" ".join(f"{k.split('/', 1)[-1] if k.startswith('grad') else k}={row[k]:.3g}"
+            print(" ".join(f"{k.replace('grad/', 'g:').replace('upd/', 'u:').replace('features/', '')}={row[k]:.3g}"
                            for k in ("step", *shown) if k in row), flush=True)
     return 0
 

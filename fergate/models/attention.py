@@ -94,6 +94,14 @@ class AttentionCNN(Layer):
     #: the pooled heads' z standardised over the batch before the classifier, no parameters
     #: (workdirs written before the option have none: off, as they were trained)
     standardise: bool = False
+    #: the scorer reads A_0 standardised per channel over the batch and locations, no parameters
+    #: (Eq. 2's W_1, b_1 reparameterised; workdirs written before the option: off, as trained)
+    standardise_scores: bool = False
+    #: the standardisations' running statistics (evaluation): mean <- m mean + (1 - m) batch's.
+    #: A_0's scale is free under them and drifts (0.45 -> 20-50 in 400 steps from scratch): at
+    #: flax's 0.99 the statistics lagged 1.6-2x behind and the held-out predictions fell on 2
+    #: classes (mean class accuracy 0.17; 0.40 with the statistics re-estimated, same weights)
+    stats_momentum: float = 0.99
 
     def setup(self):
         self.features = Trunk(self.trunk, dtype=self.dtype)
@@ -110,7 +118,14 @@ class AttentionCNN(Layer):
             # same vector for every face (spread 0.28 of its mean): the gradients carry no class, Adam
             # moves the trunk at full rate anyway, A_0 shrank 40x in 20 steps and its ReLUs died
             # (tools/attention_diagnose.py). Standardised, the classifier sees the faces' differences.
-            self.zstd = nn.BatchNorm(use_bias=False, use_scale=False, dtype=self.dtype)
+            self.zstd = nn.BatchNorm(use_bias=False, use_scale=False, momentum=self.stats_momentum, dtype=self.dtype)
+        if self.standardise_scores and self.variant in ("attention", "symmetric"):
+            # With z standardised the loss no longer depends on A_0's scale but through the scorer,
+            # and Adam grows it freely (on faces in context 0.45 -> 15 in 100 steps): A_0 W_1 then
+            # saturates the tanh (98% of A_1 beyond 0.95), A_2 is the same at every location and the
+            # map stays uniform (tools/attention_diagnose.py). (A_0 - mu) / sigma W_1 + b_1 is Eq. 2
+            # with W_1, b_1 rescaled per channel: the same functions, at a scale the tanh can use.
+            self.a0std = nn.BatchNorm(use_bias=False, use_scale=False, momentum=self.stats_momentum, dtype=self.dtype)
 
     def __call__(self, batch: dict, train: bool = False) -> dict:
         a0 = self.features(scale_input(batch["face"], self.dtype))  # (N, 9, 7, 128)
@@ -121,7 +136,7 @@ class AttentionCNN(Layer):
         if self.variant == "gap":
             b = jnp.full((n, h, w), 1.0 / (h * w), jnp.float32)
         else:
-            b = attention_weights(self.scorer(a0), self.beta, self.variant == "symmetric")
+            b = attention_weights(self.scores(a0, train), self.beta, self.variant == "symmetric")
         z = jnp.einsum("nhw,nhwc->nc", b.astype(a0.dtype), a0)  # Eq. 1
         if self.standardise:
             z = self.zstd(z, use_running_average=not train)
@@ -136,7 +151,13 @@ class AttentionCNN(Layer):
             return jnp.full(a0.shape[:3], 1.0 / np.prod(a0.shape[1:3]), jnp.float32)
         if self.variant == "baseline":
             raise ValueError("the baseline head has no attention map")
-        return attention_weights(self.scorer(a0), self.beta, self.variant == "symmetric")
+        return attention_weights(self.scores(a0, False), self.beta, self.variant == "symmetric")
+
+    def scores(self, a0: jax.Array, train: bool = False) -> jax.Array:
+        """A_2 (N, H, W) of Eq. 2-3 at every location of A_0 (N, H, W, C)."""
+        if self.standardise_scores:
+            a0 = self.a0std(a0, use_running_average=not train)
+        return self.scorer(a0)
 
 
 def build(config) -> AttentionCNN:
@@ -177,6 +198,14 @@ def upsample(b: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     return up / max(float(up.sum()), 1e-12)
 
 
+def mass_in_hull(b: np.ndarray, landmarks: np.ndarray, shape: tuple[int, int]) -> tuple[float, float]:
+    """(the map's mass inside the landmarks' convex hull, the hull's share of the image) of one
+    map (h, w) over an image of `shape` (height, width)."""
+    hull = np.zeros(shape, np.uint8)
+    cv2.fillConvexPoly(hull, cv2.convexHull(np.round(landmarks).astype(np.int32)), 1)
+    return float((upsample(b, hull.shape) * hull).sum()), float(hull.mean())
+
+
 #: records read per class for the mean face, and examples for the attention-in-face measure
 MEAN_FACE_EXAMPLES = 200
 
@@ -193,10 +222,9 @@ def reports(results: Results, outdir: str) -> dict:
         faces[results.classes[i]] = rec["face"].astype(np.float32).mean(0)[..., 0]
         pos = np.flatnonzero(results.labels == i)[: len(idx)]
         for b, lm in zip(results.introspect["attention"][pos], rec["landmarks"]):
-            hull = np.zeros(rec["face"].shape[1:3], np.uint8)
-            cv2.fillConvexPoly(hull, cv2.convexHull(np.round(lm).astype(np.int32)), 1)
-            mass.append(float((upsample(b, hull.shape) * hull).sum()))
-            area.append(float(hull.mean()))
+            m, a = mass_in_hull(b, lm, rec["face"].shape[1:3])
+            mass.append(m)
+            area.append(a)
     means = results.class_means("attention")
     shown = {c: faces[c] / 255.0 * upsample(means[c], faces[c].shape) * faces[c].size for c in faces}
     plots.maps_on_images(shown, f"{results.config.model}/{results.config.variant}: mean face x mean attention "
