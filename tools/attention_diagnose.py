@@ -40,7 +40,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from fergate import config as C  # noqa: E402
-from fergate.models.attention import attention_weights, mass_in_hull, scale_input  # noqa: E402
+from fergate.models.attention import mass_in_hull, scale_input  # noqa: E402
 from fergate.train.data import DataPlan  # noqa: E402
 from fergate.train.mesh import global_batch  # noqa: E402
 from fergate.train.program import Program  # noqa: E402
@@ -64,11 +64,7 @@ def pooled(module, batch):
     n, h, w, _ = a0.shape
     if module.variant == "baseline":
         return a0, None, a0.reshape(n, -1)
-    if module.variant == "gap":
-        b = jnp.full((n, h, w), 1.0 / (h * w), jnp.float32)
-    else:
-        b = attention_weights(module.scores(a0, True), module.beta, module.variant == "symmetric")
-    return a0, b, jnp.einsum("nhw,nhwc->nc", b, a0)
+    return a0, *module.pool(a0, True)
 
 
 def make_probe(prog: Program):

@@ -127,17 +127,23 @@ class AttentionCNN(Layer):
             # with W_1, b_1 rescaled per channel: the same functions, at a scale the tanh can use.
             self.a0std = nn.BatchNorm(use_bias=False, use_scale=False, momentum=self.stats_momentum, dtype=self.dtype)
 
+    def pool(self, a0: jax.Array, train: bool) -> tuple[jax.Array, jax.Array]:
+        """(B, z) of a pooled head: the weights over A_0's locations (uniform for GAP, else
+        Eq. 2-5) and their weighted sum z (Eq. 1)."""
+        n, h, w, _ = a0.shape
+        if self.variant == "gap":
+            b = jnp.full((n, h, w), 1.0 / (h * w), jnp.float32)
+        else:
+            b = attention_weights(self.scores(a0, train), self.beta, self.variant == "symmetric")
+        return b, jnp.einsum("nhw,nhwc->nc", b.astype(a0.dtype), a0)  # Eq. 1
+
     def __call__(self, batch: dict, train: bool = False) -> dict:
         a0 = self.features(scale_input(batch["face"], self.dtype))  # (N, 9, 7, 128)
         n, h, w, _ = a0.shape
         if self.variant == "baseline":
             return {"logits": self.classifier(self.drop(a0, deterministic=not train).reshape(n, -1))
                     .astype(jnp.float32)}
-        if self.variant == "gap":
-            b = jnp.full((n, h, w), 1.0 / (h * w), jnp.float32)
-        else:
-            b = attention_weights(self.scores(a0, train), self.beta, self.variant == "symmetric")
-        z = jnp.einsum("nhw,nhwc->nc", b.astype(a0.dtype), a0)  # Eq. 1
+        b, z = self.pool(a0, train)
         if self.standardise:
             z = self.zstd(z, use_running_average=not train)
         logits = self.classifier(self.drop(z, deterministic=not train)).astype(jnp.float32)
