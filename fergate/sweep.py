@@ -35,7 +35,7 @@ from fergate import lock
 from fergate.errors import Interrupted, UserError
 from fergate.files import write_atomic
 from fergate.signals import StopSignals
-from fergate.sweep_table import report_markdown
+from fergate.sweep_table import chance, report_markdown
 
 log = logging.getLogger(__name__)
 
@@ -346,20 +346,6 @@ def metric_value(table: Table, out: str) -> float:
     return float(report[table.metric])
 
 
-#: metrics whose value by chance is one over the number of classes (marked on the table)
-CHANCE_METRICS = ("accuracy", "mean_class_accuracy")
-
-
-def chance(table: Table, outs: Sequence[str]) -> float | None:
-    """A uniform guess's `table.metric` (1 / the classes of a run's confusion matrix), where
-    that is what chance means for it."""
-    if table.metric not in CHANCE_METRICS or not outs:
-        return None
-    with open(os.path.join(outs[0], "eval.json")) as f:
-        classes = len(json.load(f).get("confusion_matrix") or [])
-    return 1.0 / classes if classes else None
-
-
 def extra_values(table: Table, out: str) -> dict[str, float | None]:
     """The table's `extras` of the run in `out`: None where its folder has no such number (a
     row without that earlier stage)."""
@@ -479,7 +465,8 @@ def aggregate(table: Table, workdir: str, cells: Sequence[Cell], budget: str, ov
               "overrides": [o.removeprefix("--config.") for o in overrides],
               "seeds": len({c.seed for c in cells}), "folds": table.folds, "data": _data(workdir, cells, states),
               "complete": not waiting and not any(r["failed"] for r in out_rows),
-              "chance": chance(table, [os.path.join(workdir, r["workdir"]) for row in out_rows for r in row["runs"]]),
+              "chance": chance(table.metric, [os.path.join(workdir, r["workdir"]) for row in out_rows
+                                              for r in row["runs"]]),
               "rows": out_rows}
     os.makedirs(workdir, exist_ok=True)
     write_atomic(os.path.join(workdir, "table.json"), json.dumps(report, indent=1))

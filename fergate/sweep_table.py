@@ -3,6 +3,23 @@ the caption (`fergate.sweep.aggregate` builds the report it renders)."""
 
 from __future__ import annotations
 
+import json
+import os
+from collections.abc import Sequence
+
+#: metrics whose value by chance is one over the number of classes (marked on the table)
+CHANCE_METRICS = ("accuracy", "mean_class_accuracy")
+
+
+def chance(metric: str, outs: Sequence[str]) -> float | None:
+    """A uniform guess's `metric` (1 / the classes of a run's confusion matrix), where that is
+    what chance means for it."""
+    if metric not in CHANCE_METRICS or not outs:
+        return None
+    with open(os.path.join(outs[0], "eval.json")) as f:
+        classes = len(json.load(f).get("confusion_matrix") or [])
+    return 1.0 / classes if classes else None
+
 
 def report_markdown(report: dict, decimals: int) -> str:
     """The table beside the paper's column, the budget and data in its caption; a column per
