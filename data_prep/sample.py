@@ -482,21 +482,19 @@ def render(subject: Subject, d: np.ndarray) -> np.ndarray:
     return darken_mouth(img, dst, lip_line=True)
 
 
-def eased_clip(render_at: Callable[[float], np.ndarray], frames: int, rng: np.random.Generator,
+def eased_clip(render_aus: Callable[[dict], np.ndarray], aus: dict, frames: int, rng: np.random.Generator,
                max_rot: float = 10.0) -> list[np.ndarray]:
-    """A neutral -> apex clip: `render_at(k)` for k easing 0 -> 1 (half a cosine) over
-    `frames`, every frame with the clip's one pose (`photometric`, one seed drawn from rng)."""
-    pose_seed = int(rng.integers(2**31))
-    return [photometric(render_at(0.5 - 0.5 * np.cos(np.pi * t / max(1, frames - 1))),
-                        np.random.default_rng(pose_seed), max_rot) for t in range(frames)]
+    """A neutral -> apex clip: `render_aus` of the AUs at k of their intensity, k easing 0 -> 1
+    (half a cosine); every frame takes the clip's one pose (`photometric`, one seed from rng)."""
+    pose_seed, ks = int(rng.integers(2**31)), 0.5 - 0.5 * np.cos(np.pi * np.arange(frames) / max(1, frames - 1))
+    return [photometric(render_aus({a: k * v for a, v in aus.items()}), np.random.default_rng(pose_seed), max_rot)
+            for k in ks]
 
 
 def clip_frames(subject: Subject, expression: str, apex: float, frames: int,
                 rng: np.random.Generator) -> list[np.ndarray]:
     """A neutral -> apex clip: AU intensity eases in over `frames`; one pose per clip."""
-    aus = expression_aus(expression, apex, rng)
-    lm = subject.landmarks
+    aus, lm = expression_aus(expression, apex, rng), subject.landmarks
     identity = shape_jitter(lm, rng)  # one shape per clip
-    return eased_clip(lambda k: render(subject, identity + au_displacement(lm + subject.neutralise,
-                                                                           {a: k * v for a, v in aus.items()})),
-                      frames, rng)
+    neutral = lm + subject.neutralise
+    return eased_clip(lambda a: render(subject, identity + au_displacement(neutral, a)), aus, frames, rng)

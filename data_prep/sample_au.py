@@ -359,4 +359,4 @@ def clip_au(identity: Identity, expression: str, apex: float, frames: int, rng: 
     """A neutral -> apex clip: every AU's geometry and appearance eases in together."""
     aus = style_aus(expression, apex, rng)
     jitter = S.shape_jitter(identity.landmarks, rng, 0.5)
-    return S.eased_clip(lambda k: render_au(identity, {a: k * v for a, v in aus.items()}, jitter), frames, rng, 6.0)
+    return S.eased_clip(lambda a: render_au(identity, a, jitter), aus, frames, rng, 6.0)
