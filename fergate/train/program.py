@@ -77,7 +77,8 @@ class Program:
         local = self.family.example_batch(config, config.input.batch_size // jax.process_count())
         self.example = global_batch(local, self.batch_sharding)
         #: a training batch as the host sends it: fields at their size before the step's ops
-        self.train_example = global_batch(augment.host_batch(local, self.ops), self.batch_sharding)
+        self.train_example = global_batch(augment.host_batch(local, self.ops), self.batch_sharding) if self.ops \
+            else self.example
         self.abstract_state = jax.eval_shape(self._init, jax.random.key(0), self.example)
         #: the width of the model's logits
         self.num_classes = jax.eval_shape(self._predict, self.abstract_state, self.example)["logits"].shape[-1]
